@@ -1,0 +1,36 @@
+# vggproto: `make test` sets up a venv and runs the tests; `make demo` sets up and runs the main job.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch/torchvision pinned to the wheels that ship with this project's machines (see README).
+TORCH := torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo setup proto graphviz clean bench
+
+$(STAMP): setup.py
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+graphviz:
+	@command -v dot >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) \
+	  || echo "note: could not install graphviz (dot); drawing to .svg/.png needs it"; }
+
+test: setup graphviz
+	$(VENV)/bin/pytest -q -n 2 tests
+
+demo: setup graphviz
+	$(VENV)/bin/python tools/demo.py
+
+# Regenerate vggproto/_pb/caffe_pb2.py from proto/caffe.proto (needs the dev extra: grpcio-tools).
+proto:
+	$(PIP) install -q 'grpcio-tools==1.85.1'
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=vggproto/_pb proto/caffe.proto
+
+clean:
+	rm -rf $(VENV) build *.egg-info

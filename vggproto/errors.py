@@ -1,0 +1,51 @@
+"""The one error hierarchy of vggproto.
+
+Every problem a user can cause (a bad file, an unsupported layer, a wrong shape) raises a subclass of
+VGGProtoError whose message already says where (file, line, layer, field) and what is supported.  The CLI prints
+``str(error)`` on one line and exits 1; anything else escaping is a vggproto bug.
+"""
+from __future__ import annotations
+
+
+class VGGProtoError(Exception):
+    """Base class: a user-facing error with a complete one-line message."""
+
+
+class PrototxtError(VGGProtoError):
+    """A net or solver description that cannot be parsed or is semantically wrong.
+
+    ``path``, ``line``, ``col`` locate the problem in a text file; ``layer`` names the layer when known.
+    """
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None,
+                 col: int | None = None, layer: str | None = None, layer_type: str | None = None):
+        self.path, self.line, self.col = path, line, col
+        self.layer, self.layer_type, self.reason = layer, layer_type, message
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = self.path or "<text>"
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.col is not None:
+                where += f":{self.col}"
+        who = ""
+        if self.layer is not None:
+            who = f" layer '{self.layer}'" + (f" ({self.layer_type})" if self.layer_type else "") + ":"
+        return f"{where}:{who} {self.reason}"
+
+
+class NetError(PrototxtError):
+    """A net that parses but cannot be built: unknown layer type, missing bottom, impossible shape."""
+
+
+class WeightsError(VGGProtoError):
+    """A weight file that is unreadable, corrupt, or does not fit the net."""
+
+
+class SolverError(VGGProtoError):
+    """A solver description or solver state that cannot be used."""
+
+
+class DataError(VGGProtoError):
+    """Training or test data that is missing, undecodable or inconsistent."""

@@ -1,0 +1,136 @@
+"""The one registry mapping a Caffe layer type string to the class that builds it.
+
+Every layer module decorates its classes with ``@register("Type")``; :func:`build_layer` looks the type up.
+Registering a type twice is a programming error; an unknown type is a user error naming the layer and listing
+what is supported.
+
+The contract every layer class follows (see :class:`CaffeLayer`):
+  * ``__init__(self, spec)`` reads the typed protobuf fields of ``spec.param`` (so schema defaults apply),
+    validates them against ``spec.bottom_shapes`` (raising ``spec.error(...)``), creates its parameter blobs in
+    Caffe blob order in ``self.blobs`` (filled with Caffe's fillers) and sets ``self.top_shapes``.
+  * ``forward(self, *bottoms)`` returns a tuple with one tensor per top.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from vggproto._pb import caffe_pb2
+from vggproto.errors import NetError
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class LayerSpec:
+    """What a layer builder needs to know: its definition, its inputs' shapes and where it came from."""
+
+    param: caffe_pb2.LayerParameter
+    bottom_shapes: list[Shape]
+    phase: int = caffe_pb2.TEST
+    path: str | None = None          # the prototxt file, for errors and for resolving relative data paths
+    line: int | None = None          # line of the layer block in that file
+    generator: torch.Generator | None = None   # RNG for fillers (seeded by the net's random_seed)
+    options: dict = field(default_factory=dict)  # net-wide options (e.g. rank/world size for data sharding)
+
+    @property
+    def name(self) -> str:
+        return self.param.name
+
+    @property
+    def type(self) -> str:
+        return self.param.type
+
+    @property
+    def train(self) -> bool:
+        return self.phase == caffe_pb2.TRAIN
+
+    def error(self, message: str) -> NetError:
+        """A NetError located at this layer: ``path:line: layer 'name' (Type): message``."""
+        return NetError(message, path=self.path, line=self.line, layer=self.name, layer_type=self.type)
+
+
+class CaffeLayer(nn.Module):
+    """Base class of every layer: holds the spec, the parameter blobs (Caffe order) and the top shapes."""
+
+    #: Loss layers get ``loss_weight`` 1 on their first top by default (Caffe's LossLayer).
+    is_loss: ClassVar[bool] = False
+    #: Layers whose tops are data sources (no bottoms, new values every forward).
+    is_data: ClassVar[bool] = False
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__()
+        self.spec = spec
+        self.blobs = nn.ParameterList()
+        self.top_shapes: list[Shape] = []
+
+    def add_blob(self, shape: Sequence[int], filler: caffe_pb2.FillerParameter | None = None,
+                 learnable: bool = True) -> nn.Parameter:
+        """Append a parameter blob of ``shape`` filled by ``filler`` (Caffe default: constant 0)."""
+        from vggproto.fillers import fill
+        tensor = torch.empty(tuple(int(d) for d in shape), dtype=torch.float32)
+        fill(tensor, filler if filler is not None else caffe_pb2.FillerParameter(), self.spec.generator)
+        blob = nn.Parameter(tensor, requires_grad=learnable)
+        self.blobs.append(blob)
+        return blob
+
+    def extra_repr(self) -> str:
+        return f"{self.spec.type} '{self.spec.name}' tops={self.top_shapes}"
+
+
+_REGISTRY: dict[str, type[CaffeLayer]] = {}
+
+# Modules that register layer types; imported on first use so that importing the registry stays cheap.
+LAYER_MODULES = (
+    "vggproto.layers.input", "vggproto.layers.conv", "vggproto.layers.pool", "vggproto.layers.inner_product",
+    "vggproto.layers.neuron", "vggproto.layers.norm", "vggproto.layers.shape", "vggproto.layers.loss",
+    "vggproto.layers.data",
+)
+
+
+def register(type_name: str) -> Callable[[type[CaffeLayer]], type[CaffeLayer]]:
+    """Class decorator: make ``cls`` the builder of Caffe layers of ``type_name``."""
+    def decorate(cls: type[CaffeLayer]) -> type[CaffeLayer]:
+        if type_name in _REGISTRY:
+            raise RuntimeError(f"layer type '{type_name}' registered twice "
+                               f"({_REGISTRY[type_name].__module__} and {cls.__module__})")
+        _REGISTRY[type_name] = cls
+        return cls
+    return decorate
+
+
+def _load_layer_modules() -> None:
+    for name in LAYER_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a missing dependency inside an existing module is a real error
+                raise
+
+
+def supported_types() -> list[str]:
+    """Every registered Caffe layer type, sorted."""
+    _load_layer_modules()
+    return sorted(_REGISTRY)
+
+
+def layer_class(spec: LayerSpec) -> type[CaffeLayer]:
+    """The class registered for ``spec.type``; a NetError listing the supported types if there is none."""
+    _load_layer_modules()
+    cls = _REGISTRY.get(spec.type)
+    if cls is None:
+        if spec.type in ("Python", "WindowData"):
+            hint = f"'{spec.type}' layers are not supported by vggproto. "
+        else:
+            hint = f"unknown layer type '{spec.type}'. "
+        raise spec.error(hint + "Supported types: " + ", ".join(sorted(_REGISTRY)))
+    return cls
+
+
+def build_layer(spec: LayerSpec) -> CaffeLayer:
+    """Build the layer described by ``spec``."""
+    return layer_class(spec)(spec)
