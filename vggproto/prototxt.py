@@ -79,7 +79,8 @@ def sniff_binary(content: bytes, path: str | None) -> bool:
 # --------------------------------------------------------------------------------------------------------------
 
 _FIELD_ERR = re.compile(r'has no field named "([^"]+)"')
-_ENUM_ERR = re.compile(r'Enum type "([^"]+)" has no value named (\S+) for field "?([^".]+)"?')
+_ENUM_ERR = re.compile(r'Enum type "([^"]+)" has no value named (\w+)')
+_QUOTED_FIELD = re.compile(r"'(\w+): ")
 
 
 def parse_text(text: str, message: pb_message.Message, path: str | None = None) -> pb_message.Message:
@@ -105,14 +106,25 @@ def _explain(raw: str, message: pb_message.Message) -> str:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         where = msg_type.group(1) if msg_type else "this message"
         reason = f"unknown field '{name}' in {where}{hint} (not in BVLC Caffe's schema)"
+        reason += _wrong_kind_hint(where, name)
         if name == "ceil_mode":
             reason += "; 'ceil_mode' is a fork field: use BVLC 'round_mode: CEIL|FLOOR'"
     enum = _ENUM_ERR.search(reason)
     if enum:
         values = _enum_values(enum.group(1))
-        reason = (f"unknown value {enum.group(2)} for field '{enum.group(3)}'; "
+        field_name = _QUOTED_FIELD.search(reason)
+        reason = (f"unknown value {enum.group(2)} for field '{field_name.group(1) if field_name else '?'}'; "
                   f"supported: {', '.join(values)}")
     return reason
+
+
+def _wrong_kind_hint(where: str, name: str) -> str:
+    """Say so when a solver is read as a net or the other way round."""
+    if where == "caffe.NetParameter" and name in _field_names("caffe.SolverParameter"):
+        return "; this looks like a solver, not a net"
+    if where == "caffe.SolverParameter" and name in _field_names("caffe.NetParameter"):
+        return "; this looks like a net, not a solver"
+    return ""
 
 
 def _field_names(full_name: str) -> list[str]:
@@ -218,8 +230,8 @@ def _parse_binary(content: bytes, message: pb_message.Message, path: str | None,
 
 
 def message_to_text(message: pb_message.Message) -> str:
-    """Caffe-style text: fields in declaration order, 2-space indent, floats printed shortest-exact."""
-    return text_format.MessageToString(message, float_format=".9g", as_utf8=True)
+    """Caffe-style text: fields in field-number order (as Caffe's printer), 2-space indent, shortest floats."""
+    return text_format.MessageToString(message, as_utf8=True)
 
 
 def write_message(message: pb_message.Message, path: str | os.PathLike) -> None:

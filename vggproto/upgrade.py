@@ -177,7 +177,7 @@ def _v0_to_v1(v1_with_v0: caffe_pb2.V1LayerParameter, path: str | None) -> caffe
 
 def _is_repeated(message, field: str) -> bool:
     fd = message.DESCRIPTOR.fields_by_name[field]
-    return getattr(fd, "is_repeated", fd.label == fd.LABEL_REPEATED)
+    return fd.is_repeated
 
 
 # --- data transformation ----------------------------------------------------------------------------------------
