@@ -1,0 +1,102 @@
+"""Caffe HDF5 weights: ``/data/<layer name>/<blob index>`` float32 datasets (Caffe: src/caffe/net.cpp ToHDF5).
+
+Contiguous uncompressed float32 datasets are returned as zero-copy views of the caller's file mapping (the
+dataset's file offset comes from HDF5), anything else is read through h5py and converted to float32.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from vggproto.errors import WeightsError
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def is_hdf5(buf) -> bool:
+    """True when the HDF5 superblock signature sits at 0, 512, 1024, 2048... (HDF5 spec: user block sizes)."""
+    offset = 0
+    while offset + len(HDF5_SIGNATURE) <= len(buf):
+        if buf[offset:offset + len(HDF5_SIGNATURE)] == HDF5_SIGNATURE:
+            return True
+        offset = 512 if offset == 0 else offset * 2
+    return False
+
+
+def _blob_index(name: str, layer: str, path: str) -> int:
+    if not name.isdigit():
+        raise WeightsError(f"{path}: /data/{layer}/{name}: expected datasets named 0, 1, ... (blob indices)")
+    return int(name)
+
+
+def _dataset_array(dataset, buf: mmap.mmap | None) -> np.ndarray:
+    if dataset.dtype.kind not in "fiub":
+        raise WeightsError(f"{dataset.file.filename}: {dataset.name}: dataset of type {dataset.dtype} is not "
+                           f"numeric")
+    simple = (buf is not None and dataset.dtype == np.dtype("<f4") and dataset.chunks is None
+              and dataset.compression is None and dataset.shape is not None)
+    offset = dataset.id.get_offset() if simple else None
+    if offset is not None and offset + dataset.size * 4 <= len(buf):
+        return np.frombuffer(buf, dtype="<f4", count=dataset.size, offset=offset).reshape(dataset.shape)
+    return np.asarray(dataset[()], dtype=np.float32)
+
+
+def _collect(group, prefix: str, path: str, buf, out: dict) -> None:
+    import h5py
+    blobs = []
+    for key, item in group.items():
+        if isinstance(item, h5py.Dataset):
+            blobs.append((_blob_index(key, prefix, path), item))
+    if blobs:
+        blobs.sort(key=lambda pair: pair[0])
+        if [i for i, _ in blobs] != list(range(len(blobs))):
+            raise WeightsError(f"{path}: /data/{prefix}: blob datasets must be numbered 0..{len(blobs) - 1}, "
+                               f"found {', '.join(str(i) for i, _ in blobs)}")
+        out[prefix] = [_dataset_array(item, buf) for _, item in blobs]
+    for key, item in group.items():
+        if isinstance(item, h5py.Group):  # a layer name containing '/' nests groups
+            _collect(item, f"{prefix}/{key}" if prefix else key, path, buf, out)
+
+
+def read_hdf5_weights(path: str, buf: mmap.mmap | None = None) -> dict[str, list[np.ndarray]]:
+    """Read ``/data/<layer>/<i>`` in HDF5 link order (Caffe iterates the same way)."""
+    import h5py
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot open as HDF5: {exc}") from None
+    with handle:
+        data = handle.get("data")
+        if not isinstance(data, h5py.Group):
+            found = ", ".join(sorted(handle.keys())) or "nothing"
+            raise WeightsError(f"{path}: HDF5 file without a /data group, so not Caffe HDF5 weights "
+                               f"(top level holds: {found})")
+        if handle.userblock_size:
+            buf = None  # dataset offsets would need the user block added; read through h5py instead
+        out: dict[str, list[np.ndarray]] = {}
+        _collect(data, "", path, buf, out)
+    return out
+
+
+def write_hdf5_weights(path: str | os.PathLike, weights: Mapping[str, Sequence], names: Sequence[str] = ()) -> None:
+    """Write Caffe's HDF5 layout: a group per layer (``names`` first, as Caffe creates one for every layer of
+    the net, then any other weights entry), dataset ``i`` per blob; atomically via a temp file."""
+    import h5py
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as handle:
+            data = handle.create_group("data")
+            listed = set(names)
+            for name in [*names, *(n for n in weights if n not in listed)]:
+                group = data.require_group(name)
+                for index, array in enumerate(weights.get(name, ())):
+                    group.create_dataset(str(index), data=np.ascontiguousarray(array, dtype="<f4"))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
