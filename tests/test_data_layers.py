@@ -1,0 +1,230 @@
+"""Data layers against golden BVLC Caffe outputs and hand-written numpy references (TEST-phase exactness,
+HDF5Data order/wrap-around/shuffle/sharding, cursor persistence)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from vggproto._pb import caffe_pb2
+from vggproto.errors import DataError
+from vggproto.layers.registry import LayerSpec, build_layer
+from vggproto.prototxt import read_net
+
+GOLDEN = Path(__file__).parent / "data" / "golden" / "data"
+
+
+def layer_from_text(text: str, phase=caffe_pb2.TEST, **options):
+    net = read_net(text)
+    return build_layer(LayerSpec(net.layer[0], [], phase, "net.prototxt", 1, options=options))
+
+
+@pytest.fixture
+def in_golden(monkeypatch):
+    monkeypatch.chdir(GOLDEN)  # Caffe resolves sources against the working directory
+
+
+@pytest.mark.parametrize("case", ["data_noxform", "data_mean_value"])
+def test_data_layer_matches_caffe_exactly(in_golden, case):
+    net = read_net(f"{case}.prototxt")
+    layer = build_layer(LayerSpec(net.layer[0], [], caffe_pb2.TEST, f"{case}.prototxt", 2))
+    ref = np.load(f"{case}.npz")
+    assert layer.top_shapes == [ref["blob:data"].shape, ref["blob:label"].shape]
+    data, label = layer()
+    assert data.dtype == label.dtype == __import__("torch").float32
+    np.testing.assert_array_equal(data.numpy(), ref["blob:data"])
+    np.testing.assert_array_equal(label.numpy(), ref["blob:label"])
+
+
+def raw_golden() -> np.ndarray:
+    return np.load(GOLDEN / "data_noxform.npz")["blob:data"]
+
+
+def test_data_layer_mean_file_crop_scale_order(in_golden):
+    # mean_file indexed at the UNCROPPED position, mean before scale, centre crop in TEST
+    layer = layer_from_text('layer { name: "d" type: "Data" top: "data" top: "label" '
+                            'data_param { source: "raw_lmdb" backend: LMDB batch_size: 4 } '
+                            'transform_param { crop_size: 50 mean_file: "mean.binaryproto" scale: 0.25 } }')
+    raw = raw_golden()
+    mean = raw.mean(axis=0, dtype=np.float64).astype(np.float32)
+    off = (64 - 50) // 2
+    expect = (raw[:4, :, off:off + 50, off:off + 50] - mean[:, off:off + 50, off:off + 50]) * np.float32(0.25)
+    data, label = layer()
+    np.testing.assert_allclose(data.numpy(), expect, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(label.numpy(), [0, 1, 2, 3])
+
+
+def test_data_layer_wraps_and_cursor_persists(in_golden):
+    layer = layer_from_text('layer { name: "d" type: "Data" top: "data" top: "label" '
+                            'data_param { source: "raw_lmdb" backend: LMDB batch_size: 4 } }')
+    raw = raw_golden()
+    _, l1 = layer()
+    d2, l2 = layer()
+    np.testing.assert_array_equal(l1.numpy(), [0, 1, 2, 3])
+    np.testing.assert_array_equal(l2.numpy(), [4, 5, 0, 1])
+    np.testing.assert_array_equal(d2.numpy()[2], raw[0])
+    assert layer.cursor() == 8
+    layer.set_cursor(2)
+    np.testing.assert_array_equal(layer()[1].numpy(), [2, 3, 4, 5])
+
+
+def test_data_layer_mirror_and_mean_value_reference(in_golden):
+    # mirror is random in TEST too; each output is either the plain or the flipped reference
+    layer = layer_from_text('layer { name: "d" type: "Data" top: "data" data_param { source: "raw_lmdb" '
+                            'backend: LMDB batch_size: 6 } transform_param { mirror: true mean_value: 100 } }',
+                            seed=3)
+    raw = raw_golden()
+    flips = []
+    for _ in range(3):
+        (data,) = layer()
+        for i in range(6):
+            plain = raw[i] - 100
+            if np.array_equal(data[i].numpy(), plain):
+                flips.append(False)
+            else:
+                np.testing.assert_array_equal(data[i].numpy(), plain[:, :, ::-1])
+                flips.append(True)
+    assert 0 < sum(flips) < 18   # both outcomes occur over 18 draws
+
+
+def test_train_crop_is_a_window_of_the_raw_image(in_golden):
+    layer = layer_from_text('layer { name: "d" type: "Data" top: "data" top: "label" data_param { '
+                            'source: "raw_lmdb" backend: LMDB batch_size: 6 } transform_param { crop_size: 60 } }',
+                            caffe_pb2.TRAIN, seed=5)
+    raw = raw_golden()
+    data, _ = layer()
+    offsets = set()
+    for i in range(6):
+        hits = [(h, w) for h in range(5) for w in range(5)
+                if np.array_equal(raw[i, :, h:h + 60, w:w + 60], data[i].numpy())]
+        assert hits, f"image {i} is not a crop of the raw datum"
+        offsets.add(hits[0])
+    assert len(offsets) > 1  # random offsets, not the centre every time
+
+
+def test_sharding_train_only(in_golden):
+    text = ('layer { name: "d" type: "Data" top: "data" top: "label" '
+            'data_param { source: "raw_lmdb" backend: LMDB batch_size: 4 } }')
+    got = {}
+    for rank in range(2):
+        layer = layer_from_text(text, caffe_pb2.TRAIN, rank=rank, world_size=2, seed=rank)
+        assert layer.top_shapes[0][0] == 2  # global batch 4 split over 2 ranks
+        got[rank] = np.concatenate([layer()[1].numpy() for _ in range(3)])
+    # Caffe's rule: global offset k kept by rank k % 2; the offset keeps counting across wrap-around
+    np.testing.assert_array_equal(got[0], [0, 2, 4, 0, 2, 4])
+    np.testing.assert_array_equal(got[1], [1, 3, 5, 1, 3, 5])
+    per_gpu = layer_from_text(text, caffe_pb2.TRAIN, rank=1, world_size=2, per_gpu_batch=True)
+    assert per_gpu.top_shapes[0][0] == 4
+    test = layer_from_text(text, caffe_pb2.TEST, rank=1, world_size=2)
+    np.testing.assert_array_equal(test()[1].numpy(), [0, 1, 2, 3])
+    with pytest.raises(DataError, match="not divisible"):
+        layer_from_text(text, caffe_pb2.TRAIN, rank=0, world_size=3)
+
+
+def test_dry_run_shapes_without_sources(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = layer_from_text('layer { name: "d" type: "Data" top: "data" top: "label" data_param { source: "nope" '
+                           'batch_size: 5 } transform_param { crop_size: 7 mean_file: "absent.binaryproto" } }',
+                           caffe_pb2.TRAIN, dry_run=True)
+    assert data.top_shapes == [(5, 3, 7, 7), (5,)]
+    img = layer_from_text('layer { name: "d" type: "ImageData" top: "data" top: "label" image_data_param { '
+                          'source: "nope.txt" batch_size: 2 new_height: 9 new_width: 11 is_color: false } }',
+                          dry_run=True)
+    assert img.top_shapes == [(2, 1, 9, 11), (2,)]
+    with pytest.raises(DataError, match="cannot know"):
+        layer_from_text('layer { name: "d" type: "Data" top: "data" data_param { source: "nope" batch_size: 5 } }',
+                        dry_run=True)
+    with pytest.raises(DataError, match="does not exist"):
+        layer_from_text('layer { name: "d" type: "Data" top: "data" data_param { source: "nope" batch_size: 5 '
+                        'backend: LMDB } }')
+
+
+# ---------------------------------------------------------------------------------------------------- HDF5
+
+def write_h5(path, rows: int, start: int = 0):
+    data = np.arange(start * 12, (start + rows) * 12, dtype=np.float32).reshape(rows, 3, 2, 2)
+    label = np.arange(start, start + rows, dtype=np.int64)   # int datasets are read as float
+    with h5py.File(path, "w") as h5:
+        h5["data"], h5["label"] = data, label
+    return data, label.astype(np.float32)
+
+
+H5_LAYER = ('layer {{ name: "d" type: "HDF5Data" top: "data" top: "label" '
+            'hdf5_data_param {{ source: "list.txt" batch_size: {b} {extra} }} }}')
+
+
+def test_hdf5_data_order_wraparound_and_cursor(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data, label = write_h5("a.h5", 10)
+    Path("list.txt").write_text("a.h5\n")
+    layer = layer_from_text(H5_LAYER.format(b=4, extra=""), caffe_pb2.TRAIN)
+    assert layer.top_shapes == [(4, 3, 2, 2), (4,)]
+    seen = [layer() for _ in range(3)]
+    np.testing.assert_array_equal(seen[2][0].numpy(), data[[8, 9, 0, 1]])   # wraps around the 10 rows
+    np.testing.assert_array_equal(seen[2][1].numpy(), label[[8, 9, 0, 1]])
+    assert layer.cursor() == 12
+    layer.set_cursor(0)
+    np.testing.assert_array_equal(layer()[0].numpy(), data[:4])
+
+
+def test_hdf5_data_multi_file_shuffle_and_sharding(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_h5("a.h5", 5)
+    write_h5("b.h5", 7, start=5)
+    Path("list.txt").write_text("a.h5\nb.h5\n")
+    plain = layer_from_text(H5_LAYER.format(b=6, extra=""), caffe_pb2.TRAIN)
+    np.testing.assert_array_equal(np.concatenate([plain()[1].numpy() for _ in range(2)]), np.arange(12))
+    shuffled = layer_from_text(H5_LAYER.format(b=12, extra="shuffle: true"), caffe_pb2.TRAIN, seed=11)
+    epochs = [shuffled()[1].numpy() for _ in range(3)]
+    for epoch in epochs:   # every epoch is a permutation; files stay contiguous blocks (Caffe loads one file)
+        assert sorted(epoch) == list(range(12))
+        assert set(epoch[:5]) == set(range(5)) or set(epoch[:7]) == set(range(5, 12))
+    assert any(not np.array_equal(epochs[0], e) for e in epochs[1:])
+    ranks = [layer_from_text(H5_LAYER.format(b=4, extra=""), caffe_pb2.TRAIN, rank=r, world_size=2)
+             for r in range(2)]
+    np.testing.assert_array_equal(ranks[0]()[1].numpy(), [0, 2])
+    np.testing.assert_array_equal(ranks[1]()[1].numpy(), [1, 3])
+
+
+def test_hdf5_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_h5("a.h5", 3)
+    Path("list.txt").write_text("a.h5\n")
+    with pytest.raises(DataError, match="no dataset 'target'"):
+        layer_from_text('layer { name: "d" type: "HDF5Data" top: "data" top: "target" '
+                        'hdf5_data_param { source: "list.txt" batch_size: 2 } }')
+    Path("list2.txt").write_text("missing.h5\n")
+    with pytest.raises(DataError, match="list2.txt:1"):
+        layer_from_text('layer { name: "d" type: "HDF5Data" top: "data" '
+                        'hdf5_data_param { source: "list2.txt" batch_size: 2 } }')
+
+
+def test_hdf5_output_appends_batches(tmp_path, monkeypatch):
+    import torch
+    monkeypatch.chdir(tmp_path)
+    net = read_net('layer { name: "o" type: "HDF5Output" bottom: "data" bottom: "label" '
+                   'hdf5_output_param { file_name: "out.h5" } }')
+    layer = build_layer(LayerSpec(net.layer[0], [(2, 3), (2,)]))
+    a, b = torch.randn(2, 3), torch.randn(2, 3)
+    assert layer(a, torch.tensor([1.0, 2.0])) == ()
+    layer(b, torch.tensor([3.0, 4.0]))
+    with h5py.File("out.h5", "r") as h5:
+        np.testing.assert_array_equal(h5["data"][:], torch.cat([a, b]).numpy())
+        np.testing.assert_array_equal(h5["label"][:], [1, 2, 3, 4])
+
+
+def test_golden_solver_hdf5_net_reads_rows_in_caffe_order(tmp_path, monkeypatch):
+    # the golden solver net: HDF5Data TRAIN batch 8 over 64 rows, TEST batch 16, cursor persists (README sect. 2)
+    monkeypatch.chdir(tmp_path)
+    data, label = write_h5("train.h5", 64)
+    Path("train_h5.txt").write_text("train.h5\n")
+    text = ('layer { name: "data" type: "HDF5Data" top: "data" top: "label" include { phase: TEST } '
+            'hdf5_data_param { source: "train_h5.txt" batch_size: 16 shuffle: false } }')
+    test = layer_from_text(text)
+    rows = [test()[1].numpy() for _ in range(5)]
+    np.testing.assert_array_equal(rows[1], label[16:32])
+    np.testing.assert_array_equal(rows[4], label[0:16])
+    assert os.path.exists("train.h5")

@@ -1,0 +1,8 @@
+"""Caffe's data pipeline: Datum/LMDB records, list files, HDF5 sources, the DataTransformer and the VGG
+paper's augmentation, plus a multi-process batch loader.
+
+Modules (one job each): :mod:`.datum` (Datum and mean-file encoding), :mod:`.db` (LMDB/LevelDB access),
+:mod:`.sources` (record sources and the record stream with sharding/shuffling), :mod:`.transform` (Caffe's
+DataTransformer), :mod:`.augment` (scale jitter and colour shift), :mod:`.batches` (batch assembly),
+:mod:`.loader` (worker processes, prefetch, pinned memory), :mod:`.gpu` (optional CUDA decode/augment).
+"""

@@ -1,0 +1,149 @@
+"""Key/value databases Caffe's Data layer reads: LMDB (via the ``lmdb`` package) and LevelDB (via ``plyvel``,
+optional).
+
+Readers list the keys once, in the database's byte order (the order Caffe's cursor walks), and then fetch
+values by index, so a record position maps to one key for any worker process.  Handles are opened lazily and
+dropped on pickling, so a reader can be sent to worker processes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from vggproto.errors import DataError
+
+log = logging.getLogger("vggproto.data.db")
+
+LMDB_MAP_SIZE = 1 << 40   # Caffe: src/caffe/util/db_lmdb.hpp LMDB_MAP_SIZE (1 TB, sparse)
+BACKENDS = ("lmdb", "leveldb")
+
+# The lmdb package refuses to open one environment twice in a process, yet TRAIN and TEST nets routinely read
+# the same database: read-only environments are shared per (process, real path).  Process-wide by necessity.
+_SHARED_ENVS: dict[tuple[int, str], object] = {}
+
+
+def _shared_lmdb_env(path: str):
+    import lmdb
+    key = (os.getpid(), os.path.realpath(path))
+    env = _SHARED_ENVS.get(key)
+    if env is None:
+        try:
+            env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=os.path.isdir(path),
+                            max_readers=512)
+        except lmdb.Error as exc:
+            raise DataError(f"cannot open LMDB '{path}': {exc}") from None
+        _SHARED_ENVS[key] = env
+    return env
+
+
+def detect_backend(path: str, requested: str) -> str:
+    """The backend to open ``path`` with; an LMDB directory wins over a (default) LEVELDB request, with a warning."""
+    if not os.path.exists(path):
+        raise DataError(f"database '{path}' does not exist (paths are relative to the working directory "
+                        f"'{os.getcwd()}', as in Caffe)")
+    is_lmdb = os.path.isfile(os.path.join(path, "data.mdb")) or os.path.isfile(path)
+    if requested == "leveldb" and is_lmdb:
+        log.warning("%s is an LMDB database but backend is LEVELDB (Caffe's default); reading it as LMDB", path)
+        return "lmdb"
+    return requested
+
+
+class DBReader:
+    """Random access by position to the records of an LMDB or LevelDB database, in key order."""
+
+    def __init__(self, path: str, backend: str = "lmdb"):
+        self.path = path
+        self.backend = detect_backend(path, backend)
+        self._handle = None
+        self._txn = None
+        self.keys: list[bytes] = self._list_keys()
+        if not self.keys:
+            raise DataError(f"database '{path}' is empty")
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handle"] = state["_txn"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _open(self):
+        if self._handle is not None:
+            return self._handle
+        if self.backend == "lmdb":
+            self._handle = _shared_lmdb_env(self.path)
+            self._txn = self._handle.begin(buffers=False)
+        elif self.backend == "leveldb":
+            try:
+                import plyvel
+            except ImportError:
+                raise DataError(f"'{self.path}': LevelDB databases need the 'plyvel' package (pip install plyvel); "
+                                f"or convert with `vggproto convert-imageset` to LMDB (backend: LMDB)") from None
+            try:
+                self._handle = plyvel.DB(self.path, create_if_missing=False)
+            except Exception as exc:
+                raise DataError(f"cannot open LevelDB '{self.path}': {exc}") from None
+        else:
+            raise DataError(f"database '{self.path}': unknown backend '{self.backend}'; supported: "
+                            + ", ".join(BACKENDS))
+        return self._handle
+
+    def _list_keys(self) -> list[bytes]:
+        handle = self._open()
+        if self.backend == "lmdb":
+            return [bytes(k) for k in self._txn.cursor().iternext(keys=True, values=False)]
+        return list(handle.iterator(include_value=False))
+
+    def get(self, index: int) -> bytes:
+        """The value of the ``index``-th key."""
+        key = self.keys[index]
+        handle = self._open()
+        value = self._txn.get(key) if self.backend == "lmdb" else handle.get(key)
+        if value is None:
+            raise DataError(f"database '{self.path}': key {key!r} vanished while reading")
+        return bytes(value)
+
+    def close(self) -> None:
+        """Release this reader's transaction (a shared LMDB environment stays open for other readers)."""
+        if self._txn is not None:
+            self._txn.abort()
+        elif self._handle is not None:
+            self._handle.close()
+        self._handle = self._txn = None
+
+
+class LMDBWriter:
+    """Writes key/value pairs into a new LMDB directory, committing every ``commit_every`` puts (Caffe: 1000)."""
+
+    def __init__(self, path: str, commit_every: int = 1000):
+        import lmdb
+        if os.path.exists(path):
+            raise DataError(f"database '{path}' already exists; remove it or choose another name")
+        os.makedirs(path)
+        self.path, self.commit_every = path, commit_every
+        self._env = lmdb.open(path, map_size=LMDB_MAP_SIZE, subdir=True, meminit=False, map_async=True)
+        self._txn = self._env.begin(write=True)
+        self._pending = 0
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value)
+        self._pending += 1
+        if self._pending >= self.commit_every:
+            self.commit()
+
+    def commit(self) -> None:
+        self._txn.commit()
+        self._txn = self._env.begin(write=True)
+        self._pending = 0
+
+    def close(self) -> None:
+        self._txn.commit()
+        self._env.sync()
+        self._env.close()
+
+    def __enter__(self) -> "LMDBWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

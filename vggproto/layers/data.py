@@ -1,0 +1,214 @@
+"""Caffe's data layers: Data (LMDB/LevelDB Datums), ImageData (list file), HDF5Data, HDF5Output.
+
+Thin wrappers: the work is in :mod:`vggproto.data`.  A data layer has no bottoms; ``forward()`` returns the next
+batch (float32 data, labels as float like Caffe's blobs) and advances a cursor that persists across forwards and
+test passes; ``cursor()`` / ``set_cursor(n)`` save and restore the position.  Source paths are relative to the
+working directory, as in Caffe.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+
+from vggproto._pb import caffe_pb2
+from vggproto.data.batches import HDF5BatchMaker, ImageBatchMaker
+from vggproto.data.build import make_feed, make_stream, rand_skip, rank_batch, require_file, seeds
+from vggproto.data.sources import DBSource, HDF5Source, ListSource, file_shuffle_order, permutation_order
+from vggproto.data.transform import DataTransformer
+from vggproto.errors import DataError
+from vggproto.layers.registry import CaffeLayer, LayerSpec, register
+
+log = logging.getLogger("vggproto.layers.data")
+
+
+def _where(spec: LayerSpec) -> str:
+    place = spec.path or "<net>"
+    if spec.line is not None:
+        place += f":{spec.line}"
+    return f"{place}: layer '{spec.name}' ({spec.type})"
+
+
+def _located(exc: DataError, where: str) -> DataError:
+    """``exc`` prefixed with the layer's location unless it already names it."""
+    return exc if str(exc).startswith(where) else DataError(f"{where}: {exc}")
+
+
+class _FeedLayer(CaffeLayer):
+    """Common part of the data layers: a BatchFeed and the cursor API the solver uses."""
+
+    is_data = True
+
+    def _check_tops(self, low: int, high: int | None) -> None:
+        n = len(self.spec.param.top)
+        if n < low or (high is not None and n > high):
+            want = f"{low}" if high == low else f"{low}..{high if high is not None else 'any'}"
+            raise self.spec.error(f"needs {want} tops, has {n}")
+
+    def forward(self) -> tuple[torch.Tensor, ...]:
+        if self.feed is None:
+            raise DataError(f"{_where(self.spec)}: built with dry_run (shapes only); it cannot produce data")
+        return tuple(self.feed.next())
+
+    def cursor(self) -> int:
+        """Records consumed so far by this rank."""
+        return self.feed.cursor() if self.feed is not None else 0
+
+    def set_cursor(self, n: int) -> None:
+        """Continue reading at record position ``n`` (a value returned by :meth:`cursor`)."""
+        if self.feed is not None:
+            self.feed.set_cursor(n)
+
+    @property
+    def bad_records(self) -> int:
+        """Records skipped as unreadable (only with the ``skip_bad`` option)."""
+        return self.feed.bad_records if self.feed is not None else 0
+
+
+class _ImageLayer(_FeedLayer):
+    """Data and ImageData: a source of images + labels through Caffe's DataTransformer."""
+
+    def _setup(self, source_factory, batch_size: int, limit_skip: int, shuffle: bool, dry_shape) -> None:
+        spec, opts = self.spec, self.spec.options
+        self._check_tops(1, 2)
+        where = _where(spec)
+        batch = rank_batch(batch_size, opts, spec.train, where)
+        transformer = DataTransformer(spec.param.transform_param, spec.train, where,
+                                      load_mean=not opts.get("dry_run"))
+        self.feed = None
+        if opts.get("dry_run"):
+            c, h, w = dry_shape(transformer)
+        else:
+            source = source_factory(transformer)
+            seed, shuffle_seed = seeds(opts)
+            order = permutation_order(len(source), shuffle_seed) if shuffle else None
+            stream = make_stream(len(source), opts, spec.train, rand_skip(limit_skip, len(source), seed, where),
+                                 order)
+            first, _ = source.read(stream.index(0))
+            c, h, w = transformer.output_shape(first.shape[2], *self._first_size(transformer, first))
+            maker = ImageBatchMaker(source, stream, transformer, batch, (c, h, w), seed,
+                                    with_label=len(spec.param.top) > 1, skip_bad=bool(opts.get("skip_bad")))
+            self.feed = make_feed(maker, batch, opts)
+        self.top_shapes = [(batch, c, h, w)] + [(batch,)] * (len(spec.param.top) - 1)
+
+    @staticmethod
+    def _first_size(transformer: DataTransformer, first: np.ndarray) -> tuple[int, int]:
+        return first.shape[0], first.shape[1]
+
+
+def _dry_channels(color: bool, transformer: DataTransformer) -> int:
+    return 1 if (transformer.force_gray or not color) else 3
+
+
+@register("Data")
+class DataLayer(_ImageLayer):
+    """Caffe's Data layer: Datums from an LMDB (or LevelDB with plyvel), in key order, sharded in TRAIN."""
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        p = spec.param.data_param
+        where = _where(spec)
+        backend = "lmdb" if p.backend == caffe_pb2.DataParameter.LMDB else "leveldb"
+
+        def source(transformer: DataTransformer) -> DBSource:
+            color = True if p.force_encoded_color else transformer.decode_color
+            try:
+                return DBSource(require_file(p.source, "data_param.source", where), backend, color)
+            except DataError as exc:
+                raise _located(exc, where) from None
+
+        def dry_shape(transformer: DataTransformer) -> tuple[int, int, int]:
+            if transformer.crop:
+                return _dry_channels(True, transformer), transformer.crop, transformer.crop
+            if os.path.exists(p.source):   # peek at the first record for its shape
+                src = source(transformer)
+                img, _ = src.read(0)
+                return transformer.output_shape(img.shape[2], img.shape[0], img.shape[1])
+            raise DataError(f"{where}: cannot know the data shape without reading '{p.source}' (no crop_size)")
+
+        self._setup(source, p.batch_size, p.rand_skip, False, dry_shape)
+
+
+@register("ImageData")
+class ImageDataLayer(_ImageLayer):
+    """Caffe's ImageData layer: ``<path> <label>`` list file, optional resize and seeded per-epoch shuffle."""
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        p = spec.param.image_data_param
+        where = _where(spec)
+        if (p.new_height > 0) != (p.new_width > 0):
+            raise DataError(f"{where}: image_data_param new_height and new_width must be set together")
+
+        def source(transformer: DataTransformer) -> ListSource:
+            return ListSource(p.source, p.root_folder, p.new_height, p.new_width, bool(p.is_color))
+
+        def dry_shape(transformer: DataTransformer) -> tuple[int, int, int]:
+            c = _dry_channels(bool(p.is_color), transformer)
+            if transformer.crop:
+                return c, transformer.crop, transformer.crop
+            if p.new_height > 0:
+                return c, p.new_height, p.new_width
+            raise DataError(f"{where}: cannot know the data shape without reading images (set crop_size or "
+                            f"new_height/new_width)")
+
+        self._setup(source, p.batch_size, p.rand_skip, bool(p.shuffle), dry_shape)
+
+
+@register("HDF5Data")
+class HDF5DataLayer(_FeedLayer):
+    """Caffe's HDF5Data: rows of the .h5 files listed in ``source``, one dataset per top (by top name)."""
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        p, opts = spec.param.hdf5_data_param, spec.options
+        where = _where(spec)
+        self._check_tops(1, None)
+        batch = rank_batch(p.batch_size, opts, spec.train, where)
+        self.feed = None
+        if opts.get("dry_run") and not os.path.exists(p.source):
+            raise DataError(f"{where}: cannot know the top shapes without the HDF5 files listed in '{p.source}'")
+        try:
+            source = HDF5Source(require_file(p.source, "hdf5_data_param.source", where), list(spec.param.top))
+        except DataError as exc:
+            raise _located(exc, where) from None
+        self.top_shapes = [(batch,) + tuple(source.row_shapes[t]) for t in spec.param.top]
+        if not opts.get("dry_run"):
+            _, shuffle_seed = seeds(opts)
+            order = file_shuffle_order(tuple(source.sizes), shuffle_seed) if p.shuffle else None
+            stream = make_stream(len(source), opts, spec.train, 0, order)
+            self.feed = make_feed(HDF5BatchMaker(source, stream, batch), batch, opts)
+
+
+@register("HDF5Output")
+class HDF5OutputLayer(CaffeLayer):
+    """Caffe's HDF5Output: writes bottom 0 as dataset ``data`` and bottom 1 as ``label`` of ``file_name``.
+
+    Caffe truncates the file at setup; here each forward appends its rows (Caffe could only write one batch).
+    """
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        self.file_name = spec.param.hdf5_output_param.file_name
+        if not self.file_name:
+            raise spec.error("hdf5_output_param.file_name is required")
+        if len(spec.param.bottom) not in (1, 2) or spec.param.top:
+            raise spec.error("needs 1 or 2 bottoms (data, label) and no tops")
+        self.names = ["data", "label"][:len(spec.param.bottom)]
+        self._created = False
+
+    def forward(self, *bottoms: torch.Tensor) -> tuple:
+        import h5py
+        with h5py.File(self.file_name, "a" if self._created else "w") as h5:
+            for name, blob in zip(self.names, bottoms):
+                rows = blob.detach().to("cpu", torch.float32).numpy()
+                if name not in h5:
+                    h5.create_dataset(name, data=rows, maxshape=(None,) + rows.shape[1:], chunks=True)
+                else:
+                    ds = h5[name]
+                    ds.resize(ds.shape[0] + rows.shape[0], axis=0)
+                    ds[-rows.shape[0]:] = rows
+        self._created = True
+        return ()
