@@ -219,3 +219,51 @@ def apply_update(param: caffe_pb2.SolverParameter, weights: Sequence[torch.Tenso
         rule(g, param_history(history, i, n), rate * float(lr_mults[i]), param, it)
         w.sub_(g)  # Caffe: Blob::Update, data -= diff
     return norm
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The paper's schedule (opt-in): divide the lr by 10 when the validation accuracy stops improving
+# ------------------------------------------------------------------------------------------------------------------
+
+class Plateau:
+    """Simonyan & Zisserman §3.1: "the learning rate was ... decreased by a factor of 10 when the validation set
+    accuracy stopped improving".  After ``patience`` tests without a new best, drop (at most ``max_drops`` times).
+
+    The factor ``0.1 ** drops`` multiplies the solver's own lr policy, so solver files stay BVLC-valid.
+    """
+
+    def __init__(self, patience: int, max_drops: int):
+        self.patience, self.max_drops = int(patience), int(max_drops)
+        self.best: float | None = None
+        self.since_best = 0
+        self.drops = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.patience > 0 and self.max_drops > 0
+
+    @property
+    def factor(self) -> float:
+        return 0.1 ** self.drops
+
+    def observe(self, value: float) -> bool:
+        """Record one test score; True when this observation triggers a drop."""
+        if not self.enabled:
+            return False
+        if self.best is None or value > self.best:
+            self.best, self.since_best = value, 0
+            return False
+        self.since_best += 1
+        if self.since_best >= self.patience and self.drops < self.max_drops:
+            self.drops += 1
+            self.since_best = 0
+            return True
+        return False
+
+    def state(self) -> dict:
+        return {"best": self.best, "since_best": self.since_best, "drops": self.drops}
+
+    def load(self, state: dict) -> None:
+        self.best = state.get("best")
+        self.since_best = int(state.get("since_best", 0))
+        self.drops = int(state.get("drops", 0))

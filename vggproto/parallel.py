@@ -1,0 +1,216 @@
+"""Multi-process training on torch.distributed: one worker per GPU (NCCL), or N CPU workers (gloo) for tests.
+
+``launch`` either runs in-process (one device), joins a torchrun job (``RANK``/``WORLD_SIZE`` in the environment) or
+spawns one worker per device.  Semantics (reference B.6 and the training brief): the prototxt ``batch_size`` is the
+GLOBAL batch split evenly across ranks (``--per-gpu-batch``: BVLC's per-GPU batch), data sharded by rank (record i on
+rank ``i % world``), gradients summed then scaled by ``1/world`` after the iter_size backward passes (Caffe:
+``parallel.cpp`` on_gradients_ready), so one step equals the single-process step on the same global batch; every
+rank then runs the identical clip/normalise/decay/update.  Rank 0 broadcasts the initial state, tests, logs and
+snapshots.  A worker that fails takes the job down: the others are terminated and the launcher raises that worker's
+error (collectives also carry a timeout, so nothing hangs).
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from vggproto.errors import SolverError, VGGProtoError
+
+log = logging.getLogger("vggproto.parallel")
+
+#: Test hook: ``kill:<rank>:<iter>`` makes that worker SIGKILL itself at that iteration (failure-propagation tests).
+FAULT_ENV = "VGGPROTO_FAULT_INJECT"
+TIMEOUT_ENV = "VGGPROTO_COLLECTIVE_TIMEOUT_S"
+
+
+class Comm:
+    """The few collectives the solver needs, over the default process group."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def all_reduce_mean(self, tensors: list[torch.Tensor], extra: list[float]) -> list[float]:
+        """Average ``tensors`` (in place) and the scalars ``extra`` over all ranks; returns the averaged scalars."""
+        import torch.distributed as dist
+        world = dist.get_world_size()
+        if tensors:
+            flat = torch.cat([t.reshape(-1) for t in tensors])
+            dist.all_reduce(flat)
+            flat.mul_(1.0 / world)
+            offset = 0
+            for t in tensors:
+                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
+        scalars = torch.tensor(extra, dtype=torch.float64, device=self.device)
+        dist.all_reduce(scalars)
+        return (scalars / world).tolist()
+
+    def broadcast(self, tensors: list[torch.Tensor]) -> None:
+        import torch.distributed as dist
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
+    def broadcast_ints(self, values: list[int]) -> list[int]:
+        import torch.distributed as dist
+        t = torch.tensor(values, dtype=torch.int64, device=self.device)
+        dist.broadcast(t, src=0)
+        return [int(v) for v in t.tolist()]
+
+    def gather_objects(self, value) -> list:
+        import torch.distributed as dist
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, value)
+        return out
+
+
+def parse_gpus(spec: str | None) -> tuple[str, list[int]]:
+    """``--gpus``: ``0,1`` / ``all`` → ("cuda", ids); ``cpu:N`` → ("cpu", [0..N-1]); None → ("cpu", [0])."""
+    if spec is None or spec == "":
+        return "cpu", [0]
+    if spec.startswith("cpu"):
+        count = spec.partition(":")[2] or "1"
+        if not count.isdigit() or int(count) < 1:
+            raise SolverError(f"--gpus {spec}: expected cpu:N with N >= 1")
+        return "cpu", list(range(int(count)))
+    available = torch.cuda.device_count()
+    if spec == "all":
+        ids = list(range(available))
+    else:
+        try:
+            ids = [int(x) for x in spec.split(",") if x.strip() != ""]
+        except ValueError:
+            raise SolverError(f"--gpus {spec}: expected a comma-separated list of GPU ids, 'all' or cpu:N") from None
+    if not ids:
+        raise SolverError(f"--gpus {spec}: no CUDA device is available (torch sees {available})")
+    bad = [i for i in ids if i < 0 or i >= available]
+    if bad:
+        raise SolverError(f"--gpus {spec}: GPU {bad[0]} does not exist (torch sees {available} CUDA devices)")
+    return "cuda", ids
+
+
+def launch(solver_path: str, options, resume: str | None = None, gpus: str | None = None) -> None:
+    """Train ``solver_path`` with :class:`vggproto.solver.TrainOptions` on the devices ``gpus`` names."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        _join_torchrun(solver_path, options, resume)
+        return
+    kind, ids = parse_gpus(gpus)
+    if len(ids) == 1:
+        device = f"cuda:{ids[0]}" if kind == "cuda" else options.device
+        from vggproto.solver import Solver
+        Solver(solver_path, replace(options, device=device)).solve(resume)
+        return
+    _spawn(solver_path, options, resume, kind, ids)
+
+
+def _timeout() -> datetime.timedelta:
+    return datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, "600")))
+
+
+def _join_torchrun(solver_path: str, options, resume: str | None) -> None:
+    import torch.distributed as dist
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    cuda = torch.cuda.is_available() and not options.device.startswith("cpu")
+    device = f"cuda:{local}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=_timeout())
+    try:
+        _run(solver_path, replace(options, rank=rank, world_size=world, device=device), resume)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _spawn(solver_path: str, options, resume: str | None, kind: str, ids: list[int]) -> None:
+    import torch.multiprocessing as mp
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="vggproto-workers-") as errors:
+        log.info("Spawning %d workers (%s) on %s", len(ids), "nccl" if kind == "cuda" else "gloo",
+                 ", ".join(f"{kind}:{i}" for i in ids))
+        level = logging.getLogger().getEffectiveLevel()
+        # the workers handle SIGINT/SIGHUP (--sigint-effect) themselves and exit cleanly; the launcher waits
+        ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _job_signals()}
+        try:
+            mp.spawn(_worker, args=(solver_path, options, resume, kind, ids, port, errors, level),
+                     nprocs=len(ids), join=True)
+        except Exception as exc:  # ProcessRaisedException / ProcessExitedException
+            rank = getattr(exc, "error_index", None)
+            message = _worker_error(errors, rank)
+            if message is None:
+                code = getattr(exc, "exit_code", None)
+                sig = getattr(exc, "signal_name", None)
+                message = (f"died with {sig}" if sig else f"exited with status {code}") if code is not None \
+                    else str(exc).strip().splitlines()[-1]
+            raise SolverError(f"training worker {rank} failed: {message}; all workers were stopped") from None
+        finally:
+            for sig, old in ignored.items():
+                signal.signal(sig, old)
+
+
+def _job_signals() -> list:
+    return [signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+
+
+def _worker_error(folder: str, rank: int | None) -> str | None:
+    names = [f"rank{rank}.err"] if rank is not None else []
+    names += sorted(p.name for p in Path(folder).glob("rank*.err"))
+    for name in names:
+        path = Path(folder) / name
+        if path.is_file():
+            return path.read_text(encoding="utf-8").strip()
+    return None
+
+
+def _worker(index: int, solver_path: str, options, resume, kind: str, ids: list[int], port: int,
+            errors: str, level: int) -> None:
+    import torch.distributed as dist
+    world = len(ids)
+    logging.basicConfig(level=level if index == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    if kind == "cuda":
+        torch.cuda.set_device(ids[index])
+        device = f"cuda:{ids[index]}"
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        device = "cpu"
+    try:
+        dist.init_process_group("nccl" if kind == "cuda" else "gloo", rank=index, world_size=world,
+                                timeout=_timeout())
+        try:
+            _run(solver_path, replace(options, rank=index, world_size=world, device=device), resume)
+        finally:
+            dist.destroy_process_group()
+    except VGGProtoError as exc:
+        Path(errors, f"rank{index}.err").write_text(str(exc), encoding="utf-8")
+        raise SystemExit(1)
+
+
+def _run(solver_path: str, options, resume) -> None:
+    from vggproto.solver import Solver
+    solver = Solver(solver_path, options, comm=Comm(torch.device(options.device)))
+    fault = os.environ.get(FAULT_ENV, "")
+    if fault.startswith("kill:"):
+        _, rank, at = fault.split(":")
+        if int(rank) == options.rank:
+            solver.callbacks.append(lambda s: _kill_self() if s.iter == int(at) else None)
+    solver.solve(resume)
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,592 @@
+"""The training loop: Caffe's ``Solver::Solve`` / ``Step`` / ``TestAll`` / ``Snapshot`` / ``Restore``, in one file.
+
+Read it top to bottom like ``caffe train``: build the nets from the solver (TRAIN net, then TEST nets that share the
+trained layers by name), optionally finetune from ``--weights`` or resume from a solverstate, then iterate
+
+    test (every test_interval) → iter_size × forward/backward (grads summed) → smoothed loss → display →
+    all-reduce (multi-process) → lr → clip → 1/iter_size → decay → update rule → iter++ → snapshot
+
+and finish as Caffe does: final snapshot, one display-only forward, final test (reference B.1/B.2,
+``BVLC/caffe:src/caffe/solver.cpp``).  The update math lives in :mod:`vggproto.updates`, the file formats in
+:mod:`vggproto.snapshot`, the log lines in :mod:`vggproto.train_log`, process groups in :mod:`vggproto.parallel`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vggproto import snapshot as snap
+from vggproto import train_log as tl
+from vggproto import updates
+from vggproto._pb import caffe_pb2
+from vggproto.errors import SolverError
+from vggproto.prototxt import read_solver
+
+log = logging.getLogger("vggproto.solver")
+
+
+@dataclass
+class TrainOptions:
+    """What ``caffe train``'s flags add to the solver file (plus vggproto's extensions)."""
+
+    weights: tuple[str, ...] = ()          # --weights (finetune), applied in order
+    level: int | None = None               # --level  → train_state.level
+    stages: tuple[str, ...] = ()           # --stage  → train_state.stage
+    device: str = "cpu"
+    rank: int = 0
+    world_size: int = 1
+    per_gpu_batch: bool = False            # BVLC semantics: the prototxt batch is per process
+    sigint_effect: str = "stop"            # Caffe's defaults
+    sighup_effect: str = "snapshot"
+    plateau_patience: int = 0
+    plateau_max_drops: int = 0
+    plateau_output: str | None = None      # default: the first Accuracy top of test net #0
+    init_layers: tuple[str, ...] | None = None  # restrict --weights copying to these layers
+    progress: bool | None = None           # tqdm bar (None: when stderr is a TTY)
+    csv: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+class _Signals:
+    """Caffe's SignalHandler: SIGINT/SIGHUP set a request the loop polls once per iteration."""
+
+    def __init__(self, sigint: str, sighup: str):
+        self.effects = {signal.SIGINT: sigint}
+        if hasattr(signal, "SIGHUP"):
+            self.effects[signal.SIGHUP] = sighup
+        self.pending: str = "none"
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.effects:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        effect = self.effects.get(signum, "none")
+        if effect != "none":
+            log.info("Caught %s; requested action: %s", signal.Signals(signum).name, effect)
+            if self.pending != "stop":
+                self.pending = effect
+
+    def take(self) -> str:
+        action, self.pending = self.pending, "none"
+        return action
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Solver:
+    """A Caffe solver on vggproto's Net: ``Solver(solver_path_or_param, options).solve(resume=None)``."""
+
+    def __init__(self, solver, options: TrainOptions | None = None, *, comm=None):
+        from vggproto.net import Net
+        self.opts = opts = options or TrainOptions()
+        self.path = str(solver) if isinstance(solver, (str, os.PathLike)) else None
+        self.param = read_solver(solver) if self.path else solver
+        p = self.param
+        updates.check_solver(p, self.path)
+        for effect in (opts.sigint_effect, opts.sighup_effect):
+            if effect not in ("stop", "snapshot", "none"):
+                raise SolverError(f"signal effect '{effect}' is not one of: stop, snapshot, none")
+        if opts.level is not None:
+            p.train_state.level = opts.level
+        if opts.stages:
+            del p.train_state.stage[:]
+            p.train_state.stage.extend(opts.stages)
+        self.comm, self.rank, self.world = comm, opts.rank, opts.world_size
+        self.root = self.rank == 0
+        self.device = torch.device(opts.device)
+        if p.random_seed >= 0:  # Caffe: seed + solver rank
+            torch.manual_seed(p.random_seed + self.rank)
+        seed = p.random_seed + self.rank if p.random_seed >= 0 else None
+
+        # ---- train net (Caffe: Solver::InitTrainNet) ------------------------------------------------------------
+        source = self._train_net_source()
+        options = {"rank": self.rank, "world_size": self.world, "batch_split": not opts.per_gpu_batch,
+                   "per_gpu_batch": opts.per_gpu_batch, "seed": seed}
+        log.info("Creating training net from %s", source if isinstance(source, str) else "net_param")
+        self.net = Net(source, phase="TRAIN", stages=tuple(p.train_state.stage), level=p.train_state.level,
+                       seed=seed, options=options)
+        _to_device(self.net, self.device)
+        for w in opts.weights:
+            self._finetune(w)
+        # ---- test nets (Caffe: Solver::InitTestNets); only the root process tests ------------------------------
+        self.test_nets = []
+        if self.root:
+            for i, (src, state) in enumerate(self._test_net_sources()):
+                test = Net(src, phase="TEST", stages=tuple(state.stage), level=state.level, seed=seed,
+                           options={"rank": 0, "world_size": 1})
+                _to_device(test, self.device)
+                test.share_weights_from(self.net)
+                self.test_nets.append(test)
+        # ---- solver state ----------------------------------------------------------------------------------------
+        self.learnable = list(self.net.learnable_params)
+        self.history = updates.new_history(p.type, [lp.param.detach() for lp in self.learnable])
+        self.iter, self.current_step = 0, 0
+        self.plateau = updates.Plateau(opts.plateau_patience, opts.plateau_max_drops)
+        self.signals = _Signals(opts.sigint_effect, opts.sighup_effect)
+        self.smoothed_loss, self._losses = 0.0, []
+        self.last_snapshot: str | None = None
+        self.requested_early_exit = False
+        self.csv: tl.CsvLog | None = None
+        self.callbacks: list = []  # called with the solver at the start of every iteration (Caffe: on_start)
+        if self.root and (p.snapshot or p.snapshot_after_train):
+            snap.check_write_permission(p.snapshot_prefix)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Net sources
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def _resolve(self, name: str) -> str:
+        """A net file as Caffe opens it (relative to the CWD), else relative to the solver file."""
+        if os.path.isfile(name) or self.path is None:
+            return name
+        beside = Path(self.path).parent / name
+        return str(beside) if beside.is_file() else name
+
+    def _train_net_source(self):
+        p = self.param
+        given = [f for f in ("train_net_param", "train_net", "net_param", "net") if p.HasField(f)]
+        if len(given) != 1:
+            raise SolverError(f"{self.path or 'solver'}: exactly one of train_net_param, train_net, net_param, net "
+                              f"must specify the train net (found: {', '.join(given) or 'none'})")
+        value = getattr(p, given[0])
+        return self._resolve(value) if isinstance(value, str) else value
+
+    def _test_net_sources(self) -> list:
+        p = self.param
+        sources = list(p.test_net_param) + [self._resolve(f) for f in p.test_net]
+        generic = p.net_param if p.HasField("net_param") else (self._resolve(p.net) if p.HasField("net") else None)
+        where = self.path or "solver"
+        if generic is None and len(p.test_iter) != len(sources):
+            raise SolverError(f"{where}: test_iter must be given once per test net ({len(sources)} test nets, "
+                              f"{len(p.test_iter)} test_iter)")
+        if generic is not None:
+            if len(p.test_iter) < len(sources):
+                raise SolverError(f"{where}: test_iter must be specified for each test network")
+            sources += [generic] * (len(p.test_iter) - len(sources))
+        if p.test_state and len(p.test_state) != len(sources):
+            raise SolverError(f"{where}: test_state must be unspecified or specified once per test net")
+        if sources and p.test_interval <= 0:
+            raise SolverError(f"{where}: test nets need test_interval > 0")
+        states = list(p.test_state) or [caffe_pb2.NetState() for _ in sources]
+        return list(zip(sources, states))
+
+    def _finetune(self, path: str) -> None:
+        """Caffe: ``--weights`` → CopyTrainedLayersFrom, optionally limited to ``init_layers`` (the paper's init)."""
+        log.info("Finetuning from %s", path)
+        if self.opts.init_layers is None:
+            self.net.load_weights(path)
+            return
+        from vggproto.weights import fit_blob, read_weights
+        keep = set(self.opts.init_layers)
+        for layer, arrays in read_weights(path).items():
+            if layer not in keep or layer not in self.net.params:
+                continue
+            targets = self.net.params[layer]
+            if len(arrays) != len(targets):
+                raise SolverError(f"{path}: layer '{layer}' has {len(arrays)} blobs, the net needs {len(targets)}")
+            for array, target in zip(arrays, targets):
+                fitted = fit_blob(array, tuple(target.shape))
+                if fitted is None:
+                    raise SolverError(f"{path}: cannot copy layer '{layer}': shape {tuple(array.shape)} vs "
+                                      f"{tuple(target.shape)}")
+                with torch.no_grad():
+                    target.copy_(torch.from_numpy(fitted.copy()))
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Solve (Caffe: Solver::Solve)
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def solve(self, resume: str | None = None) -> None:
+        """Train to ``max_iter`` (optionally resuming), then final snapshot, display forward and test."""
+        p = self.param
+        log.info("Solving %s", self.net_name)
+        log.info("Learning Rate Policy: %s", p.lr_policy)
+        self.requested_early_exit = False
+        if resume:
+            log.info("Restoring previous solver status from %s", resume)
+            self.restore(resume)
+        self._broadcast_state()
+        if self.root and self.opts.csv and (p.snapshot or p.snapshot_after_train):
+            self.csv = tl.CsvLog(p.snapshot_prefix + "_log.csv", self._test_columns(),
+                                 resume_iter=self.iter if resume else None)
+        start_iter = self.iter
+        try:
+            with self.signals:
+                self.step(p.max_iter - self.iter)
+                # Caffe: snapshot after train unless the loop just took one
+                if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+                    self.snapshot()
+                if self.requested_early_exit:
+                    log.info("Optimization stopped early.")
+                    return
+                if p.display and self.iter % p.display == 0:
+                    with torch.no_grad():
+                        loss = self._all_mean(self._forward_loss())
+                    self._update_smoothed_loss(loss, start_iter)
+                    if self.root:
+                        log.info("Iteration %d, loss = %s", self.iter, tl.fmt(self.smoothed_loss))
+                if p.test_interval and self.iter % p.test_interval == 0:
+                    self.test_all()
+        finally:
+            if self.csv is not None:
+                self.csv.close()
+        log.info("Optimization Done.")
+
+    @property
+    def net_name(self) -> str:
+        return self.net.net_param.name or "net"
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Step (Caffe: Solver::Step) — the loop
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def step(self, iters: int) -> None:
+        p = self.param
+        start_iter, stop_iter = self.iter, self.iter + iters
+        self._losses, self.smoothed_loss = [], 0.0
+        timer, iters_last = time.perf_counter(), self.iter
+        progress = tl.Progress(p.max_iter, self.iter, self._images_per_iter(), self.opts.progress) \
+            if self.root else None
+        try:
+            while self.iter < stop_iter:
+                for lp in self.learnable:  # ClearParamDiffs
+                    lp.param.grad = None
+                if (p.test_interval and self.iter % p.test_interval == 0
+                        and (self.iter > 0 or p.test_initialization)):
+                    self.test_all()
+                    if self.requested_early_exit:
+                        break
+                for callback in self.callbacks:
+                    callback(self)
+                display = bool(p.display) and self.iter % p.display == 0
+                loss = 0.0
+                for _ in range(p.iter_size):
+                    loss += self._forward_backward()
+                loss /= p.iter_size
+                loss, action = self._all_reduce(loss)
+                self._check_finite(loss)
+                self._update_smoothed_loss(loss, start_iter)
+                if display and self.root:
+                    lapse = time.perf_counter() - timer
+                    per_s = (self.iter - iters_last) / (lapse or 1.0)
+                    log.info(tl.iteration_line(self.iter, per_s, lapse, p.display, self.smoothed_loss))
+                    timer, iters_last = time.perf_counter(), self.iter
+                    for line in tl.output_lines("Train", self._outputs(self.net, self._last_outputs)):
+                        log.info(line)
+                rate = self.apply_update(display)
+                if self.csv is not None:
+                    self.csv.add_train(self.iter, loss, self.smoothed_loss, rate, self.plateau.drops)
+                if progress is not None:
+                    progress.update(self.smoothed_loss)
+                self.iter += 1
+                if (p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot":
+                    self.snapshot()
+                if action == "stop":
+                    self.requested_early_exit = True
+                    break
+        finally:
+            if progress is not None:
+                progress.close()
+
+    def _forward_backward(self) -> float:
+        outputs = self.net.forward()
+        self._last_outputs = outputs
+        loss = self.net.loss
+        if torch.is_tensor(loss) and loss.requires_grad:
+            loss.backward()
+        return float(loss)
+
+    def _forward_loss(self) -> float:
+        self._last_outputs = self.net.forward()
+        return float(self.net.loss)
+
+    def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
+        """Caffe: Solver::UpdateSmoothedLoss — running mean over the last ``average_loss`` iterations."""
+        n = self.param.average_loss
+        if len(self._losses) < n:
+            self._losses.append(loss)
+            size = len(self._losses)
+            self.smoothed_loss = (self.smoothed_loss * (size - 1) + loss) / size
+        else:
+            idx = (self.iter - start_iter) % n
+            self.smoothed_loss += (loss - self._losses[idx]) / n
+            self._losses[idx] = loss
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # ApplyUpdate (Caffe: SGDSolver::ApplyUpdate)
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def learning_rate(self) -> float:
+        rate, self.current_step = updates.learning_rate(self.param, self.iter, self.current_step)
+        return rate * self.plateau.factor
+
+    def apply_update(self, display: bool) -> float:
+        rate = self.learning_rate()
+        if display and self.root:
+            log.info(tl.lr_line(self.iter, rate))
+        weights = [lp.param.data for lp in self.learnable]
+        grads = [lp.param.grad if lp.param.grad is not None else torch.zeros_like(lp.param.data)
+                 for lp in self.learnable]
+        updates.apply_update(self.param, weights, grads, self.history, [lp.lr_mult for lp in self.learnable],
+                             [lp.decay_mult for lp in self.learnable], rate, self.iter)
+        return rate
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Multi-process glue: one all-reduce per iteration carries grads, loss, signal requests and the plateau drops
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def _all_reduce(self, loss: float) -> tuple[float, str]:
+        action = self.signals.take()
+        if self.comm is None:
+            return loss, action
+        grads = [lp.param.grad if lp.param.grad is not None else torch.zeros_like(lp.param) for lp in self.learnable]
+        for lp, g in zip(self.learnable, grads):
+            lp.param.grad = g
+        extra = [loss, float(action == "snapshot"), float(action == "stop"),
+                 float(self.plateau.drops) if self.root else 0.0]
+        extra = self.comm.all_reduce_mean(grads, extra)  # Caffe: parallel.cpp, sum then scale 1/solver_count
+        loss = extra[0]
+        self.plateau.drops = int(round(extra[3] * self.world))
+        action = "stop" if extra[2] > 0 else "snapshot" if extra[1] > 0 else "none"
+        return loss, action
+
+    def _all_mean(self, value: float) -> float:
+        if self.comm is None:
+            return value
+        return self.comm.all_reduce_mean([], [value])[0]
+
+    def _broadcast_state(self) -> None:
+        """Rank 0's weights, history and counters go to every process before the first step (Caffe: NCCL init)."""
+        if self.comm is None:
+            return
+        self.comm.broadcast([lp.param.data for lp in self.learnable] + list(self.history))
+        self.iter, self.current_step = self.comm.broadcast_ints([self.iter, self.current_step])
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Non-finite loss
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def _check_finite(self, loss: float) -> None:
+        if math.isfinite(loss):
+            return
+        culprit = ""
+        for name, blob in self.net.blobs.items():
+            if torch.is_tensor(blob) and blob.is_floating_point() and not bool(torch.isfinite(blob).all()):
+                culprit = f"; the first top that became non-finite is blob '{name}'"
+                layer = _producer(self.net, name)
+                culprit += f" (layer '{layer}')" if layer else ""
+                break
+        kept = f"; the last good snapshot is {self.last_snapshot}" if self.last_snapshot else ""
+        raise SolverError(f"iteration {self.iter}: the training loss is {loss}{culprit}. Training stopped{kept}; "
+                          f"lower base_lr or enable clip_gradients")
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Testing (Caffe: Solver::TestAll / Test)
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def test_all(self) -> None:
+        if not self.root:
+            return
+        for index, net in enumerate(self.test_nets):
+            log.info(tl.testing_line(self.iter, index))
+            scores = self.test(index)
+            if index == 0:
+                self._plateau_observe(scores)
+                if self.csv is not None:
+                    self.csv.add_tests(self.iter, {name: value for name, value in _flat_scores(scores)})
+
+    def test(self, index: int) -> list[tuple[str, list[float], float]]:
+        net = self.test_nets[index]
+        net.share_weights_from(self.net)  # Caffe: ShareTrainedLayersWith before every test
+        n = self.param.test_iter[index]
+        sums: dict[str, torch.Tensor] = {}
+        loss = 0.0
+        with torch.no_grad():
+            for _ in range(n):
+                outputs = net.forward()
+                if self.param.test_compute_loss:
+                    loss += float(net.loss)
+                for name, value in outputs.items():
+                    value = value.detach().double().reshape(-1).cpu()
+                    sums[name] = sums[name] + value if name in sums else value.clone()
+        if self.param.test_compute_loss:
+            log.info("Test loss: %s", tl.fmt(loss / n))
+        weights = _loss_weights(net)
+        scores = [(name, (total / n).tolist(), weights.get(name, 0.0)) for name, total in sums.items()]
+        for line in tl.output_lines("Test", scores):
+            log.info(line)
+        return scores
+
+    def _plateau_observe(self, scores) -> None:
+        if not self.plateau.enabled:
+            return
+        name = self.opts.plateau_output or _first_accuracy_top(self.test_nets[0])
+        values = dict(_flat_scores(scores))
+        if name not in values:
+            raise SolverError(f"--plateau-patience: test net #0 has no output '{name}' (outputs: "
+                              f"{', '.join(values)})")
+        if self.plateau.observe(values[name]):
+            log.info("Plateau: test %s has not improved for %d tests; dividing the learning rate by 10 "
+                     "(drop %d of at most %d)", name, self.plateau.patience, self.plateau.drops,
+                     self.plateau.max_drops)
+
+    def _test_columns(self) -> list[str]:
+        if not self.test_nets:
+            return []
+        names = _output_names(self.test_nets[0])
+        return names
+
+    def _outputs(self, net, outputs: dict) -> list[tuple[str, list[float], float]]:
+        weights = _loss_weights(net)
+        return [(name, value.detach().float().reshape(-1).cpu().tolist(), weights.get(name, 0.0))
+                for name, value in outputs.items()]
+
+    def _images_per_iter(self) -> int:
+        try:
+            first = next(iter(self.net.blobs.values()))
+            return int(first.shape[0]) * self.param.iter_size * self.world
+        except (StopIteration, AttributeError, IndexError):
+            return 0
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Snapshot / restore (Caffe: Solver::Snapshot, SGDSolver::SnapshotSolverState / RestoreSolverState)
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def snapshot(self) -> None:
+        p = self.param
+        cursors = _cursors(self.net)
+        if self.comm is not None:
+            cursors = self.comm.gather_objects(cursors)
+        if not self.root:
+            return
+        hdf5 = p.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        model_path, state_path = snap.snapshot_paths(p.snapshot_prefix, self.iter, hdf5)
+        model_line, state_line = tl.snapshot_lines(model_path, state_path, hdf5)
+        log.info(model_line)
+        self.net.save_weights(model_path)
+        log.info(state_line)
+        history = [h.detach().float().cpu().numpy() for h in self.history]
+        snap.write_solverstate(state_path, snap.SolverStateData(self.iter, model_path, self.current_step, history))
+        snap.write_sidecar(state_path, {
+            "iter": self.iter, "world_size": self.world,
+            "train_cursors": cursors if self.comm is not None else [cursors],
+            "test_cursors": [_cursors(net) for net in self.test_nets],
+            "plateau": self.plateau.state(),
+            "torch_rng": torch.get_rng_state().numpy().tobytes().hex(),
+        })
+        self.last_snapshot = state_path
+        if self.csv is not None:
+            self.csv.flush()
+
+    def restore(self, state_path: str) -> None:
+        state = snap.read_solverstate(state_path)
+        snap.check_history(state_path, state.history, [tuple(h.shape) for h in self.history], self.param.type)
+        if state.learned_net:
+            self.net.load_weights(snap.resolve_learned_net(state_path, state.learned_net))
+        self.iter, self.current_step = state.iter, state.current_step
+        with torch.no_grad():
+            for target, array in zip(self.history, state.history):
+                target.copy_(torch.from_numpy(array.reshape(tuple(target.shape))))
+        log.info("SGDSolver: restoring history")
+        side = snap.read_sidecar(state_path)
+        if side is None:
+            log.info("No vggproto sidecar beside %s: data layers restart at record 0 (as Caffe does)", state_path)
+            return
+        train = side.get("train_cursors") or []
+        if len(train) == self.world:
+            _set_cursors(self.net, train[self.rank])
+        else:
+            log.warning("Snapshot was taken with %d processes, this run has %d: data cursors restart at 0",
+                        len(train), self.world)
+        for net, cursors in zip(self.test_nets, side.get("test_cursors") or []):
+            _set_cursors(net, cursors)
+        self.plateau.load(side.get("plateau") or {})
+        rng = side.get("torch_rng")
+        if rng and self.world == 1:
+            torch.set_rng_state(torch.frombuffer(bytearray(bytes.fromhex(rng)), dtype=torch.uint8))
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Small helpers over the Net's public surface
+# -------------------------------------------------------------------------------------------------------------------
+
+def _to_device(net, device: torch.device) -> None:
+    """Move a net unless it is already there (nets are built on the CPU)."""
+    if device.type != "cpu":
+        net.to(device)
+
+
+def _data_layers(net):
+    for name, module in net.named_modules():
+        if callable(getattr(module, "cursor", None)) and callable(getattr(module, "set_cursor", None)):
+            yield name, module
+
+
+def _cursors(net) -> dict:
+    return {name: module.cursor() for name, module in _data_layers(net)}
+
+
+def _set_cursors(net, cursors: dict) -> None:
+    for name, module in _data_layers(net):
+        if name in cursors:
+            module.set_cursor(cursors[name])
+
+
+def _loss_weights(net) -> dict[str, float]:
+    """Loss weight of each top (Caffe: explicit ``loss_weight``, else 1 on top[0] of a loss layer)."""
+    weights: dict[str, float] = {}
+    for param, layer in zip(net.net_param.layer, net.layer_list):
+        given = list(param.loss_weight)
+        if not given and getattr(layer, "is_loss", False):
+            given = [1.0]
+        for top, weight in zip(param.top, given):
+            if weight:
+                weights[top] = float(weight)
+    return weights
+
+
+def _output_names(net) -> list[str]:
+    return list(net.output_names)
+
+
+def _producer(net, blob: str) -> str | None:
+    param = getattr(net, "net_param", None)
+    if param is None:
+        return None
+    for layer in param.layer:
+        if blob in layer.top:
+            return layer.name
+    return None
+
+
+def _first_accuracy_top(net) -> str:
+    param = getattr(net, "net_param", None)
+    if param is not None:
+        for layer in param.layer:
+            if layer.type == "Accuracy" and layer.top:
+                return layer.top[0]
+    return "accuracy"
+
+
+def _flat_scores(scores) -> list[tuple[str, float]]:
+    flat = []
+    for name, values, _ in scores:
+        if len(values) == 1:
+            flat.append((name, values[0]))
+        else:
+            flat.extend((f"{name}[{i}]", v) for i, v in enumerate(values))
+    return flat
