@@ -1,0 +1,84 @@
+"""Small helpers shared by the core layer modules: axis canonicalisation, per-axis geometry parameters, counts.
+
+They mirror Caffe's Blob::CanonicalAxisIndex and the kernel/stride/pad parsing of BaseConvolutionLayer so that
+every layer validates its fields the same way and reports errors through ``spec.error``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from vggproto.layers.registry import CaffeLayer, LayerSpec, Shape
+
+
+def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
+    """Product of ``shape[start:end]`` (1 for an empty range), like Caffe's Blob::count(start, end)."""
+    return int(math.prod(shape[start:end]))
+
+
+def canonical_axis(spec: LayerSpec, axis: int, ndim: int, field: str) -> int:
+    """Caffe: include/caffe/blob.hpp CanonicalAxisIndex — negative axes count from the end."""
+    if not -ndim <= axis < max(ndim, 1):
+        raise spec.error(f"{field} {axis} out of range for a {ndim}-axis bottom")
+    return axis + ndim if axis < 0 else axis
+
+
+def expect_bottoms(spec: LayerSpec, low: int, high: int | None = None) -> None:
+    """Check the number of bottoms is in [low, high]."""
+    high = low if high is None else high
+    n = len(spec.bottom_shapes)
+    if not low <= n <= high:
+        want = str(low) if low == high else f"{low} to {high}"
+        raise spec.error(f"needs {want} bottom blob(s), got {n}")
+
+
+def expect_tops(spec: LayerSpec, low: int, high: int | None = None) -> None:
+    """Check the number of tops is in [low, high]."""
+    high = low if high is None else high
+    n = len(spec.param.top)
+    if not low <= n <= high:
+        want = str(low) if low == high else f"{low} to {high}"
+        raise spec.error(f"needs {want} top blob(s), got {n}")
+
+
+def axis_values(spec: LayerSpec, repeated: Sequence[int], h: int | None, w: int | None, n_axes: int,
+                default: int | None, field: str) -> list[int]:
+    """Caffe: src/caffe/layers/base_conv_layer.cpp — a per-axis value from ``field_h/_w`` (2-D only) or the
+    repeated ``field`` (one value for all axes or one per axis), else ``default``."""
+    if h is not None or w is not None:
+        if n_axes != 2:
+            raise spec.error(f"{field}_h/{field}_w can only be used for 2 spatial axes, got {n_axes}")
+        if h is None or w is None:
+            raise spec.error(f"{field}_h and {field}_w must be given together")
+        return [int(h), int(w)]
+    values = [int(v) for v in repeated]
+    if not values:
+        if default is None:
+            raise spec.error(f"{field} (or {field}_h and {field}_w) is required")
+        return [default] * n_axes
+    if len(values) == 1:
+        return values * n_axes
+    if len(values) != n_axes:
+        raise spec.error(f"{field} must be specified once or once per spatial axis ({n_axes}), got {len(values)}")
+    return values
+
+
+def opt(message, name: str):
+    """The field's value if it is set, else None (to tell 'unset' from the proto2 default)."""
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def blob(layer: CaffeLayer, index: int) -> torch.Tensor:
+    """Parameter blob ``index`` in the shape this layer declared (a PERMISSIVE shared blob may differ)."""
+    param = layer.blobs[index]
+    shapes = getattr(layer, "blob_shapes", None)
+    if shapes is not None and tuple(param.shape) != shapes[index]:
+        return param.reshape(shapes[index])
+    return param
+
+
+def broadcast_shape(outer: int, shape: Shape, inner: int) -> tuple[int, ...]:
+    """Shape that broadcasts a blob of ``shape`` against axes [axis, axis+len(shape)) of a larger blob."""
+    return (1,) * outer + tuple(shape) + (1,) * inner

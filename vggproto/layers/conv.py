@@ -1,0 +1,96 @@
+"""Convolution and Deconvolution with Caffe's geometry: per-axis kernel/stride/pad/dilation, group, axis, N-d.
+
+Caffe: src/caffe/layers/base_conv_layer.cpp parses the parameters; conv_layer.cpp / deconv_layer.cpp give the
+output sizes.  The math is torch's conv{1,2,3}d / conv_transpose{1,2,3}d, which compute the same cross-correlation.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vggproto.layers.common import axis_values, blob, canonical_axis, count, expect_bottoms, opt
+from vggproto.layers.registry import CaffeLayer, LayerSpec, Shape, register
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+class _BaseConv(CaffeLayer):
+    transposed = False
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        expect_bottoms(spec, 1, 64)
+        if len(spec.param.top) != len(spec.bottom_shapes):
+            raise spec.error(f"needs as many tops as bottoms, got {len(spec.param.top)} tops "
+                             f"and {len(spec.bottom_shapes)} bottoms")
+        p = spec.param.convolution_param
+        shape = spec.bottom_shapes[0]
+        self.axis = canonical_axis(spec, p.axis, len(shape), "convolution_param.axis")
+        n_sp = len(shape) - self.axis - 1
+        if n_sp not in _CONV:
+            raise spec.error(f"supports 1 to 3 spatial axes, got {n_sp} (bottom shape {shape}, axis {self.axis})")
+        self.kernel = axis_values(spec, p.kernel_size, opt(p, "kernel_h"), opt(p, "kernel_w"), n_sp, None,
+                                  "kernel_size")
+        self.stride = axis_values(spec, p.stride, opt(p, "stride_h"), opt(p, "stride_w"), n_sp, 1, "stride")
+        self.pad = axis_values(spec, p.pad, opt(p, "pad_h"), opt(p, "pad_w"), n_sp, 0, "pad")
+        self.dilation = axis_values(spec, p.dilation, None, None, n_sp, 1, "dilation")
+        if min(self.kernel) <= 0 or min(self.stride) <= 0 or min(self.dilation) <= 0:
+            raise spec.error("kernel size, stride and dilation must be positive")
+        channels, self.group, n_out = shape[self.axis], p.group, p.num_output
+        if n_out <= 0:
+            raise spec.error("convolution_param.num_output must be positive")
+        if self.group <= 0 or channels % self.group or n_out % self.group:
+            raise spec.error(f"group {self.group} must divide both the input channels ({channels}) and "
+                             f"num_output ({n_out})")
+        for other in spec.bottom_shapes[1:]:
+            if tuple(other) != tuple(shape):
+                raise spec.error(f"all bottoms must have the same shape: {shape} vs {other}")
+        # Caffe: base_conv_layer.cpp — weight (out, in/group, k...) for conv, (in, out/group, k...) for deconv
+        if self.transposed:
+            wshape = (channels, n_out // self.group, *self.kernel)
+        else:
+            wshape = (n_out, channels // self.group, *self.kernel)
+        self.add_blob(wshape, p.weight_filler)
+        if p.bias_term:
+            self.add_blob((n_out,), p.bias_filler)
+        self.bias_term = p.bias_term
+        spatial = [self._out_size(shape[self.axis + 1 + i], i) for i in range(n_sp)]
+        if min(spatial) <= 0:
+            raise spec.error(f"output would be empty: bottom {shape}, kernel {self.kernel}, stride {self.stride}, "
+                             f"pad {self.pad}, dilation {self.dilation}")
+        out: Shape = (*shape[:self.axis], n_out, *spatial)
+        self.top_shapes = [out] * len(spec.bottom_shapes)
+
+    def _out_size(self, size: int, i: int) -> int:
+        extent = self.dilation[i] * (self.kernel[i] - 1) + 1
+        if self.transposed:  # Caffe: deconv_layer.cpp compute_output_shape
+            return self.stride[i] * (size - 1) + extent - 2 * self.pad[i]
+        return (size + 2 * self.pad[i] - extent) // self.stride[i] + 1  # Caffe: conv_layer.cpp
+
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        outer = x.shape[:self.axis]
+        x = x.reshape(count(outer), *x.shape[self.axis:])
+        bias = blob(self, 1) if self.bias_term else None
+        kwargs = dict(stride=self.stride, padding=self.pad, dilation=self.dilation, groups=self.group)
+        if self.transposed:
+            y = _DECONV[len(self.kernel)](x, blob(self, 0), bias, **kwargs)
+        else:
+            y = _CONV[len(self.kernel)](x, blob(self, 0), bias, **kwargs)
+        return y.reshape(*outer, *y.shape[1:])
+
+    def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self._apply(x) for x in bottoms)
+
+
+@register("Convolution")
+class Convolution(_BaseConv):
+    """Caffe: src/caffe/layers/conv_layer.cpp — out = floor((in + 2p − (d(k−1)+1)) / s) + 1."""
+
+
+@register("Deconvolution")
+class Deconvolution(_BaseConv):
+    """Caffe: src/caffe/layers/deconv_layer.cpp — out = s(in − 1) + d(k−1) + 1 − 2p."""
+
+    transposed = True
+

@@ -1,0 +1,128 @@
+"""Source layers without bottoms: Input, MemoryData (fed by ``net.forward(name=tensor)``), DummyData, Parameter.
+
+Layers whose tops the caller provides set ``feeds = True``; the net hands them the given tensors (or the blob's
+previous value, pycaffe style) and they check the rank against the declared shape.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from vggproto._pb import caffe_pb2
+from vggproto.fillers import fill
+from vggproto.layers.common import expect_bottoms, expect_tops
+from vggproto.layers.registry import CaffeLayer, LayerSpec, register
+
+
+class FedLayer(CaffeLayer):
+    """A layer whose tops are supplied by the caller of ``Net.forward``."""
+
+    feeds: ClassVar[bool] = True
+    is_data = True
+
+    def forward(self, *tops: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        for name, tensor, shape in zip(self.spec.param.top, tops, self.top_shapes):
+            if tensor.dim() != len(shape):
+                raise self.spec.error(f"input '{name}' must have {len(shape)} axes like {shape}, "
+                                      f"got shape {tuple(tensor.shape)}")
+        return tuple(tops)
+
+
+@register("Input")
+class Input(FedLayer):
+    """Caffe: src/caffe/layers/input_layer.cpp — one shape per top, or one shape shared by all tops."""
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        expect_bottoms(spec, 0)
+        shapes = [tuple(int(d) for d in s.dim) for s in spec.param.input_param.shape]
+        n_top = len(spec.param.top)
+        if n_top == 0:
+            raise spec.error("needs at least one top")
+        if len(shapes) == 1:
+            shapes = shapes * n_top
+        if len(shapes) != n_top:
+            raise spec.error(f"input_param.shape must be given once or once per top ({n_top}), got {len(shapes)}")
+        self.top_shapes = shapes
+
+
+@register("MemoryData")
+class MemoryData(FedLayer):
+    """Caffe: src/caffe/layers/memory_data_layer.cpp — tops data (batch, channels, height, width) and label
+    (batch,), filled from arrays handed to ``net.forward(data=..., label=...)`` (no transformation)."""
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        expect_bottoms(spec, 0)
+        expect_tops(spec, 2)
+        p = spec.param.memory_data_param
+        if min(p.batch_size, p.channels, p.height, p.width) <= 0:
+            raise spec.error("memory_data_param batch_size, channels, height and width must all be positive")
+        self.top_shapes = [(p.batch_size, p.channels, p.height, p.width), (p.batch_size,)]
+
+
+@register("DummyData")
+class DummyData(CaffeLayer):
+    """Caffe: src/caffe/layers/dummy_data_layer.cpp — tops filled by fillers; constant fillers once, the others
+    refilled at every forward."""
+
+    is_data = True
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        expect_bottoms(spec, 0)
+        p = spec.param.dummy_data_param
+        n_top = len(spec.param.top)
+        self.top_shapes = self._shapes(spec, p, n_top)
+        fillers = list(p.data_filler) or [caffe_pb2.FillerParameter()]
+        if len(fillers) == 1:
+            fillers = fillers * n_top
+        if len(fillers) != n_top:
+            raise spec.error(f"dummy_data_param.data_filler must be given 0, 1 or {n_top} times, got {len(fillers)}")
+        self.fillers = fillers
+        self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
+
+    @staticmethod
+    def _shapes(spec: LayerSpec, p: caffe_pb2.DummyDataParameter, n_top: int) -> list[tuple[int, ...]]:
+        legacy = [list(p.num), list(p.channels), list(p.height), list(p.width)]
+        if p.shape and any(legacy):
+            raise spec.error("dummy_data_param: give either shape or num/channels/height/width, not both")
+        if p.shape:
+            shapes = [tuple(int(d) for d in s.dim) for s in p.shape]
+        else:
+            if any(len(values) not in (1, n_top) for values in legacy):
+                raise spec.error(f"dummy_data_param num/channels/height/width must each be given 1 or {n_top} "
+                                 f"times (or use shape)")
+            shapes = [tuple(int(v[i] if len(v) > 1 else v[0]) for v in legacy) for i in range(n_top)]
+        if len(shapes) == 1:
+            shapes = shapes * n_top
+        if len(shapes) != n_top:
+            raise spec.error(f"dummy_data_param.shape must be given 1 or {n_top} times, got {len(shapes)}")
+        return shapes
+
+    def forward(self) -> tuple[torch.Tensor, ...]:
+        device = self._device_probe.device
+        tops = []
+        for shape, filler in zip(self.top_shapes, self.fillers):
+            if filler.type == "constant":
+                tops.append(torch.full(shape, filler.value, device=device))
+            else:
+                tops.append(fill(torch.empty(shape), filler, None).to(device))
+        return tuple(tops)
+
+
+@register("Parameter")
+class Parameter(CaffeLayer):
+    """Caffe: src/caffe/layers/parameter_layer.cpp — exposes one learnable blob (zero-initialised) as its top."""
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        expect_bottoms(spec, 0)
+        expect_tops(spec, 1)
+        shape = tuple(int(d) for d in spec.param.parameter_param.shape.dim)
+        self.add_blob(shape)
+        self.top_shapes = [shape]
+
+    def forward(self) -> tuple[torch.Tensor]:
+        return (self.blobs[0],)

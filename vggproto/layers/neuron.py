@@ -1,0 +1,205 @@
+"""Element-wise ("neuron") layers: one bottom, one top of the same shape, usually run in place.
+
+Each forward follows the Caffe source named in its docstring; the backward is autograd's derivative of the same
+expression, which is what Caffe's hand-written Backward_cpu computes (checked against golden Caffe diffs).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from vggproto._pb import caffe_pb2
+from vggproto.layers.common import blob, expect_bottoms, expect_tops
+from vggproto.layers.registry import CaffeLayer, LayerSpec, register
+
+
+class Neuron(CaffeLayer):
+    """One bottom, one top of the same shape."""
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        expect_bottoms(spec, 1)
+        expect_tops(spec, 1)
+        self.top_shapes = [tuple(spec.bottom_shapes[0])]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.apply(x),)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@register("ReLU")
+class ReLU(Neuron):
+    """Caffe: relu_layer.cpp — max(0,x) + negative_slope·min(0,x); slope used for x <= 0 in backward."""
+
+    def apply(self, x):
+        slope = self.spec.param.relu_param.negative_slope
+        if slope == 0:
+            return torch.where(x > 0, x, torch.zeros_like(x))
+        return torch.where(x > 0, x, x * slope)
+
+
+@register("PReLU")
+class PReLU(Neuron):
+    """Caffe: prelu_layer.cpp — per-channel (or one shared, 0-axis blob) slope, default filler constant 0.25."""
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        p = spec.param.prelu_param
+        shape = spec.bottom_shapes[0]
+        if len(shape) < 2:
+            raise spec.error(f"PReLU needs a bottom with at least 2 axes, got shape {shape}")
+        filler = caffe_pb2.FillerParameter()
+        if p.HasField("filler"):
+            filler.CopyFrom(p.filler)
+        else:
+            filler.type, filler.value = "constant", 0.25
+        self.shared = p.channel_shared
+        self.add_blob(() if self.shared else (shape[1],), filler)
+
+    def apply(self, x):
+        slope = blob(self, 0)
+        if not self.shared:
+            slope = slope.view(1, -1, *([1] * (x.dim() - 2)))
+        return torch.where(x > 0, x, x * slope)
+
+
+@register("ELU")
+class ELU(Neuron):
+    """Caffe: elu_layer.cpp — x if x > 0 else alpha·(exp(x) − 1)."""
+
+    def apply(self, x):
+        alpha = self.spec.param.elu_param.alpha
+        return torch.where(x > 0, x, alpha * torch.expm1(torch.clamp(x, max=0)))
+
+
+@register("Sigmoid")
+class Sigmoid(Neuron):
+    """Caffe: sigmoid_layer.cpp — 1/(1+exp(−x))."""
+
+    def apply(self, x):
+        return torch.sigmoid(x)
+
+
+@register("TanH")
+class TanH(Neuron):
+    """Caffe: tanh_layer.cpp."""
+
+    def apply(self, x):
+        return torch.tanh(x)
+
+
+@register("AbsVal")
+class AbsVal(Neuron):
+    """Caffe: absval_layer.cpp — |x|, derivative sign(x) (0 at 0)."""
+
+    def apply(self, x):
+        return torch.abs(x)
+
+
+@register("BNLL")
+class BNLL(Neuron):
+    """Caffe: bnll_layer.cpp — log(1 + exp(x)), computed stably."""
+
+    def apply(self, x):
+        return F.softplus(x, beta=1.0, threshold=50.0)
+
+
+@register("Power")
+class Power(Neuron):
+    """Caffe: power_layer.cpp — (shift + scale·x)^power."""
+
+    def apply(self, x):
+        p = self.spec.param.power_param
+        base = x * p.scale + p.shift if p.scale != 1 or p.shift != 0 else x
+        if p.power == 1:
+            return base if base is not x else x.clone()
+        return torch.pow(base, p.power)
+
+
+@register("Exp")
+class Exp(Neuron):
+    """Caffe: exp_layer.cpp — base^(shift + scale·x); base −1 means e."""
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        p = spec.param.exp_param
+        if p.base != -1 and p.base <= 0:
+            raise spec.error(f"exp_param.base must be -1 (e) or positive, got {p.base}")
+        log_base = 1.0 if p.base == -1 else math.log(p.base)
+        self.inner = log_base * p.scale
+        self.outer = math.exp(log_base * p.shift)
+
+    def apply(self, x):
+        y = torch.exp(x * self.inner)
+        return y * self.outer if self.outer != 1 else y
+
+
+@register("Log")
+class Log(Neuron):
+    """Caffe: log_layer.cpp — log_base(shift + scale·x); base −1 means natural log."""
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        p = spec.param.log_param
+        if p.base != -1 and p.base <= 0:
+            raise spec.error(f"log_param.base must be -1 (e) or positive, got {p.base}")
+        self.base_scale = 1.0 if p.base == -1 else 1.0 / math.log(p.base)
+
+    def apply(self, x):
+        p = self.spec.param.log_param
+        y = torch.log(x * p.scale + p.shift)
+        return y * self.base_scale if self.base_scale != 1 else y
+
+
+@register("Threshold")
+class Threshold(Neuron):
+    """Caffe: threshold_layer.cpp — 1 where x > threshold else 0; no backward (NOT_IMPLEMENTED in Caffe)."""
+
+    def apply(self, x):
+        return (x.detach() > self.spec.param.threshold_param.threshold).to(x.dtype)
+
+
+@register("Clip")
+class Clip(Neuron):
+    """Caffe: clip_layer.cpp — clamp to [min, max]; gradient passes where min <= x <= max."""
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        p = spec.param.clip_param
+        if not (p.HasField("min") and p.HasField("max")):
+            raise spec.error("clip_param.min and clip_param.max are required")
+        if p.min > p.max:
+            raise spec.error(f"clip_param.min ({p.min}) must not exceed max ({p.max})")
+
+    def apply(self, x):
+        p = self.spec.param.clip_param
+        return torch.clamp(x, p.min, p.max)
+
+
+@register("Swish")
+class Swish(Neuron):
+    """Caffe: swish_layer.cpp — x·sigmoid(beta·x)."""
+
+    def apply(self, x):
+        return x * torch.sigmoid(x * self.spec.param.swish_param.beta)
+
+
+@register("Dropout")
+class Dropout(Neuron):
+    """Caffe: dropout_layer.cpp — TRAIN: x·mask/(1 − ratio) with mask ~ Bernoulli(1 − ratio); TEST: identity."""
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        ratio = spec.param.dropout_param.dropout_ratio
+        if not 0.0 <= ratio < 1.0:
+            raise spec.error(f"dropout_param.dropout_ratio must be in [0, 1), got {ratio}")
+        self.ratio = ratio
+
+    def apply(self, x):
+        if self.spec.train and self.ratio > 0:
+            return F.dropout(x, self.ratio, training=True)
+        return x

@@ -1,0 +1,331 @@
+"""The interpreter: a Caffe net definition run as a PyTorch ``nn.Module`` with Caffe's net semantics.
+
+Caffe: src/caffe/net.cpp.  The net is filtered by NetStateRules, every layer is built from the registry with its
+bottoms' shapes (so shape errors surface at construction, located at file:line), in-place layers rebind the blob
+name to the newest tensor, loss weights default to 1 on loss layers' first top, ``propagate_down: false``
+detaches a bottom, parameters are shared by ``ParamSpec.name`` and ``lr_mult: 0`` parameters get no gradient
+unless ``force_backward`` is set.  Autograd does the backward pass.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from vggproto import net_weights
+from vggproto._pb import caffe_pb2
+from vggproto.errors import NetError, PrototxtError
+from vggproto.layers.common import count
+from vggproto.layers.registry import CaffeLayer, LayerSpec, Shape, build_layer
+from vggproto.netstate import filter_net, layer_included, merged_state
+from vggproto.prototxt import layer_lines, parse_net
+
+log = logging.getLogger("vggproto.net")
+ModelSource = str | os.PathLike | bytes | caffe_pb2.NetParameter
+
+
+@dataclass
+class LearnableParam:
+    """One parameter the solver updates, in Caffe's learnable_params order (owners only)."""
+
+    layer: str
+    index: int
+    param: nn.Parameter
+    lr_mult: float
+    decay_mult: float
+
+
+@dataclass
+class _Owner:
+    layer: str
+    index: int
+    lr_mult: float | None
+    decay_mult: float | None
+
+
+def _load(model: ModelSource) -> tuple[caffe_pb2.NetParameter, str | None, str | None]:
+    if isinstance(model, caffe_pb2.NetParameter):
+        return model, None, None
+    return parse_net(model)
+
+
+def _line_finder(net: caffe_pb2.NetParameter, text: str | None) -> list[int | None]:
+    """Line of each layer of ``net`` (k-th layer named X ↔ k-th ``layer`` block named X in the text)."""
+    if text is None:
+        return [None] * len(net.layer)
+    by_name: dict[str | None, list[int]] = {}
+    for line, name in layer_lines(text):
+        by_name.setdefault(name, []).append(line)
+    seen: dict[str, int] = {}
+    lines = []
+    for layer in net.layer:
+        k = seen.get(layer.name, 0)
+        seen[layer.name] = k + 1
+        candidates = by_name.get(layer.name, [])
+        lines.append(candidates[k] if k < len(candidates) else None)
+    return lines
+
+
+class Net(nn.Module):
+    """A Caffe net (prototxt path, text or NetParameter) for one phase/level/stages, optionally with weights."""
+
+    def __init__(self, model: ModelSource, weights: str | os.PathLike | Sequence | None = None,
+                 phase: str | int = "TEST", stages: Iterable[str] = (), level: int = 0, *,
+                 seed: int | None = None, options: Mapping | None = None):
+        super().__init__()
+        full, self.path, text = _load(model)
+        state = merged_state(full, phase, level, stages)
+        lines = [line for line, layer in zip(_line_finder(full, text), full.layer)
+                 if layer_included(layer, state, self.path)]
+        self.net_param = filter_net(full, state, self.path)
+        self.phase = state.phase
+        self.force_backward = self.net_param.force_backward
+        generator = torch.Generator()
+        generator.manual_seed(seed if seed is not None else torch.initial_seed() % (2 ** 63))
+        self.options = dict(options or {})
+        self.layer_list = nn.ModuleList()
+        self.layer_names: list[str] = []
+        self.layer_dict: dict[str, CaffeLayer] = {}
+        self.blob_shapes: dict[str, Shape] = {}
+        self._owners: list[_Owner] = []
+        self._loss_weights: list[tuple[str, float]] = []
+        self._propagate: list[list[bool]] = []
+        self.register_buffer("_probe", torch.zeros(0), persistent=False)
+        shared: dict[str, tuple[_Owner, caffe_pb2.ParamSpec]] = {}
+        for param, line in zip(self.net_param.layer, lines):
+            self._add_layer(param, line, generator, shared)
+        consumed = {b for p in self.net_param.layer for b in p.bottom}
+        # Caffe: net.cpp Init — outputs are the blobs no layer consumes (kept in a std::set, so sorted by name)
+        self.output_names = sorted(b for b in self.blob_shapes if b not in consumed)
+        self.blobs: dict[str, torch.Tensor] = {}
+        self._first: dict[str, torch.Tensor] = {}
+        self._fed: dict[str, torch.Tensor] = {}
+        self.loss: torch.Tensor | None = None
+        self.track_diffs = False
+        if weights:
+            self.load_weights(weights)
+
+    # ------------------------------------------------------------------------------------------ construction
+
+    def _error(self, param: caffe_pb2.LayerParameter, line: int | None, message: str) -> NetError:
+        return NetError(message, path=self.path, line=line, layer=param.name, layer_type=param.type)
+
+    def _add_layer(self, param: caffe_pb2.LayerParameter, line: int | None, generator: torch.Generator,
+                   shared: dict) -> None:
+        for bottom in param.bottom:
+            if bottom not in self.blob_shapes:
+                known = ", ".join(self.blob_shapes) or "none"
+                raise self._error(param, line, f"unknown bottom blob '{bottom}' (blobs produced so far: {known})")
+        if param.name in self.layer_dict:
+            raise self._error(param, line, f"duplicate layer name '{param.name}'")
+        spec = LayerSpec(param=param, bottom_shapes=[self.blob_shapes[b] for b in param.bottom],
+                         phase=param.phase if param.HasField("phase") else self.phase, path=self.path, line=line,
+                         generator=generator, options=self.options)
+        try:
+            layer = build_layer(spec)
+        except NetError:
+            raise
+        except PrototxtError as exc:   # a filler or parameter error without a location: locate it here
+            raise self._error(param, line, exc.reason) from None
+        if len(layer.top_shapes) != len(param.top):
+            raise self._error(param, line, f"produces {len(layer.top_shapes)} top(s) but {len(param.top)} "
+                                           f"are named")
+        for top in param.top:
+            if top in self.blob_shapes and top not in param.bottom:
+                raise self._error(param, line, f"top blob '{top}' is produced by multiple sources")
+        self.blob_shapes.update(zip(param.top, (tuple(s) for s in layer.top_shapes)))
+        self._check_loss_weights(param, line, layer)
+        if param.propagate_down and len(param.propagate_down) != len(param.bottom):
+            raise self._error(param, line, f"propagate_down must be given once per bottom ({len(param.bottom)})")
+        self._propagate.append(list(param.propagate_down) or [True] * len(param.bottom))
+        layer.blob_shapes = [tuple(b.shape) for b in layer.blobs]
+        self._setup_params(param, line, layer, shared)
+        self.layer_list.append(layer)
+        self.layer_names.append(param.name)
+        self.layer_dict[param.name] = layer
+
+    def _check_loss_weights(self, param, line, layer: CaffeLayer) -> None:
+        weights = list(param.loss_weight)
+        if weights and len(weights) != len(param.top):
+            raise self._error(param, line, f"loss_weight must be unspecified or given once per top "
+                                           f"({len(param.top)}), got {len(weights)}")
+        if not weights and layer.is_loss and param.top:
+            weights = [1.0] + [0.0] * (len(param.top) - 1)   # Caffe: loss_layer.cpp — top[0] weight 1
+        self._loss_weights.extend((top, w) for top, w in zip(param.top, weights) if w != 0)
+
+    def _setup_params(self, param, line, layer: CaffeLayer, shared: dict) -> None:
+        if len(param.param) > len(layer.blobs):
+            raise self._error(param, line, f"{len(param.param)} param specs given but the layer has only "
+                                           f"{len(layer.blobs)} parameter blob(s)")
+        for index, blob in enumerate(layer.blobs):
+            ps = param.param[index] if index < len(param.param) else caffe_pb2.ParamSpec()
+            lr = ps.lr_mult if ps.HasField("lr_mult") else None
+            decay = ps.decay_mult if ps.HasField("decay_mult") else None
+            if param.type == "BatchNorm":   # Caffe: batch_norm_layer.cpp — statistics are never learned
+                lr = decay = 0.0
+            if ps.name and ps.name in shared:
+                self._share(param, line, layer, index, ps, lr, decay, shared[ps.name])
+                continue
+            owner = _Owner(param.name, index, lr, decay)
+            self._owners.append(owner)
+            if ps.name:
+                shared[ps.name] = (owner, ps)
+            if (lr == 0.0) and not self.force_backward:
+                blob.requires_grad_(False)   # Caffe: net.cpp — lr_mult 0 needs no backward
+
+    def _share(self, param, line, layer, index, ps, lr, decay, entry) -> None:
+        owner, _ = entry
+        source = self.layer_dict[owner.layer].blobs[owner.index]
+        mine = layer.blobs[index]
+        if ps.share_mode == caffe_pb2.ParamSpec.PERMISSIVE:
+            ok = source.numel() == mine.numel()
+            what = f"count {source.numel()} vs {mine.numel()}"
+        else:
+            ok = source.shape == mine.shape
+            what = f"shape {tuple(source.shape)} vs {tuple(mine.shape)}"
+        if not ok:
+            raise self._error(param, line, f"shared param '{ps.name}' (owner {owner.layer}) has mismatched "
+                                           f"{what}; set share_mode: PERMISSIVE to compare counts only")
+        for name, given, have in (("lr_mult", lr, owner.lr_mult), ("decay_mult", decay, owner.decay_mult)):
+            if given is not None and have is not None and given != have:
+                raise self._error(param, line, f"shared param '{ps.name}' has mismatched {name} "
+                                               f"({given} vs {have} in {owner.layer})")
+        if owner.lr_mult is None:
+            owner.lr_mult = lr
+        if owner.decay_mult is None:
+            owner.decay_mult = decay
+        layer.blobs[index] = source
+
+    # ------------------------------------------------------------------------------------------ running
+
+    @property
+    def params(self) -> dict[str, list[nn.Parameter]]:
+        """``{layer: [parameter blobs in Caffe order]}`` for layers with parameters (pycaffe's net.params)."""
+        return {name: list(layer.blobs) for name, layer in self.layer_dict.items() if len(layer.blobs)}
+
+    @property
+    def learnable_params(self) -> list[LearnableParam]:
+        """Owned parameters in Caffe's order (layer order, blob order), with their lr/decay multipliers."""
+        return [LearnableParam(o.layer, o.index, self.layer_dict[o.layer].blobs[o.index],
+                               1.0 if o.lr_mult is None else o.lr_mult,
+                               1.0 if o.decay_mult is None else o.decay_mult) for o in self._owners]
+
+    @property
+    def input_names(self) -> list[str]:
+        """Tops the caller feeds through ``forward(**inputs)`` (Input and MemoryData layers)."""
+        return [top for p, layer in zip(self.net_param.layer, self.layer_list) if getattr(layer, "feeds", False)
+                for top in p.top]
+
+    def _as_tensor(self, name: str, value) -> torch.Tensor:
+        if isinstance(value, torch.Tensor) and value.dtype == self._probe.dtype and value.device == self._probe.device:
+            return value
+        return torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value,
+                               dtype=self._probe.dtype, device=self._probe.device)
+
+    def _fed_tops(self, param, layer, inputs: dict) -> list[torch.Tensor]:
+        tops = []
+        for top, shape in zip(param.top, layer.top_shapes):
+            if top in inputs:
+                tensor = self._as_tensor(top, inputs.pop(top))
+            elif top in self._fed:
+                tensor = self._fed[top]
+            else:
+                tensor = torch.zeros(shape, dtype=self._probe.dtype, device=self._probe.device)
+            self._fed[top] = tensor
+            tops.append(tensor)
+        return tops
+
+    def forward(self, **inputs) -> dict[str, torch.Tensor]:
+        """Run the net; ``inputs`` keyed by Input/MemoryData top names.  Returns the output blobs (sorted by
+        name as Caffe lists them); every blob is in ``self.blobs`` and the weighted loss in ``self.loss``."""
+        inputs = dict(inputs)
+        blobs: dict[str, torch.Tensor] = {}
+        first: dict[str, torch.Tensor] = {}
+        for param, layer, propagate in zip(self.net_param.layer, self.layer_list, self._propagate):
+            if getattr(layer, "feeds", False):
+                tops = layer(*self._fed_tops(param, layer, inputs))
+            else:
+                bottoms = [blobs[b] if keep else blobs[b].detach() for b, keep in zip(param.bottom, propagate)]
+                tops = layer(*bottoms)
+            for name, tensor in zip(param.top, tops):
+                blobs[name] = tensor
+                if name not in first:
+                    first[name] = tensor
+                    if self.track_diffs and tensor.requires_grad:
+                        tensor.retain_grad()
+        if inputs:
+            raise NetError(f"unknown input(s) {', '.join(sorted(inputs))}; the net is fed through: "
+                           f"{', '.join(self.input_names) or 'nothing (it has no Input/MemoryData layer)'}",
+                           path=self.path)
+        self.blobs, self._first = blobs, first
+        self.loss = self._total_loss(blobs)
+        return {name: blobs[name] for name in self.output_names}
+
+    def _total_loss(self, blobs: dict[str, torch.Tensor]) -> torch.Tensor:
+        # Caffe: net.cpp ForwardFromTo — loss = Σ loss_weight · Σ top elements
+        total = torch.zeros((), dtype=self._probe.dtype, device=self._probe.device)
+        for name, weight in self._loss_weights:
+            total = total + weight * blobs[name].sum()
+        return total
+
+    def backward(self, **top_diffs) -> None:
+        """Caffe's Backward: loss tops are seeded with their loss weight, other tops with ``top_diffs[name]``."""
+        tensors, grads = [], []
+        weights = dict(self._loss_weights)
+        for name in dict.fromkeys([*weights, *top_diffs]):
+            tensor = self.blobs[name]
+            if name in top_diffs:
+                grad = self._as_tensor(name, top_diffs[name]).reshape(tensor.shape)
+            else:
+                grad = torch.full_like(tensor, weights[name])
+            if tensor.requires_grad:
+                tensors.append(tensor)
+                grads.append(grad)
+        if tensors:
+            torch.autograd.backward(tensors, grads)
+
+    def diff(self, name: str) -> torch.Tensor:
+        """Caffe's ``blobs[name].diff`` after backward (needs ``track_diffs = True`` before forward): the gradient
+        w.r.t. the blob's first value, which is what the shared diff of an in-place chain ends up holding."""
+        tensor = self._first[name]
+        grad = tensor.grad if tensor.requires_grad else None
+        return grad if grad is not None else torch.zeros_like(tensor)
+
+    # ------------------------------------------------------------------------------------------ weights
+
+    def load_weights(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
+        """Caffe's CopyTrainedLayersFrom for each (comma-separated) caffemodel or .h5 file, in order."""
+        for path in net_weights.split_paths(paths):
+            net_weights.copy_weights(self, path)
+
+    def save_weights(self, path: str | os.PathLike) -> None:
+        """Write the weights as a caffemodel (with this net's definition) or Caffe HDF5 (``.h5``)."""
+        net_weights.save_weights(self, path)
+
+    def share_weights_from(self, other: "Net") -> None:
+        """Caffe's ShareTrainedLayersWith: same-named layers use ``other``'s parameter tensors (no copy)."""
+        net_weights.share_weights(self, other)
+
+
+def shape_table(net: Net) -> str:
+    """Caffe-log-style table: each layer's tops with shapes and element counts, parameter counts, and totals."""
+    rows = [("layer", "type", "top", "shape (count)", "params")]
+    total = 0
+    for param, layer in zip(net.net_param.layer, net.layer_list):
+        n_params = sum(b.numel() for b in layer.blobs)
+        total += n_params
+        tops = list(param.top) or ["-"]
+        for i, top in enumerate(tops):
+            shape = net.blob_shapes.get(top)
+            shape_text = f"{' '.join(map(str, shape))} ({count(shape)})" if shape is not None else "-"
+            rows.append((param.name if i == 0 else "", param.type if i == 0 else "", top, shape_text,
+                         f"{n_params:,}" if i == 0 and n_params else ""))
+    widths = [max(len(row[c]) for row in rows) for c in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append(f"Total params: {total:,}")
+    return "\n".join(lines)
