@@ -170,8 +170,9 @@ _KIND_TEXT = {
     "train_val": "training/validation net (TRAIN and TEST phases, Sect. 3.1)",
     "deploy": "deploy net (the official release's layout: Input 10x3x224x224 ... Softmax prob)",
     "dense": ("dense test net (Sect. 3.2): FC layers as convolutions, fc6 -> fc6-conv, fc7 -> fc7-conv,\n"
-              "fc8 -> fc8-conv. The input shape is nominal: any H, W >= 193 works (reshape the input); the score\n"
-              "map is ceil(H/32) - 6 by ceil(W/32) - 6, e.g. 1x1 at 224, 2x2 at 256, 6x6 at 384; average it over space."),
+              "fc8 -> fc8-conv. The input shape is nominal: any H, W >= 193 works (reshape the input); the\n"
+              "score map is ceil(H/32) - 6 by ceil(W/32) - 6, e.g. 1x1 at 224, 2x2 at 256, 6x6 at 384;\n"
+              "average it over space (Caffe rounds pooling up: src/caffe/layers/pooling_layer.cpp)."),
 }
 
 

@@ -28,9 +28,9 @@ DEFAULT_SOURCES = {"lmdb": ("data/ilsvrc12_train_lmdb", "data/ilsvrc12_val_lmdb"
                    "hdf5": ("data/train_h5.txt", "data/val_h5.txt")}
 Commented = list[tuple[caffe_pb2.LayerParameter, str]]
 
-LRN_COMMENT = ("Krizhevsky et al. (2012) LRN: n=5, alpha=1e-4, beta=0.75, k=2, alpha multiplying the plain sum of\n"
-               "squares. Caffe divides alpha by local_size (src/caffe/layers/lrn_layer.cpp), so the same normalisation\n"
-               "is written alpha = 5 * 1e-4 = 0.0005 here, as VGG's own CNN_S deploy files do.")
+LRN_COMMENT = ("Krizhevsky et al. (2012) LRN: n=5, alpha=1e-4, beta=0.75, k=2, alpha multiplying the plain sum\n"
+               "of squares. Caffe divides alpha by local_size (src/caffe/layers/lrn_layer.cpp), so the same\n"
+               "normalisation is written alpha = 5 * 1e-4 = 0.0005 here, as VGG's own CNN_S deploy files do.")
 
 
 @dataclass(frozen=True)
