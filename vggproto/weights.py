@@ -269,7 +269,7 @@ def blob_to_array(blob: caffe_pb2.BlobProto) -> np.ndarray:
 
 def _blob_part(array, number: int) -> Field:
     """A BlobProto field with ``shape`` and packed float ``data``, in protobuf's canonical field order."""
-    values = np.ascontiguousarray(array, dtype="<f4")
+    values = np.asarray(array, dtype="<f4", order="C")
     parts: list[Part] = [Field(5, [values])] if values.size else []
     parts.append(Field(7, [caffe_pb2.BlobShape(dim=values.shape).SerializeToString()]))
     return Field(number, parts)

@@ -95,7 +95,7 @@ def write_hdf5_weights(path: str | os.PathLike, weights: Mapping[str, Sequence],
             for name in [*names, *(n for n in weights if n not in listed)]:
                 group = data.require_group(name)
                 for index, array in enumerate(weights.get(name, ())):
-                    group.create_dataset(str(index), data=np.ascontiguousarray(array, dtype="<f4"))
+                    group.create_dataset(str(index), data=np.asarray(array, dtype="<f4", order="C"))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
