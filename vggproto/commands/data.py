@@ -1,0 +1,50 @@
+"""``vggproto convert-imageset`` and ``vggproto compute-mean``: Caffe's data preparation tools."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("convert-imageset")
+@click.argument("root", type=str)
+@click.argument("list_file", metavar="LIST", type=click.Path(dir_okay=False))
+@click.argument("db", type=click.Path())
+@click.option("--resize-height", type=int, default=0, show_default=True, help="Resize to this height (with width).")
+@click.option("--resize-width", type=int, default=0, show_default=True, help="Resize to this width (with height).")
+@click.option("--shuffle", is_flag=True, help="Shuffle the list order (seeded by --seed).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --shuffle.")
+@click.option("--gray", is_flag=True, help="Read images as grayscale.")
+@click.option("--encoded", is_flag=True, help="Store encoded image bytes instead of raw pixels.")
+@click.option("--encode-type", type=click.Choice(["", "jpg", "png", "bmp"]), default="",
+              help="Encoding of --encoded images (default: keep each file's own encoding).")
+@click.option("--check-size", is_flag=True, help="Require all raw images to have the same size.")
+@click.option("--skip-bad", is_flag=True, help="Count and report unreadable images instead of failing.")
+def convert_imageset_cmd(root, list_file, db, resize_height, resize_width, shuffle, seed, gray, encoded,
+                         encode_type, check_size, skip_bad):
+    """Write the images of LIST (lines '<path> <label>', paths relative to ROOT) into a new LMDB DB that
+    Caffe reads: keys %08d_<path>, Datum BGR CHW uint8 (or encoded bytes)."""
+    from vggproto.data.convert import convert_imageset
+    report = convert_imageset(root, list_file, db, resize_height, resize_width, shuffle, gray,
+                              encoded or bool(encode_type), encode_type, check_size, skip_bad, seed)
+    click.echo(f"wrote {report.written} images to {db}" + (f"; skipped {len(report.bad)} bad images"
+                                                             if report.bad else ""))
+
+
+@click.command("compute-mean")
+@click.argument("db", type=click.Path())
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--backend", type=click.Choice(["lmdb", "leveldb"]), default="lmdb", show_default=True)
+def compute_mean_cmd(db, out, backend):
+    """Write the per-pixel mean image of DB as a 1xCxHxW BlobProto OUT (.binaryproto); print channel means."""
+    from vggproto.data.convert import compute_mean, write_mean
+    mean = compute_mean(db, backend)
+    write_mean(mean, out)
+    click.echo(f"Number of channels: {mean.shape[0]}")
+    for c, value in enumerate(_channel_means(mean)):
+        click.echo(f"mean_value channel [{c}]: {value:g}")
+
+
+def _channel_means(mean):
+    return [float(m) for m in mean.reshape(mean.shape[0], -1).mean(axis=1, dtype="float64")]
+
+
+commands = [convert_imageset_cmd, compute_mean_cmd]
