@@ -205,15 +205,39 @@ def build_graph(net: caffe_pb2.NetParameter, options: DrawOptions | None = None,
     if total is not None:
         title += f"\\ntotal parameters: {total:,}" + (f" ({total / 1e6:.1f}M)" if total >= 100_000 else "")
     graph.attr(label=title, fontsize="20")
+    members, edges = _layout(drawn, options, shapes)
+    _emit(graph, members, edges)
+    return graph
+
+
+def _phase_tag(layer: caffe_pb2.LayerParameter) -> str:
+    """``TRAIN``/``TEST`` for a layer that an include/exclude rule ties to one phase (shown when drawing ALL)."""
+    rules = [r for r in layer.include if r.HasField("phase")]
+    if rules and len({r.phase for r in rules}) == 1:
+        return caffe_pb2.Phase.Name(rules[0].phase)
+    rules = [r for r in layer.exclude if r.HasField("phase")]
+    if rules and len({r.phase for r in rules}) == 1:
+        return "not " + caffe_pb2.Phase.Name(rules[0].phase)
+    return ""
+
+
+def _layout(drawn: caffe_pb2.NetParameter, options: DrawOptions, shapes: dict[str, NetShapes]):
+    """Nodes per cluster (None = top level) as (key, label, style), and edges as (src, dst, label)."""
     groups = vgg_groups([layer.name for layer in drawn.layer]) if options.clusters else {}
     members: dict[str | None, list[tuple[str, str, dict]]] = {}
     edges: list[tuple[str, str, str]] = []
     blob_group: dict[str, str | None] = {}
+    seen: set[str] = set()
+    sep = _sep(options.rankdir)
     for layer in drawn.layer:
-        key = f"{layer.name}_{layer.type}"
+        key = f"{layer.name}_{layer.type}"  # Caffe's node key; a train_val net's two 'data' layers get two nodes
+        key = key if key not in seen else f"{key}_{len(seen)}"
+        seen.add(key)
+        label = layer_label(layer, options.rankdir, options.display_lrm, _params(layer.name, shapes))
+        if options.phase.upper() == "ALL" and _phase_tag(layer):
+            label += f"{sep}[{_phase_tag(layer)}]"
         group = groups.get(layer.name)
-        members.setdefault(group, []).append((key, layer_label(layer, options.rankdir, options.display_lrm,
-                                                               _params(layer.name, shapes)), _layer_style(layer)))
+        members.setdefault(group, []).append((key, label, _layer_style(layer)))
         for bottom in layer.bottom:
             blob_group.setdefault(bottom, None)
             edges.append((f"{bottom}_blob", key, ""))
@@ -223,8 +247,7 @@ def build_graph(net: caffe_pb2.NetParameter, options: DrawOptions | None = None,
             edges.append((key, f"{top}_blob", edge_label(layer)))
     for blob, group in blob_group.items():
         members.setdefault(group, []).append((f"{blob}_blob", blob_label(blob, shapes), BLOB_STYLE))
-    _emit(graph, members, edges)
-    return graph
+    return members, edges
 
 
 def _layer_style(layer: caffe_pb2.LayerParameter) -> dict:
