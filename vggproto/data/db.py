@@ -19,12 +19,15 @@ BACKENDS = ("lmdb", "leveldb")
 
 # The lmdb package refuses to open one environment twice in a process, yet TRAIN and TEST nets routinely read
 # the same database: read-only environments are shared per (process, real path).  Process-wide by necessity.
-_SHARED_ENVS: dict[tuple[int, str], object] = {}
+_SHARED_ENVS: dict[tuple[int, str, int], object] = {}
 
 
 def _shared_lmdb_env(path: str):
     import lmdb
-    key = (os.getpid(), os.path.realpath(path))
+    data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
+    stat = os.stat(data_file) if os.path.exists(data_file) else None
+    # the inode tells a re-created database at the same path apart from the one cached
+    key = (os.getpid(), os.path.realpath(path), stat.st_ino if stat else 0)
     env = _SHARED_ENVS.get(key)
     if env is None:
         try:
