@@ -196,3 +196,15 @@ def test_draw_command_png_and_options(tmp_path):
                                        "--display-lrm"])
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_committed_docs_svg_is_current(config):
+    """docs/<cfg>_deploy.svg (tools/make_docs_svgs.py) names every layer of nets/<cfg>_deploy and its total."""
+    svg_path, prototxt = ROOT / "docs" / f"{config}_deploy.svg", ROOT / "nets" / f"{config}_deploy.prototxt"
+    if not (svg_path.exists() and prototxt.exists()):
+        pytest.skip("docs SVG or generated net missing")
+    texts = " ".join(re.findall(r"<text[^>]*>([^<]*)</text>", svg_path.read_text()))
+    names = re.findall(r"\b[A-Za-z][\w-]*(?= \((?!\d))", texts)  # TB labels read "name (Type) ..."
+    assert sorted(names) == sorted(layer.name for layer in read_net(str(prototxt)).layer)
+    assert f"total parameters: {table1_params(config):,}" in texts
