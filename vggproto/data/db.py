@@ -22,6 +22,16 @@ BACKENDS = ("lmdb", "leveldb")
 _SHARED_ENVS: dict[tuple[int, str, int], object] = {}
 
 
+def _forget_inherited_envs() -> None:
+    """In a forked worker, close the copies of the parent's environments (lmdb forbids using them after fork and
+    would refuse to open the same path again while they exist); the parent's own handles are unaffected."""
+    for key in [k for k in _SHARED_ENVS if k[0] != os.getpid()]:
+        try:
+            _SHARED_ENVS.pop(key).close()
+        except Exception:  # a handle that is already unusable is just dropped
+            pass
+
+
 def _shared_lmdb_env(path: str):
     import lmdb
     data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
@@ -30,6 +40,7 @@ def _shared_lmdb_env(path: str):
     key = (os.getpid(), os.path.realpath(path), stat.st_ino if stat else 0)
     env = _SHARED_ENVS.get(key)
     if env is None:
+        _forget_inherited_envs()
         try:
             env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=os.path.isdir(path),
                             max_readers=512)
@@ -59,6 +70,7 @@ class DBReader:
         self.backend = detect_backend(path, backend)
         self._handle = None
         self._txn = None
+        self._pid = os.getpid()
         self.keys: list[bytes] = self._list_keys()
         if not self.keys:
             raise DataError(f"database '{path}' is empty")
@@ -72,6 +84,9 @@ class DBReader:
         return len(self.keys)
 
     def _open(self):
+        if self._pid != os.getpid():   # a forked worker: LMDB handles must not cross fork()
+            self._handle = self._txn = None
+            self._pid = os.getpid()
         if self._handle is not None:
             return self._handle
         if self.backend == "lmdb":
