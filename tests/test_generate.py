@@ -395,3 +395,23 @@ def test_small_net_runs_in_the_interpreter():
         prob = net(data=torch.rand(1, 3, size, size))["prob"]
         assert tuple(prob.shape) == out == shapes["prob"]
         assert torch.allclose(prob.sum(dim=1), torch.ones(()), atol=1e-5)
+
+
+def test_small_train_val_runs_end_to_end(tmp_path):
+    """A width-divided train_val net with ImageData runs both phases in the interpreter; with std-0.01 weights
+    the scores are ~0, so the initial loss is ln(num_classes)."""
+    net_module = pytest.importorskip("vggproto.net")
+    images = sorted((Path(__file__).parent / "data" / "golden" / "data" / "images").glob("*.jpg"))[:4]
+    if len(images) < 4:
+        pytest.skip("golden data images not present")
+    # width_divisor 8 keeps norm1's 8 channels >= local_size 5 (the interpreter's LRN rejects fewer for now)
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{path} {i}\n" for i, path in enumerate(images)))
+    param = build_net("A-LRN", "train_val", data="imagedata", train_source=str(listing), val_source=str(listing),
+                      width_divisor=8, crop_size=32, batch_size=2, test_batch_size=2, num_classes=10,
+                      scale="40-64")
+    for phase, outputs in (("TRAIN", ["loss"]), ("TEST", ["accuracy_top1", "accuracy_top5", "loss"])):
+        net = net_module.Net(param, phase=phase, seed=0)
+        out = net()
+        assert sorted(out) == outputs and tuple(net.blobs["data"].shape) == (2, 3, 32, 32)
+        assert float(out["loss"].detach()) == pytest.approx(math.log(10), abs=1e-3)
