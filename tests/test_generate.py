@@ -249,6 +249,14 @@ def test_deploy_dense_and_solvers_are_bvlc_only(bvlc_classes):
         text_format.Parse((REPO / "nets" / "D_train_val.prototxt").read_text(), net_class())
 
 
+def test_opencv_caffe_importer_reads_deploy_and_dense_nets():
+    """OpenCV's own Caffe importer (its own caffe.proto) accepts the committed deploy/dense files."""
+    cv2 = pytest.importorskip("cv2")
+    for path in sorted((REPO / "nets").glob("*_d*.prototxt")):
+        names = [layer.name for layer in read_net(path).layer if layer.type != "Input"]
+        assert list(cv2.dnn.readNetFromCaffe(str(path)).getLayerNames()) == names, path
+
+
 # ------------------------------------------------------------------------------------------------------------
 # train_val nets
 # ------------------------------------------------------------------------------------------------------------
