@@ -308,7 +308,7 @@ class Solver:
         loss = self.net.loss
         if torch.is_tensor(loss) and loss.requires_grad:
             loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     def _forward_loss(self) -> float:
         self._last_outputs = self.net.forward()

@@ -24,7 +24,8 @@ def _use_glog_format() -> None:
     """Give the process's log handlers glog's line prefix, so Caffe's parse_log.py reads the log."""
     from vggproto.train_log import GlogFormatter
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(GlogFormatter())
+        if type(handler) is logging.StreamHandler:  # the CLI's own handler, not a test harness's
+            handler.setFormatter(GlogFormatter())
 
 
 def _solver_gpus(solver_path: str, gpus: str | None) -> str | None:
