@@ -1,0 +1,190 @@
+"""Official Caffe VGG <-> torchvision VGG: names, shapes and functional equivalence on real photos.
+
+Caffe's reference logits come from torchvision's VGG-16 module holding the *unfolded* Caffe weights and fed
+Caffe's input (BGR, 0-255, minus the mean pixel) — the same network function, independent of the fold — and, for
+the reverse direction, from OpenCV's Caffe importer reading the converted caffemodel.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from vggproto.convert import convert
+from vggproto.convert_io import input_format, save_torch_state
+from vggproto.convert_torchvision import (CAFFE_MEAN_BGR, TORCHVISION_MEAN_RGB, TORCHVISION_STD_RGB,
+                                          caffe_to_torchvision, torchvision_to_caffe)
+from vggproto.errors import WeightsError
+from vggproto.weights import read_weights
+
+DATA = Path(__file__).resolve().parent / "data" / "golden" / "upgrade"
+CONVS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
+WIDTHS = (64, 128, 256, 512, 512)
+# Measured on these photos (docs/notes/convert.md): ~1e-4 of the largest logit, from conv1_1's border only.
+LOGIT_TOLERANCE = 2e-3
+
+
+def _caffe_vgg(depth: int, make) -> dict[str, list[np.ndarray]]:
+    """Weights named and shaped as in the official release (fc weights 1x1xNxK, biases 1x1x1xN)."""
+    weights, inputs = {}, 3
+    for block, (count, width) in enumerate(zip(CONVS[depth], WIDTHS), 1):
+        for i in range(1, count + 1):
+            weights[f"conv{block}_{i}"] = [make((width, inputs, 3, 3), (2 / (9 * inputs)) ** 0.5),
+                                           make((1, 1, 1, width), 0.1)]
+            inputs = width
+    for name, (outputs, fan_in) in {"fc6": (4096, 25088), "fc7": (4096, 4096), "fc8": (1000, 4096)}.items():
+        weights[name] = [make((1, 1, outputs, fan_in), (2 / fan_in) ** 0.5), make((1, 1, 1, outputs), 0.1)]
+    return weights
+
+
+def _zeros(shape, std):
+    return np.zeros(shape, np.float32)
+
+
+def _tv_model(depth: int, state: dict[str, np.ndarray]) -> torch.nn.Module:
+    with torch.device("meta"):
+        model = getattr(torchvision.models, f"vgg{depth}")()
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, assign=True)
+    return model.eval()
+
+
+def _photos() -> np.ndarray:
+    import cv2
+    import skimage.data
+    images = [skimage.data.astronaut()]  # tools/bench_convert.py --equivalence measures all six photos
+    return np.stack([cv2.resize(im, (224, 224), interpolation=cv2.INTER_AREA) for im in images])  # RGB uint8
+
+
+def _caffe_input(rgb: np.ndarray) -> torch.Tensor:
+    bgr = rgb[..., ::-1].astype(np.float32) - np.array(CAFFE_MEAN_BGR, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(bgr.transpose(0, 3, 1, 2)))
+
+
+def _torchvision_input(rgb: np.ndarray) -> torch.Tensor:
+    x = (rgb.astype(np.float32) / 255 - np.array(TORCHVISION_MEAN_RGB, np.float32)) / np.array(
+        TORCHVISION_STD_RGB, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _raw_state(weights) -> dict[str, np.ndarray]:
+    """The Caffe weights under torchvision's keys without any folding (the Caffe-input reference network)."""
+    folded = caffe_to_torchvision(weights)
+    raw = dict(folded)
+    raw["features.0.weight"] = weights["conv1_1"][0]
+    raw["features.0.bias"] = weights["conv1_1"][1].reshape(-1)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def run():
+    """Random He-scaled VGG-16 weights, both networks and their outputs on a photo (one forward each)."""
+    generator = torch.Generator().manual_seed(0)
+
+    def make(shape, std):  # uniform with the given std (cheaper to draw than normal for 138M values)
+        return torch.rand(shape, generator=generator).sub_(0.5).mul_(std * 12 ** 0.5).numpy()
+    weights = _caffe_vgg(16, make)
+    photos = _photos()
+    caffe_x, tv_x = _caffe_input(photos), _torchvision_input(photos)
+    with torch.no_grad():
+        reference = _tv_model(16, _raw_state(weights))
+        folded = _tv_model(16, caffe_to_torchvision(weights))
+        out = {"caffe_logits": reference(caffe_x), "tv_logits": folded(tv_x),
+               "caffe_conv1": reference.features[0](caffe_x), "tv_conv1": folded.features[0](tv_x)}
+    return weights, photos, out
+
+
+@pytest.mark.parametrize("depth", sorted(CONVS))
+def test_names_and_shapes_match_torchvision(depth):
+    weights = _caffe_vgg(depth, _zeros)
+    state = caffe_to_torchvision(weights)
+    with torch.device("meta"):
+        expected = getattr(torchvision.models, f"vgg{depth}")().state_dict()
+    assert list(state) == list(expected)
+    assert all(tuple(state[k].shape) == tuple(v.shape) for k, v in expected.items())
+    back = torchvision_to_caffe(state)
+    assert list(back) == list(weights)
+    assert back["fc6"][0].shape == (4096, 25088) and back["conv5_1"][1].shape == (512,)
+
+
+def test_interior_of_conv1_1_is_exact_and_only_the_border_differs(run):
+    _, _, out = run
+    caffe, tv = out["caffe_conv1"], out["tv_conv1"]
+    scale = caffe.abs().max()
+    interior = (caffe - tv)[..., 1:-1, 1:-1].abs().max()
+    assert interior <= 2e-6 * scale  # float32 rounding only
+    border = (caffe - tv).abs().max()
+    assert border > 100 * interior  # the padding really differs (zero in normalised space != zero in Caffe space)
+    # the border difference is the conv of the padding offset 255*mean - M (at most ~0.5 per channel)
+    offsets = torch.tensor([255 * m for m in TORCHVISION_MEAN_RGB[::-1]]) - torch.tensor(CAFFE_MEAN_BGR)
+    assert border <= 1.01 * float(offsets.abs().max() * run[0]["conv1_1"][0].__abs__().sum(axis=(1, 2, 3)).max())
+
+
+def test_logits_agree_on_real_photos_within_the_documented_tolerance(run):
+    _, _, out = run
+    caffe, tv = out["caffe_logits"], out["tv_logits"]
+    relative = float((caffe - tv).abs().max() / caffe.abs().max())
+    assert relative <= LOGIT_TOLERANCE
+    assert torch.equal(caffe.argmax(1), tv.argmax(1))
+
+
+def test_torchvision_to_caffemodel_runs_in_opencv_with_caffe_preprocessing(run, tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    weights, photos, out = run
+    save_torch_state(tmp_path / "vgg16_tv.pth", caffe_to_torchvision(weights))
+    assert input_format(tmp_path / "vgg16_tv.pth") == "torchvision"
+    result = convert(tmp_path / "vgg16_tv.pth", tmp_path / "vgg16.caffemodel")
+    assert result.source_format == "torchvision" and result.weights["fc6"][0].shape == (4096, 25088)
+    net = cv2.dnn.readNetFromCaffe(str(DATA / "vgg16_v1.prototxt"), str(tmp_path / "vgg16.caffemodel"))
+    net.setInput(_caffe_input(photos).numpy())
+    logits = torch.from_numpy(net.forward("fc8"))
+    # OpenCV sees Caffe's input and zero padding: it matches the Caffe-convention reference closely ...
+    torch.testing.assert_close(logits, out["caffe_logits"], rtol=0, atol=1e-4 * float(logits.abs().max()))
+    # ... and the torchvision model within the border tolerance
+    assert float((logits - out["tv_logits"]).abs().max() / logits.abs().max()) <= LOGIT_TOLERANCE
+
+
+def test_round_trip_through_torchvision(run, tmp_path):
+    weights = run[0]
+    back = torchvision_to_caffe(caffe_to_torchvision(weights))
+    for layer, blobs in weights.items():
+        for original, converted in zip(blobs, back[layer]):
+            original = original.reshape(converted.shape)
+            if layer == "conv1_1":  # folded and unfolded in float64, rounded to float32 twice
+                np.testing.assert_allclose(converted, original, rtol=1e-6, atol=1e-6 * np.abs(original).max())
+            else:
+                assert converted.tobytes() == original.tobytes()
+
+
+def test_cli_writes_torchvision_state_dicts(tmp_path):
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    small = tmp_path / "small.caffemodel"
+    subprocess.run([sys.executable, str(root / "tools" / "make_official_like.py"), "--depth", "16", str(small),
+                    "--width-divisor", "16"], check=True, capture_output=True)
+    convert(small, tmp_path / "a.pth", to="torchvision")
+    state = torch.load(tmp_path / "a.pth", weights_only=True)
+    with torch.device("meta"):
+        keys = list(torchvision.models.vgg16().state_dict())
+    assert list(state) == keys and input_format(tmp_path / "a.pth") == "torchvision"
+    raw = read_weights(small)
+    assert np.array_equal(state["classifier.0.weight"].numpy(), raw["fc6"][0].reshape(256, 1568))
+    assert np.array_equal(state["features.28.bias"].numpy(), raw["conv5_3"][1].reshape(-1))
+    convert(small, tmp_path / "a.safetensors", to="torchvision")
+    assert input_format(tmp_path / "a.safetensors") == "torchvision"
+    back = convert(tmp_path / "a.safetensors", tmp_path / "b.h5").weights
+    assert back["fc6"][0].tobytes() == raw["fc6"][0].tobytes()
+
+
+def test_non_vgg_layouts_are_refused():
+    with pytest.raises(WeightsError, match="no torchvision VGG counterpart"):
+        caffe_to_torchvision({"conv1": [np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float32)]})
+    weights = _caffe_vgg(16, _zeros)
+    del weights["conv3_2"]
+    with pytest.raises(WeightsError, match="consecutive"):
+        caffe_to_torchvision(weights)
+    with pytest.raises(WeightsError, match="batch-norm"):
+        torchvision_to_caffe({"features.0.weight": np.zeros(1), "features.1.running_mean": np.zeros(1)})
