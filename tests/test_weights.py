@@ -79,6 +79,14 @@ def test_arrays_are_writable_copies_on_write_of_the_file(tmp_path):
     assert not np.any(read_weights(path)["conv1"][0] == 42.0)
 
 
+def test_copy_option_returns_owned_aligned_arrays():
+    views, copies = read_weights(V1_SMALL), read_weights(V1_SMALL, copy=True)
+    for name in views:
+        for view, owned in zip(views[name], copies[name], strict=True):
+            assert owned.flags.owndata and owned.flags.aligned and not np.shares_memory(view, owned)
+            assert np.array_equal(_bits(view), _bits(owned))
+
+
 # --- encodings --------------------------------------------------------------------------------------------------
 
 def _blob_bytes(values: np.ndarray, encoding: str, dims=(2, 3)) -> bytes:

@@ -24,9 +24,9 @@ from google.protobuf.message import DecodeError
 
 from vggproto._pb import caffe_pb2
 from vggproto.errors import WeightsError
-from vggproto.wire import (FIXED32, FIXED64, LENGTH, VARINT, Field, Part, WireError, encode_tag, encode_varint,
-                           fixed_run, iter_fields, part_size, read_field, split_message, unpacked_values,
-                           write_part)
+from vggproto.weights_blob import array_to_blob, blob_array, blob_fields, blob_part, blob_to_array  # noqa: F401
+from vggproto.wire import (LENGTH, Field, Part, WireError, encode_tag, encode_varint, iter_fields, part_size, read_field,
+                           split_message, write_part)
 
 log = logging.getLogger("vggproto.weights")
 
@@ -38,8 +38,6 @@ _MAGIC = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "
 _V1 = (2, 4, 6, 1)
 _V2 = (100, 1, 7, None)
 _V0 = (None, 1, 50, None)
-_FLOAT_TAG, _DOUBLE_TAG = 5 << 3 | FIXED32, 8 << 3 | FIXED64  # unpacked data / double_data
-_DIFF_TAGS = {6 << 3 | FIXED32: 4, 9 << 3 | FIXED64: 8}        # unpacked diff / double_diff
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -148,143 +146,17 @@ def _scan_net(buf, path: str, keep: bool) -> tuple[list[tuple[int, _Layer]], lis
     return layers, header
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Blobs
-# --------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class _BlobFields:
-    legacy: list = field(default_factory=lambda: [None, None, None, None])
-    shape: tuple | None = None
-    floats: list = field(default_factory=list)
-    doubles: list = field(default_factory=list)
-    has_diff: bool = False
-
-
-def _int32(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _blob_fields(buf, u8: np.ndarray, start: int, end: int) -> _BlobFields:
-    out = _BlobFields()
-    pos = start
-    while pos < end:
-        tag = buf[pos]
-        if tag in (_FLOAT_TAG, _DOUBLE_TAG):                 # unpacked run: copy with a strided view
-            width, dtype, sink = (4, "<f4", out.floats) if tag == _FLOAT_TAG else (8, "<f8", out.doubles)
-            count = fixed_run(u8, pos, end, tag, width)
-            if count:
-                sink.append(unpacked_values(buf, pos, count, width, dtype))
-                pos += count * (width + 1)
-                continue
-        if tag in _DIFF_TAGS:                                # unpacked diff: skip the run
-            count = fixed_run(u8, pos, end, tag, _DIFF_TAGS[tag])
-            if count:
-                out.has_diff = True
-                pos += count * (_DIFF_TAGS[tag] + 1)
-                continue
-        raw = read_field(buf, pos, end)
-        pos = raw.end
-        _blob_field(buf, raw, out)
-    return out
-
-
-def _blob_field(buf, raw, out: _BlobFields) -> None:
-    number, wire = raw.number, raw.wire_type
-    if 1 <= number <= 4 and wire == VARINT:
-        out.legacy[number - 1] = _int32(raw.value)
-    elif number in (5, 8) and wire == LENGTH:
-        width, dtype = (4, "<f4") if number == 5 else (8, "<f8")
-        nbytes = raw.end - raw.data_start
-        if nbytes % width:
-            raise WireError(f"packed {'data' if number == 5 else 'double_data'} of {nbytes} bytes is not a "
-                            f"multiple of {width}", raw.start)
-        run = np.frombuffer(buf, dtype=dtype, count=nbytes // width, offset=raw.data_start)
-        (out.floats if number == 5 else out.doubles).append(run)
-    elif number in (6, 9):
-        out.has_diff = True
-    elif number == 7 and wire == LENGTH:
-        shape = caffe_pb2.BlobShape()
-        shape.ParseFromString(bytes(buf[raw.data_start:raw.end]))
-        out.shape = tuple(int(d) for d in shape.dim)
-    elif number <= 9:
-        raise WireError(f"BlobProto field {number} has unexpected wire type {wire}", raw.start)
-
-
-def _join(runs: list) -> np.ndarray | None:
-    if not runs:
-        return None
-    return runs[0] if len(runs) == 1 else np.concatenate(runs)
-
-
-def _blob_array(fields: _BlobFields) -> np.ndarray:
-    """Assemble the float32 array of a blob; raises ValueError with the reason when it is inconsistent."""
-    if any(v is not None for v in fields.legacy):
-        # Caffe: src/caffe/blob.cpp FromProto — legacy 4-D dims take precedence over `shape`
-        shape = tuple(v or 0 for v in fields.legacy)
-    else:
-        shape = fields.shape or ()
-    count = int(np.prod(shape, dtype=np.int64))
-    doubles = _join(fields.doubles)
-    # Caffe: src/caffe/blob.cpp FromProto — double_data is used when non-empty, else data
-    values = doubles.astype(np.float32) if doubles is not None and doubles.size else _join(fields.floats)
-    have = 0 if values is None else values.size
-    if have != count:
-        if have == 0 and count and fields.has_diff:
-            raise ValueError(f"holds only 'diff' values and no 'data' (shape {_fmt(shape)}); Caffe loads 'data'")
-        if have == 0 and count:
-            raise ValueError(f"has shape {_fmt(shape)} ({count} values) but no data")
-        raise ValueError(f"holds {have} values but its shape {_fmt(shape)} needs {count}")
-    if values is None:
-        values = np.zeros(0, np.float32)
-    return values.reshape(shape)
-
-
-def _fmt(shape: Sequence[int]) -> str:
-    return "x".join(str(d) for d in shape) if shape else "scalar"
-
-
 def _layer_arrays(buf, u8, layer: _Layer, path: str) -> list[np.ndarray]:
     arrays = []
     for index, (start, end) in enumerate(layer.blobs):
         try:
-            arrays.append(_blob_array(_blob_fields(buf, u8, start, end)))
+            arrays.append(blob_array(blob_fields(buf, u8, start, end)))
         except WireError as exc:
             raise WeightsError(f"{path}: layer '{layer.name}' blob {index}: {exc}") from None
         except ValueError as exc:
             raise WeightsError(f"{path}: layer '{layer.name}' blob {index} (at byte offset {start}) {exc}") \
                 from None
     return arrays
-
-
-def blob_to_array(blob: caffe_pb2.BlobProto) -> np.ndarray:
-    """A BlobProto as a writable float32 array, with Caffe's shape and data rules (see module docstring)."""
-    data = bytearray(blob.SerializeToString())
-    u8 = np.frombuffer(data, np.uint8)
-    try:
-        return _blob_array(_blob_fields(data, u8, 0, len(data)))
-    except (WireError, ValueError) as exc:
-        raise WeightsError(f"BlobProto {exc}") from None
-
-
-def _blob_part(array, number: int) -> Field:
-    """A BlobProto field with ``shape`` and packed float ``data``, in protobuf's canonical field order."""
-    values = np.asarray(array, dtype="<f4", order="C")
-    parts: list[Part] = [Field(5, [values])] if values.size else []
-    parts.append(Field(7, [caffe_pb2.BlobShape(dim=values.shape).SerializeToString()]))
-    return Field(number, parts)
-
-
-def array_to_blob(array) -> caffe_pb2.BlobProto:
-    """A float32 BlobProto with ``shape`` and packed ``data`` (built from bytes: no per-value Python work)."""
-    part = _blob_part(array, 1)
-    blob = caffe_pb2.BlobProto()
-    chunks = []
-    for child in part.parts:
-        chunks.append(encode_tag(child.number, LENGTH) + encode_varint(child.payload_size()))
-        chunks.extend(c.tobytes() if isinstance(c, np.ndarray) else c for c in child.parts)
-    blob.ParseFromString(b"".join(chunks))
-    return blob
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -307,14 +179,19 @@ def _read(path, keep: bool) -> tuple[Weights, list | None, list | None]:
     return weights, layers, header
 
 
-def read_weights(path: str | os.PathLike) -> Weights:
+def read_weights(path: str | os.PathLike, *, copy: bool = False) -> Weights:
     """Read every layer's blobs: ``{layer name: [float32 arrays in Caffe blob order]}`` in file order.
 
     Works for V0/V1 (``layers``) and V2 (``layer``) caffemodels and Caffe HDF5 weights (detected by content).
     Layers without blobs are omitted; when a name repeats, the later layer wins (as Caffe's
-    CopyTrainedLayersFrom overwrites).  Arrays are zero-copy views of a private mapping of the file.
+    CopyTrainedLayersFrom overwrites).  Arrays are writable zero-copy views of a private (copy-on-write)
+    mapping of the file, so they may be unaligned; ``copy=True`` returns owned, aligned arrays instead (at the
+    cost of a second copy in memory while reading).
     """
-    return _read(path, keep=False)[0]
+    weights = _read(path, keep=False)[0]
+    if copy:
+        weights = {name: [np.array(a) for a in arrays] for name, arrays in weights.items()}
+    return weights
 
 
 def read_caffemodel(path: str | os.PathLike) -> tuple[caffe_pb2.NetParameter, Weights]:
@@ -395,7 +272,7 @@ def _net_parts(weights: Mapping[str, Sequence], net_param: caffe_pb2.NetParamete
     for layer in layers:
         layer.ClearField("blobs")
         lo, _, hi = split_message(layer.SerializeToString(), 7)
-        blobs = [_blob_part(array, 7) for array in weights.get(layer.name, ())]
+        blobs = [blob_part(array, 7) for array in weights.get(layer.name, ())]
         parts.append(Field(100, [lo, *blobs, hi]))
     parts.append(after)
     return parts
