@@ -13,7 +13,6 @@ from vggproto.cli import main
 from vggproto.draw import DrawOptions, build_graph, draw_net, layer_label, vgg_groups
 from vggproto.errors import VGGProtoError
 from vggproto.netshapes import interpreter_shapes
-from vggproto.netstate import filter_net, make_state
 from vggproto.prototxt import read_net
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +97,7 @@ def test_top_to_bottom_separator_and_lr_mult():
     net = read_net("""name: "t" layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2
         dim: 5 dim: 5 } } } layer { name: "c" type: "Convolution" bottom: "x" top: "y" param { lr_mult: 1 }
         param { lr_mult: 2 } convolution_param { num_output: 3 kernel_size: 3 stride: 2 } }""")
-    label = layer_label(net.layer[1], "TB", display_lrm=True, params=57)
+    label = layer_label(net.layer[1], "TB", display_lrm=True, params="57")
     assert label == "c (Convolution) kernel size: 3 stride: 2 pad: 0 lr mult: 1, 2 params: 57"
     source = build_graph(net, DrawOptions(rankdir="TB", display_lrm=True)).source
     assert "y\\n1x3x2x2" in source and "params: 57" in source and "rankdir=TB" in source
@@ -154,13 +153,25 @@ def test_no_shapes_option_skips_building():
     assert "2x4x9x11" not in source and "params:" not in source and "conv1_Convolution" in source
 
 
-def test_meta_device_shapes_match_hand_values():
-    net = filter_net(read_net(str(SMALL_V1)), make_state("TEST"))
-    del net.layer[-1]  # up to fc8
-    shapes = interpreter_shapes(net)
-    assert shapes.blobs["pool1"] == (2, 4, 5, 6) and shapes.blobs["fc8"] == (2, 3)
+def test_interpreter_shapes_match_hand_values():
+    shapes = interpreter_shapes(read_net(str(SMALL_V1)), "TEST")
+    assert shapes.blobs["pool1"] == (2, 4, 5, 6) and shapes.blobs["prob"] == (2, 3)
     assert shapes.params == {"input": 0, "conv1": 112, "relu1": 0, "pool1": 0, "fc6": 726, "relu6": 0,
-                             "drop6": 0, "fc8": 21}
+                             "drop6": 0, "fc8": 21, "prob": 0}
+    assert shapes.total == 859
+
+
+def test_shared_parameters_counted_once():
+    net = read_net("""name: "siamese"
+        layer { name: "in" type: "Input" top: "a" top: "b" input_param { shape { dim: 2 dim: 4 } } }
+        layer { name: "ip_a" type: "InnerProduct" bottom: "a" top: "fa" param { name: "w" } param { name: "bias" }
+                inner_product_param { num_output: 3 } }
+        layer { name: "ip_b" type: "InnerProduct" bottom: "b" top: "fb" param { name: "w" } param { name: "bias" }
+                inner_product_param { num_output: 3 } }""")
+    source = build_graph(net, DrawOptions(phase="TEST")).source
+    assert "ip_a\\n(InnerProduct)\\nparams: 15\"" in source  # 3 * 4 + 3
+    assert "ip_b\\n(InnerProduct)\\nparams: 15 (shared)" in source
+    assert "total parameters: 15\"" in source
 
 
 def test_vgg_groups():

@@ -72,8 +72,7 @@ def compute_shapes(net: caffe_pb2.NetParameter, options: DrawOptions,
     phases = ("TEST", "TRAIN") if options.phase.upper() == "ALL" else (options.phase.upper(),)
     result = {}
     for phase in phases:
-        state = merged_state(net, phase, options.level, options.stages)
-        shapes = phase_shapes(filter_net(net, state, path), phase, path)
+        shapes = phase_shapes(net, phase, options.level, tuple(options.stages), path)
         if shapes is not None:
             result[phase] = shapes
     return result
@@ -98,7 +97,7 @@ def _window(kernel: int, stride: int, pad: int, sep: str) -> str:
 
 
 def layer_label(layer: caffe_pb2.LayerParameter, rankdir: str, display_lrm: bool,
-                params: int | None = None) -> str:
+                params: str = "") -> str:
     """Caffe's node label (name, type, kernel/stride/pad, optional lr mult) plus the parameter count."""
     sep = _sep(rankdir)
     name = _record(layer.name)
@@ -118,7 +117,7 @@ def layer_label(layer: caffe_pb2.LayerParameter, rankdir: str, display_lrm: bool
     if display_lrm and layer.param:
         label += f"{sep}lr mult: " + ", ".join(f"{p.lr_mult:g}" for p in layer.param)
     if params:
-        label += f"{sep}params: {params:,}"
+        label += f"{sep}params: {params}"
     return label
 
 
@@ -170,11 +169,12 @@ def blob_label(blob: str, shapes: dict[str, NetShapes]) -> str:
     return blob + "".join(f"\\n{phase}: {_shape_text(shape)}" for phase, shape in found.items())
 
 
-def _params(layer: str, shapes: dict[str, NetShapes]) -> int | None:
+def _params(layer: str, shapes: dict[str, NetShapes]) -> str:
     for phase_shapes_ in shapes.values():
-        if layer in phase_shapes_.params:
-            return phase_shapes_.params[layer]
-    return None
+        if phase_shapes_.params.get(layer):
+            count = phase_shapes_.params[layer]
+            return f"{count:,}" + (" (shared)" if phase_shapes_.owned.get(layer, 0) < count else "")
+    return ""
 
 
 def total_params(shapes: dict[str, NetShapes]) -> int | None:
@@ -183,7 +183,7 @@ def total_params(shapes: dict[str, NetShapes]) -> int | None:
         return None
     merged: dict[str, int] = {}
     for phase_shapes_ in shapes.values():
-        merged.update(phase_shapes_.params)
+        merged.update(phase_shapes_.owned)
     return sum(merged.values())
 
 
