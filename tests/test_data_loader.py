@@ -45,3 +45,23 @@ def test_seed_changes_augmentation(in_golden):
     a, b = build(seed=1)(), build(seed=2)()
     assert not np.array_equal(a[0].numpy(), b[0].numpy())
     np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())   # same records, different augmentation
+
+
+def test_tensor_transform_matches_numpy_transformer():
+    # the GPU path's tensor ops (run here on the CPU) make the same draws and compute the same values
+    import torch
+    from vggproto.data.gpu import TensorTransform
+    from vggproto.data.transform import DataTransformer
+    from vggproto.prototxt import read_message
+    img = np.random.default_rng(0).integers(0, 256, (37, 45, 3), dtype=np.uint8)
+    exact = ("crop_size: 20 mirror: true mean_value: 1 mean_value: 2 mean_value: 3 scale: 0.5 "
+             "vgg_augmentation_param { color_shift_std: 0.1 }")
+    rescaled = exact.replace("{", "{ scale_min: 24 scale_max: 60")
+    for text, tol in ((exact, 0), (rescaled, 0.5 * 1 + 1e-4)):   # rescale: OpenCV fixed-point rounding, 1 level
+        t = DataTransformer(read_message(text, caffe_pb2.TransformationParameter()), True, "t")
+        ops = TensorTransform(t)
+        for j in range(20):
+            ref = t(img, np.random.default_rng([1, j]))
+            got = ops(torch.from_numpy(img).permute(2, 0, 1), np.random.default_rng([1, j])).numpy()
+            assert got.shape == ref.shape
+            np.testing.assert_allclose(got, ref, rtol=0, atol=tol + 1e-5)

@@ -68,15 +68,23 @@ def _floats(values, n: int, default: np.ndarray, name: str, where: str) -> np.nd
     return np.asarray(values, dtype=np.float64)
 
 
+def rescaled_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """(height, width) after isotropic rescaling of the smallest side to ``size`` (0: unchanged)."""
+    if size <= 0 or min(h, w) == size:
+        return h, w
+    if h <= w:
+        return size, max(1, int(round(w * size / h)))
+    return max(1, int(round(h * size / w))), size
+
+
+def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``cv2.resize`` INTER_LINEAR of an HWC image to (height, width), keeping the channel axis."""
+    import cv2
+    out = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return out if out.ndim == 3 else out[:, :, None]
+
+
 def rescale_smallest_side(img: np.ndarray, size: int) -> np.ndarray:
     """Isotropically resize an HWC image so that its smallest side is ``size`` (INTER_LINEAR; no-op if equal)."""
-    h, w = img.shape[:2]
-    if size <= 0 or min(h, w) == size:
-        return img
-    import cv2
-    if h <= w:
-        new_h, new_w = size, max(1, int(round(w * size / h)))
-    else:
-        new_h, new_w = max(1, int(round(h * size / w))), size
-    out = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    return out if out.ndim == 3 else out[:, :, None]
+    target = rescaled_size(img.shape[0], img.shape[1], size)
+    return img if target == img.shape[:2] else resize(img, target)

@@ -11,21 +11,37 @@ Order of operations per image (Caffe's order, with the VGG steps slotted in wher
 6. multiply by ``scale``
 7. mirror: ``mirror && Rand(2)`` flips horizontally -- random in BOTH phases, as in Caffe
 
+Random draws per image, in this order: S (if jittering), crop row, crop column, colour alphas, mirror.
+
 Steps 5-7 commute with the flip as Caffe writes them (mean at the source pixel, flipped destination index).
 # Caffe: src/caffe/data_transformer.cpp Transform(const Datum&, Dtype*) / Transform(const cv::Mat&, Blob*)
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
 from vggproto._pb import caffe_pb2
-from vggproto.data.augment import VGGAugmentation, rescale_smallest_side
+from vggproto.data.augment import VGGAugmentation, rescaled_size, resize
 from vggproto.data.datum import read_mean_file
 from vggproto.errors import DataError
 
 log = logging.getLogger("vggproto.data.transform")
+
+
+@dataclass
+class Draw:
+    """One image's random decisions: rescaled size, crop window, colour shift (BGR) and mirror flag."""
+
+    size: tuple[int, int]
+    h0: int
+    w0: int
+    crop_h: int
+    crop_w: int
+    shift: np.ndarray | None
+    mirror: bool
 
 
 class DataTransformer:
@@ -60,21 +76,32 @@ class DataTransformer:
             return channels, self.crop, self.crop
         return channels, height, width
 
+    def draw(self, h: int, w: int, c: int, rng: np.random.Generator, where: str = "") -> Draw:
+        """The random decisions for one decoded image of size (h, w, c), in Caffe's draw order.
+
+        Shared by the numpy path below and the CUDA path (:mod:`vggproto.data.gpu`), so both make the same
+        choices from the same seed.
+        """
+        size = self.vgg.draw_scale(self.train, rng) if self.vgg is not None else 0
+        rh, rw = rescaled_size(h, w, size)
+        h0, w0, ch, cw = self._crop_window(rh, rw, rng, where)
+        shift = self.vgg.draw_color_shift(self.train, rng, c) if self.vgg is not None else None
+        mirror = bool(self.mirror and rng.integers(2))
+        return Draw((rh, rw), h0, w0, ch, cw, shift, mirror)
+
     def __call__(self, img: np.ndarray, rng: np.random.Generator, where: str = "") -> np.ndarray:
         """Transform one HWC image (uint8 or float) into a new CHW float32 array."""
-        if self.vgg is not None:
-            img = rescale_smallest_side(img, self.vgg.draw_scale(self.train, rng))
         h, w, c = img.shape
-        h0, w0, ch, cw = self._crop_window(h, w, rng, where)
-        out = img[h0:h0 + ch, w0:w0 + cw].astype(np.float32)
-        if self.vgg is not None:
-            shift = self.vgg.draw_color_shift(self.train, rng, c)
-            if shift is not None:
-                out += shift
-        self._subtract_mean(out, h0, w0, (h, w, c), where)
+        d = self.draw(h, w, c, rng, where)
+        if d.size != (h, w):
+            img = resize(img, d.size)
+        out = img[d.h0:d.h0 + d.crop_h, d.w0:d.w0 + d.crop_w].astype(np.float32)
+        if d.shift is not None:
+            out += d.shift
+        self._subtract_mean(out, d.h0, d.w0, (d.size[0], d.size[1], c), where)
         if self.scale != 1.0:
             out *= np.float32(self.scale)
-        if self.mirror and rng.integers(2):
+        if d.mirror:
             out = out[:, ::-1]
         return out.transpose(2, 0, 1)
 

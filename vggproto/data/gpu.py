@@ -1,0 +1,79 @@
+"""Optional CUDA path: JPEG decode on the GPU (nvJPEG via ``torchvision.io.decode_jpeg(device="cuda")``) and
+the DataTransformer's steps as tensor ops on the GPU.
+
+The random decisions come from :meth:`DataTransformer.draw` with the same per-record seeds as the CPU path, so
+a GPU batch makes the same crops, flips, scales and colour shifts; pixel values differ from OpenCV's only by
+the interpolation's rounding (bilinear in float vs OpenCV's fixed-point INTER_LINEAR) and by nvJPEG's IDCT.
+Used when ``torch.cuda.is_available()``; everything here raises a DataError otherwise.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vggproto.data.transform import DataTransformer
+from vggproto.errors import DataError
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+class TensorTransform:
+    """The DataTransformer's steps as tensor ops on any device (CHW uint8/float in, CHW float32 out)."""
+
+    def __init__(self, transformer: DataTransformer, device: str | torch.device = "cpu"):
+        self.t, self.device = transformer, torch.device(device)
+        self.mean = None
+        if transformer.mean is not None:
+            self.mean = torch.from_numpy(transformer.mean).permute(2, 0, 1).contiguous().to(self.device)
+        self.mean_values = (torch.from_numpy(transformer.mean_values).to(self.device)
+                            if transformer.mean_values.size else None)
+
+    def __call__(self, img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        c, h, w = img.shape
+        d = self.t.draw(h, w, c, rng)
+        x = img.float()
+        if d.size != (h, w):
+            # bilinear, half-pixel centres, no antialias: the sampling of cv2 INTER_LINEAR
+            x = F.interpolate(x[None], size=d.size, mode="bilinear", align_corners=False)[0]
+            if not img.is_floating_point():
+                x = x.round().clamp_(0, 255)   # OpenCV rounds back to uint8
+        x = x[:, d.h0:d.h0 + d.crop_h, d.w0:d.w0 + d.crop_w]
+        if d.shift is not None:
+            x = x + torch.from_numpy(d.shift).to(x.device)[:, None, None]
+        if self.mean is not None:
+            if tuple(self.mean.shape) != (c,) + d.size:
+                raise DataError(f"mean file '{self.t.mean_file}' is {tuple(self.mean.shape)}, image {(c,) + d.size}")
+            x = x - self.mean[:, d.h0:d.h0 + d.crop_h, d.w0:d.w0 + d.crop_w]
+        elif self.mean_values is not None:
+            x = x - (self.mean_values[:, None, None] if self.mean_values.numel() > 1 else self.mean_values[0])
+        if self.t.scale != 1.0:
+            x = x * self.t.scale
+        if d.mirror:
+            x = x.flip(2)
+        return x
+
+
+class CudaJpegTransform:
+    """Decode a list of JPEG byte strings on the GPU and transform them into one (N, C, H, W) float32 batch."""
+
+    def __init__(self, transformer: DataTransformer, device: str = "cuda"):
+        if not cuda_available():
+            raise DataError("GPU decoding needs CUDA (torch.cuda.is_available() is False); use the CPU pipeline")
+        self.t, self.device = transformer, torch.device(device)
+        self.ops = TensorTransform(transformer, self.device)
+
+    def decode(self, jpegs: list[bytes]) -> list[torch.Tensor]:
+        """nvJPEG batch decode to (C, H, W) uint8 tensors in BGR order (the channel order of Caffe nets)."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+        mode = ImageReadMode.GRAY if self.t.force_gray else ImageReadMode.RGB
+        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
+        images = decode_jpeg(data, mode=mode, device=self.device)
+        return [img.flip(0) if img.shape[0] == 3 else img for img in images]
+
+    def __call__(self, jpegs: list[bytes], seeds: list[tuple[int, int]]) -> torch.Tensor:
+        """Batch of the given JPEGs; record k draws from ``default_rng(seeds[k])`` like the CPU path."""
+        images = self.decode(jpegs)
+        return torch.stack([self.ops(img, np.random.default_rng(list(seed))) for img, seed in zip(images, seeds)])
