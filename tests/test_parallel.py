@@ -1,0 +1,112 @@
+"""Multi-process training on gloo CPU workers: equivalence with one process, sharding, failure propagation."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vggproto.errors import SolverError
+from vggproto.parallel import FAULT_ENV, launch, parse_gpus
+from vggproto.solver import TrainOptions
+from vggproto.weights import read_weights
+
+GOLDEN = Path(__file__).parent / "data" / "golden" / "solver"
+ROOT = Path(__file__).parents[1]
+
+SOLVER = """net: "train_val.prototxt"
+max_iter: 5
+display: 1
+snapshot_prefix: "{prefix}"
+random_seed: 1
+base_lr: 0.05
+momentum: 0.9
+weight_decay: 0.0005
+lr_policy: "fixed"
+clip_gradients: 2.0
+"""
+
+
+@pytest.fixture
+def case(tmp_path, monkeypatch):
+    for name in ("train.h5", "train_h5.txt", "train_val.prototxt", "init.caffemodel"):
+        shutil.copy(GOLDEN / name, tmp_path / name)
+        (tmp_path / name).chmod(0o644)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    return tmp_path
+
+
+def solver(prefix: str) -> str:
+    Path(f"{prefix}.prototxt").write_text(SOLVER.format(prefix=prefix))
+    return f"{prefix}.prototxt"
+
+
+def test_two_gloo_workers_equal_one_process_on_the_same_global_batch(case):
+    opts = TrainOptions(weights=("init.caffemodel",), progress=False)
+    launch(solver("one"), opts)
+    launch(solver("two"), opts, gpus="cpu:2")
+    one, two = read_weights("one_iter_5.caffemodel"), read_weights("two_iter_5.caffemodel")
+    init = read_weights("init.caffemodel")
+    for layer in one:
+        for a, b, c in zip(one[layer], two[layer], init[layer]):
+            assert not np.allclose(a, c)
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    # rank 0 alone wrote the snapshot and the CSV
+    assert sorted(p.name for p in case.glob("two_*")) == ["two_iter_5.caffemodel", "two_iter_5.solverstate",
+                                                          "two_iter_5.solverstate.vggproto.json", "two_log.csv"]
+
+
+def test_per_gpu_batch_gives_bvlc_semantics(case):
+    # BVLC: each worker takes the prototxt batch (8) → 16 rows per step; equal to 1 process with batch 16
+    Path("train16.prototxt").write_text(Path("train_val.prototxt").read_text().replace("batch_size: 8",
+                                                                                       "batch_size: 16"))
+    Path("one.prototxt").write_text(SOLVER.format(prefix="one").replace("train_val", "train16"))
+    launch("one.prototxt", TrainOptions(weights=("init.caffemodel",), progress=False))
+    launch(solver("two"), TrainOptions(weights=("init.caffemodel",), progress=False, per_gpu_batch=True),
+           gpus="cpu:2")
+    one, two = read_weights("one_iter_5.caffemodel"), read_weights("two_iter_5.caffemodel")
+    for layer in one:
+        for a, b in zip(one[layer], two[layer]):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_indivisible_global_batch_is_a_clear_error(case):
+    with pytest.raises(SolverError, match="worker .* failed: .*not divisible by 3"):
+        launch(solver("three"), TrainOptions(progress=False), gpus="cpu:3")
+
+
+def test_killed_worker_ends_the_job_nonzero_without_hanging(case):
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from vggproto.parallel import launch
+        from vggproto.solver import TrainOptions
+        from vggproto.errors import SolverError
+        try:
+            launch("kill.prototxt", TrainOptions(progress=False), gpus="cpu:2")
+        except SolverError as exc:
+            print("ERROR:", exc)
+            sys.exit(1)
+    """)
+    Path("kill.prototxt").write_text(SOLVER.format(prefix="kill").replace("max_iter: 5", "max_iter: 1000"))
+    env = dict(os.environ, **{FAULT_ENV: "kill:1:3", "VGGPROTO_COLLECTIVE_TIMEOUT_S": "60"})
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "training worker 1 failed: died with SIGKILL" in proc.stdout
+
+
+def test_parse_gpus():
+    assert parse_gpus(None) == ("cpu", [0])
+    assert parse_gpus("cpu:3") == ("cpu", [0, 1, 2])
+    with pytest.raises(SolverError, match="cpu:N"):
+        parse_gpus("cpu:x")
+    import torch
+    if torch.cuda.device_count() == 0:
+        with pytest.raises(SolverError, match="does not exist"):
+            parse_gpus("0,1")

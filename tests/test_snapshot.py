@@ -1,0 +1,179 @@
+"""Snapshots: bitwise resume, Caffe-style resume without the sidecar, atomic writes, signals, NaN, errors."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vggproto import snapshot as snap
+from vggproto.errors import SolverError
+from vggproto.solver import Solver, TrainOptions
+
+torch.set_num_threads(1)
+GOLDEN = Path(__file__).parent / "data" / "golden" / "solver"
+
+SOLVER = """net: "train_val.prototxt"
+max_iter: {max_iter}
+display: 1
+snapshot: {snapshot}
+snapshot_prefix: "{prefix}"
+random_seed: 1
+base_lr: 0.05
+momentum: 0.9
+weight_decay: 0.0005
+lr_policy: "multistep"
+stepvalue: 3
+stepvalue: 6
+gamma: 0.1
+{extra}"""
+
+
+@pytest.fixture
+def case(tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("train.h5", "train_h5.txt", "train_val.prototxt", "init.caffemodel"):
+        shutil.copy(GOLDEN / name, folder / name)
+        (folder / name).chmod(0o644)
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def write_solver(name: str, max_iter=10, snapshot=0, prefix="snap", extra="") -> str:
+    Path(name).write_text(SOLVER.format(max_iter=max_iter, snapshot=snapshot, prefix=prefix, extra=extra))
+    return name
+
+
+def train(solver: str, resume=None, **opts) -> Solver:
+    s = Solver(solver, TrainOptions(progress=False, **opts))
+    s.solve(resume)
+    return s
+
+
+def test_resume_after_snapshot_equals_straight_run_bitwise(case):
+    # break at iteration 5: not an epoch boundary (5 x 8 = 40 of 64 rows), multistep state in current_step
+    train(write_solver("a.prototxt", snapshot=5, prefix="a"), weights=("init.caffemodel",))
+    os.makedirs("b")
+    train(write_solver("b.prototxt", prefix="b/b"), resume="a_iter_5.solverstate")
+    assert Path("a_iter_10.caffemodel").read_bytes()[-2000:] == Path("b/b_iter_10.caffemodel").read_bytes()[-2000:]
+    a, b = snap.read_solverstate("a_iter_10.solverstate"), snap.read_solverstate("b/b_iter_10.solverstate")
+    assert (a.iter, a.current_step) == (b.iter, b.current_step) == (10, 2)
+    for x, y in zip(a.history, b.history, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_without_sidecar_data_restarts_at_zero_like_caffe(case):
+    train(write_solver("a.prototxt", snapshot=5, prefix="a"), weights=("init.caffemodel",))
+    os.remove("a_iter_5.solverstate" + snap.SIDECAR_SUFFIX)
+    s = train(write_solver("b.prototxt", prefix="b"), resume="a_iter_5.solverstate")
+    # 5 iterations after the restart consumed rows 0..39 (+1 display batch): cursor 48; the straight run: 88
+    cursor = list(snap.read_sidecar("b_iter_10.solverstate")["train_cursors"][0].values())[0]
+    assert cursor == 40
+    a = snap.read_solverstate("a_iter_10.solverstate")
+    b = snap.read_solverstate("b_iter_10.solverstate")
+    assert not all(np.array_equal(x, y) for x, y in zip(a.history, b.history))
+    assert s.iter == 10
+
+
+def test_hdf5_snapshots_resume_bitwise(case):
+    extra = "snapshot_format: HDF5\n"
+    train(write_solver("a.prototxt", snapshot=4, prefix="a", extra=extra), weights=("init.caffemodel",))
+    assert Path("a_iter_4.caffemodel.h5").is_file() and Path("a_iter_4.solverstate.h5").is_file()
+    train(write_solver("b.prototxt", prefix="b", extra=extra), resume="a_iter_4.solverstate.h5")
+    a, b = snap.read_solverstate("a_iter_10.solverstate.h5"), snap.read_solverstate("b_iter_10.solverstate.h5")
+    for x, y in zip(a.history, b.history, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("fmt", ["solverstate", "solverstate.h5"])
+def test_crash_mid_write_keeps_previous_snapshot(tmp_path, monkeypatch, fmt):
+    path = str(tmp_path / f"x.{fmt}")
+    good = snap.SolverStateData(3, "m.caffemodel", 1, [np.arange(6, dtype=np.float32).reshape(2, 3)])
+    snap.write_solverstate(path, good)
+
+    def crash(src, dst):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        snap.write_solverstate(path, snap.SolverStateData(9, "n.caffemodel", 2, [np.zeros((2, 3), np.float32)]))
+    monkeypatch.undo()
+    back = snap.read_solverstate(path)
+    assert (back.iter, back.learned_net, back.current_step) == (3, "m.caffemodel", 1)
+    np.testing.assert_array_equal(back.history[0], good.history[0])
+
+
+def _signal_at(sig, at):
+    def callback(solver):
+        if solver.iter == at:
+            os.kill(os.getpid(), sig)
+    return callback
+
+
+def test_sigint_snapshot_effect_snapshots_and_continues(case):
+    s = Solver(write_solver("a.prototxt", max_iter=6, prefix="a"),
+               TrainOptions(weights=("init.caffemodel",), sigint_effect="snapshot", progress=False))
+    s.callbacks.append(_signal_at(signal.SIGINT, 2))
+    s.solve()
+    assert Path("a_iter_3.caffemodel").is_file() and Path("a_iter_3.solverstate").is_file()
+    assert Path("a_iter_6.caffemodel").is_file() and s.iter == 6
+
+
+def test_sigint_stop_effect_stops_with_final_snapshot(case, caplog):
+    import logging
+    caplog.set_level(logging.INFO, logger="vggproto")
+    s = Solver(write_solver("a.prototxt", max_iter=10, prefix="a"),
+               TrainOptions(weights=("init.caffemodel",), progress=False))  # Caffe default: stop
+    s.callbacks.append(_signal_at(signal.SIGINT, 2))
+    s.solve()
+    assert s.iter == 3
+    assert Path("a_iter_3.caffemodel").is_file()  # snapshot_after_train still runs, as in Caffe
+    assert "Optimization stopped early." in caplog.messages
+    assert not any(m.startswith("Optimization Done") for m in caplog.messages)
+
+
+def test_sighup_none_is_ignored(case):
+    s = Solver(write_solver("a.prototxt", max_iter=4, prefix="a"),
+               TrainOptions(weights=("init.caffemodel",), sighup_effect="none", progress=False))
+    s.callbacks.append(_signal_at(signal.SIGHUP, 1))
+    s.solve()
+    assert s.iter == 4 and not Path("a_iter_2.caffemodel").exists()
+
+
+def test_nan_loss_stops_naming_iteration_and_layer_and_keeps_last_snapshot(case):
+    s = Solver(write_solver("a.prototxt", max_iter=10, snapshot=2, prefix="a"),
+               TrainOptions(weights=("init.caffemodel",), progress=False))
+
+    def poison(solver):
+        if solver.iter == 3:
+            with torch.no_grad():
+                solver.net.params["fc"][0][0, 0] = float("nan")
+    s.callbacks.append(poison)
+    before = Path("a_iter_2.caffemodel") if False else None
+    with pytest.raises(SolverError, match=r"iteration 3: the training loss is nan.*blob 'fc' \(layer 'fc'\)"
+                                          r".*last good snapshot is a_iter_2.solverstate"):
+        s.solve()
+    assert before is None
+    assert Path("a_iter_2.caffemodel").is_file() and not Path("a_iter_4.caffemodel").exists()
+
+
+def test_unwritable_prefix_fails_at_start(case):
+    with pytest.raises(SolverError, match="snapshot_prefix 'missing_dir/x'"):
+        Solver(write_solver("a.prototxt", prefix="missing_dir/x"), TrainOptions(progress=False))
+
+
+def test_history_of_another_solver_type_is_refused(case):
+    shutil.copy(GOLDEN / "adam_iter_20.solverstate", "adam_iter_20.solverstate")
+    s = Solver(write_solver("a.prototxt", max_iter=30, prefix="a"), TrainOptions(progress=False))
+    with pytest.raises(SolverError, match="holds 8 history blobs but a SGD solver on this net needs 4"):
+        s.solve("adam_iter_20.solverstate")
+
+
+def test_corrupt_solverstate_is_a_clear_error(case):
+    Path("bad.solverstate").write_bytes(b"\xff\xff\xff garbage")
+    with pytest.raises(SolverError, match="bad.solverstate"):
+        snap.read_solverstate("bad.solverstate")
