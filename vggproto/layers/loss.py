@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from vggproto._pb import caffe_pb2
 from vggproto.errors import DataError, VGGProtoError
-from vggproto.layers.axes import canonical_axis, count
+from vggproto.layers.axes import canonical_axis, count, softmax_along
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 from vggproto.layers.shape import need_bottoms
 
@@ -237,13 +237,13 @@ class InfogainLoss(LossLayer):
         h = (bottoms[2] if len(bottoms) == 3 else self.infogain).detach().to(x.dtype)
         h = h.reshape(self.classes, self.classes)
         scores = x.reshape(self.outer, self.classes, self.inner)
-        logp = clamp_forward_only(torch.log_softmax(scores, dim=1), low=math.log(LOG_THRESHOLD))
+        logp = clamp_forward_only(softmax_along(scores, 1, log=True), low=math.log(LOG_THRESHOLD))
         lab, valid = class_labels(self.spec, label, self.classes, self.ignore)
         weights = h[lab].reshape(self.outer, self.inner, self.classes).transpose(1, 2)  # H[label, l] per position
         weights = weights * valid.reshape(self.outer, 1, self.inner).to(x.dtype)
         loss = normalize(-(weights * logp).sum(), self.mode, self.outer, self.inner, valid.sum())
         if len(self.top_shapes) == 2:
-            return loss, torch.softmax(x, dim=self.axis)
+            return loss, softmax_along(x, self.axis)
         return (loss,)
 
 

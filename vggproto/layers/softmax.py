@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from vggproto.layers.axes import canonical_axis, count
+from vggproto.layers.axes import canonical_axis, count, softmax_along
 from vggproto.layers.loss import (LossLayer, check_label_count, check_same_num, clamp_forward_only, class_labels,
                                   ignore_label, normalization_mode, normalize)
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
@@ -32,7 +32,7 @@ class Softmax(CaffeLayer):
         self.top_shapes = [shape]
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (torch.softmax(bottoms[0], dim=self.axis),)
+        return (softmax_along(bottoms[0], self.axis),)
 
 
 @register("SoftmaxWithLoss")
@@ -52,7 +52,7 @@ class SoftmaxWithLoss(LossLayer):
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x, label = bottoms
-        logp = torch.log_softmax(x.reshape(self.outer, self.classes, self.inner), dim=1)
+        logp = softmax_along(x.reshape(self.outer, self.classes, self.inner), 1, log=True)
         lab, valid = class_labels(self.spec, label, self.classes, self.ignore)
         picked = logp.gather(1, lab.reshape(self.outer, 1, self.inner)).reshape(self.outer, self.inner)
         # Caffe: src/caffe/layers/softmax_loss_layer.cpp — loss -= log(max(prob, FLT_MIN)); ignored positions add 0
@@ -61,7 +61,7 @@ class SoftmaxWithLoss(LossLayer):
         nll = torch.where(valid, nll, torch.zeros_like(nll))
         loss = normalize(nll.sum(), self.mode, self.outer, self.inner, valid.sum())
         if len(self.top_shapes) == 2:
-            return loss, torch.softmax(x, dim=self.axis)
+            return loss, softmax_along(x, self.axis)
         return (loss,)
 
 
