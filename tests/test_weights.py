@@ -173,6 +173,17 @@ def test_write_read_round_trip_is_bit_exact(tmp_path, suffix):
     assert not list(tmp_path.glob(".*tmp"))
 
 
+@pytest.mark.parametrize("name", ["same.caffemodel", "same.caffemodel.h5"])
+def test_overwriting_the_file_being_viewed_is_safe(tmp_path, name):
+    path = tmp_path / name
+    original = {"a": [_special_values((3, 4)), _special_values((4,), 1)]}
+    write_weights(path, original)
+    views = read_weights(path)                    # zero-copy views of the file
+    write_weights(path, views)                    # temp file + rename: the mapped inode stays intact
+    for a, b in zip(original["a"], read_weights(path)["a"], strict=True):
+        assert np.array_equal(_bits(a), _bits(b))
+
+
 def test_written_caffemodel_equals_protobuf_serialization_with_net_param(tmp_path):
     net, weights = read_caffemodel(V1_SMALL)
     weights["fc8"][1] = weights["fc8"][1].astype(np.float64)      # converted to float32 on write
