@@ -103,6 +103,9 @@ def launch(solver_path: str, options, resume: str | None = None, gpus: str | Non
         _join_torchrun(solver_path, options, resume)
         return
     kind, ids = parse_gpus(gpus)
+    # read in the launcher: forkserver workers do not see later changes of this process's environment
+    options = replace(options, extra={**options.extra, "fault": os.environ.get(FAULT_ENV, ""),
+                                      "timeout_s": float(os.environ.get(TIMEOUT_ENV, "600"))})
     if len(ids) == 1:
         device = f"cuda:{ids[0]}" if kind == "cuda" else options.device
         from vggproto.solver import Solver
@@ -111,8 +114,9 @@ def launch(solver_path: str, options, resume: str | None = None, gpus: str | Non
     _spawn(solver_path, options, resume, kind, ids)
 
 
-def _timeout() -> datetime.timedelta:
-    return datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, "600")))
+def _timeout(options=None) -> datetime.timedelta:
+    seconds = (options.extra.get("timeout_s") if options is not None else None) or os.environ.get(TIMEOUT_ENV, 600)
+    return datetime.timedelta(seconds=float(seconds))
 
 
 def _join_torchrun(solver_path: str, options, resume: str | None) -> None:
@@ -146,8 +150,8 @@ def _spawn(solver_path: str, options, resume: str | None, kind: str, ids: list[i
         # the workers handle SIGINT/SIGHUP (--sigint-effect) themselves and exit cleanly; the launcher waits
         ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _job_signals()}
         try:
-            mp.spawn(_worker, args=(solver_path, options, resume, kind, ids, port, errors, level),
-                     nprocs=len(ids), join=True)
+            mp.start_processes(_worker, args=(solver_path, options, resume, kind, ids, port, errors, level),
+                               nprocs=len(ids), join=True, start_method=_start_method(kind))
         except Exception as exc:  # ProcessRaisedException / ProcessExitedException
             rank = getattr(exc, "error_index", None)
             message = _worker_error(errors, rank)
@@ -160,6 +164,16 @@ def _spawn(solver_path: str, options, resume: str | None, kind: str, ids: list[i
         finally:
             for sig, old in ignored.items():
                 signal.signal(sig, old)
+
+
+def _start_method(kind: str) -> str:
+    """CUDA needs fresh 'spawn' processes; CPU workers fork from a forkserver that imported torch once (fast,
+    and safe: the server itself never ran torch's OpenMP pool)."""
+    import multiprocessing
+    if kind == "cuda" or "forkserver" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    multiprocessing.set_forkserver_preload(["torch", "vggproto.solver", "vggproto.parallel"])
+    return "forkserver"
 
 
 def _job_signals() -> list:
@@ -191,7 +205,7 @@ def _worker(index: int, solver_path: str, options, resume, kind: str, ids: list[
         device = "cpu"
     try:
         dist.init_process_group("nccl" if kind == "cuda" else "gloo", rank=index, world_size=world,
-                                timeout=_timeout())
+                                timeout=_timeout(options))
         try:
             _run(solver_path, replace(options, rank=index, world_size=world, device=device), resume)
         finally:
@@ -204,7 +218,7 @@ def _worker(index: int, solver_path: str, options, resume, kind: str, ids: list[
 def _run(solver_path: str, options, resume) -> None:
     from vggproto.solver import Solver
     solver = Solver(solver_path, options, comm=Comm(torch.device(options.device)))
-    fault = os.environ.get(FAULT_ENV, "")
+    fault = options.extra.get("fault") or os.environ.get(FAULT_ENV, "")
     if fault.startswith("kill:"):
         _, rank, at = fault.split(":")
         if int(rank) == options.rank:
