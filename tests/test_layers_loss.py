@@ -351,3 +351,40 @@ def test_contrastive_loss_shape_errors():
         make('type: "ContrastiveLoss"', (4, 3, 1, 1), (4, 2, 1, 1), (4, 1, 1, 1))
     with pytest.raises(NetError, match="one value per pair"):
         make('type: "ContrastiveLoss"', (4, 3, 1, 1), (4, 3, 1, 1), (3,))
+
+
+# ---------------------------------------------------------------- inside a Net
+
+NET = """
+name: "head"
+layer { name: "in" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 4 dim: 6 } shape { dim: 4 } } }
+layer { name: "sl" type: "Slice" bottom: "data" top: "a" top: "b" slice_param { slice_point: 3 } }
+layer { name: "mx" type: "Eltwise" bottom: "a" bottom: "b" top: "m" eltwise_param { operation: MAX } }
+layer { name: "cat" type: "Concat" bottom: "m" bottom: "a" top: "score" }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" top: "prob"
+        loss_weight: 2 loss_weight: 0 }
+layer { name: "acc" type: "Accuracy" bottom: "score" bottom: "label" top: "acc" top: "per_class" }
+layer { name: "sil" type: "Silence" bottom: "per_class" }
+"""
+
+
+def test_head_layers_inside_a_net():
+    from vggproto.net import Net
+    net = Net(NET, phase="TRAIN").double()
+    x, lab = RNG.randn(4, 6), np.array([0.0, 5.0, 2.0, 3.0])
+    data = t(x)
+    out = net.forward(data=data, label=t(lab, False))
+    assert sorted(out) == ["acc", "loss", "prob"]
+    score = np.concatenate([np.maximum(x[:, :3], x[:, 3:]), x[:, :3]], axis=1)
+    ref_loss, _ = _swl_ref(score, lab, None, "VALID")
+    assert out["loss"].item() == pytest.approx(ref_loss, rel=1e-12)
+    assert net.loss.item() == pytest.approx(2 * ref_loss, rel=1e-12)  # prob has weight 0
+    assert out["acc"].item() == pytest.approx(_acc_ref(score, lab, 1, None)[0])
+    np.testing.assert_allclose(out["prob"].detach().numpy(), softmax(score, 1), rtol=1e-12)
+    net.loss.backward()
+    _, g = _swl_ref(score, lab, None, "VALID")
+    g = 2 * g
+    a_wins = x[:, :3] > x[:, 3:]
+    expected = np.concatenate([g[:, 3:] + g[:, :3] * a_wins, g[:, :3] * ~a_wins], axis=1)
+    np.testing.assert_allclose(data.grad.numpy(), expected, rtol=1e-10, atol=1e-14)
