@@ -3,9 +3,9 @@
 Caffe's conventions (python/caffe/draw.py): layer nodes are filled records coloured by type, blobs are grey
 octagons, a layer's label holds its name, ``(Type)`` and for conv/pool the kernel size, stride and pad, edges into
 blobs carry ``Batch N`` (data layers) or ``num_output`` (conv/IP).  Added here, because reading a VGG net needs
-them: each blob's shape, each layer's parameter count and the net's total (from the interpreter's own layer
-builders, see :mod:`vggproto.netshapes`), and the VGG blocks (conv<b>_*, relu<b>_*, pool<b>; fc6/relu6/drop6...)
-drawn as clusters.  Phase filtering uses the interpreter's NetStateRule code, so stages and levels count too.
+them: each blob's shape, each layer's parameter count and the net's total (from the interpreter's Net built
+on the meta device, see :mod:`vggproto.netshapes`), and the VGG blocks (conv<b>_*, relu<b>_*, pool<b>;
+fc6/relu6/drop6...) drawn as clusters.  Phase filtering uses the interpreter's NetStateRule code, so stages and levels count too.
 """
 from __future__ import annotations
 
@@ -13,13 +13,16 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from vggproto._pb import caffe_pb2
 from vggproto.errors import VGGProtoError
 from vggproto.netshapes import NetShapes, phase_shapes
 from vggproto.netstate import filter_net, merged_state
 from vggproto.prototxt import atomic_write_bytes, parse_net
+
+if TYPE_CHECKING:
+    import graphviz
 
 log = logging.getLogger("vggproto.draw")
 
@@ -187,7 +190,8 @@ def total_params(shapes: dict[str, NetShapes]) -> int | None:
     return sum(merged.values())
 
 
-def build_graph(net: caffe_pb2.NetParameter, options: DrawOptions | None = None, path: str | None = None):
+def build_graph(net: caffe_pb2.NetParameter, options: DrawOptions | None = None,
+                path: str | None = None) -> "graphviz.Digraph":
     """Return a ``graphviz.Digraph`` of ``net`` drawn as ``options`` say (no file written)."""
     import graphviz
 
@@ -221,7 +225,8 @@ def _phase_tag(layer: caffe_pb2.LayerParameter) -> str:
     return ""
 
 
-def _layout(drawn: caffe_pb2.NetParameter, options: DrawOptions, shapes: dict[str, NetShapes]):
+def _layout(drawn: caffe_pb2.NetParameter, options: DrawOptions,
+            shapes: dict[str, NetShapes]) -> tuple[dict, list[tuple[str, str, str]]]:
     """Nodes per cluster (None = top level) as (key, label, style), and edges as (src, dst, label)."""
     groups = vgg_groups([layer.name for layer in drawn.layer]) if options.clusters else {}
     members: dict[str | None, list[tuple[str, str, dict]]] = {}
@@ -255,7 +260,7 @@ def _layer_style(layer: caffe_pb2.LayerParameter) -> dict:
     return {"shape": "record", "style": "filled", "fillcolor": colour}
 
 
-def _emit(graph, members: dict, edges: list[tuple[str, str, str]]) -> None:
+def _emit(graph: "graphviz.Digraph", members: dict, edges: list[tuple[str, str, str]]) -> None:
     for group, nodes in members.items():
         if group is None:
             for key, label, style in nodes:
@@ -269,7 +274,7 @@ def _emit(graph, members: dict, edges: list[tuple[str, str, str]]) -> None:
         graph.edge(src, dst, label=label) if label else graph.edge(src, dst)
 
 
-def write_graph(graph, out: str | os.PathLike) -> str:
+def write_graph(graph: "graphviz.Digraph", out: str | os.PathLike) -> str:
     """Write ``graph`` to ``out`` in the format its extension names; ``.dot``/``.gv`` need no graphviz binary."""
     import graphviz
 
@@ -291,7 +296,7 @@ def write_graph(graph, out: str | os.PathLike) -> str:
     return out
 
 
-def draw_net(source, out: str | os.PathLike, options: DrawOptions | None = None) -> str:
+def draw_net(source: str | os.PathLike | bytes, out: str | os.PathLike, options: DrawOptions | None = None) -> str:
     """Read a net (prototxt path/text, V1 upgraded) and draw it into ``out``; return the path written."""
     net, path, _ = parse_net(source)
     graph = build_graph(net, options, path)
