@@ -5,7 +5,8 @@ octagons, a layer's label holds its name, ``(Type)`` and for conv/pool the kerne
 blobs carry ``Batch N`` (data layers) or ``num_output`` (conv/IP).  Added here, because reading a VGG net needs
 them: each blob's shape, each layer's parameter count and the net's total (from the interpreter's Net built
 on the meta device, see :mod:`vggproto.netshapes`), and the VGG blocks (conv<b>_*, relu<b>_*, pool<b>;
-fc6/relu6/drop6...) drawn as clusters.  Phase filtering uses the interpreter's NetStateRule code, so stages and levels count too.
+fc6/relu6/drop6...) drawn as clusters.  Phase filtering uses the interpreter's NetStateRule code, so stages and
+levels count too.
 """
 from __future__ import annotations
 
