@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from vggproto._pb import caffe_pb2
+from vggproto.data.datum import opencv
 from vggproto.errors import DataError
 
 # ImageNet RGB pixel-covariance eigen-decomposition as published with AlexNet re-implementations
@@ -79,7 +80,7 @@ def rescaled_size(h: int, w: int, size: int) -> tuple[int, int]:
 
 def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``cv2.resize`` INTER_LINEAR of an HWC image to (height, width), keeping the channel axis."""
-    import cv2
+    cv2 = opencv()
     out = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     return out if out.ndim == 3 else out[:, :, None]
 

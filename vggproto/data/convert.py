@@ -8,12 +8,11 @@ committing every 1000 records.  ``compute_mean`` is the per-pixel float32 mean o
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from vggproto.data.datum import datum_to_image, encoded_datum, image_to_datum, mean_blob, parse_datum
+from vggproto.data.datum import datum_to_image, encoded_datum, image_to_datum, mean_blob, opencv, parse_datum
 from vggproto.data.db import DBReader, LMDBWriter
 from vggproto.data.sources import parse_list_file, read_image
 from vggproto.errors import DataError, VGGProtoError
@@ -40,7 +39,7 @@ def _datum_for(path: str, label: int, height: int, width: int, color: bool, enco
         if (img.shape[2] == 3) == color and not height and not width and _match_ext(path, encoding):
             with open(path, "rb") as f:   # the original file bytes (Caffe's ReadFileToDatum)
                 return encoded_datum(f.read(), label)
-        import cv2
+        cv2 = opencv()
         ok, buf = cv2.imencode("." + encoding, img)
         if not ok:
             raise DataError(f"{where}: cannot encode '{path}' as {encoding}")

@@ -15,6 +15,15 @@ from vggproto.errors import DataError
 IMREAD_UNCHANGED, IMREAD_GRAYSCALE, IMREAD_COLOR = -1, 0, 1
 
 
+def opencv():
+    """The cv2 module, or a DataError saying how to get it (image decoding and resizing need OpenCV)."""
+    try:
+        import cv2
+    except ImportError:
+        raise DataError("image decoding/resizing needs OpenCV: pip install opencv-python-headless") from None
+    return cv2
+
+
 def parse_datum(value: bytes, where: str) -> caffe_pb2.Datum:
     """Parse a serialized Datum; a DataError naming ``where`` if the bytes are not a Datum."""
     datum = caffe_pb2.Datum()
@@ -30,7 +39,7 @@ def decode_image_bytes(data: bytes, flag: int, where: str) -> np.ndarray:
 
     # Caffe: src/caffe/util/io.cpp DecodeDatumToCVMat — cv::imdecode, BGR, no conversion of the values.
     """
-    import cv2
+    cv2 = opencv()
     buf = np.frombuffer(data, dtype=np.uint8)
     img = cv2.imdecode(buf, flag) if buf.size else None
     if img is None:

@@ -77,3 +77,58 @@ class CudaJpegTransform:
         """Batch of the given JPEGs; record k draws from ``default_rng(seeds[k])`` like the CPU path."""
         images = self.decode(jpegs)
         return torch.stack([self.ops(img, np.random.default_rng(list(seed))) for img, seed in zip(images, seeds)])
+
+
+def decode_jpegs(jpegs: list[bytes], gray: bool, device: torch.device) -> list[torch.Tensor]:
+    """JPEG bytes to (C, H, W) uint8 tensors in BGR order on ``device`` (nvJPEG on CUDA, libjpeg-turbo on CPU)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    mode = ImageReadMode.GRAY if gray else ImageReadMode.RGB
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
+    if device.type == "cuda":
+        images = decode_jpeg(data, mode=mode, device=device)
+    else:
+        images = [decode_jpeg(d, mode=mode) for d in data]
+    return [img.flip(0) if img.shape[0] == 3 else img for img in images]
+
+
+class DeviceBatchMaker:
+    """Batches decoded and transformed on a torch device (option ``gpu_decode``): JPEG records are decoded there,
+    other records are decoded by the source on the CPU and uploaded; the random draws are the CPU path's."""
+
+    def __init__(self, source, stream, transformer: DataTransformer, batch_size: int, shape: tuple[int, int, int],
+                 seed: int, device: str | torch.device, with_label: bool = True):
+        self.source, self.stream, self.t = source, stream, transformer
+        self.batch_size, self.shape, self.seed, self.with_label = batch_size, shape, seed, with_label
+        self.device = torch.device(device)
+        self.ops = TensorTransform(transformer, self.device)
+        color = getattr(source, "color", None)
+        self.gray = bool(transformer.force_gray or color is False)
+        self.resize = (getattr(source, "new_height", 0), getattr(source, "new_width", 0))
+
+    def _images(self, indices: list[int]) -> tuple[list[torch.Tensor], list[float]]:
+        raw = [self.source.read_bytes(i) for i in indices]
+        jpeg_at = [k for k, (data, _) in enumerate(raw) if data is not None and data[:2] == b"\xff\xd8"]
+        decoded = dict(zip(jpeg_at, decode_jpegs([raw[k][0] for k in jpeg_at], self.gray, self.device)))
+        images = []
+        for k, index in enumerate(indices):
+            if k not in decoded:   # not a JPEG: the source's own (OpenCV) decode, then upload
+                img, _ = self.source.read(index)
+                decoded[k] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).to(self.device)
+            img = decoded[k]
+            if self.resize[0] > 0 and tuple(img.shape[1:]) != self.resize:
+                img = F.interpolate(img[None].float(), size=self.resize, mode="bilinear",
+                                    align_corners=False)[0].round_().clamp_(0, 255)
+            images.append(img)
+        return images, [label for _, label in raw]
+
+    def __call__(self, start: int):
+        from vggproto.data.batches import Batch
+        indices = [self.stream.index(start + i) for i in range(self.batch_size)]
+        images, labels = self._images(indices)
+        data = torch.stack([self.ops(img, np.random.default_rng([self.seed & 0xFFFFFFFF, start + k]))
+                            for k, img in enumerate(images)])
+        if tuple(data.shape[1:]) != self.shape:
+            raise DataError(f"{self.source.describe(indices[0])}: batch is {tuple(data.shape[1:])}, "
+                            f"expected {self.shape}")
+        label = torch.tensor(labels, dtype=torch.float32, device=self.device)
+        return Batch(start, [data, label] if self.with_label else [data])

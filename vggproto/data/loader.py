@@ -82,9 +82,9 @@ class BatchFeed:
                 raise RuntimeError(f"data feed out of order: got batch at {start}, expected {self._cursor}")
         else:
             batch = self.maker(self._cursor)
-            tops, bad = [torch.from_numpy(t) for t in batch.tops], batch.bad
+            tops, bad = [torch.as_tensor(t) for t in batch.tops], batch.bad
             if self.pin_memory:
-                tops = [t.pin_memory() for t in tops]
+                tops = [t.pin_memory() if t.device.type == "cpu" else t for t in tops]
         for message in bad:
             log.warning("skipping bad record: %s", message)
         self.bad_records += len(bad)

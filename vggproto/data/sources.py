@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from vggproto.data.datum import IMREAD_COLOR, IMREAD_GRAYSCALE, datum_to_image, parse_datum
+from vggproto.data.datum import IMREAD_COLOR, IMREAD_GRAYSCALE, datum_to_image, opencv, parse_datum
 from vggproto.data.db import DBReader
 from vggproto.errors import DataError
 
@@ -115,6 +115,11 @@ class DBSource:
         datum = parse_datum(self.reader.get(index), where)
         return datum_to_image(datum, where, self.color), float(datum.label)
 
+    def read_bytes(self, index: int) -> tuple[bytes | None, float]:
+        """Encoded image bytes (None for a raw Datum) and label, for decoding elsewhere (GPU)."""
+        datum = parse_datum(self.reader.get(index), self.describe(index))
+        return (datum.data if datum.encoded else None), float(datum.label)
+
 
 def parse_list_file(path: str) -> list[tuple[str, int, int]]:
     """``(image path, label, line number)`` per non-blank line of a Caffe list file.
@@ -149,7 +154,7 @@ def read_image(path: str, color: bool, new_height: int = 0, new_width: int = 0, 
 
     # Caffe: src/caffe/util/io.cpp ReadImageToCVMat — imread(COLOR|GRAYSCALE), resize only if both sizes > 0.
     """
-    import cv2
+    cv2 = opencv()
     img = cv2.imread(path, IMREAD_COLOR if color else IMREAD_GRAYSCALE)
     if img is None:
         reason = "file does not exist" if not os.path.exists(path) else "cannot decode image"
@@ -179,6 +184,15 @@ class ListSource:
         img = read_image(self.root_folder + name, self.color, self.new_height, self.new_width,
                          self.describe(index))
         return img, float(label)
+
+    def read_bytes(self, index: int) -> tuple[bytes | None, float]:
+        """The image file's bytes and label, for decoding elsewhere (GPU)."""
+        name, label, _ = self.entries[index]
+        try:
+            with open(self.root_folder + name, "rb") as f:
+                return f.read(), float(label)
+        except OSError as exc:
+            raise DataError(f"{self.describe(index)}: {exc.strerror}: '{self.root_folder + name}'") from None
 
 
 class HDF5Source:

@@ -15,6 +15,7 @@ import torch
 
 from vggproto._pb import caffe_pb2
 from vggproto.data.batches import HDF5BatchMaker, ImageBatchMaker
+from vggproto.data.gpu import DeviceBatchMaker
 from vggproto.data.build import make_feed, make_stream, rand_skip, rank_batch, require_file, seeds
 from vggproto.data.sources import DBSource, HDF5Source, ListSource, file_shuffle_order, permutation_order
 from vggproto.data.transform import DataTransformer
@@ -88,14 +89,29 @@ class _ImageLayer(_FeedLayer):
                                  order)
             first, _ = source.read(stream.index(0))
             c, h, w = transformer.output_shape(first.shape[2], *self._first_size(transformer, first))
-            maker = ImageBatchMaker(source, stream, transformer, batch, (c, h, w), seed,
-                                    with_label=len(spec.param.top) > 1, skip_bad=bool(opts.get("skip_bad")))
-            self.feed = make_feed(maker, batch, opts)
+            with_label = len(spec.param.top) > 1
+            maker = device_maker(source, stream, transformer, batch, (c, h, w), seed, with_label, opts, where) or \
+                ImageBatchMaker(source, stream, transformer, batch, (c, h, w), seed, with_label=with_label,
+                                skip_bad=bool(opts.get("skip_bad")))
+            self.feed = make_feed(maker, batch, opts if not isinstance(maker, DeviceBatchMaker)
+                                  else {**opts, "data_workers": 0})
         self.top_shapes = [(batch, c, h, w)] + [(batch,)] * (len(spec.param.top) - 1)
 
     @staticmethod
     def _first_size(transformer: DataTransformer, first: np.ndarray) -> tuple[int, int]:
         return first.shape[0], first.shape[1]
+
+
+def device_maker(source, stream, transformer, batch, shape, seed, with_label: bool, opts: dict, where: str):
+    """A DeviceBatchMaker when the ``gpu_decode`` option asks for it and CUDA is there (else None, CPU path)."""
+    if not opts.get("gpu_decode"):
+        return None
+    device = torch.device(opts.get("device") or "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        log.warning("%s: gpu_decode requested but CUDA is not available; decoding on the CPU", where)
+        return None
+    return DeviceBatchMaker(source, stream, transformer, batch, shape, seed, device,
+                            with_label=with_label)
 
 
 def _dry_channels(color: bool, transformer: DataTransformer) -> int:
