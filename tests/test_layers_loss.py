@@ -166,6 +166,8 @@ def test_accuracy_ties_count_against():
     assert top1(t(x), t([0.0, 0.0], False))[0].item() == 0.5  # row 0: class 1 ties with the true class
     top2 = make('type: "Accuracy" accuracy_param { top_k: 2 }', x.shape, (2,))
     assert top2(t(x), t([0.0, 1.0], False))[0].item() == 0.5  # row 1: class 2 ties with class 1
+    ignore_all = make('type: "Accuracy" accuracy_param { ignore_label: 0 }', x.shape, (2,))
+    assert ignore_all(t(x), t([0.0, 0.0], False))[0].item() == 0.0  # no valid label: 0, not nan
     with pytest.raises(NetError, match="top_k 4 must be between 1 and the number of classes 3"):
         make('type: "Accuracy" accuracy_param { top_k: 4 }', x.shape, (2,))
 

@@ -171,7 +171,7 @@ class Embed(CaffeLayer):
             raise spec.error(f"embed_param.input_dim ({p.input_dim}) and num_output ({p.num_output}) must both "
                              f"be positive")
         self.input_dim = p.input_dim
-        # Caffe: src/caffe/layers/embed_layer.cpp — blob 0 = weight (input_dim, num_output), blob 1 = bias (num_output)
+        # Caffe: src/caffe/layers/embed_layer.cpp — blob 0 = weight (input_dim, num_output), blob 1 = bias
         self.add_blob((p.input_dim, p.num_output), p.weight_filler)
         self.bias_term = p.bias_term
         if p.bias_term:

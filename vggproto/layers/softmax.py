@@ -94,9 +94,8 @@ class Accuracy(CaffeLayer):
         # itself excluded (the count starts at -1); correct iff that count < top_k, so ties count against.
         better = (scores >= true).sum(dim=1).reshape(-1) - 1
         correct = valid & (better < self.top_k)
-        n_valid = valid.sum()
-        acc = torch.where(n_valid > 0, correct.sum().to(x.dtype) / n_valid.clamp(min=1), torch.zeros((), dtype=x.dtype,
-                                                                                                     device=x.device))
+        # no valid label: 0 correct / max(1, 0) = 0, Caffe's value for an empty count
+        acc = correct.sum().to(x.dtype) / valid.sum().clamp(min=1)
         if len(self.top_shapes) == 1:
             return (acc,)
         seen = torch.bincount(lab[valid], minlength=self.classes).to(x.dtype)
