@@ -76,7 +76,8 @@ class Eltwise(CaffeLayer):
     @staticmethod
     def _max(bottoms: tuple[torch.Tensor, ...]) -> torch.Tensor:
         # Caffe: src/caffe/layers/eltwise_layer.cpp — bottom 1 wins a tie with bottom 0 (a > b else b); later
-        # bottoms need a strictly greater value. The gradient goes to the recorded winner only.
+        # bottoms need a strictly greater value (CPU code; the CUDA kernel gives later bottoms every tie).
+        # The gradient goes to the recorded winner only.
         with torch.no_grad():
             best = torch.maximum(bottoms[0], bottoms[1])
             index = (bottoms[0] <= bottoms[1]).long()
