@@ -67,11 +67,7 @@ class CudaJpegTransform:
 
     def decode(self, jpegs: list[bytes]) -> list[torch.Tensor]:
         """nvJPEG batch decode to (C, H, W) uint8 tensors in BGR order (the channel order of Caffe nets)."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-        mode = ImageReadMode.GRAY if self.t.force_gray else ImageReadMode.RGB
-        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
-        images = decode_jpeg(data, mode=mode, device=self.device)
-        return [img.flip(0) if img.shape[0] == 3 else img for img in images]
+        return decode_jpegs(jpegs, self.t.force_gray, self.device)
 
     def __call__(self, jpegs: list[bytes], seeds: list[tuple[int, int]]) -> torch.Tensor:
         """Batch of the given JPEGs; record k draws from ``default_rng(seeds[k])`` like the CPU path."""
@@ -81,13 +77,16 @@ class CudaJpegTransform:
 
 def decode_jpegs(jpegs: list[bytes], gray: bool, device: torch.device) -> list[torch.Tensor]:
     """JPEG bytes to (C, H, W) uint8 tensors in BGR order on ``device`` (nvJPEG on CUDA, libjpeg-turbo on CPU)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-    mode = ImageReadMode.GRAY if gray else ImageReadMode.RGB
-    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
-    if device.type == "cuda":
-        images = decode_jpeg(data, mode=mode, device=device)
-    else:
-        images = [decode_jpeg(d, mode=mode) for d in data]
+    import warnings
+    with warnings.catch_warnings():   # torchvision 0.29 flags its image codecs as deprecated (torchcodec)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+        mode = ImageReadMode.GRAY if gray else ImageReadMode.RGB
+        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
+        if device.type == "cuda":
+            images = decode_jpeg(data, mode=mode, device=device)
+        else:
+            images = [decode_jpeg(d, mode=mode) for d in data]
     return [img.flip(0) if img.shape[0] == 3 else img for img in images]
 
 

@@ -96,6 +96,7 @@ class _ImageLayer(_FeedLayer):
             self.feed = make_feed(maker, batch, opts if not isinstance(maker, DeviceBatchMaker)
                                   else {**opts, "data_workers": 0})
         self.top_shapes = [(batch, c, h, w)] + [(batch,)] * (len(spec.param.top) - 1)
+        log.info("output data size: %d,%d,%d,%d", batch, c, h, w)   # Caffe's setup log line
 
     @staticmethod
     def _first_size(transformer: DataTransformer, first: np.ndarray) -> tuple[int, int]:
@@ -131,9 +132,11 @@ class DataLayer(_ImageLayer):
         def source(transformer: DataTransformer) -> DBSource:
             color = True if p.force_encoded_color else transformer.decode_color
             try:
-                return DBSource(require_file(p.source, "data_param.source", where), backend, color)
+                src = DBSource(require_file(p.source, "data_param.source", where), backend, color)
             except DataError as exc:
                 raise _located(exc, where) from None
+            log.info("Opened %s %s", src.reader.backend, p.source)
+            return src
 
         def dry_shape(transformer: DataTransformer) -> tuple[int, int, int]:
             if transformer.crop:
@@ -159,7 +162,10 @@ class ImageDataLayer(_ImageLayer):
             raise DataError(f"{where}: image_data_param new_height and new_width must be set together")
 
         def source(transformer: DataTransformer) -> ListSource:
-            return ListSource(p.source, p.root_folder, p.new_height, p.new_width, bool(p.is_color))
+            log.info("Opening file %s", p.source)
+            src = ListSource(p.source, p.root_folder, p.new_height, p.new_width, bool(p.is_color))
+            log.info("A total of %d images.", len(src))
+            return src
 
         def dry_shape(transformer: DataTransformer) -> tuple[int, int, int]:
             c = _dry_channels(bool(p.is_color), transformer)
@@ -190,6 +196,7 @@ class HDF5DataLayer(_FeedLayer):
             source = HDF5Source(require_file(p.source, "hdf5_data_param.source", where), list(spec.param.top))
         except DataError as exc:
             raise _located(exc, where) from None
+        log.info("Number of HDF5 files: %d (%d rows)", len(source.files), len(source))
         self.top_shapes = [(batch,) + tuple(source.row_shapes[t]) for t in spec.param.top]
         if not opts.get("dry_run"):
             _, shuffle_seed = seeds(opts)
