@@ -138,3 +138,16 @@ def test_log_without_iterations_is_a_clear_error(tmp_path):
 def test_unsupported_output_format(tmp_path):
     with pytest.raises(VGGProtoError, match="supported: .png"):
         plot_file(GOLDEN / "sgd_step.log", tmp_path / "curves.jpg")
+
+
+def test_vggproto_log_lines_parse():
+    """The training helper's Caffe-dialect lines (vggproto.train_log) read back exactly."""
+    from vggproto.train_log import iteration_line, lr_line, output_lines, testing_line
+    lines = [testing_line(0, 0), *output_lines("Test", [("accuracy", [0.5], 0.0), ("loss", [1.25], 1.0)]),
+             iteration_line(0, 0.0, 0.5, 1, 2.5), *output_lines("Train", [("loss", [2.5], 1.0)]), lr_line(0, 0.01),
+             iteration_line(1, 2.0, 0.5, 1, 1.75), *output_lines("Train", [("loss", [1.0], 1.0)]),
+             lr_line(1, 0.001)]
+    parsed = parse_caffe_log("\n".join(lines))
+    assert (parsed.loss.iters, parsed.loss.values) == ([0, 1], [2.5, 1.75])
+    assert parsed.raw_loss.values == [2.5, 1.0] and parsed.lr.values == [0.01, 0.001]
+    assert parsed.test["accuracy"].values == [0.5] and parsed.test["loss"].values == [1.25]

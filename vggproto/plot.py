@@ -43,14 +43,18 @@ def _same_curve(a: Series, b: Series) -> bool:
 
 def _loss_panel(ax, parsed: TrainingLog, smooth: int) -> None:
     raw = parsed.raw_loss if len(parsed.raw_loss) else parsed.loss
-    ax.plot(raw.iters, raw.values, color="#9ecae1", linewidth=0.8, label="train loss (raw)")
+    window = smooth or _auto_window(len(raw))
     if len(parsed.loss) and not _same_curve(parsed.loss, raw):
+        ax.plot(raw.iters, raw.values, color="#9ecae1", linewidth=0.8, label="train loss (raw)")
         ax.plot(parsed.loss.iters, parsed.loss.values, color="#08519c", linewidth=1.5,
                 label="train loss (displayed, average_loss)")
-    else:
-        window = smooth or _auto_window(len(raw))
+    elif window > 1:
+        ax.plot(raw.iters, raw.values, color="#9ecae1", linewidth=0.8, label="train loss (raw)")
         ax.plot(raw.iters, moving_average(raw.values, window), color="#08519c", linewidth=1.5,
                 label=f"train loss (moving average of {window})")
+    else:  # too few points to smooth: the displayed loss also has Caffe's extra point after max_iter
+        shown = parsed.loss if len(parsed.loss) >= len(raw) else raw
+        ax.plot(shown.iters, shown.values, color="#08519c", linewidth=1.5, label="train loss")
     for name, series in parsed.test.items():
         if "loss" in name.lower():
             ax.plot(series.iters, series.values, "o-", color="#e6550d", markersize=3, label=f"test {name}")
