@@ -219,3 +219,15 @@ def test_committed_docs_svg_is_current(config):
     names = re.findall(r"\b[A-Za-z][\w-]*(?= \((?!\d))", texts)  # TB labels read "name (Type) ..."
     assert sorted(names) == sorted(layer.name for layer in read_net(str(prototxt)).layer)
     assert f"total parameters: {table1_params(config):,}" in texts
+
+
+def test_draw_command_stage_and_level_to_dot(tmp_path):
+    net = tmp_path / "phased.prototxt"
+    net.write_text(PHASED)
+    out = tmp_path / "g.dot"
+    result = CliRunner().invoke(main, ["draw", str(net), str(out), "--phase", "test", "--stage", "deploy",
+                                       "--level", "2", "--rankdir", "BT"])
+    assert result.exit_code == 0, result.output
+    source = out.read_text()
+    assert "staged_ReLU" in source and "leveled_Dropout" in source and "not_deploy" not in source
+    assert "train_in" not in source and "rankdir=BT" in source and "data\\n2x3x4x4" in source
