@@ -105,7 +105,7 @@ def launch(solver_path: str, options, resume: str | None = None, gpus: str | Non
     kind, ids = parse_gpus(gpus)
     # read in the launcher: forkserver workers do not see later changes of this process's environment
     options = replace(options, extra={**options.extra, "fault": os.environ.get(FAULT_ENV, ""),
-                                      "timeout_s": float(os.environ.get(TIMEOUT_ENV, "600"))})
+                                      "timeout_s": float(os.environ.get(TIMEOUT_ENV, "1800"))})
     if len(ids) == 1:
         device = f"cuda:{ids[0]}" if kind == "cuda" else options.device
         from vggproto.solver import Solver
@@ -115,7 +115,7 @@ def launch(solver_path: str, options, resume: str | None = None, gpus: str | Non
 
 
 def _timeout(options=None) -> datetime.timedelta:
-    seconds = (options.extra.get("timeout_s") if options is not None else None) or os.environ.get(TIMEOUT_ENV, 600)
+    seconds = (options.extra.get("timeout_s") if options is not None else None) or os.environ.get(TIMEOUT_ENV, 1800)
     return datetime.timedelta(seconds=float(seconds))
 
 
