@@ -228,3 +228,55 @@ def test_golden_solver_hdf5_net_reads_rows_in_caffe_order(tmp_path, monkeypatch)
     np.testing.assert_array_equal(rows[1], label[16:32])
     np.testing.assert_array_equal(rows[4], label[0:16])
     assert os.path.exists("train.h5")
+
+
+def test_transform_param_errors(in_golden):
+    base = ('layer {{ name: "d" type: "Data" top: "data" data_param {{ source: "raw_lmdb" backend: LMDB '
+            'batch_size: 2 }} transform_param {{ {} }} }}')
+    with pytest.raises(DataError, match="both mean_file and mean_value"):
+        layer_from_text(base.format('mean_file: "mean.binaryproto" mean_value: 1'))
+    with pytest.raises(DataError, match="2 mean_value entries; need 1 or one per channel \\(3\\)"):
+        layer_from_text(base.format("mean_value: 1 mean_value: 2"))()
+    with pytest.raises(DataError, match="smaller than crop_size 65"):
+        layer_from_text(base.format("crop_size: 65"))
+    with pytest.raises(DataError, match="mean file 'missing.binaryproto'"):
+        layer_from_text(base.format('mean_file: "missing.binaryproto"'))
+
+
+def test_mean_file_must_match_the_uncropped_image(tmp_path, monkeypatch):
+    from vggproto.data.convert import write_mean
+    write_mean(np.zeros((3, 32, 32), np.float32), str(tmp_path / "small.binaryproto"))
+    monkeypatch.chdir(GOLDEN)
+    layer = layer_from_text('layer { name: "d" type: "Data" top: "data" data_param { source: "raw_lmdb" '
+                            f'backend: LMDB batch_size: 2 }} transform_param {{ crop_size: 32 mean_file: '
+                            f'"{tmp_path / "small.binaryproto"}" }} }}')
+    with pytest.raises(DataError, match="is 3x32x32 but the image is 3x64x64"):
+        layer()
+
+
+def test_leveldb_needs_plyvel_and_lmdb_is_detected(tmp_path, monkeypatch):
+    pytest.importorskip("lmdb")
+    try:
+        import plyvel  # noqa: F401
+        pytest.skip("plyvel installed")
+    except ImportError:
+        pass
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ldb").mkdir()
+    with pytest.raises(DataError, match="plyvel"):
+        layer_from_text('layer { name: "d" type: "Data" top: "data" data_param { source: "ldb" batch_size: 1 } }')
+    # the default backend is LEVELDB; an LMDB directory is still read (with a warning)
+    monkeypatch.chdir(GOLDEN)
+    layer = layer_from_text('layer { name: "d" type: "Data" top: "data" data_param { source: "raw_lmdb" '
+                            'batch_size: 1 } }')
+    np.testing.assert_array_equal(layer()[0].numpy()[0], raw_golden()[0])
+
+
+def test_hdf5_dry_run_reads_shapes_when_files_exist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_h5("a.h5", 3)
+    Path("list.txt").write_text("a.h5\n")
+    layer = layer_from_text(H5_LAYER.format(b=2, extra=""), dry_run=True)
+    assert layer.top_shapes == [(2, 3, 2, 2), (2,)]
+    with pytest.raises(DataError, match="dry_run"):
+        layer()

@@ -72,6 +72,10 @@ class DataTransformer:
 
     def output_shape(self, channels: int, height: int, width: int) -> tuple[int, int, int]:
         """(C, H, W) of a transformed image whose decoded shape is (channels, height, width)."""
+        rescaled = self.vgg is not None and (self.vgg.scale_min if self.train else self.vgg.test_scale)
+        if self.crop and not rescaled and (height < self.crop or width < self.crop):
+            # Caffe: data_transformer.cpp InferBlobShape — CHECK_GE(datum_height, crop_size)
+            raise DataError(f"{self.where}: image {height}x{width} is smaller than crop_size {self.crop}")
         if self.crop:
             return channels, self.crop, self.crop
         return channels, height, width
