@@ -235,6 +235,13 @@ def test_opencv_caffe_importer_loads_our_caffemodel(tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_torch_tensors_with_grad_are_written(tmp_path):
+    torch = pytest.importorskip("torch")
+    weight = torch.randn(2, 3, requires_grad=True)
+    write_weights(tmp_path / "t.caffemodel", {"ip": [weight]})
+    assert np.array_equal(read_weights(tmp_path / "t.caffemodel")["ip"][0], weight.detach().numpy())
+
+
 def test_array_blob_helpers_round_trip():
     array = _special_values((3, 2, 2))
     blob = array_to_blob(array)
@@ -282,6 +289,7 @@ def test_hdf5_detected_by_content_not_extension(tmp_path):
     assert list(weights) == ["conv1"]
     assert weights["conv1"][0].shape == (3, 2) and weights["conv1"][1].dtype == np.float32
     assert weights["conv1"][1].tolist() == [0.0, 1.0, 2.0]
+    assert not weights["conv1"][0].flags.owndata          # contiguous float32: a view of the file mapping
     net, _ = read_caffemodel(path)
     assert [layer.name for layer in net.layer] == ["conv1"]
 

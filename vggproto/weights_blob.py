@@ -126,7 +126,11 @@ def blob_to_array(blob: caffe_pb2.BlobProto) -> np.ndarray:
 
 
 def blob_part(array, number: int) -> Field:
-    """A BlobProto field with ``shape`` and packed float ``data``, in protobuf's canonical field order."""
+    """A BlobProto field with ``shape`` and packed float ``data``, in protobuf's canonical field order.
+
+    ``array`` is anything numpy can read; torch tensors are detached and moved to the CPU first."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu()
     values = np.asarray(array, dtype="<f4", order="C")
     parts: list[Part] = [Field(5, [values])] if values.size else []
     parts.append(Field(7, [caffe_pb2.BlobShape(dim=values.shape).SerializeToString()]))
