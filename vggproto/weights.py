@@ -25,8 +25,8 @@ from google.protobuf.message import DecodeError
 from vggproto._pb import caffe_pb2
 from vggproto.errors import WeightsError
 from vggproto.weights_blob import array_to_blob, blob_array, blob_fields, blob_part, blob_to_array  # noqa: F401
-from vggproto.wire import (LENGTH, Field, Part, WireError, encode_tag, encode_varint, iter_fields, part_size, read_field,
-                           split_message, write_part)
+from vggproto.wire import (LENGTH, Field, Part, WireError, encode_tag, encode_varint, iter_fields, part_size,
+                           read_field, split_message, write_part)
 
 log = logging.getLogger("vggproto.weights")
 
