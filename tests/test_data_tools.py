@@ -133,3 +133,10 @@ def test_missing_lmdb_and_gray_conversion(tmp_path, monkeypatch):
         line.split()[0] for line in (GOLDEN / "list.txt").read_text().splitlines())
     datum = caffe_pb2.Datum.FromString(items("gray")[0][1])
     assert (datum.channels, datum.height, datum.width) == (1, 32, 32)
+
+
+def test_compute_mean_missing_db_is_one_line_error(tmp_path):
+    result = CliRunner().invoke(main, ["compute-mean", str(tmp_path / "none"), str(tmp_path / "m.binaryproto")])
+    assert result.exit_code == 1
+    assert "database" in result.output and "does not exist" in result.output
+    assert not (tmp_path / "m.binaryproto").exists()

@@ -78,6 +78,7 @@ class _ImageLayer(_FeedLayer):
         batch = rank_batch(batch_size, opts, spec.train, where)
         transformer = DataTransformer(spec.param.transform_param, spec.train, where,
                                       load_mean=not opts.get("dry_run"))
+        _warn_pitfalls(spec, transformer, where)
         self.feed = None
         if opts.get("dry_run"):
             c, h, w = dry_shape(transformer)
@@ -113,6 +114,17 @@ def device_maker(source, stream, transformer, batch, shape, seed, with_label: bo
         return None
     return DeviceBatchMaker(source, stream, transformer, batch, shape, seed, device,
                             with_label=with_label)
+
+
+def _warn_pitfalls(spec: LayerSpec, transformer: DataTransformer, where: str) -> None:
+    """Log the settings Caffe silently ignores or that surprise users; they do not change behaviour."""
+    param = spec.param.data_param if spec.type == "Data" else spec.param.image_data_param
+    old = [f for f in ("scale", "mean_file", "crop_size", "mirror") if param.HasField(f)]
+    if old:
+        log.warning("%s: %s in %s are deprecated and ignored (as by Caffe); use transform_param", where,
+                    "/".join(old), "data_param" if spec.type == "Data" else "image_data_param")
+    if transformer.mirror and not spec.train:
+        log.warning("%s: mirror: true flips at random in the TEST phase too (Caffe semantics)", where)
 
 
 def _dry_channels(color: bool, transformer: DataTransformer) -> int:
