@@ -99,9 +99,13 @@ class Net(nn.Module):
         shared: dict[str, tuple[_Owner, caffe_pb2.ParamSpec]] = {}
         for param, line in zip(self.net_param.layer, lines):
             self._add_layer(param, line, generator, shared)
-        consumed = {b for p in self.net_param.layer for b in p.bottom}
-        # Caffe: net.cpp Init — outputs are the blobs no layer consumes (kept in a std::set, so sorted by name)
-        self.output_names = sorted(b for b in self.blob_shapes if b not in consumed)
+        # Caffe: net.cpp Init — outputs are the blobs no later layer consumes (an in-place top counts as new);
+        # Caffe keeps them in a std::set, so they are listed sorted by name
+        available: set[str] = set()
+        for param in self.net_param.layer:
+            available.difference_update(param.bottom)
+            available.update(param.top)
+        self.output_names = sorted(available)
         self.blobs: dict[str, torch.Tensor] = {}
         self._first: dict[str, torch.Tensor] = {}
         self._fed: dict[str, torch.Tensor] = {}

@@ -68,19 +68,20 @@ class _BaseConv(CaffeLayer):
             return self.stride[i] * (size - 1) + extent - 2 * self.pad[i]
         return (size + 2 * self.pad[i] - extent) // self.stride[i] + 1  # Caffe: conv_layer.cpp
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
         outer = x.shape[:self.axis]
-        x = x.reshape(count(outer), *x.shape[self.axis:])
+        if len(outer) != 1:  # one batch axis needs no flattening (keeps the batch symbolic for ONNX export)
+            x = x.reshape(count(outer), *x.shape[self.axis:])
         bias = blob(self, 1) if self.bias_term else None
         kwargs = dict(stride=self.stride, padding=self.pad, dilation=self.dilation, groups=self.group)
         if self.transposed:
             y = _DECONV[len(self.kernel)](x, blob(self, 0), bias, **kwargs)
         else:
             y = _CONV[len(self.kernel)](x, blob(self, 0), bias, **kwargs)
-        return y.reshape(*outer, *y.shape[1:])
+        return y if len(outer) == 1 else y.reshape(*outer, *y.shape[1:])
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self._apply(x) for x in bottoms)
+        return tuple(self._convolve(x) for x in bottoms)
 
 
 @register("Convolution")
