@@ -134,8 +134,9 @@ def net_param_shapes(model, phase: str = "TEST") -> tuple[caffe_pb2.NetParameter
     from vggproto.net import Net
     from vggproto.prototxt import read_net
     net_param = model if isinstance(model, caffe_pb2.NetParameter) else read_net(os.fspath(model))
-    with torch.device("meta"):
-        net = Net(model if not isinstance(model, caffe_pb2.NetParameter) else net_param, phase=phase)
+    with torch.device("meta"):  # data layers are not opened (dry_run): only shapes are needed
+        net = Net(model if not isinstance(model, caffe_pb2.NetParameter) else net_param, phase=phase,
+                  options={"dry_run": True})
     shapes = {layer: [tuple(p.shape) for p in params] for layer, params in net.params.items() if len(params)}
     return net_param, shapes
 

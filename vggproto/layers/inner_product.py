@@ -34,14 +34,13 @@ class InnerProduct(CaffeLayer):
         self.top_shapes = [(*shape[:self.axis], self.n)]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        outer = x.shape[:self.axis]
-        flat = x.reshape(count(outer), -1)
-        if flat.shape[1] != self.k:
+        flat = x.flatten(self.axis) if self.axis > 0 else x.reshape(1, -1)  # symbolic batch for ONNX export
+        if flat.shape[-1] != self.k:
             # Caffe: inner_product_layer.cpp Reshape — CHECK K_ == new_K
-            raise self.spec.error(f"bottom has {flat.shape[1]} inputs per sample (shape {tuple(x.shape)}) but the "
+            raise self.spec.error(f"bottom has {flat.shape[-1]} inputs per sample (shape {tuple(x.shape)}) but the "
                                   f"weights expect {self.k}")
         weight = blob(self, 0)
         y = flat @ weight if self.transpose else flat @ weight.t()
         if self.bias_term:
             y = y + blob(self, 1)
-        return (y.reshape(*outer, self.n),)
+        return (y if self.axis > 0 else y.reshape(self.n),)
