@@ -88,8 +88,8 @@ class _ImageLayer(_FeedLayer):
             order = permutation_order(len(source), shuffle_seed) if shuffle else None
             stream = make_stream(len(source), opts, spec.train, rand_skip(limit_skip, len(source), seed, where),
                                  order)
-            first, _ = source.read(stream.index(0))
-            c, h, w = transformer.output_shape(first.shape[2], *self._first_size(transformer, first))
+            first = _first_image(source, stream, bool(opts.get("skip_bad")))
+            c, h, w = transformer.output_shape(first.shape[2], first.shape[0], first.shape[1])
             with_label = len(spec.param.top) > 1
             maker = device_maker(source, stream, transformer, batch, (c, h, w), seed, with_label, opts, where) or \
                 ImageBatchMaker(source, stream, transformer, batch, (c, h, w), seed, with_label=with_label,
@@ -99,9 +99,18 @@ class _ImageLayer(_FeedLayer):
         self.top_shapes = [(batch, c, h, w)] + [(batch,)] * (len(spec.param.top) - 1)
         log.info("output data size: %d,%d,%d,%d", batch, c, h, w)   # Caffe's setup log line
 
-    @staticmethod
-    def _first_size(transformer: DataTransformer, first: np.ndarray) -> tuple[int, int]:
-        return first.shape[0], first.shape[1]
+
+
+def _first_image(source, stream, skip_bad: bool) -> np.ndarray:
+    """The first record's image, which sets the batch shape as in Caffe (with skip_bad: the first readable)."""
+    for j in range(len(source) if skip_bad else 1):
+        try:
+            return source.read(stream.index(j))[0]
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            log.warning("skipping bad record: %s", exc)
+    raise DataError(f"no readable record in {source.describe(0)} and the rest of its source")
 
 
 def device_maker(source, stream, transformer, batch, shape, seed, with_label: bool, opts: dict, where: str):
