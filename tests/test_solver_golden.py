@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -166,20 +163,32 @@ def test_test_phase_schedule_and_persistent_test_cursor(case, caplog):
     assert csv[1].startswith("0,1.50713,1.50713,0.05,0,0.25,1.76763")
 
 
-def test_cli_train_writes_caffe_style_log(case):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
-    proc = subprocess.run([sys.executable, "-m", "vggproto.cli", "train", "--solver", "sgd_step_solver.prototxt",
-                           "--weights", "init.caffemodel"], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stderr.splitlines()
-    # glog prefix as parse_log.py's extract_datetime_from_line expects: I<mmdd> <hh:mm:ss.micro>
-    iteration_lines = [line for line in lines if "] Iteration 3 (" in line]
-    assert re.match(r"I\d{4} \d\d:\d\d:\d\d\.\d{6} \d+ \S+:\d+\] Iteration 3 \(", iteration_lines[0])
+def test_cli_train_runs_the_golden_solver(case, caplog):
+    from click.testing import CliRunner
+    from vggproto.cli import main
+    caplog.set_level(logging.INFO, logger="vggproto")
+    result = CliRunner().invoke(main, ["train", "--solver", "sgd_step_solver.prototxt", "--weights",
+                                       "init.caffemodel"])
+    assert result.exit_code == 0, result.output
     ref = parse((case / "sgd_step.log").read_text().splitlines())
-    ours = parse(lines)
+    ours = parse(caplog.messages)
     assert ours["lr"] == pytest.approx(ref["lr"], rel=2e-5)
-    assert "Optimization Done." in lines[-1]
+    assert caplog.messages[-1] == "Optimization Done."
     compare_weights("sgd_step_iter_20.caffemodel", str(GOLDEN / "sgd_step_iter_20.caffemodel"))
+
+
+def test_glog_prefix_parses_like_parse_log_py():
+    from vggproto.train_log import GlogFormatter
+    record = logging.LogRecord("vggproto.solver", logging.INFO, "/x/solver.py", 42, "Iteration 3, lr = 0.05",
+                               None, None)
+    line = GlogFormatter().format(record)
+    assert re.match(r"I\d{4} \d\d:\d\d:\d\d\.\d{6} \d+ solver\.py:42\] Iteration 3, lr = 0\.05$", line)
+    # parse_log.py's extract_datetime_from_line: month = line[0][1:3], day = line[0][3:5], time = line[1]
+    fields = line.split()
+    month, day = int(fields[0][1:3]), int(fields[0][3:5])
+    hours, minutes, seconds = fields[1].split(":")
+    assert 1 <= month <= 12 and 1 <= day <= 31 and float(seconds) < 60
+    assert RE_LR.search(line).group(1) == "0.05"
 
 
 def test_cli_refuses_weights_with_snapshot(case):
