@@ -76,7 +76,7 @@ def compute_shapes(net: caffe_pb2.NetParameter, options: DrawOptions,
     phases = ("TEST", "TRAIN") if options.phase.upper() == "ALL" else (options.phase.upper(),)
     result = {}
     for phase in phases:
-        shapes = phase_shapes(net, phase, options.level, tuple(options.stages), path)
+        shapes = phase_shapes(net, phase, options.level, tuple(options.stages), path, warn=len(phases) == 1)
         if shapes is not None:
             result[phase] = shapes
     return result

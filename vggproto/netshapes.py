@@ -11,6 +11,7 @@ sources.  If the interpreter cannot build the net, the generator's VGG shape wal
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 from vggproto._pb import caffe_pb2
@@ -41,19 +42,21 @@ def _construct(net: caffe_pb2.NetParameter, phase: str, level: int, stages: tupl
 
     from vggproto.net import Net
     options = {"dry_run": True}  # data layers report their shapes without opening their sources
+    model = path if path and os.path.isfile(path) else net  # from the file, errors carry line numbers
     try:
         with torch.device("meta"):
-            return Net(net, phase=phase, level=level, stages=stages, options=options)
+            return Net(model, phase=phase, level=level, stages=stages, options=options)
     except VGGProtoError:
         raise
     except Exception as exc:  # some layer needs real values at construction: build the net for real
         log.debug("%s: cannot build on the meta device (%s); building on the CPU", path or net.name, exc)
-        return Net(net, phase=phase, level=level, stages=stages, options=options)
+        return Net(model, phase=phase, level=level, stages=stages, options=options)
 
 
 def interpreter_shapes(net: caffe_pb2.NetParameter, phase: str = "TEST", level: int = 0,
                        stages: tuple[str, ...] = (), path: str | None = None) -> NetShapes:
-    """Build the unfiltered ``net`` for phase/level/stages with the interpreter; NetError on a problem."""
+    """Build the unfiltered ``net`` (read from ``path`` when that file exists) for phase/level/stages with the
+    interpreter; NetError on a problem."""
     built = _construct(net, phase, level, tuple(stages), path)
     result = NetShapes(blobs=dict(built.blob_shapes))
     for name, layer in built.layer_dict.items():
@@ -73,8 +76,9 @@ def walker_shapes(net: caffe_pb2.NetParameter, phase: str = "TEST") -> NetShapes
 
 
 def phase_shapes(net: caffe_pb2.NetParameter, phase: str = "TEST", level: int = 0, stages: tuple[str, ...] = (),
-                 path: str | None = None) -> NetShapes | None:
-    """Shapes of the unfiltered ``net`` for one phase, or None (with a logged warning) if they cannot be had."""
+                 path: str | None = None, warn: bool = True) -> NetShapes | None:
+    """Shapes of the unfiltered ``net`` for one phase, or None if they cannot be had (logged as a warning, or as
+    info with ``warn=False`` when another phase may still provide them)."""
     try:
         return interpreter_shapes(net, phase, level, stages, path)
     except Exception as first:  # drawing must never fail because of shapes; say why and try the walker
@@ -82,7 +86,7 @@ def phase_shapes(net: caffe_pb2.NetParameter, phase: str = "TEST", level: int = 
     try:
         shapes = walker_shapes(filter_net(net, merged_state(net, phase, level, stages), path), phase)
     except Exception:  # the walker knows only the VGG layer types
-        log.warning("no blob shapes for phase %s: %s", phase, reason)
+        (log.warning if warn else log.info)("no blob shapes for phase %s: %s", phase, reason)
         return None
     log.debug("blob shapes for phase %s from the VGG shape walker (interpreter: %s)", phase, reason)
     return shapes
