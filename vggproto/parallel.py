@@ -128,6 +128,8 @@ def _join_torchrun(solver_path: str, options, resume: str | None) -> None:
     if cuda:
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if cuda else "gloo", timeout=_timeout())
+    if rank != 0:  # rank 0 logs; the others only warn
+        logging.getLogger("vggproto").setLevel(logging.WARNING)
     try:
         _run(solver_path, replace(options, rank=rank, world_size=world, device=device), resume)
     finally:
@@ -195,6 +197,10 @@ def _worker(index: int, solver_path: str, options, resume, kind: str, ids: list[
     import torch.distributed as dist
     world = len(ids)
     logging.basicConfig(level=level if index == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    if options.extra.get("glog"):
+        from vggproto.train_log import GlogFormatter
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(GlogFormatter())
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ["MASTER_PORT"] = str(port)
     if kind == "cuda":

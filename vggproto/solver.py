@@ -280,12 +280,13 @@ class Solver:
                 loss, action = self._all_reduce(loss)
                 self._check_finite(loss)
                 self._update_smoothed_loss(loss, start_iter)
+                outputs = self._train_outputs() if display else None  # collective: every rank
                 if display and self.root:
                     lapse = time.perf_counter() - timer
                     per_s = (self.iter - iters_last) / (lapse or 1.0)
                     log.info(tl.iteration_line(self.iter, per_s, lapse, p.display, self.smoothed_loss))
                     timer, iters_last = time.perf_counter(), self.iter
-                    for line in tl.output_lines("Train", self._outputs(self.net, self._last_outputs)):
+                    for line in tl.output_lines("Train", outputs):
                         log.info(line)
                 rate = self.apply_update(display)
                 if self.csv is not None:
@@ -450,10 +451,19 @@ class Solver:
         names = _output_names(self.test_nets[0])
         return names
 
-    def _outputs(self, net, outputs: dict) -> list[tuple[str, list[float], float]]:
-        weights = _loss_weights(net)
-        return [(name, value.detach().float().reshape(-1).cpu().tolist(), weights.get(name, 0.0))
-                for name, value in outputs.items()]
+    def _train_outputs(self) -> list[tuple[str, list[float], float]]:
+        """The train net's outputs of the last forward, averaged over the processes (the global batch)."""
+        weights = _loss_weights(self.net)
+        named = [(name, value.detach().double().reshape(-1).cpu().tolist())
+                 for name, value in self._last_outputs.items()]
+        if self.comm is not None:
+            flat = self.comm.all_reduce_mean([], [v for _, values in named for v in values])
+            offset, averaged = 0, []
+            for name, values in named:
+                averaged.append((name, flat[offset:offset + len(values)]))
+                offset += len(values)
+            named = averaged
+        return [(name, values, weights.get(name, 0.0)) for name, values in named]
 
     def _images_per_iter(self) -> int:
         try:

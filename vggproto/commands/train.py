@@ -84,7 +84,7 @@ def train(solver_arg, solver_opt, weights, snapshot, gpus, level, stage, sigint,
     options = TrainOptions(weights=_split(weights), level=level, stages=_split(stage), sigint_effect=sigint,
                            sighup_effect=sighup, per_gpu_batch=per_gpu_batch, plateau_patience=plateau_patience,
                            plateau_max_drops=plateau_max_drops if plateau_patience else 0,
-                           plateau_output=plateau_output, init_layers=init)
+                           plateau_output=plateau_output, init_layers=init, extra={"glog": True})
     launch(solver_path, options, resume=snapshot, gpus=_solver_gpus(solver_path, gpus))
 
 
