@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vggproto._pb import caffe_pb2
-from vggproto.weights import fit_blob, read_caffemodel, read_weights
+from vggproto.weights import fit_blob, read_caffemodel, read_weights, upgrade_caffemodel
 from vggproto.wire import part_size
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,3 +101,10 @@ def test_v2_resave_reads_equal_to_v1(tmp_path):
     net1, _ = read_caffemodel(tmp_path / "v1.caffemodel")
     net2, _ = read_caffemodel(tmp_path / "v2.caffemodel")
     assert net1 == net2
+
+
+def test_streamed_upgrade_of_v1_file_equals_the_v2_resave(tmp_path):
+    _run("--depth", 19, tmp_path / "v1.caffemodel", "--width-divisor", 16, "--seed", 9)
+    _run("--depth", 19, tmp_path / "v2.caffemodel", "--width-divisor", 16, "--seed", 9, "--v2")
+    upgrade_caffemodel(tmp_path / "v1.caffemodel", tmp_path / "up.caffemodel")
+    assert (tmp_path / "up.caffemodel").read_bytes() == (tmp_path / "v2.caffemodel").read_bytes()

@@ -12,7 +12,7 @@ from vggproto._pb import caffe_pb2
 from vggproto.errors import WeightsError
 from vggproto.prototxt import read_net
 from vggproto.weights import (array_to_blob, blob_to_array, fit_blob, read_caffemodel, read_weights,
-                              write_weights)
+                              upgrade_caffemodel, write_weights)
 from vggproto.wire import encode_tag, encode_varint
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "upgrade"
@@ -68,6 +68,19 @@ def test_read_caffemodel_structure_equals_protobuf_upgrade_without_blobs():
     assert net == reference
     assert [layer.type for layer in net.layer][:3] == ["Input", "Convolution", "ReLU"]
     assert set(weights) == {"conv1", "fc6", "fc8"}
+
+
+def test_upgrade_caffemodel_equals_caffes_upgrade_net_proto_binary(tmp_path):
+    out = tmp_path / "up.caffemodel"
+    net = upgrade_caffemodel(V1_SMALL, out)
+    assert out.read_bytes() == (GOLDEN / "v1_small_upgraded.caffemodel").read_bytes()   # byte for byte
+    assert net.layer[0].type == "Input" and not net.layers
+
+
+def test_upgrade_caffemodel_refuses_hdf5(tmp_path):
+    write_weights(tmp_path / "w.h5", {"a": [np.ones(2)]})
+    with pytest.raises(WeightsError, match="HDF5 weights hold no net structure"):
+        upgrade_caffemodel(tmp_path / "w.h5", tmp_path / "out.caffemodel")
 
 
 def test_arrays_are_writable_copies_on_write_of_the_file(tmp_path):

@@ -10,6 +10,8 @@ dir and read once to warm the page cache.  Every case runs in a fresh subprocess
 * ``vggproto-struct`` ``read_caffemodel`` (layer structure + zero-copy weights, values untouched)
 * ``protobuf-write``  baseline: ``SerializeToString`` of the parsed net + one file write (parse not timed)
 * ``vggproto-write``  ``write_weights`` of the arrays from ``read_weights`` (all values touched first)
+* ``protobuf-upgrade`` baseline: parse + ``upgrade_net`` + ``SerializeToString`` + write (V1 -> V2 file)
+* ``vggproto-upgrade`` ``upgrade_caffemodel`` (structure upgraded, blob bytes copied verbatim)
 
 Usage: tools/bench_weights.py [--repeat N] [--keep DIR]
 """
@@ -25,9 +27,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = ["protobuf-read", "vggproto-read", "vggproto-struct", "protobuf-write", "vggproto-write"]
+CASES = ["protobuf-read", "vggproto-read", "vggproto-struct", "protobuf-write", "vggproto-write",
+         "protobuf-upgrade", "vggproto-upgrade"]
 BASELINE = {"protobuf-read": "protobuf-read", "vggproto-read": "protobuf-read", "vggproto-struct": "protobuf-read",
-            "protobuf-write": "protobuf-write", "vggproto-write": "protobuf-write"}
+            "protobuf-write": "protobuf-write", "vggproto-write": "protobuf-write",
+            "protobuf-upgrade": "protobuf-upgrade", "vggproto-upgrade": "protobuf-upgrade"}
 
 
 def _child(case: str, path: str, out_dir: str) -> dict:
@@ -39,7 +43,8 @@ def _child(case: str, path: str, out_dir: str) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from vggproto._pb import caffe_pb2
-    from vggproto.weights import read_caffemodel, read_weights, write_weights
+    from vggproto.upgrade import upgrade_net
+    from vggproto.weights import read_caffemodel, read_weights, upgrade_caffemodel, write_weights
 
     def rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -86,6 +91,19 @@ def _child(case: str, path: str, out_dir: str) -> dict:
         write_weights(os.path.join(out_dir, "vp.caffemodel"), weights)
         result["seconds"], result["cpu"] = time.perf_counter() - start, cpu() - cpu0
         result["write_growth"] = rss() - before
+    elif case == "protobuf-upgrade":
+        start, cpu0 = time.perf_counter(), cpu()
+        net = caffe_pb2.NetParameter()
+        with open(path, "rb") as handle:
+            net.ParseFromString(handle.read())
+        upgrade_net(net)
+        with open(os.path.join(out_dir, "pb_v2.caffemodel"), "wb") as handle:
+            handle.write(net.SerializeToString())
+        result["seconds"], result["cpu"] = time.perf_counter() - start, cpu() - cpu0
+    elif case == "vggproto-upgrade":
+        start, cpu0 = time.perf_counter(), cpu()
+        upgrade_caffemodel(path, os.path.join(out_dir, "vp_v2.caffemodel"))
+        result["seconds"], result["cpu"] = time.perf_counter() - start, cpu() - cpu0
     result["peak_growth"] = rss() - base
     return result
 
@@ -94,6 +112,16 @@ def _run_case(case: str, path: str, out_dir: str) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", case, path, out_dir], check=True,
                           capture_output=True, text=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _same_file(a: str, b: str) -> bool:
+    with open(a, "rb") as left, open(b, "rb") as right:
+        while True:
+            x, y = left.read(1 << 24), right.read(1 << 24)
+            if x != y:
+                return False
+            if not x:
+                return True
 
 
 def _synthesise(directory: str) -> str:
@@ -118,11 +146,14 @@ def main() -> int:
         path = _synthesise(directory)
         size = os.path.getsize(path)
         results = {case: [_run_case(case, path, directory) for _ in range(args.repeat)] for case in CASES}
+        same_upgrade = _same_file(os.path.join(directory, "pb_v2.caffemodel"),
+                                  os.path.join(directory, "vp_v2.caffemodel"))
     checks = {r["checksum"] for case in ("protobuf-read", "vggproto-read", "vggproto-write")
               for r in results[case]}
     load = os.getloadavg()[0]
     print(f"file: full-size VGG-16 V1 caffemodel, {size:,} bytes; {args.repeat} fresh processes per case; "
-          f"load average {load:.1f} on {os.cpu_count()} CPUs; checksums agree: {len(checks) == 1}")
+          f"load average {load:.1f} on {os.cpu_count()} CPUs; checksums agree: {len(checks) == 1}; "
+          f"upgraded files byte-identical: {same_upgrade}")
     print("| case | wall s (min / median) | CPU s (min) | peak RSS growth / file | RSS growth in write / file "
           "| min wall vs baseline |")
     print("|---|---|---|---|---|---|")

@@ -194,17 +194,14 @@ def read_weights(path: str | os.PathLike, *, copy: bool = False) -> Weights:
     return weights
 
 
-def read_caffemodel(path: str | os.PathLike) -> tuple[caffe_pb2.NetParameter, Weights]:
-    """Read the net structure (every layer field except blob payloads, upgraded as Caffe does) and the weights.
-
-    HDF5 weights carry no structure: the net then only lists the layer names.
-    """
+def _structure(path, weights: Weights | None, layers: list | None, header: list | None,
+               ) -> caffe_pb2.NetParameter:
+    """Parse the blob-free layer bytes with protobuf and upgrade them as Caffe's UpgradeNetAsNeeded does."""
     from vggproto.upgrade import upgrade_net
-    weights, layers, header = _read(path, keep=True)
     net = caffe_pb2.NetParameter()
     if layers is None:
-        net.layer.extend(caffe_pb2.LayerParameter(name=name) for name in weights)
-        return net, weights
+        net.layer.extend(caffe_pb2.LayerParameter(name=name) for name in weights or {})
+        return net
     chunks = list(header)
     for number, layer in layers:
         body = b"".join(layer.header)
@@ -214,7 +211,45 @@ def read_caffemodel(path: str | os.PathLike) -> tuple[caffe_pb2.NetParameter, We
     except DecodeError as exc:
         raise WeightsError(f"{os.fspath(path)}: the layer structure cannot be decoded: {exc}") from None
     upgrade_net(net, path=os.fspath(path))
-    return net, weights
+    return net
+
+
+def read_caffemodel(path: str | os.PathLike) -> tuple[caffe_pb2.NetParameter, Weights]:
+    """Read the net structure (every layer field except blob payloads, upgraded as Caffe does) and the weights.
+
+    HDF5 weights carry no structure: the net then only lists the layer names.
+    """
+    weights, layers, header = _read(path, keep=True)
+    return _structure(path, weights, layers, header), weights
+
+
+def upgrade_caffemodel(src: str | os.PathLike, dst: str | os.PathLike) -> caffe_pb2.NetParameter:
+    """Caffe's ``upgrade_net_proto_binary`` without decoding any blob: the structure is upgraded to V2 and each
+    blob's bytes are copied verbatim (legacy dims and encodings kept, as Caffe's tool keeps them) from the
+    mapped source into the streamed output.  Returns the upgraded net (blobs not filled in)."""
+    path = os.fspath(src)
+    buf = _open_map(path)
+    if _sniff(buf, path) == "hdf5":
+        raise WeightsError(f"{path}: HDF5 weights hold no net structure to upgrade; write them with a net instead")
+    layers, header = _scan_net(buf, path, keep=True)
+    net = _structure(path, None, layers, header)
+    pending: dict[str, list[list]] = {}
+    for _, layer in layers:
+        pending.setdefault(layer.name, []).append(layer.blobs)
+    view = memoryview(buf)
+    head = caffe_pb2.NetParameter()
+    head.CopyFrom(net)
+    head.ClearField("layer")
+    before, _, after = split_message(head.SerializeToString(), 100)
+    parts: list[Part] = [before]
+    for layer in net.layer:
+        queue = pending.get(layer.name)
+        spans = queue.pop(0) if queue else []   # repeated names: in file order
+        lo, _, hi = split_message(layer.SerializeToString(), 7)
+        parts.append(Field(100, [lo, *(Field(7, [view[start:end]]) for start, end in spans), hi]))
+    parts.append(after)
+    write_parts(dst, parts)
+    return net
 
 
 def fit_blob(array: np.ndarray, target_shape: Sequence[int]) -> np.ndarray | None:
