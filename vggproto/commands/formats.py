@@ -35,8 +35,12 @@ def upgrade_command(src: str, dst: str, kind: str) -> None:
         write_solver(read_solver(src, resolve_prefix=False), dst)
         click.echo(f"Wrote upgraded solver to {dst}")
         return
-    net = read_net(src)
-    write_net(net, dst)
+    if Path(src).suffix.lower() == Path(dst).suffix.lower() == ".caffemodel":  # stream blobs, no protobuf decode
+        from vggproto.weights import upgrade_caffemodel
+        net = upgrade_caffemodel(src, dst)
+    else:
+        net = read_net(src)
+        write_net(net, dst)
     click.echo(f"Wrote upgraded net '{net.name}' ({len(net.layer)} layers) to {dst}")
 
 
