@@ -15,15 +15,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from vggproto import snapshot as snap
+from vggproto import solver_setup as setup
 from vggproto import train_log as tl
 from vggproto import updates
 from vggproto._pb import caffe_pb2
@@ -55,38 +53,6 @@ class TrainOptions:
     extra: dict = field(default_factory=dict)
 
 
-class _Signals:
-    """Caffe's SignalHandler: SIGINT/SIGHUP set a request the loop polls once per iteration."""
-
-    def __init__(self, sigint: str, sighup: str):
-        self.effects = {signal.SIGINT: sigint}
-        if hasattr(signal, "SIGHUP"):
-            self.effects[signal.SIGHUP] = sighup
-        self.pending: str = "none"
-        self._old: dict = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.effects:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        effect = self.effects.get(signum, "none")
-        if effect != "none":
-            log.info("Caught %s; requested action: %s", signal.Signals(signum).name, effect)
-            if self.pending != "stop":
-                self.pending = effect
-
-    def take(self) -> str:
-        action, self.pending = self.pending, "none"
-        return action
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 class Solver:
     """A Caffe solver on vggproto's Net: ``Solver(solver_path_or_param, options).solve(resume=None)``."""
 
@@ -113,22 +79,22 @@ class Solver:
         seed = p.random_seed + self.rank if p.random_seed >= 0 else None
 
         # ---- train net (Caffe: Solver::InitTrainNet) ------------------------------------------------------------
-        source = self._train_net_source()
+        source = setup.train_net_source(p, self.path)
         options = {"rank": self.rank, "world_size": self.world, "batch_split": not opts.per_gpu_batch,
                    "per_gpu_batch": opts.per_gpu_batch, "seed": seed}
         log.info("Creating training net from %s", source if isinstance(source, str) else "net_param")
         self.net = Net(source, phase="TRAIN", stages=tuple(p.train_state.stage), level=p.train_state.level,
                        seed=seed, options=options)
-        _to_device(self.net, self.device)
+        setup.to_device(self.net, self.device)
         for w in opts.weights:
-            self._finetune(w)
+            setup.finetune(self.net, w, opts.init_layers)
         # ---- test nets (Caffe: Solver::InitTestNets); only the root process tests ------------------------------
         self.test_nets = []
         if self.root:
-            for i, (src, state) in enumerate(self._test_net_sources()):
+            for i, (src, state) in enumerate(setup.test_net_sources(p, self.path)):
                 test = Net(src, phase="TEST", stages=tuple(state.stage), level=state.level, seed=seed,
                            options={"rank": 0, "world_size": 1})
-                _to_device(test, self.device)
+                setup.to_device(test, self.device)
                 test.share_weights_from(self.net)
                 self.test_nets.append(test)
         # ---- solver state ----------------------------------------------------------------------------------------
@@ -136,7 +102,7 @@ class Solver:
         self.history = updates.new_history(p.type, [lp.param.detach() for lp in self.learnable])
         self.iter, self.current_step = 0, 0
         self.plateau = updates.Plateau(opts.plateau_patience, opts.plateau_max_drops)
-        self.signals = _Signals(opts.sigint_effect, opts.sighup_effect)
+        self.signals = setup.Signals(opts.sigint_effect, opts.sighup_effect)
         self.smoothed_loss, self._losses = 0.0, []
         self.last_snapshot: str | None = None
         self.requested_early_exit = False
@@ -144,67 +110,6 @@ class Solver:
         self.callbacks: list = []  # called with the solver at the start of every iteration (Caffe: on_start)
         if self.root and (p.snapshot or p.snapshot_after_train):
             snap.check_write_permission(p.snapshot_prefix)
-
-    # ---------------------------------------------------------------------------------------------------------------
-    # Net sources
-    # ---------------------------------------------------------------------------------------------------------------
-
-    def _resolve(self, name: str) -> str:
-        """A net file as Caffe opens it (relative to the CWD), else relative to the solver file."""
-        if os.path.isfile(name) or self.path is None:
-            return name
-        beside = Path(self.path).parent / name
-        return str(beside) if beside.is_file() else name
-
-    def _train_net_source(self):
-        p = self.param
-        given = [f for f in ("train_net_param", "train_net", "net_param", "net") if p.HasField(f)]
-        if len(given) != 1:
-            raise SolverError(f"{self.path or 'solver'}: exactly one of train_net_param, train_net, net_param, net "
-                              f"must specify the train net (found: {', '.join(given) or 'none'})")
-        value = getattr(p, given[0])
-        return self._resolve(value) if isinstance(value, str) else value
-
-    def _test_net_sources(self) -> list:
-        p = self.param
-        sources = list(p.test_net_param) + [self._resolve(f) for f in p.test_net]
-        generic = p.net_param if p.HasField("net_param") else (self._resolve(p.net) if p.HasField("net") else None)
-        where = self.path or "solver"
-        if generic is None and len(p.test_iter) != len(sources):
-            raise SolverError(f"{where}: test_iter must be given once per test net ({len(sources)} test nets, "
-                              f"{len(p.test_iter)} test_iter)")
-        if generic is not None:
-            if len(p.test_iter) < len(sources):
-                raise SolverError(f"{where}: test_iter must be specified for each test network")
-            sources += [generic] * (len(p.test_iter) - len(sources))
-        if p.test_state and len(p.test_state) != len(sources):
-            raise SolverError(f"{where}: test_state must be unspecified or specified once per test net")
-        if sources and p.test_interval <= 0:
-            raise SolverError(f"{where}: test nets need test_interval > 0")
-        states = list(p.test_state) or [caffe_pb2.NetState() for _ in sources]
-        return list(zip(sources, states))
-
-    def _finetune(self, path: str) -> None:
-        """Caffe: ``--weights`` → CopyTrainedLayersFrom, optionally limited to ``init_layers`` (the paper's init)."""
-        log.info("Finetuning from %s", path)
-        if self.opts.init_layers is None:
-            self.net.load_weights(path)
-            return
-        from vggproto.weights import fit_blob, read_weights
-        keep = set(self.opts.init_layers)
-        for layer, arrays in read_weights(path).items():
-            if layer not in keep or layer not in self.net.params:
-                continue
-            targets = self.net.params[layer]
-            if len(arrays) != len(targets):
-                raise SolverError(f"{path}: layer '{layer}' has {len(arrays)} blobs, the net needs {len(targets)}")
-            for array, target in zip(arrays, targets):
-                fitted = fit_blob(array, tuple(target.shape))
-                if fitted is None:
-                    raise SolverError(f"{path}: cannot copy layer '{layer}': shape {tuple(array.shape)} vs "
-                                      f"{tuple(target.shape)}")
-                with torch.no_grad():
-                    target.copy_(torch.from_numpy(fitted.copy()))
 
     # ---------------------------------------------------------------------------------------------------------------
     # Solve (Caffe: Solver::Solve)
@@ -388,7 +293,7 @@ class Solver:
         for name, blob in self.net.blobs.items():
             if torch.is_tensor(blob) and blob.is_floating_point() and not bool(torch.isfinite(blob).all()):
                 culprit = f"; the first top that became non-finite is blob '{name}'"
-                layer = _producer(self.net, name)
+                layer = setup.producer(self.net, name)
                 culprit += f" (layer '{layer}')" if layer else ""
                 break
         kept = f"; the last good snapshot is {self.last_snapshot}" if self.last_snapshot else ""
@@ -408,7 +313,7 @@ class Solver:
             if index == 0:
                 self._plateau_observe(scores)
                 if self.csv is not None:
-                    self.csv.add_tests(self.iter, {name: value for name, value in _flat_scores(scores)})
+                    self.csv.add_tests(self.iter, {name: value for name, value in setup.flat_scores(scores)})
 
     def test(self, index: int) -> list[tuple[str, list[float], float]]:
         net = self.test_nets[index]
@@ -426,7 +331,7 @@ class Solver:
                     sums[name] = sums[name] + value if name in sums else value.clone()
         if self.param.test_compute_loss:
             log.info("Test loss: %s", tl.fmt(loss / n))
-        weights = _loss_weights(net)
+        weights = setup.loss_weights(net)
         scores = [(name, (total / n).tolist(), weights.get(name, 0.0)) for name, total in sums.items()]
         for line in tl.output_lines("Test", scores):
             log.info(line)
@@ -435,8 +340,8 @@ class Solver:
     def _plateau_observe(self, scores) -> None:
         if not self.plateau.enabled:
             return
-        name = self.opts.plateau_output or _first_accuracy_top(self.test_nets[0])
-        values = dict(_flat_scores(scores))
+        name = self.opts.plateau_output or setup.first_accuracy_top(self.test_nets[0])
+        values = dict(setup.flat_scores(scores))
         if name not in values:
             raise SolverError(f"--plateau-patience: test net #0 has no output '{name}' (outputs: "
                               f"{', '.join(values)})")
@@ -448,12 +353,12 @@ class Solver:
     def _test_columns(self) -> list[str]:
         if not self.test_nets:
             return []
-        names = _output_names(self.test_nets[0])
+        names = setup.output_names(self.test_nets[0])
         return names
 
     def _train_outputs(self) -> list[tuple[str, list[float], float]]:
         """The train net's outputs of the last forward, averaged over the processes (the global batch)."""
-        weights = _loss_weights(self.net)
+        weights = setup.loss_weights(self.net)
         named = [(name, value.detach().double().reshape(-1).cpu().tolist())
                  for name, value in self._last_outputs.items()]
         if self.comm is not None:
@@ -478,7 +383,7 @@ class Solver:
 
     def snapshot(self) -> None:
         p = self.param
-        cursors = _cursors(self.net)
+        cursors = setup.cursors(self.net)
         if self.comm is not None:
             cursors = self.comm.gather_objects(cursors)
         if not self.root:
@@ -494,7 +399,7 @@ class Solver:
         snap.write_sidecar(state_path, {
             "iter": self.iter, "world_size": self.world,
             "train_cursors": cursors if self.comm is not None else [cursors],
-            "test_cursors": [_cursors(net) for net in self.test_nets],
+            "test_cursors": [setup.cursors(net) for net in self.test_nets],
             "plateau": self.plateau.state(),
             "torch_rng": torch.get_rng_state().numpy().tobytes().hex(),
         })
@@ -518,85 +423,13 @@ class Solver:
             return
         train = side.get("train_cursors") or []
         if len(train) == self.world:
-            _set_cursors(self.net, train[self.rank])
+            setup.set_cursors(self.net, train[self.rank])
         else:
             log.warning("Snapshot was taken with %d processes, this run has %d: data cursors restart at 0",
                         len(train), self.world)
         for net, cursors in zip(self.test_nets, side.get("test_cursors") or []):
-            _set_cursors(net, cursors)
+            setup.set_cursors(net, cursors)
         self.plateau.load(side.get("plateau") or {})
         rng = side.get("torch_rng")
         if rng and self.world == 1:
             torch.set_rng_state(torch.frombuffer(bytearray(bytes.fromhex(rng)), dtype=torch.uint8))
-
-
-# -------------------------------------------------------------------------------------------------------------------
-# Small helpers over the Net's public surface
-# -------------------------------------------------------------------------------------------------------------------
-
-def _to_device(net, device: torch.device) -> None:
-    """Move a net unless it is already there (nets are built on the CPU)."""
-    if device.type != "cpu":
-        net.to(device)
-
-
-def _data_layers(net):
-    for name, module in net.named_modules():
-        if callable(getattr(module, "cursor", None)) and callable(getattr(module, "set_cursor", None)):
-            yield name, module
-
-
-def _cursors(net) -> dict:
-    return {name: module.cursor() for name, module in _data_layers(net)}
-
-
-def _set_cursors(net, cursors: dict) -> None:
-    for name, module in _data_layers(net):
-        if name in cursors:
-            module.set_cursor(cursors[name])
-
-
-def _loss_weights(net) -> dict[str, float]:
-    """Loss weight of each top (Caffe: explicit ``loss_weight``, else 1 on top[0] of a loss layer)."""
-    weights: dict[str, float] = {}
-    for param, layer in zip(net.net_param.layer, net.layer_list):
-        given = list(param.loss_weight)
-        if not given and getattr(layer, "is_loss", False):
-            given = [1.0]
-        for top, weight in zip(param.top, given):
-            if weight:
-                weights[top] = float(weight)
-    return weights
-
-
-def _output_names(net) -> list[str]:
-    return list(net.output_names)
-
-
-def _producer(net, blob: str) -> str | None:
-    param = getattr(net, "net_param", None)
-    if param is None:
-        return None
-    for layer in param.layer:
-        if blob in layer.top:
-            return layer.name
-    return None
-
-
-def _first_accuracy_top(net) -> str:
-    param = getattr(net, "net_param", None)
-    if param is not None:
-        for layer in param.layer:
-            if layer.type == "Accuracy" and layer.top:
-                return layer.top[0]
-    return "accuracy"
-
-
-def _flat_scores(scores) -> list[tuple[str, float]]:
-    flat = []
-    for name, values, _ in scores:
-        if len(values) == 1:
-            flat.append((name, values[0]))
-        else:
-            flat.extend((f"{name}[{i}]", v) for i, v in enumerate(values))
-    return flat

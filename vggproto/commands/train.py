@@ -99,7 +99,7 @@ def test(model, weights, iterations, gpus, level, stage) -> None:
     """Score a trained model: per-batch outputs, then their averages (Caffe's `caffe test`)."""
     import torch
     from vggproto.net import Net
-    from vggproto.solver import _loss_weights
+    from vggproto.solver_setup import loss_weights as _loss_weights
     from vggproto.train_log import fmt
     _use_glog_format()
     device = "cpu"
