@@ -281,3 +281,17 @@ def test_vgg16_matches_opencv_caffe_importer(tmp_path):
     assert ours.max() < 0.9 and ours.shape == (1, 1000)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * float(theirs.max()))
     assert int(ours.argmax()) == int(theirs.argmax())
+
+
+def test_time_command(tmp_path):
+    from click.testing import CliRunner
+
+    from vggproto.cli import main
+    (tmp_path / "net.prototxt").write_text(SMALL % (6, 6))
+    result = CliRunner().invoke(main, ["time", str(tmp_path / "net.prototxt"), "--iterations", "2"])
+    assert result.exit_code == 0, result.output
+    for line in ("Testing for 2 iterations.", "conv1\tforward:", "fc\tbackward:", "Average Forward pass:",
+                 "Average Backward pass:", "Total Time:", "*** Benchmark ends ***"):
+        assert line in result.output
+    bad = CliRunner().invoke(main, ["time", str(tmp_path / "net.prototxt"), "--gpu", "7"])
+    assert bad.exit_code == 1 and "--gpu 7: no such CUDA device" in bad.output
