@@ -86,7 +86,9 @@ class Solver:
         self.net = Net(source, phase="TRAIN", stages=tuple(p.train_state.stage), level=p.train_state.level,
                        seed=seed, options=options)
         setup.to_device(self.net, self.device)
-        for w in opts.weights:
+        # Caffe: the solver's own `weights:` entries, unless --weights replaces them (tools/caffe.cpp)
+        files = opts.weights or tuple(f for entry in p.weights for f in entry.split(",") if f)
+        for w in files:
             setup.finetune(self.net, w, opts.init_layers)
         # ---- test nets (Caffe: Solver::InitTestNets); only the root process tests ------------------------------
         self.test_nets = []

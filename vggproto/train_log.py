@@ -151,8 +151,7 @@ class Progress:
             enabled = sys.stderr.isatty()
         if enabled:
             from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, unit="it", file=sys.stderr, dynamic_ncols=True,
-                            leave=False)
+            self.bar = tqdm(total=total, initial=initial, unit="it", file=sys.stderr, dynamic_ncols=True)
 
     def update(self, loss: float) -> None:
         if self.bar is not None:

@@ -1,0 +1,113 @@
+"""`vggproto test`, finetuning options, solver-file net sources and their errors, the progress bar."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vggproto.cli import main
+from vggproto.errors import SolverError
+from vggproto.solver import Solver, TrainOptions
+from vggproto.weights import read_weights, write_weights
+
+torch.set_num_threads(1)
+GOLDEN = Path(__file__).parent / "data" / "golden" / "solver"
+
+
+@pytest.fixture
+def case(tmp_path, monkeypatch):
+    for name in ("train.h5", "train_h5.txt", "train_val.prototxt", "init.caffemodel", "sgd_step_solver.prototxt",
+                 "sgd_step_iter_20.caffemodel"):
+        shutil.copy(GOLDEN / name, tmp_path / name)
+        (tmp_path / name).chmod(0o644)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_test_command_prints_batches_and_means(case, caplog):
+    caplog.set_level(logging.INFO, logger="vggproto")
+    result = CliRunner().invoke(main, ["test", "--model", "train_val.prototxt", "--weights", "init.caffemodel",
+                                       "--iterations", "2"])
+    assert result.exit_code == 0, result.output
+    msgs = caplog.messages
+    assert "Running for 2 iterations." in msgs
+    assert sum(m.startswith("Batch 0, ") for m in msgs) == 2 and sum(m.startswith("Batch 1, ") for m in msgs) == 2
+    # README section 2: init.caffemodel over rows 0-31 (2 TEST batches of 16): accuracy 0.25, loss 1.76763
+    assert "accuracy = 0.25" in msgs
+    assert "loss = 1.76763 (* 1 = 1.76763 loss)" in msgs
+    assert "Loss: 1.76763" in msgs
+
+
+def test_solver_weights_field_and_cli_override(case):
+    text = Path("sgd_step_solver.prototxt").read_text().replace("max_iter: 20", "max_iter: 1")
+    Path("w.prototxt").write_text(text + 'weights: "init.caffemodel"\n')
+    s = Solver("w.prototxt", TrainOptions(progress=False))
+    init = read_weights("init.caffemodel")
+    np.testing.assert_array_equal(s.net.params["fc"][0].detach().numpy(), init["fc"][0])
+    s = Solver("w.prototxt", TrainOptions(weights=("sgd_step_iter_20.caffemodel",), progress=False))
+    np.testing.assert_array_equal(s.net.params["fc"][0].detach().numpy(),
+                                  read_weights("sgd_step_iter_20.caffemodel")["fc"][0])
+
+
+def test_init_layers_restricts_copying(case):
+    trained = read_weights("sgd_step_iter_20.caffemodel")
+    s = Solver("sgd_step_solver.prototxt", TrainOptions(weights=("sgd_step_iter_20.caffemodel",),
+                                                        init_layers=("fc",), progress=False))
+    np.testing.assert_array_equal(s.net.params["fc"][1].detach().numpy(), trained["fc"][1])
+    assert not np.array_equal(s.net.params["conv1"][0].detach().numpy(), trained["conv1"][0])
+
+
+def test_init_layers_paper_via_cli_copies_only_the_paper_layers(case, monkeypatch):
+    # a caffemodel holding "fc6" (a paper layer) with the shape of our fc, and conv1 (not a paper layer)
+    trained = read_weights("sgd_step_iter_20.caffemodel")
+    write_weights("a.caffemodel", {"conv1": trained["conv1"], "fc": trained["fc"]})
+    seen = {}
+    import vggproto.parallel as parallel
+
+    def fake_launch(solver_path, options, resume=None, gpus=None):
+        seen["init"] = options.init_layers
+    monkeypatch.setattr(parallel, "launch", fake_launch)
+    result = CliRunner().invoke(main, ["train", "sgd_step_solver.prototxt", "--weights", "a.caffemodel",
+                                       "--init-layers", "paper"])
+    assert result.exit_code == 0, result.output
+    assert seen["init"] == ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
+    result = CliRunner().invoke(main, ["train", "sgd_step_solver.prototxt", "--init-layers", "paper"])
+    assert result.exit_code == 1 and "needs --weights" in result.output
+
+
+@pytest.mark.parametrize("extra,needle", [
+    ('train_net: "train_val.prototxt"\n', "exactly one of train_net_param, train_net, net_param, net"),
+    ("test_iter: 2\n", "test nets need test_interval > 0"),
+    ('test_net: "train_val.prototxt"\ntest_interval: 5\n', "test_iter must be specified for each test network"),
+    ('type: "Adagrad"\n', "unknown solver type 'Adagrad'"),
+])
+def test_solver_file_errors(case, extra, needle):
+    Path("bad.prototxt").write_text(Path("sgd_step_solver.prototxt").read_text() + extra)
+    with pytest.raises(SolverError, match=needle):
+        Solver("bad.prototxt", TrainOptions(progress=False))
+
+
+def test_test_state_selects_stage_and_multiple_test_nets(case, caplog):
+    caplog.set_level(logging.INFO, logger="vggproto")
+    text = Path("sgd_step_solver.prototxt").read_text().replace("max_iter: 20", "max_iter: 1")
+    text += ("test_iter: 1\ntest_iter: 2\ntest_interval: 1\ntest_state { stage: 'a' }\ntest_state { stage: 'b' }\n"
+             "test_initialization: false\n")
+    Path("t.prototxt").write_text(text)
+    s = Solver("t.prototxt", TrainOptions(weights=("init.caffemodel",), progress=False))
+    assert len(s.test_nets) == 2
+    s.solve()
+    assert [m for m in caplog.messages if "Testing net" in m] == ["Iteration 1, Testing net (#0)",
+                                                                   "Iteration 1, Testing net (#1)"]
+
+
+def test_progress_bar_when_enabled(case, capsys):
+    text = Path("sgd_step_solver.prototxt").read_text().replace("max_iter: 20", "max_iter: 3")
+    Path("p.prototxt").write_text(text)
+    Solver("p.prototxt", TrainOptions(weights=("init.caffemodel",), progress=True)).solve()
+    err = capsys.readouterr().err
+    assert "3/3" in err and "img/s=" in err
