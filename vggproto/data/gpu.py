@@ -27,7 +27,7 @@ class TensorTransform:
         self.t, self.device = transformer, torch.device(device)
         self.mean = None
         if transformer.mean is not None:
-            self.mean = torch.from_numpy(transformer.mean).permute(2, 0, 1).contiguous().to(self.device)
+            self.mean = torch.from_numpy(transformer.mean).to(self.device)
         self.mean_values = (torch.from_numpy(transformer.mean_values).to(self.device)
                             if transformer.mean_values.size else None)
 

@@ -59,9 +59,9 @@ class DataTransformer:
         self.mean_values = np.asarray(param.mean_value, dtype=np.float32)
         if self.mean_file and self.mean_values.size:
             raise DataError(f"{where}: transform_param sets both mean_file and mean_value; use one")
-        self.mean: np.ndarray | None = None   # HWC float32 mean image
+        self.mean: np.ndarray | None = None   # CHW float32 mean image
         if self.mean_file and load_mean:
-            self.mean = np.ascontiguousarray(read_mean_file(self.mean_file).transpose(1, 2, 0))
+            self.mean = read_mean_file(self.mean_file)
         self.vgg = (VGGAugmentation(param.vgg_augmentation_param, self.crop, where)
                     if param.HasField("vgg_augmentation_param") else None)
 
@@ -94,20 +94,20 @@ class DataTransformer:
         return Draw((rh, rw), h0, w0, ch, cw, shift, mirror)
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator, where: str = "") -> np.ndarray:
-        """Transform one HWC image (uint8 or float) into a new CHW float32 array."""
+        """Transform one HWC image (uint8 or float) into a new CHW float32 array (a flipped view if mirrored)."""
         h, w, c = img.shape
         d = self.draw(h, w, c, rng, where)
         if d.size != (h, w):
             img = resize(img, d.size)
-        out = img[d.h0:d.h0 + d.crop_h, d.w0:d.w0 + d.crop_w].astype(np.float32)
+        # one pass: crop, HWC -> CHW and float32; then per-channel plane ops (fast, contiguous)
+        out = np.empty((c, d.crop_h, d.crop_w), np.float32)
+        out[...] = img[d.h0:d.h0 + d.crop_h, d.w0:d.w0 + d.crop_w].transpose(2, 0, 1)
         if d.shift is not None:
-            out += d.shift
-        self._subtract_mean(out, d.h0, d.w0, (d.size[0], d.size[1], c), where)
+            out += d.shift[:, None, None]
+        self._subtract_mean(out, d.h0, d.w0, (c, d.size[0], d.size[1]), where)
         if self.scale != 1.0:
             out *= np.float32(self.scale)
-        if d.mirror:
-            out = out[:, ::-1]
-        return out.transpose(2, 0, 1)
+        return out[:, :, ::-1] if d.mirror else out
 
     def _crop_window(self, h: int, w: int, rng: np.random.Generator, where: str) -> tuple[int, int, int, int]:
         if not self.crop:
@@ -125,16 +125,16 @@ class DataTransformer:
     def _subtract_mean(self, out: np.ndarray, h0: int, w0: int, full: tuple[int, int, int], where: str) -> None:
         if self.mean is not None:
             if self.mean.shape != full:
-                mh, mw, mc = self.mean.shape
-                raise DataError(f"{where}: mean file '{self.mean_file}' is {mc}x{mh}x{mw} but the image is "
-                                f"{full[2]}x{full[0]}x{full[1]} (Caffe indexes the mean at the uncropped position)")
-            out -= self.mean[h0:h0 + out.shape[0], w0:w0 + out.shape[1]]
+                raise DataError(f"{where}: mean file '{self.mean_file}' is {'x'.join(map(str, self.mean.shape))} "
+                                f"but the image is {'x'.join(map(str, full))} (Caffe indexes the mean at the "
+                                f"uncropped position)")
+            out -= self.mean[:, h0:h0 + out.shape[1], w0:w0 + out.shape[2]]
         elif self.mean_values.size:
-            c = out.shape[2]
+            c = out.shape[0]
             if self.mean_values.size == 1:
                 out -= self.mean_values[0]
             elif self.mean_values.size == c:
-                out -= self.mean_values
+                out -= self.mean_values[:, None, None]
             else:
                 raise DataError(f"{self.where}: transform_param has {self.mean_values.size} mean_value entries; "
                                 f"need 1 or one per channel ({c})")
