@@ -111,3 +111,16 @@ def test_progress_bar_when_enabled(case, capsys):
     Solver("p.prototxt", TrainOptions(weights=("init.caffemodel",), progress=True)).solve()
     err = capsys.readouterr().err
     assert "3/3" in err and "img/s=" in err
+
+
+def test_average_loss_smooths_the_displayed_loss(case):
+    import csv
+    text = Path("sgd_step_solver.prototxt").read_text().replace("max_iter: 20", "max_iter: 7")
+    Path("a.prototxt").write_text(text + "average_loss: 3\n")
+    Solver("a.prototxt", TrainOptions(weights=("init.caffemodel",), progress=False)).solve()
+    rows = list(csv.DictReader(open("sgd_step_log.csv")))
+    raw = [float(r["loss"]) for r in rows]
+    shown = [float(r["smoothed_loss"]) for r in rows]
+    for i in range(7):
+        window = raw[max(0, i - 2):i + 1]
+        assert shown[i] == pytest.approx(sum(window) / len(window), rel=2e-5), i

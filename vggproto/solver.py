@@ -112,6 +112,8 @@ class Solver:
         self.callbacks: list = []  # called with the solver at the start of every iteration (Caffe: on_start)
         if self.root and (p.snapshot or p.snapshot_after_train):
             snap.check_write_permission(p.snapshot_prefix)
+        if p.snapshot_diff:
+            log.warning("snapshot_diff: true is ignored: vggproto snapshots hold the weights only")
 
     # ---------------------------------------------------------------------------------------------------------------
     # Solve (Caffe: Solver::Solve)
