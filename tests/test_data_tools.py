@@ -140,3 +140,11 @@ def test_compute_mean_missing_db_is_one_line_error(tmp_path):
     assert result.exit_code == 1
     assert "database" in result.output and "does not exist" in result.output
     assert not (tmp_path / "m.binaryproto").exists()
+
+
+def test_cli_encode_type_png_implies_encoding(tmp_path):
+    result = CliRunner().invoke(main, ["convert-imageset", ROOT, str(GOLDEN / "list.txt"), str(tmp_path / "db"),
+                                       "--encode-type", "png", "--resize-height", "8", "--resize-width", "8"])
+    assert result.exit_code == 0, result.output
+    datum = caffe_pb2.Datum.FromString(items(tmp_path / "db")[0][1])
+    assert datum.encoded and datum.data[:4] == b"\x89PNG"

@@ -14,7 +14,7 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --shuffle.")
 @click.option("--gray", is_flag=True, help="Read images as grayscale.")
 @click.option("--encoded", is_flag=True, help="Store encoded image bytes instead of raw pixels.")
-@click.option("--encode-type", type=click.Choice(["", "jpg", "png", "bmp"]), default="",
+@click.option("--encode-type", type=click.Choice(["jpg", "png", "bmp"]), default=None,
               help="Encoding of --encoded images (default: keep each file's own encoding).")
 @click.option("--check-size", is_flag=True, help="Require all raw images to have the same size.")
 @click.option("--skip-bad", is_flag=True, help="Count and report unreadable images instead of failing.")
@@ -24,7 +24,7 @@ def convert_imageset_cmd(root, list_file, db, resize_height, resize_width, shuff
     Caffe reads: keys %08d_<path>, Datum BGR CHW uint8 (or encoded bytes)."""
     from vggproto.data.convert import convert_imageset
     report = convert_imageset(root, list_file, db, resize_height, resize_width, shuffle, gray,
-                              encoded or bool(encode_type), encode_type, check_size, skip_bad, seed)
+                              encoded or bool(encode_type), encode_type or "", check_size, skip_bad, seed)
     click.echo(f"wrote {report.written} images to {db}" + (f"; skipped {len(report.bad)} bad images"
                                                              if report.bad else ""))
 

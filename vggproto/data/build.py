@@ -58,8 +58,11 @@ def rand_skip(limit: int, n: int, seed: int, where: str) -> int:
 
 
 def make_feed(maker, batch_size: int, options: dict) -> BatchFeed:
+    """The layer's BatchFeed; pinned memory only where CUDA exists (pinning needs a CUDA runtime)."""
+    import torch
+    pin = bool(options.get("pin_memory")) and torch.cuda.is_available()
     return BatchFeed(maker, batch_size, num_workers=int(options.get("data_workers", 0) or 0),
-                     prefetch=int(options.get("prefetch", 2) or 2), pin_memory=bool(options.get("pin_memory")))
+                     prefetch=int(options.get("prefetch", 2) or 2), pin_memory=pin)
 
 
 def require_file(path: str, what: str, where: str) -> str:
