@@ -19,7 +19,8 @@ layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
   convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.2 }
                       bias_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
-layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2
+  stride: 2 } }
 layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc"
   inner_product_param { num_output: 5 weight_filler { type: "xavier" } bias_filler { type: "gaussian" std: 0.1 } } }
 """
@@ -75,10 +76,10 @@ def test_errors_name_file_line_layer_and_supported_types(tmp_path):
     with pytest.raises(NetError) as info:
         Net(str(path))
     message = str(info.value)
-    assert message.startswith(f"{path}:10: layer 'oops' (Frobnicate): unknown layer type 'Frobnicate'")
+    assert message.startswith(f"{path}:11: layer 'oops' (Frobnicate): unknown layer type 'Frobnicate'")
     assert "Convolution" in message and "InnerProduct" in message and "Pooling" in message
     path.write_text(SMALL % (8, 8) + 'layer { name: "l" type: "TanH" bottom: "nothere" top: "f" }\n')
-    with pytest.raises(NetError, match=r"bad.prototxt:10: layer 'l' \(TanH\): unknown bottom blob 'nothere'"):
+    with pytest.raises(NetError, match=r"bad.prototxt:11: layer 'l' \(TanH\): unknown bottom blob 'nothere'"):
         Net(str(path))
     path.write_text(SMALL % (8, 8) + 'layer { name: "py" type: "Python" bottom: "fc" top: "f" }\n')
     with pytest.raises(NetError, match="'Python' layers are not supported"):
@@ -193,7 +194,8 @@ def test_weight_mismatch_names_layer_and_both_shapes(tmp_path):
     with pytest.raises(WeightsError) as info:
         small(6, 6, weights=str(tmp_path / "w.caffemodel"))   # fc expects 4·3·3 = 36 inputs, file has 64
     message = str(info.value)
-    assert "layer 'fc' (InnerProduct) param 0: source shape 5 64 (320) vs target shape 5 36 (180)" in message
+    assert ("<text>:9: layer 'fc' (InnerProduct) param 0: source shape 5 64 (320) vs target shape 5 36 (180)"
+            in message)
     assert "conv1" not in message
 
 

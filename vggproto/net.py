@@ -50,7 +50,11 @@ class _Owner:
 
 def _load(model: ModelSource) -> tuple[caffe_pb2.NetParameter, str | None, str | None]:
     if isinstance(model, caffe_pb2.NetParameter):
-        return model, None, None
+        from vggproto.upgrade import upgrade_net
+        net = caffe_pb2.NetParameter()
+        net.CopyFrom(model)
+        upgrade_net(net)   # Caffe upgrades every net it is given (V0/V1 layers, input fields)
+        return net, None, None
     return parse_net(model)
 
 
@@ -90,6 +94,7 @@ class Net(nn.Module):
         self.options = dict(options or {})
         self.layer_list = nn.ModuleList()
         self.layer_names: list[str] = []
+        self.layer_lines: dict[str, int | None] = {}
         self.layer_dict: dict[str, CaffeLayer] = {}
         self.blob_shapes: dict[str, Shape] = {}
         self._owners: list[_Owner] = []
@@ -151,6 +156,7 @@ class Net(nn.Module):
         self._setup_params(param, line, layer, shared)
         self.layer_list.append(layer)
         self.layer_names.append(param.name)
+        self.layer_lines[param.name] = line
         self.layer_dict[param.name] = layer
 
     def _check_loss_weights(self, param, line, layer: CaffeLayer) -> None:
@@ -237,7 +243,7 @@ class Net(nn.Module):
             if top in inputs:
                 tensor = self._as_tensor(top, inputs.pop(top))
             elif top in self._fed:
-                tensor = self._fed[top]
+                tensor = self._as_tensor(top, self._fed[top])   # the net may have moved to another device
             else:
                 tensor = torch.zeros(shape, dtype=self._probe.dtype, device=self._probe.device)
             self._fed[top] = tensor

@@ -93,17 +93,18 @@ def time_net(net: Net, iterations: int = 50) -> Timing:
     forward_total = backward_total = 0.0
     begin = time.perf_counter()
     try:
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")   # first layer: no input grads
-        for it in range(iterations):
-            t0 = clock.now()
-            net(**inputs)
-            t1 = clock.now()
-            _backward(net)
-            t2 = clock.now()
-            net.zero_grad(set_to_none=True)
-            forward_total += t1 - t0
-            backward_total += t2 - t1
-            log.info("Iteration: %d forward-backward time: %.4f ms.", it + 1, (t2 - t0) * 1e3)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")   # first layer: no input grads
+            for it in range(iterations):
+                t0 = clock.now()
+                net(**inputs)
+                t1 = clock.now()
+                _backward(net)
+                t2 = clock.now()
+                net.zero_grad(set_to_none=True)
+                forward_total += t1 - t0
+                backward_total += t2 - t1
+                log.info("Iteration: %d forward-backward time: %.4f ms.", it + 1, (t2 - t0) * 1e3)
     finally:
         for handle in handles:
             handle.remove()

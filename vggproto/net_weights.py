@@ -32,6 +32,11 @@ def _fmt(shape: Sequence[int]) -> str:
     return f"{dims} ({int(np.prod(shape, dtype=np.int64))})"
 
 
+def _where(net: "Net", layer: str) -> str:
+    line = net.layer_lines.get(layer)
+    return f"{net.path or '<text>'}:{line}: " if line is not None else ""
+
+
 def copy_weights(net: "Net", path: str) -> None:
     """Caffe: src/caffe/net.cpp CopyTrainedLayersFrom — copy every same-named layer's blobs from ``path``."""
     from vggproto.weights import fit_blob, read_weights
@@ -48,7 +53,7 @@ def copy_weights(net: "Net", path: str) -> None:
         for index, (array, target) in enumerate(zip(arrays, layer.blobs)):
             fitted = fit_blob(np.asarray(array), target.shape)
             if fitted is None:
-                problems.append(f"layer '{name}' ({layer.spec.type}) param {index}: source shape "
+                problems.append(f"{_where(net, name)}layer '{name}' ({layer.spec.type}) param {index}: source shape "
                                 f"{_fmt(array.shape)} vs target shape {_fmt(target.shape)}")
             else:
                 plan.append((target, fitted))

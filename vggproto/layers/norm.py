@@ -57,7 +57,8 @@ class BatchNorm(CaffeLayer):
     """Caffe: src/caffe/layers/batch_norm_layer.cpp — blobs mean·f, variance·f, [f] (never learned).
 
     Global stats: mean = blob0/f, var = blob1/f (f = 0 ⇒ 0).  Batch stats (TRAIN default): biased batch variance,
-    and the forward updates f ← λf + 1, blob0 ← λ·blob0 + μ, blob1 ← λ·blob1 + m/(m−1)·σ² (m = count/C).
+    and the forward updates f ← λf + 1, blob0 ← λ·blob0 + μ, blob1 ← λ·blob1 + m/(m−1)·σ²
+    (m = count/C).
     """
 
     def __init__(self, spec: LayerSpec):
