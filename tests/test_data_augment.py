@@ -183,3 +183,8 @@ def test_image_data_train_with_vgg_augmentation(in_golden):
                         'vgg_augmentation_param { scale_min: 100 scale_max: 140 color_shift_std: 0.1 }',
                         caffe_pb2.TRAIN, seed=3)
     np.testing.assert_array_equal(again()[0].numpy(), data.numpy())   # seeded: reproducible
+
+
+def test_image_data_dry_run_peeks_at_the_first_image(in_golden):
+    layer = image_layer('source: "list.txt" batch_size: 2', dry_run=True)
+    assert layer.top_shapes == [(2, 3, 160, 241), (2,)]   # chelsea.jpg, 241x160

@@ -194,6 +194,9 @@ class ImageDataLayer(_ImageLayer):
                 return c, transformer.crop, transformer.crop
             if p.new_height > 0:
                 return c, p.new_height, p.new_width
+            if os.path.exists(p.source):   # peek at the first image for its shape
+                img, _ = source(transformer).read(0)
+                return transformer.output_shape(img.shape[2], img.shape[0], img.shape[1])
             raise DataError(f"{where}: cannot know the data shape without reading images (set crop_size or "
                             f"new_height/new_width)")
 
