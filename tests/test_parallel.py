@@ -100,3 +100,26 @@ def test_parse_gpus():
     if torch.cuda.device_count() == 0:
         with pytest.raises(SolverError, match="does not exist"):
             parse_gpus("0,1")
+
+
+def test_overlapped_buckets_with_iter_size_equal_one_process(case, monkeypatch):
+    # tiny buckets (several per iteration) and iter_size 2: only the last backward all-reduces
+    monkeypatch.setenv("VGGPROTO_BUCKET_MB", "0.0005")
+    opts = TrainOptions(weights=("init.caffemodel",), progress=False)
+    for prefix in ("one", "two"):
+        Path(f"{prefix}.prototxt").write_text(SOLVER.format(prefix=prefix) + "iter_size: 2\n")
+    launch("one.prototxt", opts)
+    launch("two.prototxt", opts, gpus="cpu:2")
+    one, two = read_weights("one_iter_5.caffemodel"), read_weights("two_iter_5.caffemodel")
+    for layer in one:
+        for a, b in zip(one[layer], two[layer]):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_grad_sync_buckets_cover_every_param_in_reverse_order():
+    import torch
+    from vggproto.parallel import GradSync
+    params = [torch.zeros(n, requires_grad=True) for n in (100, 10, 300, 5)]
+    sync = GradSync(params, bucket_bytes=4 * 320)
+    assert sync.buckets == [[3, 2, 1], [0]]  # 20 + 1200 + 40 bytes fit in 1280; 400 does not
+    assert sorted(i for b in sync.buckets for i in b) == [0, 1, 2, 3]

@@ -30,13 +30,111 @@ log = logging.getLogger("vggproto.parallel")
 #: Test hook: ``kill:<rank>:<iter>`` makes that worker SIGKILL itself at that iteration (failure-propagation tests).
 FAULT_ENV = "VGGPROTO_FAULT_INJECT"
 TIMEOUT_ENV = "VGGPROTO_COLLECTIVE_TIMEOUT_S"
+BUCKET_ENV = "VGGPROTO_BUCKET_MB"
+
+
+class GradSync:
+    """DDP-style bucketed gradient all-reduce that overlaps the last backward pass of an iteration.
+
+    Buckets hold consecutive parameters in reverse Caffe order (backward finishes the last layers first).  A
+    parameter's post-accumulate-grad hook counts it ready; a bucket whose parameters are all ready is flattened and
+    all-reduced asynchronously, strictly in bucket order so every rank issues identical collectives.  Parameters
+    that got no gradient (frozen, unused) are zero-filled and their buckets sent in :meth:`finish`.  Sum then
+    ×1/world, as Caffe's ``parallel.cpp``; only armed (last micro-batch) backward passes trigger it, so iter_size
+    accumulation stays local.
+    """
+
+    def __init__(self, params: list[torch.Tensor], bucket_bytes: int):
+        self.params = params
+        self.buckets: list[list[int]] = []
+        size = bucket_bytes + 1
+        for index in reversed(range(len(params))):
+            nbytes = params[index].numel() * params[index].element_size()
+            if size + nbytes > bucket_bytes and (not self.buckets or self.buckets[-1]):
+                self.buckets.append([])
+                size = 0
+            self.buckets[-1].append(index)
+            size += nbytes
+        self.bucket_of = {i: k for k, bucket in enumerate(self.buckets) for i in bucket}
+        self.armed = False
+        self._reset()
+        for index, param in enumerate(params):
+            if param.requires_grad:
+                param.register_post_accumulate_grad_hook(lambda p, i=index: self._ready(i))
+
+    def _reset(self) -> None:
+        self.pending = [len(b) for b in self.buckets]
+        self.next_launch = 0
+        self.launched: list = []
+
+    def arm(self) -> None:
+        self._reset()
+        self.armed = True
+
+    def _ready(self, index: int) -> None:
+        if not self.armed:
+            return
+        self.pending[self.bucket_of[index]] -= 1
+        while self.next_launch < len(self.buckets) and self.pending[self.next_launch] == 0:
+            self._launch(self.next_launch)
+
+    def _launch(self, k: int) -> None:
+        import torch.distributed as dist
+        grads = []
+        for i in self.buckets[k]:
+            p = self.params[i]
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.launched.append((dist.all_reduce(flat, async_op=True), k, flat))
+        self.next_launch = k + 1
+
+    def finish(self, world: int) -> None:
+        """Send what is left, wait for every bucket and write the averaged gradients back."""
+        while self.next_launch < len(self.buckets):
+            self._launch(self.next_launch)
+        for handle, k, flat in self.launched:
+            handle.wait()
+            flat.mul_(1.0 / world)
+            offset = 0
+            for i in self.buckets[k]:
+                g = self.params[i].grad
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
+        self.armed = False
+        self.launched = []
 
 
 class Comm:
     """The few collectives the solver needs, over the default process group."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, bucket_mb: float = 25.0):
         self.device = device
+        self.bucket_bytes = int(bucket_mb * (1 << 20))
+        self.sync: GradSync | None = None
+
+    def attach(self, params: list[torch.Tensor]) -> None:
+        """Install the overlapping all-reduce on the learnable parameters (Caffe order)."""
+        self.sync = GradSync(params, self.bucket_bytes)
+
+    def arm(self) -> None:
+        """The next backward pass is the iteration's last: start all-reducing buckets as they complete."""
+        if self.sync is not None:
+            self.sync.arm()
+
+    def reduce_grads(self, params: list[torch.Tensor]) -> None:
+        """Average the gradients over all ranks (overlapped buckets if armed, else one flattened all-reduce)."""
+        import torch.distributed as dist
+        if self.sync is not None and self.sync.armed:
+            self.sync.finish(dist.get_world_size())
+            return
+        grads = []
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        self.all_reduce_mean(grads, [])
 
     def all_reduce_mean(self, tensors: list[torch.Tensor], extra: list[float]) -> list[float]:
         """Average ``tensors`` (in place) and the scalars ``extra`` over all ranks; returns the averaged scalars."""
@@ -105,7 +203,8 @@ def launch(solver_path: str, options, resume: str | None = None, gpus: str | Non
     kind, ids = parse_gpus(gpus)
     # read in the launcher: forkserver workers do not see later changes of this process's environment
     options = replace(options, extra={**options.extra, "fault": os.environ.get(FAULT_ENV, ""),
-                                      "timeout_s": float(os.environ.get(TIMEOUT_ENV, "1800"))})
+                                      "timeout_s": float(os.environ.get(TIMEOUT_ENV, "1800")),
+                                      "bucket_mb": float(os.environ.get(BUCKET_ENV, "25"))})
     if len(ids) == 1:
         device = f"cuda:{ids[0]}" if kind == "cuda" else options.device
         from vggproto.solver import Solver
@@ -223,7 +322,8 @@ def _worker(index: int, solver_path: str, options, resume, kind: str, ids: list[
 
 def _run(solver_path: str, options, resume) -> None:
     from vggproto.solver import Solver
-    solver = Solver(solver_path, options, comm=Comm(torch.device(options.device)))
+    bucket_mb = float(options.extra.get("bucket_mb") or os.environ.get(BUCKET_ENV, 25))
+    solver = Solver(solver_path, options, comm=Comm(torch.device(options.device), bucket_mb))
     fault = options.extra.get("fault") or os.environ.get(FAULT_ENV, "")
     if fault.startswith("kill:"):
         _, rank, at = fault.split(":")

@@ -102,6 +102,8 @@ class Solver:
         # ---- solver state ----------------------------------------------------------------------------------------
         self.learnable = list(self.net.learnable_params)
         self.history = updates.new_history(p.type, [lp.param.detach() for lp in self.learnable])
+        if comm is not None:
+            comm.attach([lp.param for lp in self.learnable])
         self.iter, self.current_step = 0, 0
         self.plateau = updates.Plateau(opts.plateau_patience, opts.plateau_max_drops)
         self.signals = setup.Signals(opts.sigint_effect, opts.sighup_effect)
@@ -183,7 +185,9 @@ class Solver:
                     callback(self)
                 display = bool(p.display) and self.iter % p.display == 0
                 loss = 0.0
-                for _ in range(p.iter_size):
+                for micro in range(p.iter_size):
+                    if self.comm is not None and micro == p.iter_size - 1:
+                        self.comm.arm()  # overlap the all-reduce with the last backward
                     loss += self._forward_backward()
                 loss /= p.iter_size
                 loss, action = self._all_reduce(loss)
@@ -263,12 +267,10 @@ class Solver:
         action = self.signals.take()
         if self.comm is None:
             return loss, action
-        grads = [lp.param.grad if lp.param.grad is not None else torch.zeros_like(lp.param) for lp in self.learnable]
-        for lp, g in zip(self.learnable, grads):
-            lp.param.grad = g
+        self.comm.reduce_grads([lp.param for lp in self.learnable])  # Caffe: parallel.cpp, sum × 1/solver_count
         extra = [loss, float(action == "snapshot"), float(action == "stop"),
                  float(self.plateau.drops) if self.root else 0.0]
-        extra = self.comm.all_reduce_mean(grads, extra)  # Caffe: parallel.cpp, sum then scale 1/solver_count
+        extra = self.comm.all_reduce_mean([], extra)
         loss = extra[0]
         self.plateau.drops = int(round(extra[3] * self.world))
         action = "stop" if extra[2] > 0 else "snapshot" if extra[1] > 0 else "none"
