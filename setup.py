@@ -7,7 +7,7 @@ setup(
     description="Caffe-compatible toolchain for the VGG very deep ConvNets: prototxt/caffemodel I/O, generator, "
                 "PyTorch interpreter, Caffe-exact training and the paper's evaluation",
     packages=find_packages(include=["vggproto", "vggproto.*"]),
-    package_data={"vggproto": ["data/*"]},
+    package_data={"vggproto": ["data/*"], "vggproto.data": ["*.txt"]},
     python_requires=">=3.10",
     install_requires=[
         "protobuf>=7.35.1,<8",   # the committed caffe_pb2.py was generated for this runtime
