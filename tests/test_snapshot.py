@@ -177,3 +177,19 @@ def test_corrupt_solverstate_is_a_clear_error(case):
     Path("bad.solverstate").write_bytes(b"\xff\xff\xff garbage")
     with pytest.raises(SolverError, match="bad.solverstate"):
         snap.read_solverstate("bad.solverstate")
+
+
+def test_binary_solverstate_is_a_valid_caffe_message(tmp_path):
+    from vggproto._pb import caffe_pb2
+    path = str(tmp_path / "s.solverstate")
+    hist = [np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5, np.array([1.5], np.float32)]
+    snap.write_solverstate(path, snap.SolverStateData(7, "x_iter_7.caffemodel", 0, hist))
+    proto = caffe_pb2.SolverState()
+    proto.ParseFromString(Path(path).read_bytes())
+    assert (proto.iter, proto.learned_net, proto.current_step) == (7, "x_iter_7.caffemodel", 0)
+    assert proto.HasField("current_step")  # Caffe always sets it
+    assert [tuple(b.shape.dim) for b in proto.history] == [(3, 4), (1,)]
+    np.testing.assert_array_equal(np.array(proto.history[0].data, np.float32).reshape(3, 4), hist[0])
+    back = snap.read_solverstate(path)
+    for x, y in zip(back.history, hist, strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -73,38 +73,18 @@ def is_hdf5_state(path: str) -> bool:
 # Solverstate write / read
 # ------------------------------------------------------------------------------------------------------------------
 
-def _array_to_blob(array: np.ndarray) -> caffe_pb2.BlobProto:
-    blob = caffe_pb2.BlobProto()
-    blob.shape.dim.extend(int(d) for d in array.shape)
-    blob.data.extend(np.ascontiguousarray(array, dtype=np.float32).ravel())
-    return blob
-
-
-def _blob_to_array(blob: caffe_pb2.BlobProto) -> np.ndarray:
-    if blob.HasField("shape"):
-        shape = tuple(blob.shape.dim)
-    else:
-        shape = tuple(d for d in (blob.num, blob.channels, blob.height, blob.width))
-    values = blob.double_data if len(blob.double_data) else blob.data
-    array = np.asarray(values, dtype=np.float32)
-    if array.size != int(np.prod(shape)):
-        raise SolverError(f"solverstate history blob holds {array.size} values but its shape {shape} needs "
-                          f"{int(np.prod(shape))}")
-    return array.reshape(shape)
-
-
 def write_solverstate(path: str, state: SolverStateData) -> None:
     """Write ``state`` in the format the file name selects (``.h5`` → HDF5), atomically."""
     if is_hdf5_state(path):
         _write_state_h5(path, state)
         return
-    proto = caffe_pb2.SolverState()
-    proto.iter = int(state.iter)
-    proto.learned_net = state.learned_net
-    proto.current_step = int(state.current_step)
-    for array in state.history:
-        proto.history.append(_array_to_blob(array))
-    atomic_write_bytes(path, proto.SerializeToString())
+    from vggproto.weights import write_parts
+    from vggproto.weights_blob import blob_part
+    # SolverState fields in canonical order: iter (1), learned_net (2), history (3, streamed blob by blob, no
+    # per-value Python work: VGG-16's history is 553 MB), current_step (4)
+    head = caffe_pb2.SolverState(iter=int(state.iter), learned_net=state.learned_net).SerializeToString()
+    tail = caffe_pb2.SolverState(current_step=int(state.current_step)).SerializeToString()
+    write_parts(path, [head, *(blob_part(array, 3) for array in state.history), tail])
 
 
 def _write_state_h5(path: str, state: SolverStateData) -> None:
@@ -126,14 +106,34 @@ def read_solverstate(path: str) -> SolverStateData:
         raise SolverError(f"{path}: solverstate file not found")
     if is_hdf5_state(path):
         return _read_state_h5(path)
-    proto = caffe_pb2.SolverState()
+    return _read_state_binary(path)
+
+
+def _read_state_binary(path: str) -> SolverStateData:
+    """Walk the SolverState wire format; history blobs become arrays without per-value Python work."""
+    from vggproto.errors import WeightsError
+    from vggproto.weights_blob import blob_array, blob_fields
+    from vggproto.wire import iter_fields
+    with open(path, "rb") as handle:
+        data = handle.read()
+    u8 = np.frombuffer(data, dtype=np.uint8)
+    state = SolverStateData(iter=0, learned_net="")
     try:
-        with open(path, "rb") as handle:
-            proto.ParseFromString(handle.read())
-    except Exception as exc:  # protobuf raises DecodeError (or others from upb) on corrupt input
+        for raw in iter_fields(data, 0, len(data)):
+            if raw.number in (1, 4) and raw.wire_type == 0:
+                value = raw.value - (1 << 64) if raw.value >= 1 << 63 else raw.value
+                if raw.number == 1:
+                    state.iter = value
+                else:
+                    state.current_step = value
+            elif raw.number == 2 and raw.wire_type == 2:
+                state.learned_net = data[raw.data_start:raw.end].decode("utf-8")
+            elif raw.number == 3 and raw.wire_type == 2:
+                array = blob_array(blob_fields(data, u8, raw.data_start, raw.end))
+                state.history.append(np.array(array, dtype=np.float32))
+    except (WeightsError, ValueError, UnicodeDecodeError) as exc:
         raise SolverError(f"{path}: not a binary SolverState ({exc}); HDF5 solverstates must end in .h5") from None
-    return SolverStateData(iter=proto.iter, learned_net=proto.learned_net, current_step=proto.current_step,
-                           history=[_blob_to_array(b) for b in proto.history])
+    return state
 
 
 def _read_state_h5(path: str) -> SolverStateData:
