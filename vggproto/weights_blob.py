@@ -7,6 +7,7 @@ float32), else ``data``.  A count that disagrees with the shape is an error, as 
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -14,8 +15,8 @@ import numpy as np
 
 from vggproto._pb import caffe_pb2
 from vggproto.errors import WeightsError
-from vggproto.wire import (FIXED32, FIXED64, LENGTH, VARINT, Field, Part, WireError, encode_tag, encode_varint,
-                           fixed_run, read_field, unpacked_values)
+from vggproto.wire import (FIXED32, FIXED64, LENGTH, VARINT, Field, Part, WireError, fixed_run, read_field,
+                           unpacked_values, write_part)
 
 _FLOAT_TAG, _DOUBLE_TAG = 5 << 3 | FIXED32, 8 << 3 | FIXED64  # unpacked data / double_data
 _DIFF_TAGS = {6 << 3 | FIXED32: 4, 9 << 3 | FIXED64: 8}        # unpacked diff / double_diff
@@ -139,11 +140,10 @@ def blob_part(array, number: int) -> Field:
 
 def array_to_blob(array) -> caffe_pb2.BlobProto:
     """A float32 BlobProto with ``shape`` and packed ``data`` (built from bytes: no per-value Python work)."""
-    part = blob_part(array, 1)
+    buffer = io.BytesIO()
+    for child in blob_part(array, 1).parts:      # the blob's fields, without the enclosing tag and length
+        write_part(buffer, child)
     blob = caffe_pb2.BlobProto()
-    chunks = []
-    for child in part.parts:
-        chunks.append(encode_tag(child.number, LENGTH) + encode_varint(child.payload_size()))
-        chunks.extend(c.tobytes() if isinstance(c, np.ndarray) else c for c in child.parts)
-    blob.ParseFromString(b"".join(chunks))
+    with buffer.getbuffer() as view:
+        blob.ParseFromString(view)
     return blob
