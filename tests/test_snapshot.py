@@ -193,3 +193,28 @@ def test_binary_solverstate_is_a_valid_caffe_message(tmp_path):
     back = snap.read_solverstate(path)
     for x, y in zip(back.history, hist, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_sigint_during_test_interrupts_like_caffe(case, caplog):
+    import logging
+    caplog.set_level(logging.INFO, logger="vggproto")
+    extra = "test_iter: 3\ntest_interval: 2\n"
+    s = Solver(write_solver("a.prototxt", max_iter=10, prefix="a", extra=extra),
+               TrainOptions(weights=("init.caffemodel",), progress=False))
+    net = None
+
+    def arm(solver):
+        nonlocal net
+        if solver.iter == 1:  # the next test (iteration 2) is interrupted on its first batch
+            net = solver.test_nets[0]
+            original = net.forward
+
+            def forward(**kw):
+                os.kill(os.getpid(), signal.SIGINT)
+                net.forward = original
+                return original(**kw)
+            net.forward = forward
+    s.callbacks.append(arm)
+    s.solve()
+    assert "Test interrupted." in caplog.messages and "Optimization stopped early." in caplog.messages
+    assert s.iter == 2 and Path("a_iter_2.caffemodel").is_file()

@@ -316,6 +316,8 @@ class Solver:
         for index, net in enumerate(self.test_nets):
             log.info(tl.testing_line(self.iter, index))
             scores = self.test(index)
+            if self.requested_early_exit:
+                return
             if index == 0:
                 self._plateau_observe(scores)
                 if self.csv is not None:
@@ -329,12 +331,18 @@ class Solver:
         loss = 0.0
         with torch.no_grad():
             for _ in range(n):
+                if self.comm is None and self.signals.pending == "stop":  # Caffe: Solver::Test polls signals
+                    self.requested_early_exit = True
+                    break
                 outputs = net.forward()
                 if self.param.test_compute_loss:
                     loss += float(net.loss)
                 for name, value in outputs.items():
                     value = value.detach().double().reshape(-1).cpu()
                     sums[name] = sums[name] + value if name in sums else value.clone()
+        if self.requested_early_exit:
+            log.info("Test interrupted.")
+            return []
         if self.param.test_compute_loss:
             log.info("Test loss: %s", tl.fmt(loss / n))
         weights = setup.loss_weights(net)
