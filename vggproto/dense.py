@@ -45,7 +45,7 @@ def _meta_net(model):
         return Net(model, phase="TEST", options={"dry_run": True})
 
 
-def _score_blob(net) -> str:
+def score_blob(net) -> str:
     """The blob holding raw class scores: the bottom of a final Softmax, else the net's only output."""
     params = list(net.net_param.layer)
     outputs = net.output_names
@@ -121,7 +121,7 @@ def make_dense(model) -> DenseNet:
     if len(inputs) != 1:
         raise NetError(f"the net is fed through {len(inputs)} inputs ({', '.join(inputs) or 'none'}); evaluation "
                        f"needs one image input (an Input layer)", path=meta.path)
-    return DenseNet(dense, meta.path, names, _score_blob(meta), inputs[0], tuple(meta.blob_shapes[inputs[0]]))
+    return DenseNet(dense, meta.path, names, score_blob(meta), inputs[0], tuple(meta.blob_shapes[inputs[0]]))
 
 
 def dense_weights(weights: Mapping[str, list[np.ndarray]], dense: DenseNet) -> Weights:
