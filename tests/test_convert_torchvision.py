@@ -27,15 +27,18 @@ WIDTHS = (64, 128, 256, 512, 512)
 LOGIT_TOLERANCE = 2e-3
 
 
-def _caffe_vgg(depth: int, make) -> dict[str, list[np.ndarray]]:
+def _caffe_vgg(depth: int, make, divisor: int = 1) -> dict[str, list[np.ndarray]]:
     """Weights named and shaped as in the official release (fc weights 1x1xNxK, biases 1x1x1xN)."""
     weights, inputs = {}, 3
     for block, (count, width) in enumerate(zip(CONVS[depth], WIDTHS), 1):
+        width //= divisor
         for i in range(1, count + 1):
             weights[f"conv{block}_{i}"] = [make((width, inputs, 3, 3), (2 / (9 * inputs)) ** 0.5),
                                            make((1, 1, 1, width), 0.1)]
             inputs = width
-    for name, (outputs, fan_in) in {"fc6": (4096, 25088), "fc7": (4096, 4096), "fc8": (1000, 4096)}.items():
+    hidden = 4096 // divisor
+    for name, (outputs, fan_in) in {"fc6": (hidden, inputs * 49), "fc7": (hidden, hidden),
+                                    "fc8": (1000, hidden)}.items():
         weights[name] = [make((1, 1, outputs, fan_in), (2 / fan_in) ** 0.5), make((1, 1, 1, outputs), 0.1)]
     return weights
 
@@ -78,22 +81,10 @@ def _raw_state(weights) -> dict[str, np.ndarray]:
     return raw
 
 
-@pytest.fixture(scope="module")
-def run():
-    """Random He-scaled VGG-16 weights, both networks and their outputs on a photo (one forward each)."""
-    generator = torch.Generator().manual_seed(0)
-
+def _random(generator):
     def make(shape, std):  # uniform with the given std (cheaper to draw than normal for 138M values)
         return torch.rand(shape, generator=generator).sub_(0.5).mul_(std * 12 ** 0.5).numpy()
-    weights = _caffe_vgg(16, make)
-    photos = _photos()
-    caffe_x, tv_x = _caffe_input(photos), _torchvision_input(photos)
-    with torch.no_grad():
-        reference = _tv_model(16, _raw_state(weights))
-        folded = _tv_model(16, caffe_to_torchvision(weights))
-        out = {"caffe_logits": reference(caffe_x), "tv_logits": folded(tv_x),
-               "caffe_conv1": reference.features[0](caffe_x), "tv_conv1": folded.features[0](tv_x)}
-    return weights, photos, out
+    return make
 
 
 @pytest.mark.parametrize("depth", sorted(CONVS))
@@ -109,45 +100,47 @@ def test_names_and_shapes_match_torchvision(depth):
     assert back["fc6"][0].shape == (4096, 25088) and back["conv5_1"][1].shape == (512,)
 
 
-def test_interior_of_conv1_1_is_exact_and_only_the_border_differs(run):
-    _, _, out = run
-    caffe, tv = out["caffe_conv1"], out["tv_conv1"]
-    scale = caffe.abs().max()
-    interior = (caffe - tv)[..., 1:-1, 1:-1].abs().max()
-    assert interior <= 2e-6 * scale  # float32 rounding only
-    border = (caffe - tv).abs().max()
-    assert border > 100 * interior  # the padding really differs (zero in normalised space != zero in Caffe space)
-    # the border difference is the conv of the padding offset 255*mean - M (at most ~0.5 per channel)
-    offsets = torch.tensor([255 * m for m in TORCHVISION_MEAN_RGB[::-1]]) - torch.tensor(CAFFE_MEAN_BGR)
-    assert border <= 1.01 * float(offsets.abs().max() * run[0]["conv1_1"][0].__abs__().sum(axis=(1, 2, 3)).max())
+def test_full_size_vgg16_is_equivalent_both_ways_on_a_photo(tmp_path):
+    """One test (one set of full-size weights and forwards, also under pytest-xdist) checks both directions."""
+    weights = _caffe_vgg(16, _random(torch.Generator().manual_seed(0)))
+    photos = _photos()
+    caffe_x, tv_x = _caffe_input(photos), _torchvision_input(photos)
+    with torch.no_grad():
+        reference = _tv_model(16, _raw_state(weights))
+        folded = _tv_model(16, caffe_to_torchvision(weights))
+        caffe_logits, tv_logits = reference(caffe_x), folded(tv_x)
+        caffe_conv1, tv_conv1 = reference.features[0](caffe_x), folded.features[0](tv_x)
 
+    # conv1_1: exact inside the image (float32 rounding only), different on the one-pixel border
+    scale = caffe_conv1.abs().max()
+    interior = (caffe_conv1 - tv_conv1)[..., 1:-1, 1:-1].abs().max()
+    border = (caffe_conv1 - tv_conv1).abs().max()
+    assert interior <= 2e-6 * scale
+    assert border > 100 * interior  # zero padding in normalised space != zero in Caffe space
+    # ... and bounded by the conv of the padding offset 255*mean - M (at most ~0.5 grey levels per channel)
+    offsets = np.array([255 * m for m in TORCHVISION_MEAN_RGB[::-1]]) - np.array(CAFFE_MEAN_BGR)
+    assert border <= 1.01 * np.abs(offsets).max() * np.abs(weights["conv1_1"][0]).sum(axis=(1, 2, 3)).max()
 
-def test_logits_agree_on_real_photos_within_the_documented_tolerance(run):
-    _, _, out = run
-    caffe, tv = out["caffe_logits"], out["tv_logits"]
-    relative = float((caffe - tv).abs().max() / caffe.abs().max())
+    # logits within the documented tolerance, same top-1
+    relative = float((caffe_logits - tv_logits).abs().max() / caffe_logits.abs().max())
     assert relative <= LOGIT_TOLERANCE
-    assert torch.equal(caffe.argmax(1), tv.argmax(1))
+    assert torch.equal(caffe_logits.argmax(1), tv_logits.argmax(1))
 
-
-def test_torchvision_to_caffemodel_runs_in_opencv_with_caffe_preprocessing(run, tmp_path):
+    # reverse: torchvision state dict -> caffemodel, run by OpenCV's Caffe importer on Caffe's input
     cv2 = pytest.importorskip("cv2")
-    weights, photos, out = run
     save_torch_state(tmp_path / "vgg16_tv.pth", caffe_to_torchvision(weights))
     assert input_format(tmp_path / "vgg16_tv.pth") == "torchvision"
     result = convert(tmp_path / "vgg16_tv.pth", tmp_path / "vgg16.caffemodel")
     assert result.source_format == "torchvision" and result.weights["fc6"][0].shape == (4096, 25088)
     net = cv2.dnn.readNetFromCaffe(str(DATA / "vgg16_v1.prototxt"), str(tmp_path / "vgg16.caffemodel"))
-    net.setInput(_caffe_input(photos).numpy())
+    net.setInput(caffe_x.numpy())
     logits = torch.from_numpy(net.forward("fc8"))
-    # OpenCV sees Caffe's input and zero padding: it matches the Caffe-convention reference closely ...
-    torch.testing.assert_close(logits, out["caffe_logits"], rtol=0, atol=1e-4 * float(logits.abs().max()))
-    # ... and the torchvision model within the border tolerance
-    assert float((logits - out["tv_logits"]).abs().max() / logits.abs().max()) <= LOGIT_TOLERANCE
+    torch.testing.assert_close(logits, caffe_logits, rtol=0, atol=1e-4 * float(logits.abs().max()))
+    assert float((logits - tv_logits).abs().max() / logits.abs().max()) <= LOGIT_TOLERANCE
 
 
-def test_round_trip_through_torchvision(run, tmp_path):
-    weights = run[0]
+def test_round_trip_through_torchvision():
+    weights = _caffe_vgg(16, _random(torch.Generator().manual_seed(1)), divisor=16)
     back = torchvision_to_caffe(caffe_to_torchvision(weights))
     for layer, blobs in weights.items():
         for original, converted in zip(blobs, back[layer]):
