@@ -198,7 +198,8 @@ def parse_gpus(spec: str | None) -> tuple[str, list[int]]:
 def launch(solver_path: str, options, resume: str | None = None, gpus: str | None = None) -> None:
     """Train ``solver_path`` with :class:`vggproto.solver.TrainOptions` on the devices ``gpus`` names."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        _join_torchrun(solver_path, options, resume)
+        # under torchrun each process takes the GPU of its LOCAL_RANK when --gpus names GPUs (any id list / all)
+        _join_torchrun(solver_path, options, resume, cuda=bool(gpus) and not gpus.startswith("cpu"))
         return
     kind, ids = parse_gpus(gpus)
     # read in the launcher: forkserver workers do not see later changes of this process's environment
@@ -218,11 +219,12 @@ def _timeout(options=None) -> datetime.timedelta:
     return datetime.timedelta(seconds=float(seconds))
 
 
-def _join_torchrun(solver_path: str, options, resume: str | None) -> None:
+def _join_torchrun(solver_path: str, options, resume: str | None, cuda: bool) -> None:
     import torch.distributed as dist
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
-    cuda = torch.cuda.is_available() and not options.device.startswith("cpu")
+    if cuda and not torch.cuda.is_available():
+        raise SolverError("torchrun job asked for GPUs (--gpus) but torch sees no CUDA device")
     device = f"cuda:{local}" if cuda else "cpu"
     if cuda:
         torch.cuda.set_device(local)
