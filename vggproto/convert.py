@@ -248,6 +248,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
             keep_shapes: bool = False, phase: str = "TEST") -> ConversionResult:
     """Convert the weight file ``src`` into ``dst`` (see the module doc for shapes and the CLI for the options)."""
     fmt = output_format(dst, to)
+    parent = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(parent):
+        raise WeightsError(f"{dst}: the output directory {parent} does not exist")
     if fc_to_conv_ and conv_to_fc_:
         raise WeightsError("--fc-to-conv and --conv-to-fc exclude each other")
     if fmt == "onnx" and model is None:
