@@ -123,3 +123,31 @@ def test_grad_sync_buckets_cover_every_param_in_reverse_order():
     sync = GradSync(params, bucket_bytes=4 * 320)
     assert sync.buckets == [[3, 2, 1], [0]]  # 20 + 1200 + 40 bytes fit in 1280; 400 does not
     assert sorted(i for b in sync.buckets for i in b) == [0, 1, 2, 3]
+
+
+def test_joins_a_torchrun_job_from_the_environment(case, monkeypatch):
+    # a one-process torchrun job: the launcher must join it (gloo, Comm path) instead of training alone
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    import torch.distributed as dist
+    import vggproto.parallel as parallel
+    joined, real = [], parallel._run
+
+    def spy(*args):
+        joined.append(dist.get_world_size())
+        return real(*args)
+    monkeypatch.setattr(parallel, "_run", spy)
+    launch(solver("tr"), TrainOptions(weights=("init.caffemodel",), progress=False))
+    assert joined == [1]
+    assert not dist.is_initialized()  # the job's process group was torn down
+    monkeypatch.delenv("RANK")
+    launch(solver("one"), TrainOptions(weights=("init.caffemodel",), progress=False))
+    a, b = read_weights("tr_iter_5.caffemodel"), read_weights("one_iter_5.caffemodel")
+    for layer in a:
+        for x, y in zip(a[layer], b[layer]):
+            np.testing.assert_array_equal(x, y)
