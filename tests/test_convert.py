@@ -189,6 +189,8 @@ def test_cli_convert_prints_the_summary_and_errors_in_one_line(official, tmp_pat
     assert result.exit_code == 1 and "exclude each other" in result.output
     result = runner.invoke(main, ["convert", str(official), str(tmp_path / "w.onnx")])
     assert result.exit_code == 1 and "needs --model" in result.output
+    result = runner.invoke(main, ["convert", str(official), str(tmp_path / "no" / "such" / "w.pt")])
+    assert result.exit_code == 1 and "output directory" in result.output and "does not exist" in result.output
     (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04junk")
     result = runner.invoke(main, ["convert", str(tmp_path / "junk.pt"), str(tmp_path / "w2.h5")])
     assert result.exit_code == 1 and "not a loadable PyTorch state dict" in result.output
