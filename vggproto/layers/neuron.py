@@ -38,8 +38,8 @@ class ReLU(Neuron):
     def apply(self, x):
         slope = self.spec.param.relu_param.negative_slope
         if slope == 0:
-            return torch.where(x > 0, x, torch.zeros_like(x))
-        return torch.where(x > 0, x, x * slope)
+            return torch.relu(x)   # derivative 0 at x = 0, as Caffe's (x > 0)
+        return F.leaky_relu(x, slope)   # derivative `slope` at x = 0, as Caffe's slope·(x <= 0)
 
 
 @register("PReLU")

@@ -33,6 +33,8 @@ def pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool, any_p
 def _pad_to(x: torch.Tensor, kernel, stride, pad, out, value: float) -> torch.Tensor:
     """Pad (or crop) H and W so that plain stride-s windows give exactly ``out`` outputs starting at −pad."""
     right = [(o - 1) * s + k - n - p for o, s, k, n, p in zip(out, stride, kernel, x.shape[-2:], pad)]
+    if not any(right) and not any(pad):
+        return x
     return F.pad(x, (pad[1], right[1], pad[0], right[0]), value=value)
 
 
@@ -50,9 +52,9 @@ def pool2d(x: torch.Tensor, method: int, kernel, stride, pad, out, train: bool, 
     """Pool the last two axes of a 4-D ``x`` to ``out`` cells; returns (top, mask or None)."""
     if method == P.MAX:
         xp = _pad_to(x, kernel, stride, pad, out, float("-inf"))
-        y, idx = F.max_pool2d(xp, kernel, stride, return_indices=True)
         if not mask:
-            return y, None
+            return F.max_pool2d(xp, kernel, stride), None
+        y, idx = F.max_pool2d(xp, kernel, stride, return_indices=True)
         width_p = xp.shape[-1]
         rows, cols = idx // width_p - pad[0], idx % width_p - pad[1]
         return y, (rows * x.shape[-1] + cols).to(x.dtype)   # Caffe: index into the bottom's H×W plane
