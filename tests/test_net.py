@@ -206,6 +206,9 @@ def test_save_load_roundtrip_and_share(tmp_path, suffix):
     copy = small(seed=3, weights=str(tmp_path / f"w{suffix}"))
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(copy(data=x)["fc"], net(data=x)["fc"])
+    (tmp_path / f"w{suffix}").rename(tmp_path / "renamed.weights")   # the format is detected from content
+    again = small(seed=6, weights=str(tmp_path / "renamed.weights"))
+    assert torch.equal(again.params["conv1"][0], net.params["conv1"][0])
     shared = small(seed=4)
     shared.share_weights_from(net)
     assert shared.params["fc"][0] is net.params["fc"][0]
