@@ -123,6 +123,7 @@ class EvalOptions:
     skip_bad: bool = False
     root: str = ""
     progress: bool = True
+    keep_posteriors: bool = False       # keep each image's final (fused) posterior in EvalResult.posteriors
 
     def components(self) -> list[str]:
         return ["dense", "crops"] if self.mode == "dense+crops" else [self.mode]
@@ -138,6 +139,7 @@ class EvalResult:
     counts: dict[str, ErrorCount] = field(default_factory=dict)
     bad: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    posteriors: dict[int, np.ndarray] = field(default_factory=dict)   # list index -> posterior (keep_posteriors)
 
     def as_dict(self, options: EvalOptions, models: Sequence[Model]) -> dict:
         final = self.counts["fused"] if len(models) > 1 else self.counts[_key(0, None)]
@@ -170,7 +172,7 @@ class _Accumulator:
     """Per-image posterior sums, finalised into the error counts once every (component, scale) is in."""
 
     def __init__(self, n_models: int, options: EvalOptions):
-        self.n_models, self.components = n_models, options.components()
+        self.n_models, self.components, self.keep = n_models, options.components(), options.keep_posteriors
         self.expected = len(options.scales) * len(self.components)
         self.pending: dict[int, tuple[int, dict, int]] = {}
         self.result = EvalResult()
@@ -187,10 +189,10 @@ class _Accumulator:
             self.pending[index] = (label, sums, seen)
             return False
         self.pending.pop(index, None)
-        self._finish(label, sums)
+        self._finish(index, label, sums)
         return True
 
-    def _finish(self, label: int, sums: dict) -> None:
+    def _finish(self, index: int, label: int, sums: dict) -> None:
         per_model = []
         for m in range(self.n_models):
             comps = [sums[(m, c)] / (self.expected // len(self.components)) for c in self.components]
@@ -199,7 +201,10 @@ class _Accumulator:
             combined = fuse(comps)
             self.result.counts[_key(m, None)].add(combined, label)
             per_model.append(combined)
-        self.result.counts["fused"].add(fuse(per_model), label)
+        final = fuse(per_model)
+        self.result.counts["fused"].add(final, label)
+        if self.keep:
+            self.result.posteriors[index] = final
 
 
 class _Packer:
