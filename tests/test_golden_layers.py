@@ -64,9 +64,9 @@ def test_golden_case(case: str) -> None:
     if not seeds:
         assert not any(k.startswith(("diff:", "pdiff:")) for k in ref.files)
         return
-    loss_tops = {name for name, _ in net._loss_weights}
+    loss_tops = set(net.loss_weights)
     for name in loss_tops & set(seeds):   # Caffe seeds a loss top's diff with its loss weight
-        np.testing.assert_allclose(seeds[name], dict(net._loss_weights)[name])
+        np.testing.assert_allclose(seeds[name], net.loss_weights[name])
     net.backward(**{name: value for name, value in seeds.items() if name not in loss_tops})
     for key in ref.files:
         kind, _, name = key.partition(":")

@@ -93,6 +93,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "
 layer { name: "aux" type: "TanH" bottom: "fc" top: "aux" loss_weight: 0.5 }
 """
     net = Net(text, seed=3)
+    assert net.loss_weights == {"loss": 1.0, "aux": 0.5}
     out = net(data=torch.randn(2, 3, 4, 4), label=torch.tensor([1.0, 3.0]))
     fc = net.blobs["fc"].detach()
     expected = torch.nn.functional.cross_entropy(fc, torch.tensor([1, 3])) + 0.5 * torch.tanh(fc).sum()

@@ -226,6 +226,11 @@ class Net(nn.Module):
                                1.0 if o.decay_mult is None else o.decay_mult) for o in self._owners]
 
     @property
+    def loss_weights(self) -> dict[str, float]:
+        """Non-zero loss weight of each top (explicit ``loss_weight``, else 1 on a loss layer's first top)."""
+        return dict(self._loss_weights)
+
+    @property
     def input_names(self) -> list[str]:
         """Tops the caller feeds through ``forward(**inputs)`` (Input and MemoryData layers)."""
         return [top for p, layer in zip(self.net_param.layer, self.layer_list) if getattr(layer, "feeds", False)
