@@ -364,6 +364,7 @@ def test_dummy_memory_parameter_layers():
     out = net()
     assert torch.equal(out["a"], torch.full((2, 3), 2.0))
     assert out["b"].shape == (4000,) and 2.7 < out["b"].std().item() < 3.3
+    assert all(t.dtype == torch.float64 for t in net.double()().values())   # follows the net's dtype
     legacy = Net('layer { name: "d" type: "DummyData" top: "a" dummy_data_param { num: 2 channels: 3 height: 4 '
                  'width: 5 } }')
     assert legacy.blob_shapes["a"] == (2, 3, 4, 5)

@@ -11,7 +11,7 @@ import torch
 
 from vggproto._pb import caffe_pb2
 from vggproto.fillers import fill
-from vggproto.layers.common import expect_bottoms, expect_tops
+from vggproto.layers.common import blob, expect_bottoms, expect_tops
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 
@@ -102,13 +102,13 @@ class DummyData(CaffeLayer):
         return shapes
 
     def forward(self) -> tuple[torch.Tensor, ...]:
-        device = self._device_probe.device
+        probe = self._device_probe   # follows the net's device and dtype
         tops = []
         for shape, filler in zip(self.top_shapes, self.fillers):
             if filler.type == "constant":
-                tops.append(torch.full(shape, filler.value, device=device))
+                tops.append(torch.full(shape, filler.value, device=probe.device, dtype=probe.dtype))
             else:
-                tops.append(fill(torch.empty(shape), filler, None).to(device))
+                tops.append(fill(torch.empty(shape), filler, None).to(probe))
         return tuple(tops)
 
 
@@ -125,4 +125,4 @@ class Parameter(CaffeLayer):
         self.top_shapes = [shape]
 
     def forward(self) -> tuple[torch.Tensor]:
-        return (self.blobs[0],)
+        return (blob(self, 0),)
