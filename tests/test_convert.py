@@ -201,3 +201,13 @@ def test_explicit_format_overrides_the_extension(official, tmp_path):
     assert input_format(tmp_path / "w.bin") == "h5"
     convert(official, tmp_path / "w2.bin", to="safetensors")
     assert input_format(tmp_path / "w2.bin") == "safetensors"
+
+
+def test_pt_zip_crc_is_optional_and_torch_load_ignores_it(official, tmp_path):
+    import zipfile
+    convert(official, tmp_path / "fast.pt")
+    convert(official, tmp_path / "checked.pt", zip_crc=True)
+    assert zipfile.ZipFile(tmp_path / "checked.pt").testzip() is None  # every record's CRC32 is right
+    fast = torch.load(tmp_path / "fast.pt", weights_only=True)
+    checked = torch.load(tmp_path / "checked.pt", weights_only=True)
+    assert list(fast) == list(checked) and all(torch.equal(fast[k], checked[k]) for k in fast)

@@ -15,7 +15,7 @@ logits (torchvision's module holding the unfolded weights, fed BGR 0-255 minus t
 torchvision model on its standard normalisation: max |difference| / max |logit|, top-1 and top-5 agreement, and
 the conv1_1 interior/border differences.
 
-Usage: tools/bench_convert.py [--repeat N] [--equivalence] [--skip-speed]
+Usage: tools/bench_convert.py [--repeat N] [--cases CASE...] [--equivalence] [--skip-speed]
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def _run(case: str, path: str, out_dir: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def speed(repeat: int) -> None:
+def speed(repeat: int, cases: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "VGG_ILSVRC_16_layers.caffemodel")
         subprocess.run([sys.executable, str(ROOT / "tools" / "make_official_like.py"), "--depth", "16", path],
@@ -91,7 +91,7 @@ def speed(repeat: int) -> None:
                 pass
         print(f"file: {size:,} bytes (official VGG-16 layout), {repeat} run(s) per case, median shown")
         results = {}
-        for case in CASES:
+        for case in [BASELINE] + [c for c in cases if c != BASELINE]:
             runs = [_run(case, path, tmp) for _ in range(repeat)]
             results[case] = {"seconds": statistics.median(r["seconds"] for r in runs),
                              "rss": max(r["rss"] for r in runs), "out_bytes": runs[0]["out_bytes"]}
@@ -157,9 +157,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--equivalence", action="store_true", help="also measure torchvision equivalence")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
+                        help="speed cases to run (the naive baseline always runs)")
     args = parser.parse_args()
     if not args.skip_speed:
-        speed(args.repeat)
+        speed(args.repeat, args.cases)
     if args.equivalence:
         equivalence()
     return 0

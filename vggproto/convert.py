@@ -245,7 +245,7 @@ def load_caffe_weights(path: str | os.PathLike, keep_shapes: bool = False) -> tu
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = None, model=None,
             fc_to_conv_: bool = False, conv_to_fc_: bool = False, allow_missing: bool = False,
-            keep_shapes: bool = False, phase: str = "TEST") -> ConversionResult:
+            keep_shapes: bool = False, phase: str = "TEST", zip_crc: bool = False) -> ConversionResult:
     """Convert the weight file ``src`` into ``dst`` (see the module doc for shapes and the CLI for the options)."""
     fmt = output_format(dst, to)
     parent = os.path.dirname(os.path.abspath(dst))
@@ -269,9 +269,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
         export_onnx(model, weights, dst, phase=phase)
     elif fmt == "torchvision":
         from vggproto.convert_torchvision import caffe_to_torchvision
-        write_state(dst, caffe_to_torchvision(weights))
+        write_state(dst, caffe_to_torchvision(weights), zip_crc)
     elif fmt == "pt":
-        save_torch_state(dst, weights_to_state_dict(weights))
+        save_torch_state(dst, weights_to_state_dict(weights), zip_crc)
     elif fmt == "safetensors":
         save_safetensors(dst, weights_to_state_dict(weights))
     elif fmt == "h5":

@@ -17,10 +17,12 @@ from vggproto.convert_io import FORMATS
 @click.option("--conv-to-fc", is_flag=True, help="fc6-conv/fc7-conv/fc8-conv -> fc6/fc7/fc8.")
 @click.option("--allow-missing", is_flag=True, help="With --model: leave out net layers the file has no weights for.")
 @click.option("--keep-shapes", is_flag=True, help="Keep stored blob shapes (no legacy 4-D normalisation).")
+@click.option("--zip-crc", is_flag=True,
+              help="Compute the zip CRC32s of .pt/.pth output (torch.load ignores them; slower).")
 @click.option("--phase", type=click.Choice(["TEST", "TRAIN"]), default="TEST", show_default=True,
               help="Phase the --model net is built in.")
 def convert_command(src: str, dst: str, model: str | None, to: str | None, fc_to_conv: bool, conv_to_fc: bool,
-                    allow_missing: bool, keep_shapes: bool, phase: str) -> None:
+                    allow_missing: bool, keep_shapes: bool, zip_crc: bool, phase: str) -> None:
     """Convert weights SRC (caffemodel V1/V2, Caffe HDF5, .pt, .safetensors, torchvision VGG) into DST.
 
     \b
@@ -30,7 +32,7 @@ def convert_command(src: str, dst: str, model: str | None, to: str | None, fc_to
     """
     from vggproto.convert import convert, summary
     result = convert(src, dst, to=to, model=model, fc_to_conv_=fc_to_conv, conv_to_fc_=conv_to_fc,
-                     allow_missing=allow_missing, keep_shapes=keep_shapes, phase=phase)
+                     allow_missing=allow_missing, keep_shapes=keep_shapes, phase=phase, zip_crc=zip_crc)
     title = f"{src} ({result.source_format}) -> {dst} ({result.format})"
     if result.ignored:
         title += f"\nignored source layers: {', '.join(result.ignored)}"
