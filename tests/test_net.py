@@ -301,3 +301,20 @@ def test_time_command(tmp_path):
         assert line in result.output
     bad = CliRunner().invoke(main, ["time", str(tmp_path / "net.prototxt"), "--gpu", "7"])
     assert bad.exit_code == 1 and "--gpu 7: no such CUDA device" in bad.output
+
+
+def test_v1_deploy_and_legacy_v1_caffemodel_reproduce_caffe():
+    """Caffe's own forward of a V1 net whose caffemodel has V1 layers and legacy 4-D dims (1×1×N×K, 1×1×1×N)."""
+    from pathlib import Path
+    golden = Path(__file__).parent / "data" / "golden" / "upgrade"
+    ref = np.load(golden / "v1_small_forward.npz")
+    for model in ("v1_small.caffemodel", "v1_small_upgraded.caffemodel"):
+        net = Net(str(golden / "v1_small_deploy.prototxt"), str(golden / model))
+        net(data=ref["blob:data"])
+        for key in ref.files:
+            kind, _, name = key.partition(":")
+            if kind == "blob":
+                np.testing.assert_allclose(net.blobs[name].detach().numpy(), ref[key], rtol=1e-5, atol=1e-5)
+            else:
+                layer, index = name.split(":")
+                np.testing.assert_array_equal(net.params[layer][int(index)].detach().numpy(), ref[key])
