@@ -238,7 +238,7 @@ def test_deploy_dense_and_solvers_are_bvlc_only(bvlc_classes):
     net_class, solver_class = bvlc_classes
     nets = sorted((REPO / "nets").glob("*_d*.prototxt"))
     solvers = sorted((REPO / "solvers").glob("*.prototxt"))
-    assert len(nets) == 12 and len(solvers) == 12
+    assert len(nets) == 16 and len(solvers) == 14   # + D_loc_{scr,pcr} (Appendix A)
     for path in nets:
         text_format.Parse(path.read_text(), net_class())
         assert max_field_number(read_net(path)) < 1000, path
@@ -359,9 +359,11 @@ def test_solver_iter_size_and_errors():
 
 def test_committed_files_are_byte_equal(tmp_path):
     written = generate("all", tmp_path)
+    for regression in ("scr", "pcr"):   # Appendix A localisation nets
+        written += generate("D", tmp_path, task="localization", regression=regression)
     relative = sorted(str(p.relative_to(tmp_path)) for p in written)
     committed = sorted(str(p.relative_to(REPO)) for d in ("nets", "solvers") for p in (REPO / d).glob("*.prototxt"))
-    assert relative == committed and len(relative) == 36
+    assert relative == committed and len(relative) == 44
     for name in relative:
         assert (tmp_path / name).read_bytes() == (REPO / name).read_bytes(), name
 

@@ -26,6 +26,12 @@ INITS: tuple[str, ...] = ("gaussian", "xavier", "msra")
 DEFAULT_SOURCES = {"lmdb": ("data/ilsvrc12_train_lmdb", "data/ilsvrc12_val_lmdb"),
                    "imagedata": ("data/train.txt", "data/val.txt"),
                    "hdf5": ("data/train_h5.txt", "data/val_h5.txt")}
+# Appendix A (localisation): the last FC regresses a box; BoxData reads box list files (vggproto.data.boxes).
+TASKS: tuple[str, ...] = ("classification", "localization")
+REGRESSIONS: tuple[str, ...] = ("scr", "pcr")     # single-class (4 outputs) / per-class (4 x classes)
+FINETUNES: tuple[str, ...] = ("all", "fc")        # fine-tune every layer / only the FC layers (lr_mult 0 on convs)
+LOC_LAYER = "fc8-loc"                             # renamed so that classification weights leave it random
+LOC_SOURCES = ("data/loc_train.txt", "data/loc_val.txt")
 Commented = list[tuple[caffe_pb2.LayerParameter, str]]
 
 LRN_COMMENT = ("Krizhevsky et al. (2012) LRN: n=5, alpha=1e-4, beta=0.75, k=2, alpha multiplying the plain sum\n"
@@ -50,6 +56,19 @@ class NetOptions:
     scale: str = "256"               # training scale S: "256", "384" or "256-512"
     test_scale: int = 0              # Q; 0 -> S, or (S_min + S_max) / 2 when jittered (Sect. 4.1)
     color_shift_std: float = 0.1
+    task: str = "classification"     # or "localization" (Appendix A)
+    regression: str = "scr"          # localization: scr | pcr
+    finetune: str = "all"            # localization: all | fc
+
+    @property
+    def localization(self) -> bool:
+        return self.task == "localization"
+
+    def last_fc_width(self) -> int:
+        """Classes, or the box outputs of Appendix A: 4 (SCR) or 4 per class (PCR)."""
+        if not self.localization:
+            return self.num_classes
+        return 4 if self.regression == "scr" else 4 * self.num_classes
 
     def validate(self) -> None:
         """Reject impossible option combinations with a message naming the option."""
@@ -63,6 +82,9 @@ class NetOptions:
             raise VGGProtoError(f"unknown --init '{self.init}'; supported: {', '.join(INITS)}")
         if len(self.mean_value) not in (1, 3):
             raise VGGProtoError(f"--mean-value takes 1 or 3 numbers (BGR), got {len(self.mean_value)}")
+        for name, allowed in (("task", TASKS), ("regression", REGRESSIONS), ("finetune", FINETUNES)):
+            if getattr(self, name) not in allowed:
+                raise VGGProtoError(f"unknown --{name} '{getattr(self, name)}'; supported: {', '.join(allowed)}")
         if self.test_scale < 0 or self.color_shift_std < 0:
             raise VGGProtoError("--test-scale and the colour shift std must not be negative")
         try:
@@ -156,7 +178,10 @@ def trunk(config: str, kind: str, opts: NetOptions) -> tuple[Commented, str]:
             index += 1
             name = f"conv{block}_{index}"
             width, pad = _narrow(token.width, opts), (token.kernel - 1) // 2
-            out.append((_conv(name, bottom, width, token.kernel, pad, fill), ""))
+            conv = _conv(name, bottom, width, token.kernel, pad, fill)
+            if kind == "train_val" and opts.localization and opts.finetune == "fc":
+                _freeze(conv)
+            out.append((conv, ""))
             out.append((_in_place(f"relu{block}_{index}", "ReLU", name), ""))
             bottom = name
         elif token.kind == "lrn":
@@ -171,9 +196,10 @@ def trunk(config: str, kind: str, opts: NetOptions) -> tuple[Commented, str]:
         elif token.kind == "fc":
             fc_seen += 1
             last = fc_seen == fc_total
-            width = opts.num_classes if last else _narrow(token.width, opts)
+            width = opts.last_fc_width() if last else _narrow(token.width, opts)
             number = 5 + fc_seen
-            layers, bottom = _fc(number, bottom, width, kind, fill, spatial if fc_seen == 1 else 1)
+            name = LOC_LAYER if last and opts.localization else f"fc{number}"
+            layers, bottom = _fc(name, bottom, width, kind, fill, spatial if fc_seen == 1 else 1)
             out.extend(layers)
             if not last:
                 out.append((_in_place(f"relu{number}", "ReLU", bottom), ""))
@@ -185,8 +211,14 @@ def _narrow(width: int, opts: NetOptions) -> int:
     return max(1, width // opts.width_divisor)
 
 
-def _fc(number: int, bottom: str, width: int, kind: str, fill: str | None, kernel: int) -> tuple[Commented, str]:
-    name = f"fc{number}"
+def _freeze(conv: caffe_pb2.LayerParameter) -> None:
+    """``--finetune fc`` (Appendix A): weights and bias of a conv layer stay as initialised (lr_mult 0)."""
+    for _ in range(2):
+        spec = conv.param.add()
+        spec.lr_mult, spec.decay_mult = 0, 0
+
+
+def _fc(name: str, bottom: str, width: int, kind: str, fill: str | None, kernel: int) -> tuple[Commented, str]:
     if kind != "dense":
         return [(_inner_product(name, bottom, width, fill), "")], name
     conv_name = DENSE_LAYER_NAMES.get(name, f"{name}-conv")
@@ -203,10 +235,13 @@ def _fc(number: int, bottom: str, width: int, kind: str, fill: str | None, kerne
 
 def _data_layer(phase: int, opts: NetOptions) -> tuple[caffe_pb2.LayerParameter, str]:
     train = phase == caffe_pb2.TRAIN
-    source = (opts.train_source if train else opts.val_source) or DEFAULT_SOURCES[opts.data][0 if train else 1]
+    defaults = LOC_SOURCES if opts.localization and opts.data != "hdf5" else DEFAULT_SOURCES[opts.data]
+    source = (opts.train_source if train else opts.val_source) or defaults[0 if train else 1]
     batch = opts.batch_size if train else opts.test_batch_size
     layer = caffe_pb2.LayerParameter(name="data", top=["data", "label"])
     layer.include.add().phase = phase
+    if opts.localization:
+        return _box_data_layer(layer, train, source, batch, opts)
     if opts.data == "hdf5":
         layer.type = "HDF5Data"
         layer.hdf5_data_param.source, layer.hdf5_data_param.batch_size = source, batch
@@ -226,6 +261,27 @@ def _data_layer(phase: int, opts: NetOptions) -> tuple[caffe_pb2.LayerParameter,
         param.shuffle = train
     _transform(layer.transform_param, train, opts)
     return layer, _augmentation_comment(train, opts)
+
+
+def _box_data_layer(layer: caffe_pb2.LayerParameter, train: bool, source: str, batch: int,
+                    opts: NetOptions) -> tuple[caffe_pb2.LayerParameter, str]:
+    """Appendix A's data: image, class (PCR only) and ground-truth box ``(cx, cy, w, h)`` relative to the crop."""
+    del layer.top[:]
+    layer.top.extend(["data", "label", "box"] if opts.regression == "pcr" else ["data", "box"])
+    if opts.data == "hdf5":
+        layer.type = "HDF5Data"
+        layer.hdf5_data_param.source, layer.hdf5_data_param.batch_size = source, batch
+        layer.hdf5_data_param.shuffle = train
+        return layer, ("HDF5 files with datasets " + ", ".join(layer.top) + ": preprocessed crops (no transform in\n"
+                       "Caffe) and boxes (cx, cy, w, h) relative to the crop.") if train else ""
+    layer.type = "BoxData"
+    param = layer.image_data_param
+    param.source, param.batch_size = source, batch
+    param.shuffle = train
+    _transform(layer.transform_param, train, opts)
+    comment = ("BoxData is a vggproto layer (not BVLC Caffe): lines '<image> <class> <x1> <y1> <x2> <y2>' (pixel\n"
+               "corners); the box follows the rescale/crop/mirror and becomes (cx, cy, w, h) / crop side.\n")
+    return layer, comment + _augmentation_comment(train, opts)
 
 
 def _transform(param: caffe_pb2.TransformationParameter, train: bool, opts: NetOptions) -> None:
@@ -268,6 +324,21 @@ def train_val_tail(scores: str) -> Commented:
     return out
 
 
+def localization_tail(boxes: str, opts: NetOptions) -> Commented:
+    """Appendix A: "we replace the logistic regression objective with a Euclidean loss"; for PCR the loss sees
+    only the ground-truth class's four outputs (ClassBox, a vggproto layer), the others get no gradient."""
+    out: Commented = []
+    if opts.regression == "pcr":
+        select = caffe_pb2.LayerParameter(name="class_box", type="ClassBox", bottom=[boxes, "label"],
+                                          top=["class_box"])
+        out.append((select, "Per-class regression: the 4 outputs of the ground-truth class (vggproto ClassBox layer;\n"
+                            "the other outputs get an exactly zero gradient)."))
+        boxes = "class_box"
+    loss = caffe_pb2.LayerParameter(name="loss", type="EuclideanLoss", bottom=[boxes, "box"], top=["loss"])
+    out.append((loss, ""))
+    return out
+
+
 def softmax_tail(scores: str) -> Commented:
     return [(_layer("prob", "Softmax", scores, "prob"), "")]
 
@@ -281,10 +352,12 @@ def build_commented(config: str, kind: str, opts: NetOptions) -> tuple[caffe_pb2
     opts.validate()
     body, scores = trunk(config, kind, opts)
     if kind == "train_val":
-        layers = train_val_head(opts) + body + train_val_tail(scores)
+        tail = localization_tail(scores, opts) if opts.localization else train_val_tail(scores)
+        layers = train_val_head(opts) + body + tail
     else:
         shape = (opts.deploy_batch_size if kind == "deploy" else 1, 3, opts.crop_size, opts.crop_size)
-        layers = [(_input(shape), "")] + body + softmax_tail(scores)
-    net = caffe_pb2.NetParameter(name=f"VGG_{config}")
+        layers = [(_input(shape), "")] + body + ([] if opts.localization else softmax_tail(scores))
+    name = f"VGG_{config}_loc_{opts.regression}" if opts.localization else f"VGG_{config}"
+    net = caffe_pb2.NetParameter(name=name)
     net.layer.extend(layer for layer, _ in layers)
     return net, [comment for _, comment in layers]

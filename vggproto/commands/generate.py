@@ -48,6 +48,13 @@ def _mean_value(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--scale", type=click.Choice(list(SCALES)), default="256", show_default=True,
               help="Training scale S (smallest side), fixed or jittered per image.")
 @click.option("--test-scale", type=int, default=0, help="Test scale Q [default: S, or (Smin+Smax)/2 if jittered].")
+@click.option("--task", type=click.Choice(["classification", "localization"]), default="classification",
+              show_default=True, help="localization (Appendix A): the last FC predicts a box, Euclidean loss; writes "
+              "nets/<cfg>_loc_<regression>[_fc]_*.prototxt.")
+@click.option("--regression", type=click.Choice(["scr", "pcr"]), default="scr", show_default=True,
+              help="Localisation: single-class (4 outputs) or per-class (4 x classes) box regression.")
+@click.option("--finetune", type=click.Choice(["all", "fc"]), default="all", show_default=True,
+              help="Localisation: fine-tune all layers, or only the FC layers (lr_mult 0 on the conv layers).")
 @click.option("--chain/--no-chain", default=None,
               help="Also write the paper's S=384 and S=[256;512] stages [default: for C, D, E at S=256].")
 def generate_command(config: str, out_dir: str, mean_value: tuple[float, ...] | None, chain: bool | None,
