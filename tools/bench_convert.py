@@ -148,7 +148,8 @@ def equivalence() -> None:
         interior = float((c1 - c2)[..., 1:-1, 1:-1].abs().max()) / scale
         border = float((c1 - c2).abs().max()) / scale
         top5 = set(a.topk(5).indices.tolist()) == set(b.topk(5).indices.tolist())
-        print(f"{name:<18} {float((a - b).abs().max() / a.abs().max()):>23.2e} {str(bool(a.argmax() == b.argmax())):>5} "
+        top1 = bool(a.argmax() == b.argmax())
+        print(f"{name:<18} {float((a - b).abs().max() / a.abs().max()):>23.2e} {str(top1):>5} "
               f"{str(top5):>5} {interior:>15.1e} {border:>13.1e}")
 
 

@@ -43,7 +43,7 @@ _LAYER_ORDER_KEY = "vggproto.layer_order"
 # ----------------------------------------------------------------------------------------------------------------
 
 def output_format(path: str | os.PathLike, to: str | None = None) -> str:
-    """The format to write: ``to`` if given, else from the extension (``.pt``/``.pth`` mean a Caffe-named state dict)."""
+    """The format to write: ``to`` if given, else from the extension (``.pt``/``.pth``: a Caffe-named state dict)."""
     if to is not None:
         if to not in FORMATS:
             raise WeightsError(f"unknown output format '{to}'; supported: {', '.join(FORMATS)}")
@@ -196,7 +196,9 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     with open(path, "rb") as handle:
         buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if file_size else b""
     order = json.loads(metadata[_LAYER_ORDER_KEY]) if _LAYER_ORDER_KEY in metadata else None
-    keys = order if order and sorted(order) == sorted(header) else sorted(header, key=lambda k: header[k]["data_offsets"])
+    if not (order and sorted(order) == sorted(header)):
+        order = sorted(header, key=lambda k: header[k]["data_offsets"])
+    keys = order
     state = {}
     for key in keys:
         info = header[key]
