@@ -211,3 +211,21 @@ def test_pt_zip_crc_is_optional_and_torch_load_ignores_it(official, tmp_path):
     fast = torch.load(tmp_path / "fast.pt", weights_only=True)
     checked = torch.load(tmp_path / "checked.pt", weights_only=True)
     assert list(fast) == list(checked) and all(torch.equal(fast[k], checked[k]) for k in fast)
+
+
+def test_caffes_own_upgrade_of_a_v1_file_converts_to_the_same_weights(tmp_path):
+    golden = ROOT / "tests" / "data" / "golden" / "upgrade"  # v1_small_upgraded.caffemodel: BVLC upgrade tool
+    v1 = convert(golden / "v1_small.caffemodel", tmp_path / "v1.h5").weights
+    upgraded = convert(golden / "v1_small_upgraded.caffemodel", tmp_path / "v2.h5").weights
+    assert _same(v1, upgraded)
+    assert v1["fc6"][0].shape == (6, 120) and v1["fc6"][1].shape == (6,) and v1["conv1"][0].shape == (4, 3, 3, 3)
+    fitted = convert(golden / "v1_small_upgraded.caffemodel", tmp_path / "v3.pt",
+                     model=golden / "v1_small_deploy.prototxt").weights
+    assert _same(fitted, v1)
+
+
+def test_the_official_v1_deploy_prototxt_works_as_model():
+    from vggproto.convert import net_param_shapes
+    _, shapes = net_param_shapes(ROOT / "tests" / "data" / "golden" / "upgrade" / "vgg16_v1.prototxt")
+    assert list(shapes)[0] == "conv1_1" and list(shapes)[-1] == "fc8" and len(shapes) == 16
+    assert shapes["fc6"] == [(4096, 25088), (4096,)] and shapes["conv5_3"] == [(512, 512, 3, 3), (512,)]
