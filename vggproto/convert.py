@@ -66,6 +66,7 @@ def normalize_by_type(weights: Mapping[str, list[np.ndarray]], layer_types: Mapp
     for layer, blobs in weights.items():
         kind = layer_types.get(layer)
         blobs = list(blobs)
+        # Caffe: inner_product_layer.cpp / conv_layer.cpp LayerSetUp — weight (N, K), bias (N,); blob.cpp FromProto
         if kind == "InnerProduct" and blobs:
             blobs[0] = _drop_leading_ones(blobs[0], 2)
         if kind in _BIAS_TYPES and len(blobs) > 1:
@@ -179,6 +180,7 @@ def fc_to_conv(weights: Mapping[str, list[np.ndarray]], names: Mapping[str, str]
         if weight.ndim != 2:
             raise WeightsError(f"--fc-to-conv: {layer} weight is {_fmt(weight.shape)}, not an fc matrix")
         conv = names[layer]
+        # Caffe: inner_product_layer.cpp — K = count(axis..) of the bottom, i.e. pool5 flattened C, H, W in C order
         if target is not None and conv in target:
             kernel = target[conv][0]
         elif layer == present[0]:
