@@ -71,3 +71,9 @@ def test_preprocess_rescales_smallest_side_and_removes_mean(shape, q, expected):
     reference = img if shape == expected else cv2.resize(img, expected[::-1], interpolation=cv2.INTER_LINEAR)
     np.testing.assert_allclose(out, reference.astype(np.float32).transpose(2, 0, 1)
                                - np.float32(mean)[:, None, None], atol=1e-4)
+
+
+def test_input_scale_multiplies_after_the_mean_like_caffe():
+    img = np.full((230, 240, 3), 200, dtype=np.uint8)
+    out = preprocess(img, 0, (100.0, 50.0, 0.0), scale=0.5)
+    np.testing.assert_allclose(out[:, 0, 0], [50.0, 75.0, 100.0])

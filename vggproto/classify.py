@@ -50,11 +50,11 @@ def class_names(classes: int, labels: str | os.PathLike | None = None) -> list[s
     return [f"class {i}" for i in range(classes)]
 
 
-def _read(path: str, scale: int, crop: int, mean: Sequence[float]) -> np.ndarray:
+def _read(path: str, scale: int, crop: int, mean: Sequence[float], input_scale: float) -> np.ndarray:
     from vggproto.data.sources import read_image
     from vggproto.eval_views import preprocess
     img = read_image(os.fspath(path), True, where=os.fspath(path))
-    chw = preprocess(img, scale, mean)
+    chw = preprocess(img, scale, mean, input_scale)
     if chw.shape[1] < crop or chw.shape[2] < crop:
         raise DataError(f"{path}: rescaled image {chw.shape[1]}x{chw.shape[2]} is smaller than the crop {crop}; "
                         f"use --scale >= {crop}")
@@ -81,14 +81,15 @@ def load_classifier(model: str | os.PathLike, weights: str | os.PathLike, device
 
 def classify(images: Sequence[str | os.PathLike], model: str | os.PathLike, weights: str | os.PathLike,
              top: int = 5, labels: str | os.PathLike | None = None, scale: int = 0,
-             mean: Sequence[float] = MEAN_BGR, device: str = "cpu", batch: int = 10) -> list[list[Prediction]]:
+             mean: Sequence[float] = MEAN_BGR, device: str = "cpu", batch: int = 10,
+             input_scale: float = 1.0) -> list[list[Prediction]]:
     """Top-``top`` predictions (highest probability first) for each image."""
     net, input_blob, scores_name, crop = load_classifier(model, weights, device)
     out: list[list[Prediction]] = []
     names: list[str] | None = None
     with torch.inference_mode():
         for start in range(0, len(images), batch):
-            chunk = np.stack([_read(p, scale or crop, crop, mean) for p in images[start:start + batch]])
+            chunk = np.stack([_read(p, scale or crop, crop, mean, input_scale) for p in images[start:start + batch]])
             net.forward(**{input_blob: torch.from_numpy(chunk).to(device)})
             scores = net.blobs[scores_name].reshape(chunk.shape[0], -1).double()
             probs = torch.softmax(scores, dim=1).cpu().numpy()

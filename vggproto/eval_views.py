@@ -16,10 +16,13 @@ from vggproto.data.augment import rescale_smallest_side
 from vggproto.data.sources import read_image
 
 
-def preprocess(img: np.ndarray, q: int, mean: Sequence[float]) -> np.ndarray:
-    """HWC BGR uint8 image -> CHW float32: smallest side rescaled to ``q`` (0: unchanged), mean pixel removed."""
+def preprocess(img: np.ndarray, q: int, mean: Sequence[float], scale: float = 1.0) -> np.ndarray:
+    """HWC BGR uint8 image -> CHW float32: smallest side rescaled to ``q`` (0: unchanged), mean pixel removed,
+    then multiplied by ``scale`` (the net's training ``transform_param.scale``; 1 for the VGG release)."""
     out = rescale_smallest_side(img, q) if q else img
     out = out.astype(np.float32) - np.asarray(mean, dtype=np.float32)
+    if scale != 1.0:   # Caffe: src/caffe/data_transformer.cpp — (pixel - mean) * scale
+        out *= np.float32(scale)
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
@@ -69,9 +72,9 @@ class ImageListDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, entries: Sequence[tuple[str, int, int]], list_path: str, root: str,
-                 scales: Sequence[int], mean: Sequence[float]):
+                 scales: Sequence[int], mean: Sequence[float], input_scale: float = 1.0):
         self.entries, self.list_path, self.root = list(entries), list_path, root
-        self.scales, self.mean = list(scales), tuple(mean)
+        self.scales, self.mean, self.input_scale = list(scales), tuple(mean), float(input_scale)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -83,7 +86,7 @@ class ImageListDataset(torch.utils.data.Dataset):
             img = read_image(os.path.join(self.root, name) if self.root else name, True, where=where)
         except Exception as exc:   # DataError from OpenCV, or anything a broken file triggers
             return i, label, None, str(exc)
-        views = {q: torch.from_numpy(preprocess(img, q, self.mean)) for q in self.scales}
+        views = {q: torch.from_numpy(preprocess(img, q, self.mean, self.input_scale)) for q in self.scales}
         return i, label, views, ""
 
 

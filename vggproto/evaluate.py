@@ -118,6 +118,7 @@ class EvalOptions:
     grid: int = 5
     crop_size: int = 0                  # 0: the first model's input size
     mean: tuple[float, ...] = (103.939, 116.779, 123.68)
+    input_scale: float = 1.0            # multiplies (pixel - mean), as transform_param.scale
     batch: int = 50
     workers: int = 2
     skip_bad: bool = False
@@ -263,7 +264,8 @@ def evaluate(models: Sequence[Model], list_path: str, options: EvalOptions, devi
     check_labels(entries, list_path, classes.pop())
     sink = _Accumulator(len(models), options)
     packer = _Packer(models, options.batch, sink, device)
-    dataset = ImageListDataset(entries, list_path, options.root, options.scales, options.mean)
+    dataset = ImageListDataset(entries, list_path, options.root, options.scales, options.mean,
+                             options.input_scale)
     started = time.perf_counter()
     with torch.inference_mode(), _progress(len(entries), options.progress) as bar:
         for index, label, views, error in image_loader(dataset, options.workers):

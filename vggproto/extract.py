@@ -72,7 +72,7 @@ def aggregate(per_scale: Sequence[np.ndarray], how: str) -> np.ndarray:
 def extract(model: str | os.PathLike, weights: str | os.PathLike, list_path: str, blob: str = "fc7",
             scales: Sequence[int] = (256, 384, 512), how: str = "average", root: str = "",
             mean: Sequence[float] = MEAN_BGR, device: str = "cpu", workers: int = 2, skip_bad: bool = False,
-            progress: bool = True) -> Features:
+            progress: bool = True, input_scale: float = 1.0) -> Features:
     """Appendix B descriptors of every image of a Caffe list file (see the module doc)."""
     from tqdm import tqdm
 
@@ -86,7 +86,7 @@ def extract(model: str | os.PathLike, weights: str | os.PathLike, list_path: str
     net, dense = load_dense(model, weights, device)
     name = resolve_blob(net.blob_shapes, blob, os.fspath(model))
     entries = parse_list_file(list_path)
-    dataset = ImageListDataset(entries, list_path, root, scales, mean)
+    dataset = ImageListDataset(entries, list_path, root, scales, mean, input_scale)
     rows, labels, paths, bad = [], [], [], []
     with torch.inference_mode():
         for index, label, views, error in tqdm(image_loader(dataset, workers), total=len(entries), unit="img",

@@ -56,6 +56,8 @@ def _common(fn):
         click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
                      help="caffemodel / .h5 / .pt / .safetensors weights (classification or dense names)."),
         click.option("--mean-value", default=_MEAN, show_default=True, help="BGR mean pixel subtracted."),
+        click.option("--input-scale", type=float, default=1.0, show_default=True,
+                     help="Multiplies (pixel - mean), like the training net's transform_param.scale."),
         click.option("--gpus", "--gpu", "gpus", help="GPU id (several: the first is used). Default: CPU."),
     ]):
         fn = decorator(fn)
@@ -80,8 +82,8 @@ def _common(fn):
 @click.option("--skip-bad", is_flag=True, help="Count and list unreadable images instead of failing.")
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N images of the list.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the summary as JSON.")
-def evaluate_command(model, weights, mean_value, gpus, list_path, root, mode, scales, flip, grid, crop_size, fuse,
-                     batch, workers, skip_bad, limit, json_path):
+def evaluate_command(model, weights, mean_value, input_scale, gpus, list_path, root, mode, scales, flip, grid,
+                     crop_size, fuse, batch, workers, skip_bad, limit, json_path):
     """Top-1 / top-5 error (%) on a labelled image list, as in the paper's Tables 3-6."""
     from vggproto.evaluate import EvalOptions, evaluate, format_table, load_model
     device = _device(gpus)
@@ -99,7 +101,7 @@ def evaluate_command(model, weights, mean_value, gpus, list_path, root, mode, sc
     models = [load_model(d, w, device) for d, w in pairs]
     options = EvalOptions(mode=mode, scales=_ints(scales, "--scales"), flip=flip, grid=grid, crop_size=crop_size,
                           mean=_floats(mean_value, "--mean-value"), batch=batch, workers=workers,
-                          skip_bad=skip_bad, root=root)
+                          skip_bad=skip_bad, root=root, input_scale=input_scale)
     result = evaluate(models, list_path, options, device, limit)
     summary = result.as_dict(options, models)
     summary["device"] = device
@@ -119,13 +121,13 @@ def evaluate_command(model, weights, mean_value, gpus, list_path, root, mode, sc
               help="Class names, one per line [default: ILSVRC-2012 synset words for 1000 classes].")
 @click.option("--scale", type=int, default=0, help="Rescale the smallest side to this before the centre crop "
                                                    "[default: the net's input size].")
-def classify_command(images, model, weights, mean_value, gpus, top, labels, scale):
+def classify_command(images, model, weights, mean_value, input_scale, gpus, top, labels, scale):
     """Top-k classes of IMAGE... with their probabilities."""
     from vggproto.classify import classify
     if top < 1:
         raise VGGProtoError("--top must be positive")
     results = classify(list(images), model, weights, top=top, labels=labels, scale=scale,
-                       mean=_floats(mean_value, "--mean-value"), device=_device(gpus))
+                       mean=_floats(mean_value, "--mean-value"), device=_device(gpus), input_scale=input_scale)
     for image, predictions in zip(images, results):
         click.echo(image)
         for rank, p in enumerate(predictions, 1):
@@ -144,14 +146,14 @@ def classify_command(images, model, weights, mean_value, gpus, top, labels, scal
 @click.option("--workers", type=int, default=2, show_default=True, help="Image decoding processes (0: inline).")
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out instead of failing.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output HDF5 file.")
-def extract_command(model, weights, mean_value, gpus, list_path, root, blob, scales, aggregate, workers, skip_bad,
-                    out):
+def extract_command(model, weights, mean_value, input_scale, gpus, list_path, root, blob, scales, aggregate, workers,
+                    skip_bad, out):
     """Appendix B image descriptors (dense net, global average pooling, flips, scales, L2) into an HDF5 file."""
     from vggproto.extract import extract, write_features
     qs = _ints(scales, "--scales")
     features = extract(model, weights, list_path, blob=blob, scales=qs, how=aggregate, root=root,
                        mean=_floats(mean_value, "--mean-value"), device=_device(gpus), workers=workers,
-                       skip_bad=skip_bad)
+                       skip_bad=skip_bad, input_scale=input_scale)
     write_features(out, features, {"model": os.fspath(model), "weights": os.fspath(weights), "blob": blob,
                                    "scales": list(qs), "aggregate": aggregate})
     click.echo(f"wrote {features.features.shape[0]} x {features.features.shape[1]} features to {out}"
