@@ -280,6 +280,9 @@ def _start_method(kind: str) -> str:
 
 
 def _job_signals() -> list:
+    import threading
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return []
     return [signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
 
 
