@@ -55,6 +55,7 @@ class _BaseConv(CaffeLayer):
         if p.bias_term:
             self.add_blob((n_out,), p.bias_filler)
         self.bias_term = p.bias_term
+        self.accelerated = None   # optional fast forward(layer, *bottoms), installed by vggproto.fast
         spatial = [self._out_size(shape[self.axis + 1 + i], i) for i in range(n_sp)]
         if min(spatial) <= 0:
             raise spec.error(f"output would be empty: bottom {shape}, kernel {self.kernel}, stride {self.stride}, "
@@ -81,6 +82,8 @@ class _BaseConv(CaffeLayer):
         return y if len(outer) == 1 else y.reshape(*outer, *y.shape[1:])
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.accelerated is not None:
+            return self.accelerated(self, *bottoms)
         return tuple(self._convolve(x) for x in bottoms)
 
 
