@@ -124,3 +124,21 @@ def test_average_loss_smooths_the_displayed_loss(case):
     for i in range(7):
         window = raw[max(0, i - 2):i + 1]
         assert shown[i] == pytest.approx(sum(window) / len(window), rel=2e-5), i
+
+
+def test_stage_and_level_select_train_layers(case):
+    net = Path("train_val.prototxt").read_text().replace(
+        'layer { name: "loss"',
+        'layer { name: "scale2" type: "Power" bottom: "fc" top: "fc" power_param { scale: 2 }\n'
+        '        include { phase: TRAIN stage: "double" min_level: 1 } }\nlayer { name: "loss"')
+    Path("train_val.prototxt").write_text(net)
+
+    def names(**kw):
+        return [layer.name for layer in Solver("sgd_step_solver.prototxt",
+                                               TrainOptions(progress=False, **kw)).net.net_param.layer]
+    assert "scale2" not in names()
+    assert "scale2" not in names(stages=("double",))          # level 0 < min_level 1
+    assert "scale2" in names(stages=("double",), level=1)
+    result = CliRunner().invoke(main, ["train", "sgd_step_solver.prototxt", "--stage", "double", "--level", "1",
+                                       "--gpus", "cpu:1"], catch_exceptions=False)
+    assert result.exit_code == 0
