@@ -91,13 +91,14 @@ def transform_boxes(boxes, image_hw: tuple[int, int], resized_hw: tuple[int, int
     return b
 
 
-def window_to_image(boxes, window_xy: tuple[float, float], factor: float) -> np.ndarray:
-    """Corner boxes of a window at ``window_xy = (x0, y0)`` of an image rescaled by ``factor`` -> corner boxes of
-    the original image (the inverse of rescale + crop)."""
+def window_to_image(boxes, window_xy: tuple[float, float], factor: float | tuple[float, float]) -> np.ndarray:
+    """Corner boxes of a window at ``window_xy = (x0, y0)`` of an image rescaled by ``factor`` (one number, or
+    ``(fx, fy)``) -> corner boxes of the original image (the inverse of rescale + crop)."""
+    fx, fy = (factor, factor) if np.isscalar(factor) else factor
     b = as_boxes(boxes).copy()
-    b[:, [0, 2]] += window_xy[0]
-    b[:, [1, 3]] += window_xy[1]
-    return b / float(factor)
+    b[:, [0, 2]] = (b[:, [0, 2]] + window_xy[0]) / float(fx)
+    b[:, [1, 3]] = (b[:, [1, 3]] + window_xy[1]) / float(fy)
+    return b
 
 
 # --------------------------------------------------------------------------------------------------------------
