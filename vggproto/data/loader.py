@@ -35,13 +35,18 @@ class _Forever(torch.utils.data.Sampler):
 
 
 def _worker_init(_: int) -> None:
-    # One decode thread per worker process: parallelism comes from the processes.
+    # One compute thread per worker process: parallelism comes from the processes.
+    torch.set_num_threads(1)
+
+
+def _single_threaded_opencv() -> None:
+    """Give OpenCV one thread *before* forking workers: reconfiguring its thread pool inside a forked child
+    deadlocks when the parent had already started that pool (seen under pytest-xdist)."""
     try:
         import cv2
-        cv2.setNumThreads(1)
     except ImportError:
-        pass
-    torch.set_num_threads(1)
+        return
+    cv2.setNumThreads(1)
 
 
 class BatchFeed:
@@ -65,6 +70,7 @@ class BatchFeed:
         self._iter = None
 
     def _start(self) -> Iterator:
+        _single_threaded_opencv()
         dataset = _BatchDataset(self.maker, self._cursor, self.batch_size)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=None, sampler=_Forever(), num_workers=self.num_workers,
