@@ -72,7 +72,8 @@ LRN_K = 2.0
 # Training scales S of Sect. 3.1 (fixed 256, fixed 384, jittered [256; 512]) and the paper's training chain:
 # S=384 initialised from S=256 (lr 1e-3), [256;512] fine-tuned from S=384.  Only C, D, E were trained at all
 # three scales (Table 3); A, A-LRN and B only at S=256.
-SCALES: tuple[str, ...] = ("256", "384", "256-512")
+SCALES: tuple[str, ...] = ("256", "384", "256-512", "none")
+NO_RESCALE = "none"  # plain Caffe transform (crop, mirror, mean): images already at the net's input size
 SCALE_CHAIN: tuple[str, ...] = ("256", "384", "256-512")
 CHAIN_CONFIGS: tuple[str, ...] = ("C", "D", "E")
 
@@ -104,7 +105,9 @@ def parse_token(text: str) -> Token:
 
 
 def parse_scale(scale: str | int) -> tuple[int, int]:
-    """``"256"`` -> (256, 256); ``"256-512"`` -> (256, 512)."""
+    """``"256"`` -> (256, 256); ``"256-512"`` -> (256, 512); ``"none"`` -> (0, 0): no rescaling."""
+    if str(scale) == NO_RESCALE:
+        return 0, 0
     parts = str(scale).split("-")
     if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise ValueError(f"scale must be S or SMIN-SMAX (e.g. 256, 384, 256-512), got {scale!r}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from vggproto._pb import caffe_pb2
 from vggproto.configs import (DENSE_LAYER_NAMES, LRN_ALPHA_CAFFE, LRN_BETA, LRN_K, LRN_LOCAL_SIZE, MEAN_BGR, TABLE1,
-                              parse_scale, parse_token, test_scale_for)
+                              parse_scale, parse_token, test_scale_for, NO_RESCALE)
 from vggproto.errors import VGGProtoError
 
 KINDS: tuple[str, ...] = ("train_val", "deploy", "dense")
@@ -288,6 +288,8 @@ def _transform(param: caffe_pb2.TransformationParameter, train: bool, opts: NetO
     param.mirror = train
     param.crop_size = opts.crop_size
     param.mean_value.extend(opts.mean_value)
+    if opts.scale == NO_RESCALE:  # BVLC-only transform: no extension field at all
+        return
     aug = param.vgg_augmentation_param
     if train:
         aug.scale_min, aug.scale_max = parse_scale(opts.scale)
@@ -298,6 +300,8 @@ def _transform(param: caffe_pb2.TransformationParameter, train: bool, opts: NetO
 
 def _augmentation_comment(train: bool, opts: NetOptions) -> str:
     ext = "vgg_augmentation_param is a vggproto extension (field 1000), not BVLC Caffe:"
+    if opts.scale == NO_RESCALE:
+        return ""
     if not train:
         return (f"{ext} TEST images are isotropically\nrescaled so the smallest side is Q = test_scale, then "
                 f"centre-cropped to {opts.crop_size} (Sect. 3.2, Q as in Sect. 4.1).")
