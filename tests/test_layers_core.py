@@ -330,6 +330,8 @@ def test_batchnorm_global_stats_and_train_update():
     torch.testing.assert_close(b1, x.var(dim=(0, 2, 3), unbiased=False) * m / (m - 1))
     assert all(not p.requires_grad for p in train.params["bn"])
     assert [lp.lr_mult for lp in train.learnable_params] == [0.0, 0.0, 0.0]
+    with pytest.raises(NetError, match="param 0 must have lr_mult 0, got 1"):
+        single('layer { name: "bn" type: "BatchNorm" bottom: "x0" top: "y" param { lr_mult: 1 } }', (4, 3))
 
 
 def test_scale_and_bias_variants():

@@ -177,7 +177,10 @@ class Net(nn.Module):
             lr = ps.lr_mult if ps.HasField("lr_mult") else None
             decay = ps.decay_mult if ps.HasField("decay_mult") else None
             if param.type == "BatchNorm":   # Caffe: batch_norm_layer.cpp — statistics are never learned
-                lr = decay = 0.0
+                if lr not in (None, 0.0):
+                    raise self._error(param, line, "cannot configure batch normalization statistics as layer "
+                                                   f"parameters: param {index} must have lr_mult 0, got {lr}")
+                lr = 0.0
             if ps.name and ps.name in shared:
                 self._share(param, line, layer, index, ps, lr, decay, shared[ps.name])
                 continue
