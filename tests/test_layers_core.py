@@ -398,3 +398,14 @@ def test_layer_errors_are_located(layer, message):
         single(layer, (1, 3, 6, 6))
     assert message in str(info.value)
     assert str(info.value).startswith("<text>:3: layer '")
+
+
+def test_convolution_with_several_bottoms_shares_its_weights():
+    a, b = rand(1, 2, 5, 5), rand(1, 2, 5, 5, seed=4)
+    net = single('layer { name: "c" type: "Convolution" bottom: "x0" bottom: "x1" top: "ya" top: "yb" '
+                 'convolution_param { num_output: 3 kernel_size: 3 weight_filler { type: "gaussian" } } }',
+                 (1, 2, 5, 5), (1, 2, 5, 5))
+    out = net(x0=a, x1=b)
+    w, bias = net.params["c"]
+    torch.testing.assert_close(out["ya"], F.conv2d(a, w, bias))
+    torch.testing.assert_close(out["yb"], F.conv2d(b, w, bias))
