@@ -113,7 +113,7 @@ def _inputs(h=17, w=22, dtype=torch.float32):
 
 def test_optimize_installs_winograd_on_eligible_layers_and_fuses_in_place_relu():
     net = small_vgg()
-    optimize_for_inference(net, min_channels=1)
+    optimize_for_inference(net, min_channels=1, min_tiles=0)
     fast = {n for n, layer in net.layer_dict.items() if getattr(layer, "accelerated", None) is not None}
     assert fast == {"conv1_1", "conv1_2", "conv2_1", "conv2_2"}    # not the stride-2 conv
     assert net.layer_dict["conv1_1"].accelerated.relu and net.layer_dict["conv1_2"].accelerated.relu
@@ -135,7 +135,7 @@ def test_min_channels_keeps_narrow_layers_direct():
 @pytest.mark.parametrize("tile", [2, 4, 6])
 def test_optimized_net_matches_plain_float64_exactly(tile):
     plain, net = small_vgg(dtype=torch.float64), small_vgg(dtype=torch.float64)
-    fast = optimize_for_inference(net, winograd=True, tile=tile, min_channels=1)
+    fast = optimize_for_inference(net, winograd=True, tile=tile, min_channels=1, min_tiles=0)
     x = _inputs(dtype=torch.float64)
     with torch.no_grad():
         ref = plain(data=x)
@@ -148,7 +148,7 @@ def test_optimized_net_matches_plain_float64_exactly(tile):
 @pytest.mark.parametrize("h,w", [(17, 22), (16, 16), (9, 13)])
 def test_optimized_net_matches_plain_float32(h, w):
     plain, net = small_vgg(h, w), small_vgg(h, w)
-    fast = optimize_for_inference(net, min_channels=1)
+    fast = optimize_for_inference(net, min_channels=1, min_tiles=0)
     x = _inputs(h, w)
     with torch.no_grad():
         plain(data=x)
@@ -158,7 +158,7 @@ def test_optimized_net_matches_plain_float32(h, w):
 
 def test_training_falls_back_to_the_exact_path_with_gradients():
     plain, net = small_vgg(dtype=torch.float64), small_vgg(dtype=torch.float64)
-    optimize_for_inference(net, winograd=True, min_channels=1)
+    optimize_for_inference(net, winograd=True, min_channels=1, min_tiles=0)
     x = _inputs(dtype=torch.float64)
     for n in (plain, net):
         n(data=x)["prob"][:, 0].sum().backward()
@@ -169,7 +169,7 @@ def test_training_falls_back_to_the_exact_path_with_gradients():
 
 def test_transformed_weights_follow_weight_changes_and_device_moves():
     plain, net = small_vgg(), small_vgg()
-    fast = optimize_for_inference(net, min_channels=1)
+    fast = optimize_for_inference(net, min_channels=1, min_tiles=0)
     x = _inputs()
     fast(data=x)
     cached = net.layer_dict["conv1_2"].accelerated.u
@@ -194,7 +194,7 @@ def test_channels_last_and_autocast_bf16_on_cpu():
     for channels_last, autocast, winograd in itertools.product([False, True], [None, "bf16"], [False, True]):
         net = small_vgg()
         fast = optimize_for_inference(net, channels_last=channels_last, autocast=autocast, winograd=winograd,
-                                      min_channels=1)
+                                      min_channels=1, min_tiles=0)
         fast(data=x)
         got = net.blobs["fc"]
         tol = 3e-2 if autocast else F32_TOL[4]
@@ -221,3 +221,18 @@ def test_bad_options_are_user_errors():
 
 def test_winograd_module_repr():
     assert "F(4x4,3x3) + ReLU" in repr(WinogradConv(4, relu=True))
+
+
+def test_calls_with_few_tiles_use_the_direct_path():
+    plain, net = small_vgg(), small_vgg()
+    fast = optimize_for_inference(net, min_channels=1, min_tiles=19)   # conv2_x on 9×11: 2 × 3 × 3 = 18 tiles
+    x = _inputs()
+    with torch.no_grad():
+        plain(data=x)
+    fast(data=x)
+    w, b = net.params["conv2_1"]
+    with torch.no_grad():
+        direct = F.conv2d(net.blobs["pool1"], w, b, padding=1)
+    assert torch.equal(net.blobs["conv2_1"], direct)                         # direct: bit-identical
+    assert not torch.equal(net.blobs["conv1_2"], plain.blobs["conv1_2"])  # Winograd: rounding differs
+    assert _rel(net.blobs["conv1_2"], plain.blobs["conv1_2"]) < F32_TOL[4]

@@ -40,6 +40,7 @@ class FastOptions:
     winograd: bool | None = None
     tile: int = 4                       # F(tile×tile, 3×3); 2, 4 or 6 (6 is faster on paper, less accurate)
     min_channels: int = 128             # input channels below which the direct convolution is faster on CPU
+    min_tiles: int = 32                 # fewer output tiles per call (batch × tiles): the direct path is as fast
     fuse_relu: bool = True              # ReLU (in place, slope 0) right after a Winograd conv is done in its output
     channels_last: bool = False
     autocast: str | None = None         # "bf16" | "fp16"
@@ -53,10 +54,11 @@ class WinogradConv(nn.Module):
     The transformed filters are cached and rebuilt when the layer's weight is replaced or modified in place
     (``load_weights`` after optimising), moved, or cast."""
 
-    def __init__(self, tile: int = 4, relu: bool = False):
+    def __init__(self, tile: int = 4, relu: bool = False, min_tiles: int = 0):
         super().__init__()
         self.tile = tile
         self.relu = relu
+        self.min_tiles = min_tiles
         self.register_buffer("u", torch.zeros(0), persistent=False)
         self._key: tuple | None = None
 
@@ -73,13 +75,20 @@ class WinogradConv(nn.Module):
     def forward(self, layer: CaffeLayer, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
         weight = blob(layer, 0)
         bias = blob(layer, 1) if layer.bias_term else None
-        if torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad)):
-            tops = tuple(layer._convolve(x) for x in bottoms)   # training: the exact path with weight gradients
+        if ((torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad)))
+                or self._tiles(layer, bottoms[0]) < self.min_tiles):
+            # training (the exact path has weight gradients), or too few tiles for the GEMMs to pay off: the
+            # transformed filters are (tile+2)²/9 times the filters' size and would be streamed for little work
+            tops = tuple(layer._convolve(x) for x in bottoms)
             return tuple(torch.relu(y) for y in tops) if self.relu else tops
         u = self.transformed(weight)
         with _no_autocast(bottoms[0]):
             return tuple(winograd_conv2d(x.to(u.dtype), u, bias, pad=tuple(layer.pad), m=self.tile,
                                          relu=self.relu) for x in bottoms)
+
+    def _tiles(self, layer: CaffeLayer, x: torch.Tensor) -> int:
+        ho, wo = (x.shape[2 + i] + 2 * layer.pad[i] - 2 for i in range(2))
+        return x.shape[0] * -(-ho // self.tile) * -(-wo // self.tile)
 
     def extra_repr(self) -> str:
         return f"F({self.tile}x{self.tile},3x3){' + ReLU' if self.relu else ''}"
@@ -118,9 +127,11 @@ def _in_place_relu_after(net: Net, index: int) -> int | None:
     return None
 
 
-def install_winograd(net: Net, tile: int = 4, min_channels: int = 128, fuse_relu: bool = True) -> list[str]:
+def install_winograd(net: Net, tile: int = 4, min_channels: int = 128, fuse_relu: bool = True,
+                     min_tiles: int = 32) -> list[str]:
     """Route every eligible convolution with at least ``min_channels`` input channels through Winograd
-    F(tile, 3); returns the names of the layers changed.  The layers keep their parameters."""
+    F(tile, 3) (at run time when a call has at least ``min_tiles`` output tiles); returns the names of the
+    layers changed.  The layers keep their parameters."""
     if tile not in SUPPORTED_TILES:
         raise VGGProtoError(f"Winograd tile {tile} is not supported (choose one of {SUPPORTED_TILES})")
     changed = []
@@ -128,7 +139,7 @@ def install_winograd(net: Net, tile: int = 4, min_channels: int = 128, fuse_relu
         if not winograd_eligible(layer) or layer.spec.bottom_shapes[0][1] < min_channels:
             continue
         relu_at = _in_place_relu_after(net, index) if fuse_relu and len(layer.spec.bottom_shapes) == 1 else None
-        layer.accelerated = WinogradConv(tile, relu=relu_at is not None).to(net._probe.device)
+        layer.accelerated = WinogradConv(tile, relu_at is not None, min_tiles).to(net._probe.device)
         if relu_at is not None:
             relu = net.layer_list[relu_at]
             stand_in = _FusedAway(relu.spec)
@@ -166,7 +177,7 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def optimize_for_inference(net: Net, *, winograd: bool | None = None, tile: int = 4, min_channels: int = 128,
-                           fuse_relu: bool = True, channels_last: bool = False, autocast: str | None = None,
+                           min_tiles: int = 32, fuse_relu: bool = True, channels_last: bool = False, autocast: str | None = None,
                            compile: bool = False, compile_mode: str | None = None) -> InferenceNet:
     """Prepare ``net`` (modified in place: its convolutions get the fast path) and return the callable to run.
 
@@ -175,12 +186,13 @@ def optimize_for_inference(net: Net, *, winograd: bool | None = None, tile: int 
     """
     if autocast is not None and autocast not in AUTOCAST_DTYPES:
         raise VGGProtoError(f"autocast '{autocast}' is not supported (choose bf16 or fp16)")
-    options = FastOptions(winograd, tile, min_channels, fuse_relu, channels_last, autocast, compile, compile_mode)
+    options = FastOptions(winograd, tile, min_channels, min_tiles, fuse_relu, channels_last, autocast, compile,
+                          compile_mode)
     device = net._probe.device
     if winograd is None:
         winograd = device.type == "cpu" and net._probe.dtype == torch.float32 and autocast is None
     if winograd:
-        install_winograd(net, tile, min_channels, fuse_relu)
+        install_winograd(net, tile, min_channels, fuse_relu, min_tiles)
     if channels_last:
         net.to(memory_format=torch.channels_last)
     return InferenceNet(net, options)
