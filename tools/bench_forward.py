@@ -176,16 +176,16 @@ def training_cases(cfg: str, mode: Mode, args, device: torch.device, x: torch.Te
 
 
 def time_cases(cases: dict[str, Callable], x: torch.Tensor, warmup: int, rounds: int,
-               device: torch.device) -> dict[str, float]:
+               device: torch.device, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median seconds per call of each case, rounds interleaved across the cases."""
     def once(fn) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         fn(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return clock() - start
     for fn in cases.values():
         for _ in range(warmup):
             once(fn)
@@ -229,21 +229,26 @@ def main() -> None:
     parser.add_argument("--no-opencv", action="store_true")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: the process's CPU time (with --threads 1 on a loaded shared machine this is "
+                             "the time the work would take alone; waiting for a core is not counted)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-                                f", {args.threads} threads, load average {os.getloadavg()}"))
+                                f", {args.threads} threads, {args.clock} clock, load average {os.getloadavg()}"))
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     x = (torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 50).to(device)
     for cfg in args.configs.split(","):
         for mode in modes(args):
             with mode_context(mode, device):
                 cases = inference_cases(cfg, mode, args, device, x)
-                times = time_cases(cases, x, args.warmup + (2 if mode.compiled else 0), args.rounds, device)
+                times = time_cases(cases, x, args.warmup + (2 if mode.compiled else 0), args.rounds, device,
+                                   clock)
                 report(f"VGG-{cfg} ({TORCHVISION[cfg]}) inference, batch {args.batch}, {mode}", times, args.batch)
                 if args.train:
                     times = time_cases(training_cases(cfg, mode, args, device, x), x, args.warmup + 1,
-                                       args.rounds, device)
+                                       args.rounds, device, clock)
                     report(f"VGG-{cfg} training step (SGD), batch {args.batch}, {mode}", times, args.batch)
     if device.type == "cpu":
         print(f"\nload average after: {os.getloadavg()}")
