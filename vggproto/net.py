@@ -340,7 +340,7 @@ def shape_table(net: Net) -> str:
         tops = list(param.top) or ["-"]
         for i, top in enumerate(tops):
             shape = net.blob_shapes.get(top)
-            shape_text = f"{' '.join(map(str, shape))} ({count(shape)})" if shape is not None else "-"
+            shape_text = f"{' '.join(map(str, shape))} ({count(shape)})".lstrip() if shape is not None else "-"
             rows.append((param.name if i == 0 else "", param.type if i == 0 else "", top, shape_text,
                          f"{n_params:,}" if i == 0 and n_params else ""))
     widths = [max(len(row[c]) for row in rows) for c in range(5)]
