@@ -409,3 +409,16 @@ def test_convolution_with_several_bottoms_shares_its_weights():
     w, bias = net.params["c"]
     torch.testing.assert_close(out["ya"], F.conv2d(a, w, bias))
     torch.testing.assert_close(out["yb"], F.conv2d(b, w, bias))
+
+
+def test_max_pooling_ties_go_to_the_first_cell_like_caffe():
+    # After a ReLU whole windows are 0; Caffe's strict '>' keeps the first cell in row-major order
+    net = single('layer { name: "p" type: "Pooling" bottom: "x0" top: "y" top: "m" pooling_param { kernel_size: 2 '
+                 'stride: 2 } }', (1, 1, 4, 4))
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    out = net(x0=x)
+    assert out["m"].flatten().tolist() == [0.0, 2.0, 8.0, 10.0]
+    out["y"].sum().backward()
+    expected = torch.zeros(4, 4, dtype=torch.float64)
+    expected[::2, ::2] = 1
+    assert torch.equal(x.grad[0, 0], expected)
