@@ -430,9 +430,11 @@ def test_small_train_val_runs_end_to_end(tmp_path):
 def test_scale_none_gives_a_bvlc_only_train_net():
     """`--scale none` (images already at the input size, as in `make demo`): plain Caffe transform, no extension."""
     from vggproto.generate import build_net
-    net = build_net("A", "train_val", scale="none", crop_size=32, width_divisor=8, num_classes=10)
+    net = build_net("A", "train_val", scale="none", crop_size=32, width_divisor=8, num_classes=10,
+                    input_scale=0.0125)
     data_layers = [layer for layer in net.layer if layer.type == "Data"]
     assert len(data_layers) == 2
     for layer in data_layers:
         assert not layer.transform_param.HasField("vgg_augmentation_param")
         assert layer.transform_param.crop_size == 32
+        assert layer.transform_param.scale == pytest.approx(0.0125)

@@ -56,6 +56,7 @@ class NetOptions:
     scale: str = "256"               # training scale S: "256", "384" or "256-512"
     test_scale: int = 0              # Q; 0 -> S, or (S_min + S_max) / 2 when jittered (Sect. 4.1)
     color_shift_std: float = 0.1
+    input_scale: float = 1.0         # transform_param.scale, applied after the mean (Caffe); 1 = pixels in 0-255
     task: str = "classification"     # or "localization" (Appendix A)
     regression: str = "scr"          # localization: scr | pcr
     finetune: str = "all"            # localization: all | fc
@@ -85,6 +86,8 @@ class NetOptions:
         for name, allowed in (("task", TASKS), ("regression", REGRESSIONS), ("finetune", FINETUNES)):
             if getattr(self, name) not in allowed:
                 raise VGGProtoError(f"unknown --{name} '{getattr(self, name)}'; supported: {', '.join(allowed)}")
+        if self.input_scale <= 0:
+            raise VGGProtoError(f"--input-scale must be positive, got {self.input_scale}")
         if self.test_scale < 0 or self.color_shift_std < 0:
             raise VGGProtoError("--test-scale and the colour shift std must not be negative")
         try:
@@ -288,6 +291,8 @@ def _transform(param: caffe_pb2.TransformationParameter, train: bool, opts: NetO
     param.mirror = train
     param.crop_size = opts.crop_size
     param.mean_value.extend(opts.mean_value)
+    if opts.input_scale != 1.0:
+        param.scale = opts.input_scale
     if opts.scale == NO_RESCALE:  # BVLC-only transform: no extension field at all
         return
     aug = param.vgg_augmentation_param

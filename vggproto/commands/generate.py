@@ -48,6 +48,9 @@ def _mean_value(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--scale", type=click.Choice(list(SCALES)), default="256", show_default=True,
               help="Training scale S (smallest side), fixed or jittered per image.")
 @click.option("--test-scale", type=int, default=0, help="Test scale Q [default: S, or (Smin+Smax)/2 if jittered].")
+@click.option("--input-scale", type=float, default=1.0, show_default=True,
+              help="transform_param.scale: multiply mean-subtracted pixels by this (deploy-time tools take the "
+                   "same value as --input-scale).")
 @click.option("--task", type=click.Choice(["classification", "localization"]), default="classification",
               show_default=True, help="localization (Appendix A): the last FC predicts a box, Euclidean loss; writes "
               "nets/<cfg>_loc_<regression>[_fc]_*.prototxt.")
