@@ -422,3 +422,15 @@ def test_max_pooling_ties_go_to_the_first_cell_like_caffe():
     expected = torch.zeros(4, 4, dtype=torch.float64)
     expected[::2, ::2] = 1
     assert torch.equal(x.grad[0, 0], expected)
+
+
+def test_lrn_across_channels_with_fewer_channels_than_local_size():
+    """Caffe pads the channel window with zeros, so C < local_size is legal (it was a crash here once)."""
+    import torch
+    from vggproto.net import Net
+    net = Net('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 3 dim: 3 } } }\n'
+              'layer { name: "lrn" type: "LRN" bottom: "x" top: "y" lrn_param { local_size: 5 alpha: 0.5 k: 2 } }\n')
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    y = net.double().forward(x=x)["y"]
+    expected = x * (2 + 0.5 / 5 * (x * x).sum(1, keepdim=True)) ** -0.75  # both channels are in every window
+    assert torch.allclose(y, expected)

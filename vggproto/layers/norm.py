@@ -42,8 +42,9 @@ class LRN(CaffeLayer):
         pad = (self.size - 1) // 2
         square = x * x
         if self.region == LRNP.ACROSS_CHANNELS:
-            window = F.avg_pool3d(square.unsqueeze(1), (self.size, 1, 1), stride=1, padding=(pad, 0, 0),
-                                  count_include_pad=True).squeeze(1)
+            # Zero-pad the channel axis explicitly: avg_pool3d's own padding refuses C < local_size, Caffe does not.
+            padded = F.pad(square.unsqueeze(1), (0, 0, 0, 0, pad, pad))
+            window = F.avg_pool3d(padded, (self.size, 1, 1), stride=1).squeeze(1)
             scale = self.k + self.alpha * window
         else:
             # Caffe: lrn_layer.cpp WITHIN_CHANNEL — power(shift 1, scale α) of AVE pool; k is not used
