@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from vggproto.errors import VGGProtoError
 from vggproto.fast import optimize_for_inference, transform_weights, winograd_conv2d, winograd_matrices
-from vggproto.fast.optimize import WinogradConv, _FusedAway
+from vggproto.fast.fused import ConvReLU, FusedAway, MaxPool2x2
+from vggproto.fast.optimize import WinogradConv
 from vggproto.net import Net
 
 #: Documented float32 error bounds (max |error| / max |reference|, see docs/notes/perf.md).
@@ -114,12 +115,11 @@ def _inputs(h=17, w=22, dtype=torch.float32):
 def test_optimize_installs_winograd_on_eligible_layers_and_fuses_in_place_relu():
     net = small_vgg()
     optimize_for_inference(net, min_channels=1, min_tiles=0)
-    fast = {n for n, layer in net.layer_dict.items() if getattr(layer, "accelerated", None) is not None}
-    assert fast == {"conv1_1", "conv1_2", "conv2_1", "conv2_2"}    # not the stride-2 conv
+    assert _winograd_layers(net) == {"conv1_1", "conv1_2", "conv2_1", "conv2_2"}    # not the stride-2 conv
     assert net.layer_dict["conv1_1"].accelerated.relu and net.layer_dict["conv1_2"].accelerated.relu
     assert not net.layer_dict["conv2_1"].accelerated.relu            # its ReLU writes another blob
     assert not net.layer_dict["conv2_2"].accelerated.relu            # leaky ReLU is not fused
-    assert isinstance(net.layer_dict["relu1_1"], _FusedAway) and net.layer_list[2] is net.layer_dict["relu1_1"]
+    assert isinstance(net.layer_dict["relu1_1"], FusedAway) and net.layer_list[2] is net.layer_dict["relu1_1"]
     assert type(net.layer_dict["relu2_1"]).__name__ == "ReLU"
     plain = small_vgg()
     assert list(net.state_dict()) == list(plain.state_dict())
@@ -128,8 +128,7 @@ def test_optimize_installs_winograd_on_eligible_layers_and_fuses_in_place_relu()
 def test_min_channels_keeps_narrow_layers_direct():
     net = small_vgg()
     optimize_for_inference(net, min_channels=16)
-    fast = {n for n, layer in net.layer_dict.items() if getattr(layer, "accelerated", None) is not None}
-    assert fast == {"conv2_1", "conv2_2"}
+    assert _winograd_layers(net) == {"conv2_1", "conv2_2"}
 
 
 @pytest.mark.parametrize("tile", [2, 4, 6])
@@ -203,13 +202,42 @@ def test_channels_last_and_autocast_bf16_on_cpu():
             assert net.params["conv1_2"][0].is_contiguous(memory_format=torch.channels_last)
 
 
+def _winograd_layers(net: Net) -> set[str]:
+    return {n for n, layer in net.layer_dict.items() if isinstance(getattr(layer, "accelerated", None), WinogradConv)}
+
+
 def test_winograd_defaults_off_under_autocast_and_for_narrow_layers():
     net = small_vgg()
-    optimize_for_inference(net, autocast="bf16")
-    assert all(getattr(layer, "accelerated", None) is None for layer in net.layer_list)
+    optimize_for_inference(net, autocast="bf16", min_channels=1)
+    assert not _winograd_layers(net)
     net = small_vgg()
     optimize_for_inference(net)   # default min_channels 128: nothing this narrow
-    assert all(getattr(layer, "accelerated", None) is None for layer in net.layer_list)
+    assert not _winograd_layers(net)
+    assert isinstance(net.layer_dict["conv1_1"].accelerated, ConvReLU)   # the exact fusions still apply
+    assert isinstance(net.layer_dict["pool1"], MaxPool2x2)
+
+
+def test_exact_fusions_are_bit_identical():
+    plain, net = small_vgg(16, 20), small_vgg(16, 20)
+    optimize_for_inference(net, winograd=False)
+    assert isinstance(net.layer_dict["relu1_2"], FusedAway) and isinstance(net.layer_dict["pool1"], MaxPool2x2)
+    assert isinstance(net.layer_dict["conv1_2"].accelerated, ConvReLU)
+    assert net.layer_dict["conv2_1"].accelerated is None                  # its ReLU is not in place
+    x = _inputs(16, 20)
+    with torch.no_grad():
+        plain(data=x)
+        net(data=x)
+    for blob in plain.blobs:
+        assert torch.equal(net.blobs[blob], plain.blobs[blob]), blob
+    odd_plain, odd = small_vgg(15, 21), small_vgg(15, 21)              # odd sizes: Caffe's ceil windows
+    optimize_for_inference(odd, winograd=False)
+    x = _inputs(15, 21)
+    with torch.no_grad():
+        assert torch.equal(odd(data=x)["prob"], odd_plain(data=x)["prob"])
+    net.zero_grad()
+    plain(data=_inputs(16, 20))["prob"][:, 1].sum().backward()
+    net(data=_inputs(16, 20))["prob"][:, 1].sum().backward()               # with autograd: the original layers
+    assert torch.equal(net.params["conv1_1"][0].grad, plain.params["conv1_1"][0].grad)
 
 
 def test_bad_options_are_user_errors():

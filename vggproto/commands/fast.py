@@ -31,6 +31,7 @@ def time_inference_command(model: str, weights: str | None, batch: int, iteratio
 
     from vggproto.errors import VGGProtoError
     from vggproto.fast import optimize_for_inference
+    from vggproto.fast.optimize import WinogradConv
     from vggproto.net import Net
     if gpu is not None and not (torch.cuda.is_available() and gpu < torch.cuda.device_count()):
         raise VGGProtoError(f"--gpu {gpu}: no such CUDA device (available: {torch.cuda.device_count()})")
@@ -53,7 +54,8 @@ def time_inference_command(model: str, weights: str | None, batch: int, iteratio
             torch.cuda.synchronize(device)
         if i >= 2:
             times.append(time.perf_counter() - start)
-    winograd_layers = [n for n, layer in net.layer_dict.items() if getattr(layer, "accelerated", None) is not None]
+    winograd_layers = [n for n, layer in net.layer_dict.items()
+                       if isinstance(getattr(layer, "accelerated", None), WinogradConv)]
     click.echo(f"Winograd layers: {', '.join(winograd_layers) or 'none'}")
     median = statistics.median(times)
     click.echo(f"Average Forward pass: {statistics.mean(times) * 1e3:.4f} ms (median {median * 1e3:.4f} ms, "

@@ -2,8 +2,8 @@
 
 ``optimize_for_inference(net, ...)`` is the entry point; :mod:`vggproto.fast.winograd` holds the transforms.
 """
-from vggproto.fast.optimize import FastOptions, InferenceNet, install_winograd, optimize_for_inference
+from vggproto.fast.optimize import FastOptions, InferenceNet, install_fast_paths, optimize_for_inference
 from vggproto.fast.winograd import transform_weights, winograd_conv2d, winograd_matrices
 
-__all__ = ["FastOptions", "InferenceNet", "install_winograd", "optimize_for_inference", "transform_weights",
+__all__ = ["FastOptions", "InferenceNet", "install_fast_paths", "optimize_for_inference", "transform_weights",
            "winograd_conv2d", "winograd_matrices"]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vggproto.errors import VGGProtoError
+from vggproto.fast.fused import ConvReLU, FusedAway, MaxPool2x2, is_plain_max_pool_2x2, relu_after_conv
 from vggproto.fast.winograd import SUPPORTED_TILES, transform_weights, winograd_conv2d
 from vggproto.layers.common import blob
 from vggproto.layers.registry import CaffeLayer
@@ -41,7 +42,8 @@ class FastOptions:
     tile: int = 4                       # F(tile×tile, 3×3); 2, 4 or 6 (6 is faster on paper, less accurate)
     min_channels: int = 128             # input channels below which the direct convolution is faster on CPU
     min_tiles: int = 32                 # fewer output tiles per call (batch × tiles): the direct path is as fast
-    fuse_relu: bool = True              # ReLU (in place, slope 0) right after a Winograd conv is done in its output
+    fuse_relu: bool = True              # ReLU (in place, slope 0) right after a conv is done by the conv
+    fast_pool: bool | None = None       # 2x2/2 max pooling by elementwise maxima (None: on CPU)
     channels_last: bool = False
     autocast: str | None = None         # "bf16" | "fp16"
     compile: bool = False
@@ -80,7 +82,7 @@ class WinogradConv(nn.Module):
             # training (the exact path has weight gradients), or too few tiles for the GEMMs to pay off: the
             # transformed filters are (tile+2)²/9 times the filters' size and would be streamed for little work
             tops = tuple(layer._convolve(x) for x in bottoms)
-            return tuple(torch.relu(y) for y in tops) if self.relu else tops
+            return tuple(relu_after_conv(y) for y in tops) if self.relu else tops
         u = self.transformed(weight)
         with _no_autocast(bottoms[0]):
             return tuple(winograd_conv2d(x.to(u.dtype), u, bias, pad=tuple(layer.pad), m=self.tile,
@@ -92,13 +94,6 @@ class WinogradConv(nn.Module):
 
     def extra_repr(self) -> str:
         return f"F({self.tile}x{self.tile},3x3){' + ReLU' if self.relu else ''}"
-
-
-class _FusedAway(CaffeLayer):
-    """Stands in for a ReLU whose work was fused into the preceding convolution (in-place: identity)."""
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        return (x,)
 
 
 def _no_autocast(x: torch.Tensor):
@@ -122,34 +117,49 @@ def _in_place_relu_after(net: Net, index: int) -> int | None:
     conv, nxt = net.net_param.layer[index], net.net_param.layer[index + 1]
     if (nxt.type == "ReLU" and len(conv.top) == 1 and list(nxt.bottom) == [conv.top[0]]
             and list(nxt.top) == [conv.top[0]] and nxt.relu_param.negative_slope == 0
-            and not isinstance(net.layer_list[index + 1], _FusedAway)):
+            and not isinstance(net.layer_list[index + 1], FusedAway)):
         return index + 1
     return None
 
 
-def install_winograd(net: Net, tile: int = 4, min_channels: int = 128, fuse_relu: bool = True,
-                     min_tiles: int = 32) -> list[str]:
-    """Route every eligible convolution with at least ``min_channels`` input channels through Winograd
-    F(tile, 3) (at run time when a call has at least ``min_tiles`` output tiles); returns the names of the
-    layers changed.  The layers keep their parameters."""
+def install_fast_paths(net: Net, *, winograd: bool = True, tile: int = 4, min_channels: int = 128,
+                       min_tiles: int = 32, fuse_relu: bool = True, fast_pool: bool = True) -> list[str]:
+    """Give ``net``'s layers their fast inference paths; returns the names of the layers changed.
+
+    Eligible convolutions with at least ``min_channels`` input channels go through Winograd F(tile, 3) (at run
+    time, when a call has at least ``min_tiles`` output tiles); an in-place ReLU right after a convolution is
+    done by the convolution; 2×2/2 max pooling uses :class:`MaxPool2x2`.  Layers keep their parameters."""
     if tile not in SUPPORTED_TILES:
         raise VGGProtoError(f"Winograd tile {tile} is not supported (choose one of {SUPPORTED_TILES})")
     changed = []
     for index, (name, layer) in enumerate(zip(net.layer_names, net.layer_list)):
-        if not winograd_eligible(layer) or layer.spec.bottom_shapes[0][1] < min_channels:
+        if fast_pool and is_plain_max_pool_2x2(layer):
+            _replace(net, index, MaxPool2x2(layer))
+            changed.append(name)
+            continue
+        if layer.spec.type != "Convolution" or getattr(layer, "accelerated", None) is not None:
             continue
         relu_at = _in_place_relu_after(net, index) if fuse_relu and len(layer.spec.bottom_shapes) == 1 else None
-        layer.accelerated = WinogradConv(tile, relu_at is not None, min_tiles).to(net._probe.device)
+        if winograd and winograd_eligible(layer) and layer.spec.bottom_shapes[0][1] >= min_channels:
+            layer.accelerated = WinogradConv(tile, relu_at is not None, min_tiles).to(net._probe.device)
+        elif relu_at is not None:
+            layer.accelerated = ConvReLU()
+        else:
+            continue
         if relu_at is not None:
             relu = net.layer_list[relu_at]
-            stand_in = _FusedAway(relu.spec)
+            stand_in = FusedAway(relu.spec)
             stand_in.top_shapes = list(relu.top_shapes)
             stand_in.blob_shapes = []
-            net.layer_list[relu_at] = stand_in
-            net.layer_dict[net.layer_names[relu_at]] = stand_in
+            _replace(net, relu_at, stand_in)
         changed.append(name)
-    log.info("Winograd F(%dx%d,3x3) on %d convolution(s): %s", tile, tile, len(changed), ", ".join(changed))
+    log.info("fast paths on %d layer(s): %s", len(changed), ", ".join(changed))
     return changed
+
+
+def _replace(net: Net, index: int, layer: CaffeLayer) -> None:
+    net.layer_list[index] = layer
+    net.layer_dict[net.layer_names[index]] = layer
 
 
 class InferenceNet(nn.Module):
@@ -177,22 +187,24 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def optimize_for_inference(net: Net, *, winograd: bool | None = None, tile: int = 4, min_channels: int = 128,
-                           min_tiles: int = 32, fuse_relu: bool = True, channels_last: bool = False, autocast: str | None = None,
+                           min_tiles: int = 32, fuse_relu: bool = True, fast_pool: bool | None = None,
+                           channels_last: bool = False, autocast: str | None = None,
                            compile: bool = False, compile_mode: str | None = None) -> InferenceNet:
     """Prepare ``net`` (modified in place: its convolutions get the fast path) and return the callable to run.
 
     ``autocast``: ``"bf16"`` or ``"fp16"``.  ``winograd=None``: on for a CPU float32 net without autocast.
+    ``fast_pool=None``: on for CPU.  ``fuse_relu`` and ``fast_pool`` are exact; Winograd rounds differently.
     The plain ``net(...)`` keeps working; with Winograd installed it too uses the fast path under no_grad.
     """
     if autocast is not None and autocast not in AUTOCAST_DTYPES:
         raise VGGProtoError(f"autocast '{autocast}' is not supported (choose bf16 or fp16)")
-    options = FastOptions(winograd, tile, min_channels, min_tiles, fuse_relu, channels_last, autocast, compile,
-                          compile_mode)
+    options = FastOptions(winograd, tile, min_channels, min_tiles, fuse_relu, fast_pool, channels_last, autocast,
+                          compile, compile_mode)
     device = net._probe.device
     if winograd is None:
         winograd = device.type == "cpu" and net._probe.dtype == torch.float32 and autocast is None
-    if winograd:
-        install_winograd(net, tile, min_channels, fuse_relu, min_tiles)
+    install_fast_paths(net, winograd=winograd, tile=tile, min_channels=min_channels, min_tiles=min_tiles,
+                       fuse_relu=fuse_relu, fast_pool=device.type == "cpu" if fast_pool is None else fast_pool)
     if channels_last:
         net.to(memory_format=torch.channels_last)
     return InferenceNet(net, options)
