@@ -28,6 +28,7 @@ import numpy as np
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 MEAN = 73  # mean pixel of Fashion-MNIST padded to 32x32 (0-255), subtracted like VGG's mean pixel
+INPUT_SCALE = 0.0125  # transform_param.scale: mean-subtracted pixels to unit-ish range for the msra init
 TARGET_ACCURACY = 0.90
 
 
@@ -99,7 +100,8 @@ def check_opencv(work: Path, caffemodel: Path, deploy: Path, images: list[Path])
     import cv2
     import torch
     import vggproto
-    batch = np.stack([cv2.imread(str(p)).astype(np.float32) - MEAN for p in images]).transpose(0, 3, 1, 2)
+    batch = np.stack([(cv2.imread(str(p)).astype(np.float32) - MEAN) * INPUT_SCALE for p in images])
+    batch = batch.transpose(0, 3, 1, 2)
     cv_net = cv2.dnn.readNetFromCaffe(str(deploy), str(caffemodel))
     cv_net.setInput(batch)
     cv_prob = cv_net.forward()
@@ -135,7 +137,8 @@ def main() -> None:
     train_dir = work / "fashion_vgg"
     vggproto("generate", "--config", "A", "--out-dir", str(train_dir), "--width-divisor", "8",
              "--num-classes", "10", "--crop-size", "32", "--scale", "none", "--batch-size", "128",
-             "--global-batch", "128", "--test-batch-size", "100", "--init", "msra", "--mean-value",
+             "--global-batch", "128", "--test-batch-size", "100", "--init", "msra",
+             "--input-scale", str(INPUT_SCALE), "--mean-value",
              f"{MEAN},{MEAN},{MEAN}", "--train-source", str(fashion / "train_lmdb"),
              "--val-source", str(fashion / "test_lmdb"))
     shorten_solver(train_dir / "solvers/A.prototxt", args.iterations, args.base_lr)
@@ -146,7 +149,8 @@ def main() -> None:
 
     print("\n== 4. Evaluation, classification, curves, conversion")
     deploy = train_dir / "nets/A_deploy.prototxt"
-    common = ["--model", str(deploy), "--weights", str(weights), "--mean-value", f"{MEAN},{MEAN},{MEAN}"]
+    common = ["--model", str(deploy), "--weights", str(weights), "--mean-value", f"{MEAN},{MEAN},{MEAN}",
+              "--input-scale", str(INPUT_SCALE)]
     vggproto("evaluate", *common, "--list", str(fashion / "test.txt"), "--root", str(fashion), "--mode", "center",
              "--scales", "32", "--json", str(work / "eval_center.json"))
     vggproto("evaluate", *common, "--list", str(fashion / "test.txt"), "--root", str(fashion), "--mode", "crops",
