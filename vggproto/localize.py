@@ -202,12 +202,18 @@ def localize_image(img: np.ndarray, loc_models: Sequence[LocModel], cls_models: 
                    options: LocalizeOptions, names: Sequence[str] | None = None,
                    classes: Sequence[int] | None = None) -> list[Detection]:
     """Boxes for the top-``options.top`` classes of one HWC BGR image (or for ``classes`` when given: the
-    paper's "GT class" protocol), best class first."""
+    paper's "GT class" protocol, where ``cls_models`` may be empty: every window then weighs 1), best class
+    first."""
     if options.mode not in MODES:
         raise VGGProtoError(f"unknown --mode '{options.mode}'; supported: {', '.join(MODES)}")
+    if not cls_models and classes is None:
+        raise VGGProtoError("choosing the top classes needs a classification net (or pass the classes)")
     prepared = [(q, *_prepare(img, q, options)) for q in options.scales]
     crop = loc_models[0].crop_size
     maps = {q: _class_maps(cls_models, image, crop, options.mode) for q, image, _ in prepared}
+    if not cls_models:   # GT-class protocol without a classifier: one "map" of ones over the needed classes
+        k = max(classes) + 1
+        maps = {q: [torch.ones(k, 1, 1, dtype=torch.float64)] for q, _, _ in prepared}
     posterior = np.mean([_posterior(maps[q]) for q, _, _ in prepared], axis=0)
     chosen = list(classes) if classes is not None else [int(c) for c in np.argsort(-posterior, kind="stable")
                                                         [:options.top]]
