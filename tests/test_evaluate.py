@@ -218,6 +218,10 @@ def test_unreadable_images_fail_or_are_counted(mini, tmp_path):
     summary = result.as_dict(options, [m])
     assert summary["images"] == 2 and summary["skipped"] == 2
     assert "list.txt:4: file does not exist" in summary["bad_images"][1]
+    only_bad = tmp_path / "bad.txt"
+    only_bad.write_text(f"{tmp_path / 'broken.png'} 2\n")
+    with pytest.raises(DataError, match="no readable image"):
+        evaluate([m], str(only_bad), options)
 
 
 def test_fused_models_must_agree_and_scales_must_fit_the_crop(mini, tmp_path):

@@ -15,6 +15,7 @@ equal shape from consecutive images share a forward pass of up to ``batch`` view
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -286,6 +287,8 @@ def evaluate(models: Sequence[Model], list_path: str, options: EvalOptions, devi
         packer.flush()
         bar.update(packer.finished)
     sink.result.seconds = time.perf_counter() - started
+    if not sink.result.counts["fused"].images:
+        raise DataError(f"{list_path}: no readable image ({len(sink.result.bad)} skipped)")
     return sink.result
 
 
@@ -312,4 +315,6 @@ def format_table(summary: dict) -> str:
 
 
 def _short(label: str) -> str:
-    return label if len(label) <= 38 else "..." + label[-35:]
+    """The weights file's name (the JSON keeps the full ``deploy:weights`` label)."""
+    name = os.path.basename(label.rsplit(":", 1)[-1])
+    return name if len(name) <= 38 else "..." + name[-35:]
