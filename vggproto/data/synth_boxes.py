@@ -98,6 +98,6 @@ def synthetic_solver(net_path: str | os.PathLike, iterations: int, lr: float = 0
     from vggproto._pb import caffe_pb2
     return caffe_pb2.SolverParameter(net=str(net_path), base_lr=lr, lr_policy="fixed", momentum=0.9,
                                      momentum2=0.999, weight_decay=0.0, max_iter=iterations, display=0,
-                                     test_iter=[1], test_interval=0, random_seed=1, type="Adam",
+                                     test_iter=[1], test_interval=max(1, iterations), random_seed=1, type="Adam",
                                      snapshot_prefix=snapshot_prefix or str(Path(net_path).parent / "snap"),
                                      test_initialization=False)
