@@ -185,13 +185,16 @@ def test_modes_scales_and_models_average_posteriors(mini, tmp_path):
     assert len(summary["models"]) == 2
 
 
-def test_center_batches_across_images_without_changing_results(mini):
+def test_batching_across_images_and_scales_does_not_change_results(mini):
     _, model, weights, images = mini
     m = load_model(str(model), str(weights))
     _, one = _posteriors([m], images, mode="center", scales=(256,), batch=1)
     _, four = _posteriors([m], images, mode="center", scales=(256,), batch=4)
     np.testing.assert_allclose(one, four, rtol=1e-5, atol=1e-8)
     assert np.all(one.sum(axis=1) == pytest.approx(1.0))
+    _, crops1 = _posteriors([m], images, mode="dense+crops", scales=(224, 256), grid=2, batch=1)
+    _, crops5 = _posteriors([m], images, mode="dense+crops", scales=(224, 256), grid=2, batch=5)
+    np.testing.assert_allclose(crops1, crops5, rtol=1e-5, atol=1e-8)
 
 
 # ------------------------------------------------------------------------------------------ bad inputs

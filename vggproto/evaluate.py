@@ -10,7 +10,7 @@ Modes (per test scale Q, the image's smallest side isotropically rescaled to Q):
 * ``dense+crops``: the average of the dense and the crops posteriors (Table 5's "multi-crop & dense").
 
 Several scales: posteriors averaged over scales; ``fuse``: averaged over models (Table 6's ensembles).  Views of
-equal shape from consecutive images share a forward pass of up to ``batch`` views.
+equal shape (all crops; whole images of equal size at one scale) share forward passes of up to ``batch`` views.
 """
 from __future__ import annotations
 
@@ -210,33 +210,44 @@ class _Accumulator:
 
 
 class _Packer:
-    """Collects views of equal shape from consecutive work items and scores them together."""
+    """Collects views of equal shape (one bucket per shape, e.g. per scale) and scores each bucket together.
+
+    A bucket is scored when it holds ``batch`` views; when all buckets together hold more than ``4 * batch``
+    views the oldest bucket is scored, so images of many different sizes do not pile up.
+    """
 
     def __init__(self, models: Sequence[Model], batch: int, sink: _Accumulator, device: str):
         self.models, self.batch, self.sink, self.device = models, batch, sink, device
-        self.items: list[tuple[int, int, str, int]] = []
-        self.views: list[torch.Tensor] = []
+        self.buckets: dict[tuple, tuple[list, list]] = {}   # view shape -> (items, view tensors), oldest first
+        self.pending = 0
         self.finished = 0
 
     def add(self, index: int, label: int, component: str, views: torch.Tensor) -> None:
-        if self.views and self.views[0].shape[1:] != views.shape[1:]:
-            self.flush()
-        self.items.append((index, label, component, views.shape[0]))
-        self.views.append(views)
-        if sum(v.shape[0] for v in self.views) >= self.batch:
-            self.flush()
+        shape = tuple(views.shape[1:])
+        items, tensors = self.buckets.setdefault(shape, ([], []))
+        items.append((index, label, component, views.shape[0]))
+        tensors.append(views)
+        self.pending += views.shape[0]
+        if sum(v.shape[0] for v in tensors) >= self.batch:
+            self._score(shape)
+        while self.pending > 4 * self.batch:
+            self._score(next(iter(self.buckets)))
 
     def flush(self) -> None:
-        if not self.views:
-            return
-        batch = torch.cat(self.views).to(self.device, non_blocking=True)
+        """Score everything still pending."""
+        for shape in list(self.buckets):
+            self._score(shape)
+
+    def _score(self, shape: tuple) -> None:
+        items, tensors = self.buckets.pop(shape)
+        batch = torch.cat(tensors).to(self.device, non_blocking=True)
+        self.pending -= batch.shape[0]
         posts = [model.posteriors(batch, self.batch).cpu().numpy() for model in self.models]
         start = 0
-        for index, label, component, n in self.items:
+        for index, label, component, n in items:
             per_model = [p[start:start + n].mean(axis=0) for p in posts]
             self.finished += self.sink.add(index, label, component, per_model)
             start += n
-        self.items, self.views = [], []
 
 
 def check_labels(entries: Sequence[tuple[str, int, int]], list_path: str, classes: int) -> None:
