@@ -3,7 +3,8 @@
 
 For each VGG configuration (A/B/D/E = ``nets/<cfg>_deploy.prototxt`` = torchvision vgg11/13/16/19) the same random
 weights (He-scaled) go into: the interpreter (``vggproto.net.Net``), the interpreter prepared by
-``vggproto.fast.optimize_for_inference`` (Winograd F(4x4,3x3) on CPU), torchvision's model, and on CPU OpenCV's
+``vggproto.fast.optimize_for_inference`` (on CPU: Winograd F(4x4,3x3), fused ReLU, fast 2x2 pooling), torchvision's
+model, and on CPU OpenCV's
 Caffe importer (``cv2.dnn.readNetFromCaffe`` on the same prototxt and a caffemodel written by vggproto).  Outputs are
 checked to agree first; then every case runs ``--warmup`` untimed calls and ``--rounds`` timed rounds, the cases
 interleaved round by round (load on a shared machine hits all of them alike).  The table gives the median time, img/s
@@ -116,8 +117,8 @@ def inference_cases(cfg: str, mode: Mode, args, device: torch.device, x: torch.T
     """name -> callable(x) returning the logits, for every model in this mode; the outputs are checked first."""
     plain, tv = build_pair(cfg, device)
     autocast = mode.dtype if mode.dtype in AUTOCAST else None
-    plain_run = optimize_for_inference(plain, winograd=False, channels_last=mode.channels_last, autocast=autocast,
-                                       compile=mode.compiled)
+    plain_run = optimize_for_inference(plain, winograd=False, fuse_relu=False, fast_pool=False,   # the plain Net
+                                       channels_last=mode.channels_last, autocast=autocast, compile=mode.compiled)
     if mode.channels_last:
         tv = tv.to(memory_format=torch.channels_last)
     tv_run = torch.compile(tv) if mode.compiled else tv
@@ -127,12 +128,11 @@ def inference_cases(cfg: str, mode: Mode, args, device: torch.device, x: torch.T
             return tv_run(inp.contiguous(memory_format=torch.channels_last) if mode.channels_last else inp)
 
     cases = {"vggproto": lambda inp: (plain_run(data=inp), plain.blobs["fc8"])[1], "torchvision": run_tv}
-    winograd = args.winograd == "on" or (args.winograd == "auto" and device.type == "cpu" and autocast is None)
-    if winograd:   # otherwise optimize_for_inference changes nothing over the plain case
+    if args.fast:   # optimize_for_inference's defaults: Winograd (CPU fp32), fused ReLU, fast pooling (CPU)
         fast_net, _ = build_pair(cfg, device)
-        fast = optimize_for_inference(fast_net, winograd=True, channels_last=mode.channels_last, autocast=autocast,
-                                      compile=mode.compiled)
-        cases["vggproto+wino"] = lambda inp: (fast(data=inp), fast_net.blobs["fc8"])[1]
+        fast = optimize_for_inference(fast_net, winograd={"auto": None, "on": True, "off": False}[args.winograd],
+                                      channels_last=mode.channels_last, autocast=autocast, compile=mode.compiled)
+        cases["vggproto+fast"] = lambda inp: (fast(data=inp), fast_net.blobs["fc8"])[1]
     if device.type == "cpu" and mode == Mode("fp32", False, False) and not args.no_opencv:
         cvnet = opencv_net(plain, cfg, args.threads)
 
@@ -224,8 +224,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--matrix", action="store_true", help="every dtype x layout x eager/compiled mode")
     parser.add_argument("--train", action="store_true", help="also time one SGD training step")
+    parser.add_argument("--no-fast", dest="fast", action="store_false",
+                        help="skip the vggproto+fast case (optimize_for_inference with its defaults)")
     parser.add_argument("--winograd", choices=["auto", "on", "off"], default="auto",
-                        help="Winograd in the vggproto+wino case (auto: CPU fp32 only)")
+                        help="Winograd in the vggproto+fast case (auto: CPU fp32 without autocast)")
     parser.add_argument("--no-opencv", action="store_true")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)

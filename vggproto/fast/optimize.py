@@ -66,8 +66,8 @@ class WinogradConv(nn.Module):
 
     def transformed(self, weight: torch.Tensor) -> torch.Tensor:
         """``G g Gᵀ`` of ``weight``, recomputed only when the weight changed."""
-        if torch.compiler.is_compiling():
-            return self.u
+        if torch.compiler.is_compiling() and self.u.numel():
+            return self.u   # compiled graphs use the filters prepared before compiling (see prepare_winograd)
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(weight.shape))
         if key != self._key:
             self.u = transform_weights(weight, self.tile)
@@ -87,6 +87,10 @@ class WinogradConv(nn.Module):
         with _no_autocast(bottoms[0]):
             return tuple(winograd_conv2d(x.to(u.dtype), u, bias, pad=tuple(layer.pad), m=self.tile,
                                          relu=self.relu) for x in bottoms)
+
+    def prepare(self, layer: CaffeLayer) -> None:
+        """Transform ``layer``'s current filters now (compiled graphs do not check for weight changes)."""
+        self.transformed(blob(layer, 0))
 
     def _tiles(self, layer: CaffeLayer, x: torch.Tensor) -> int:
         ho, wo = (x.shape[2 + i] + 2 * layer.pad[i] - 2 for i in range(2))
@@ -179,7 +183,7 @@ class InferenceNet(nn.Module):
         cast = (torch.autocast(device.type, dtype=AUTOCAST_DTYPES[self.options.autocast])
                 if self.options.autocast else contextlib.nullcontext())
         with torch.no_grad(), cast:
-            return (self.compiled or self.net)(**inputs)
+            return (self.net if self.compiled is None else self.compiled)(**inputs)
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -195,6 +199,8 @@ def optimize_for_inference(net: Net, *, winograd: bool | None = None, tile: int 
     ``autocast``: ``"bf16"`` or ``"fp16"``.  ``winograd=None``: on for a CPU float32 net without autocast.
     ``fast_pool=None``: on for CPU.  ``fuse_relu`` and ``fast_pool`` are exact; Winograd rounds differently.
     The plain ``net(...)`` keeps working; with Winograd installed it too uses the fast path under no_grad.
+    With ``compile=True`` load the weights and move the net before optimising: the compiled graph keeps the
+    Winograd filters transformed here (eager runs re-transform them whenever the weights change).
     """
     if autocast is not None and autocast not in AUTOCAST_DTYPES:
         raise VGGProtoError(f"autocast '{autocast}' is not supported (choose bf16 or fp16)")
@@ -207,4 +213,7 @@ def optimize_for_inference(net: Net, *, winograd: bool | None = None, tile: int 
                        fuse_relu=fuse_relu, fast_pool=device.type == "cpu" if fast_pool is None else fast_pool)
     if channels_last:
         net.to(memory_format=torch.channels_last)
+    for layer in net.layer_list:
+        if isinstance(getattr(layer, "accelerated", None), WinogradConv):
+            layer.accelerated.prepare(layer)
     return InferenceNet(net, options)

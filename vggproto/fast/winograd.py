@@ -131,11 +131,14 @@ def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None 
     ka = _kron_matrices(m, x.dtype)[0].to(x.device)
     y = (ka @ mm.view(a2, k * n * th * tw)).view(m, m, k, n, th, tw)
     y = y.permute(3, 2, 4, 0, 5, 1)                              # (N, K, th, m, tw, m)
-    out = torch.empty((n, k, th, m, tw, m), dtype=x.dtype, device=x.device)
-    if relu:
-        torch.clamp(y, min=0, out=out)
-    else:
-        out.copy_(y)
+    if torch.compiler.is_compiling():   # inductor fuses the ReLU into the layout copy by itself
+        out = (torch.relu(y) if relu else y).contiguous()
+    else:                               # eager: one pass writes the NCHW layout and applies the ReLU
+        out = torch.empty((n, k, th, m, tw, m), dtype=x.dtype, device=x.device)
+        if relu:
+            torch.clamp(y, min=0, out=out)
+        else:
+            out.copy_(y)
     out = out.view(n, k, th * m, tw * m)
     if th * m != ho or tw * m != wo:
         out = out[:, :, :ho, :wo].contiguous()
