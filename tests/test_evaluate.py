@@ -235,6 +235,8 @@ def test_fused_models_must_agree_and_scales_must_fit_the_crop(mini, tmp_path):
         evaluate(models, str(images), EvalOptions(workers=0, progress=False))
     with pytest.raises(VGGProtoError, match="at least the crop size 224"):
         evaluate(models[:1], str(images), EvalOptions(mode="crops", scales=(200,), workers=0, progress=False))
+    with pytest.raises(DataError, match="views of size .*use a larger scale"):   # dense: 7x7 fc6 on a 4x4 map
+        evaluate(models[:1], str(images), EvalOptions(mode="dense", scales=(100,), workers=0, progress=False))
     with pytest.raises(VGGProtoError, match="unknown --mode"):
         evaluate(models[:1], str(images), EvalOptions(mode="sparse", workers=0, progress=False))
 

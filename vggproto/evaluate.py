@@ -86,7 +86,11 @@ class Model:
         """Per-view soft-max posteriors (N×K) of N views: score maps averaged over space, then soft-max."""
         out = []
         for start in range(0, views.shape[0], max(batch, 1)):
-            self.net.forward(**{self.input_blob: views[start:start + batch]})
+            try:
+                self.net.forward(**{self.input_blob: views[start:start + batch]})
+            except RuntimeError as exc:   # e.g. a kernel larger than the input: the scale is too small
+                raise DataError(f"{self.label}: cannot run the net on views of size {tuple(views.shape[2:])} "
+                                f"({str(exc).splitlines()[0]}); use a larger scale") from None
             scores = self.net.blobs[self.score_blob]
             if scores.dim() == 4:
                 if scores.shape[2] * scores.shape[3] == 0:
