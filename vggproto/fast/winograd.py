@@ -41,7 +41,7 @@ def winograd_matrices(m: int, r: int = 3) -> tuple[list[list[Fraction]], list[li
                                                    list[list[Fraction]]]:
     """Exact (Aᵀ, G, Bᵀ) of F(m, r): Aᵀ is m×α, G is α×r, Bᵀ is α×α, with α = m + r − 1.
 
-    Correlation is the transpose of the Toom-Cook linear convolution s = V⁻¹((V_r g) ⊙ (V_m h)) evaluated at α
+    Correlation is the transpose of the Toom-Cook convolution s = V⁻¹((V_r g) ⊙ (V_m h)) evaluated at α
     points (the last one ∞): Aᵀ = V_mᵀ, G = V_r, Bᵀ = V⁻ᵀ, whose row j is the Lagrange polynomial of point j.
     The Lagrange denominators are moved from Bᵀ into G so that Bᵀ has small integer entries (Lavin's form).
     """
