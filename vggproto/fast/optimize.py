@@ -1,4 +1,4 @@
-"""Inference speed options for :class:`vggproto.net.Net`: Winograd 3×3 convolutions with fused ReLU,
+"""Inference speed options for :class:`vggproto.net.Net`: Winograd 3×3 convolutions, exact ReLU/pooling shortcuts,
 channels_last, autocast (bf16/fp16) and ``torch.compile``.
 
 Why a separate step: the interpreter computes exactly what Caffe computes, with the library's direct convolution.
@@ -67,7 +67,7 @@ class WinogradConv(nn.Module):
     def transformed(self, weight: torch.Tensor) -> torch.Tensor:
         """``G g Gᵀ`` of ``weight``, recomputed only when the weight changed."""
         if torch.compiler.is_compiling() and self.u.numel():
-            return self.u   # compiled graphs use the filters prepared before compiling (see prepare_winograd)
+            return self.u   # compiled graphs use the filters prepared before compiling (see prepare)
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(weight.shape))
         if key != self._key:
             self.u = transform_weights(weight, self.tile)
