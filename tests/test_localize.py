@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from vggproto._pb import caffe_pb2
 from vggproto.cli import main
 from vggproto.generate import build_net, build_solver, count_params, infer_shapes
-from vggproto.localize import (Detection, LocalizeOptions, LocErrorCount, detection_correct, load_loc_model,
+from vggproto.localize import (MAX_MERGE_BOXES, Detection, LocalizeOptions, LocErrorCount, detection_correct, load_loc_model,
                                localize_image)
 from vggproto.errors import VGGProtoError
 from vggproto.net import Net
@@ -183,6 +183,10 @@ def test_dense_mode_merges_every_window(tiny_models):
     # two nets (or scales): the union of their boxes is merged
     both = localize_image(img, [scr, scr], [cls], LocalizeOptions("dense", (32, 32), top=1, merge_threshold=100))
     assert both[0].windows == 20 and both[0].box == pytest.approx([12, 12, 28, 20])
+    # a stride-2 net on a large image: only the best-scored MAX_MERGE_BOXES predictions are merged (bounded memory)
+    many = localize_image(np.zeros((120, 200, 3), np.uint8), [scr], [cls],
+                          LocalizeOptions("dense", (120,), top=1, merge_threshold=100))
+    assert many[0].windows == MAX_MERGE_BOXES < 53 * 93
 
 
 def test_cli_localize(tmp_path):
@@ -200,5 +204,8 @@ def test_cli_localize(tmp_path):
     assert summary["localization_error"] == 0 and summary["gt_class_localization_error"] == 0
     assert summary["results"][0]["detections"][0]["box"] == [30, 15, 50, 25]
     assert cv2.imread(str(tmp_path / "drawn" / "a.png")).shape == (40, 80, 3)
+    dense = CliRunner().invoke(main, args[:13] + ["--mode", "dense", "--top", "2", str(tmp_path / "a.png")])
+    assert dense.exit_code == 0, dense.output
+    assert "a.png: class 2 " in dense.output and ", class 1 " in dense.output and "error" not in dense.output
     bad = CliRunner().invoke(main, args[:9] + ["--model", loc[0]])
     assert bad.exit_code == 1 and "one --weights per --model" in bad.output

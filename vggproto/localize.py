@@ -32,6 +32,7 @@ from vggproto.errors import DataError, VGGProtoError
 log = logging.getLogger("vggproto.localize")
 
 MODES: tuple[str, ...] = ("center", "dense")
+MAX_MERGE_BOXES = 1000   # greedy merging is O(n^2) memory: keep the best-scored predictions beyond this
 IOU_THRESHOLD = 0.5   # ILSVRC: "intersection over union ratio with the ground-truth bounding box above 0.5"
 
 
@@ -140,22 +141,17 @@ def _forward(net, input_blob: str, output_blob: str, views: torch.Tensor) -> tor
     return (out if out.dim() == 4 else out.reshape(*out.shape[:2], 1, 1))[0].float().cpu()
 
 
-def _class_maps(cls_models, image: torch.Tensor, crop: int, mode: str) -> list[torch.Tensor]:
-    """Per classification net: soft-max class posteriors per position (K × h × w) of ``mode``'s input."""
+def _class_maps(cls_models, image: torch.Tensor, crop: int, mode: str) -> list[tuple[torch.Tensor, np.ndarray]]:
+    """Per classification net: soft-max class posteriors per position (K × h × w) of ``mode``'s input, and the
+    image posterior: the soft-max of the spatially averaged scores, as :mod:`vggproto.evaluate` computes it."""
     maps = []
     for model in cls_models:
         views, _ = _window_input(image, crop, mode)
         scores = _forward(model.net, model.input_blob, model.score_blob, views).double()
         if scores.shape[1] * scores.shape[2] == 0:
             raise DataError(f"{model.label}: input {tuple(views.shape[2:])} is too small for the classification net")
-        maps.append(torch.softmax(scores, dim=0))
+        maps.append((torch.softmax(scores, dim=0), torch.softmax(scores.mean(dim=(1, 2)), dim=0).numpy()))
     return maps
-
-
-def _posterior(maps: list[torch.Tensor]) -> np.ndarray:
-    """Image posterior of one scale: each net's score map averaged over positions (as :mod:`vggproto.evaluate`
-    sum-pools the class scores before the soft-max, the softmax of the mean is used), averaged over nets."""
-    return np.mean([m.mean(dim=(1, 2)).numpy() for m in maps], axis=0)
 
 
 def _resampled(score_map: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -178,13 +174,13 @@ class _Votes:
 
 
 def _predict_windows(loc: LocModel, image: torch.Tensor, factor, mode: str, classes: Sequence[int],
-                     class_map: torch.Tensor, votes: _Votes) -> None:
+                     class_maps: list[torch.Tensor], votes: _Votes) -> None:
     views, (x0, y0) = _window_input(image, loc.crop_size, mode)
     out = _forward(loc.net, loc.input_blob, loc.output_blob, views)        # C × h × w
     if out.shape[1] * out.shape[2] == 0:
         raise DataError(f"{loc.label}: input {tuple(views.shape[2:])} is too small for the localisation net")
     h, w = out.shape[1:]
-    rated = _resampled(class_map, h, w)
+    rated = torch.stack([_resampled(m, h, w) for m in class_maps]).mean(dim=0)   # fused classifiers
     ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     offsets = np.stack([x0 + xs.ravel() * loc.stride, y0 + ys.ravel() * loc.stride], axis=1)
     flat = out.reshape(out.shape[0], -1).numpy().T                        # windows × C
@@ -213,19 +209,23 @@ def localize_image(img: np.ndarray, loc_models: Sequence[LocModel], cls_models: 
     maps = {q: _class_maps(cls_models, image, crop, options.mode) for q, image, _ in prepared}
     if not cls_models:   # GT-class protocol without a classifier: one "map" of ones over the needed classes
         k = max(classes) + 1
-        maps = {q: [torch.ones(k, 1, 1, dtype=torch.float64)] for q, _, _ in prepared}
-    posterior = np.mean([_posterior(maps[q]) for q, _, _ in prepared], axis=0)
+        maps = {q: [(torch.ones(k, 1, 1, dtype=torch.float64), np.ones(k))] for q, _, _ in prepared}
+    # image posterior: averaged over nets and scales (Sect. 3.2)
+    posterior = np.mean([post for q, _, _ in prepared for _, post in maps[q]], axis=0)
     chosen = list(classes) if classes is not None else [int(c) for c in np.argsort(-posterior, kind="stable")
                                                         [:options.top]]
     votes = _Votes()
     for q, image, factor in prepared:
-        class_map = torch.stack(maps[q]).mean(dim=0)
         for loc in loc_models:
-            _predict_windows(loc, image, factor, options.mode, chosen, class_map, votes)
+            _predict_windows(loc, image, factor, options.mode, chosen, [m for m, _ in maps[q]], votes)
     out = []
     for c in chosen:
-        merged = greedy_merge(np.concatenate(votes.boxes[c]), np.concatenate(votes.scores[c]),
-                              options.merge_threshold)
+        boxes, scores = np.concatenate(votes.boxes[c]), np.concatenate(votes.scores[c])
+        if len(scores) > MAX_MERGE_BOXES:   # VGG at Q=512 has ~100 windows per scale; tiny-stride nets many more
+            log.debug("class %d: merging the %d best of %d box predictions", c, MAX_MERGE_BOXES, len(scores))
+            keep = np.argsort(-scores, kind="stable")[:MAX_MERGE_BOXES]
+            boxes, scores = boxes[keep], scores[keep]
+        merged = greedy_merge(boxes, scores, options.merge_threshold)
         best = merged[0]
         name = names[c] if names is not None and c < len(names) else str(c)
         out.append(Detection(c, name, float(posterior[c]), [float(v) for v in best.box], best.score, best.count))
