@@ -127,3 +127,29 @@ def test_box_list_parsing(tmp_path):
         path.write_text(text)
         with pytest.raises(DataError, match=match):
             parse_box_list(str(path))
+
+
+# ------------------------------------------------------------------------------------------------ BoxData layer
+
+def test_boxdata_layer_tops_and_errors(tmp_path):
+    from vggproto.data.synth_boxes import make_synthetic_set
+    from vggproto.errors import NetError
+    from vggproto.net import Net
+    train, _ = make_synthetic_set(tmp_path, 3, 1, height=40, width=50, seed=1)
+    layer = f"""layer {{ name: "data" type: "BoxData" top: "data" top: "label" top: "box"
+      image_data_param {{ source: "{train}" batch_size: 4 }}
+      transform_param {{ crop_size: 40 mean_value: 128 vgg_augmentation_param {{ test_scale: 40 }} }} }}"""
+    net = Net(layer.encode(), phase="TEST", options={"seed": 0})
+    assert net.blob_shapes == {"data": (4, 3, 40, 40), "label": (4,), "box": (4, 4)}
+    net.forward()
+    entries = parse_box_list(str(train))
+    # TEST phase: centre crop of the 40x50 image at x0 = 5; the 4th record wraps around to the first image
+    for i, entry in enumerate(entries + entries[:1]):
+        expected = corners_to_target(transform_boxes(entry.boxes, (40, 50), (40, 50), (0, 5), (40, 40), False), 40)
+        assert net.blobs["label"][i] == entry.label
+        assert np.allclose(net.blobs["box"][i].numpy(), expected[0], atol=1e-6)
+    with pytest.raises((NetError, DataError), match="crop_size"):
+        Net(layer.replace("crop_size: 40 ", "").encode(), phase="TEST")
+    with pytest.raises(DataError, match="fields"):
+        (tmp_path / "bad.txt").write_text("a.png 1 2 3\n")
+        Net(layer.replace(str(train), str(tmp_path / "bad.txt")).encode(), phase="TEST")
