@@ -10,12 +10,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from vggproto._pb import caffe_pb2
 from vggproto.cli import main
 from vggproto.generate import build_net, build_solver, count_params, infer_shapes
-from vggproto.localize import (MAX_MERGE_BOXES, Detection, LocalizeOptions, LocErrorCount, detection_correct, load_loc_model,
-                               localize_image)
 from vggproto.errors import VGGProtoError
+from vggproto.localize import (MAX_MERGE_BOXES, Detection, LocalizeOptions, LocErrorCount, detection_correct,
+                               load_loc_model, localize_image)
 from vggproto.net import Net
 
 
