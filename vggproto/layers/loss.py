@@ -138,17 +138,22 @@ class SigmoidCrossEntropyLoss(LossLayer):
         return (normalize(elem.sum(), self.mode, outer, x.numel() // max(1, outer), n_valid),)
 
 
+def _one_label_per_sample(spec: LayerSpec) -> int:
+    """Setup shared by the losses with one label per sample (scores, label): returns C·H·W of the scores."""
+    need_bottoms(spec, 2, 2)
+    check_same_num(spec)
+    shape = tuple(spec.bottom_shapes[0])
+    check_label_count(spec, shape[0], 1, 1)
+    return count(shape, 1)
+
+
 @register("HingeLoss")
 class HingeLoss(LossLayer):
     """One-vs-all hinge loss: sum max(0, 1 - s·y_k)^p / N with y_k = +1 for the label, -1 otherwise."""
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 2, 2)
-        check_same_num(spec)
-        shape = tuple(spec.bottom_shapes[0])
-        check_label_count(spec, shape[0], 1, 1)
-        self.dim = count(shape, 1)
+        self.dim = _one_label_per_sample(spec)
         self.squared = spec.param.hinge_loss_param.norm == caffe_pb2.HingeLossParameter.L2
         self.top_shapes = [()]
 
@@ -170,11 +175,7 @@ class MultinomialLogisticLoss(LossLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 2, 2)
-        check_same_num(spec)
-        shape = tuple(spec.bottom_shapes[0])
-        check_label_count(spec, shape[0], 1, 1)
-        self.dim = count(shape, 1)
+        self.dim = _one_label_per_sample(spec)
         self.top_shapes = [()]
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
