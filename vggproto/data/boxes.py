@@ -16,14 +16,13 @@ sees, divided by the crop side: values in [0, 1].
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from vggproto.boxes import corners_to_target, transform_boxes
 from vggproto.data.batches import Batch
-from vggproto.data.sources import RecordStream, read_image
+from vggproto.data.sources import RecordStream, read_image, read_list_lines
 from vggproto.data.transform import DataTransformer
 from vggproto.errors import DataError
 
@@ -40,14 +39,8 @@ class BoxEntry:
 
 def parse_box_list(path: str, need_boxes: bool = True) -> list[BoxEntry]:
     """The entries of a box list file; DataErrors name ``file:line`` and the expected format."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as exc:
-        raise DataError(f"box list '{path}': {exc.strerror} (paths are relative to the working directory "
-                        f"'{os.getcwd()}', as in Caffe)") from None
     entries = []
-    for number, text in enumerate(lines, 1):
+    for number, text in enumerate(read_list_lines(path, "box list"), 1):
         words = text.split()
         if not words or words[0].startswith("#"):
             continue

@@ -121,19 +121,23 @@ class DBSource:
         return (datum.data if datum.encoded else None), float(datum.label)
 
 
+def read_list_lines(path: str, what: str) -> list[str]:
+    """The lines of a list file; a missing file is a DataError saying paths are relative to the CWD (as Caffe)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except OSError as exc:
+        raise DataError(f"{what} '{path}': {exc.strerror} (paths are relative to the working directory "
+                        f"'{os.getcwd()}', as in Caffe)") from None
+
+
 def parse_list_file(path: str) -> list[tuple[str, int, int]]:
     """``(image path, label, line number)`` per non-blank line of a Caffe list file.
 
     # Caffe: src/caffe/layers/image_data_layer.cpp — split at the LAST space, label = integer after it.
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as exc:
-        raise DataError(f"list file '{path}': {exc.strerror} (paths are relative to the working directory "
-                        f"'{os.getcwd()}', as in Caffe)") from None
     entries = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(read_list_lines(path, "list file"), 1):
         line = line.rstrip("\r")
         if not line.strip():
             continue
