@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo setup proto graphviz clean bench
+.PHONY: test demo setup proto graphviz fashion-mnist clean
 
 $(STAMP): setup.py
 	python3 -m venv $(VENV)
@@ -24,7 +24,12 @@ graphviz:
 test: setup graphviz
 	$(VENV)/bin/pytest -q -n 2 tests
 
-demo: setup graphviz
+# Debian's dataset-fashion-mnist: the full Fashion-MNIST (60,000 + 10,000 images) as idx files, offline.
+fashion-mnist:
+	@test -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz || \
+	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
+
+demo: setup graphviz fashion-mnist
 	$(VENV)/bin/python tools/demo.py
 
 # Regenerate vggproto/_pb/caffe_pb2.py from proto/caffe.proto (needs the dev extra: grpcio-tools).

@@ -117,7 +117,7 @@ def check_opencv(work: Path, caffemodel: Path, deploy: Path, images: list[Path])
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="demo-run", help="output folder [demo-run]")
-    parser.add_argument("--iterations", type=int, default=3600, help="training iterations at batch 128 [3600]")
+    parser.add_argument("--iterations", type=int, default=7000, help="training iterations at batch 128 [7000, 15 epochs]")
     parser.add_argument("--base-lr", type=float, default=0.02)
     args = parser.parse_args()
     work = Path(args.work).resolve()
