@@ -1,8 +1,6 @@
 """Multi-process training on gloo CPU workers: equivalence with one process, sharding, failure propagation."""
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,6 @@ from vggproto.parallel import FAULT_ENV, launch, parse_gpus
 from vggproto.solver import TrainOptions
 from vggproto.weights import read_weights
 
-GOLDEN = Path(__file__).parent / "data" / "golden" / "solver"
 
 SOLVER = """net: "train_val.prototxt"
 max_iter: 5
@@ -29,13 +26,9 @@ clip_gradients: 2.0
 
 
 @pytest.fixture
-def case(tmp_path, monkeypatch):
-    for name in ("train.h5", "train_h5.txt", "train_val.prototxt", "init.caffemodel"):
-        shutil.copy(GOLDEN / name, tmp_path / name)
-        (tmp_path / name).chmod(0o644)
-    monkeypatch.chdir(tmp_path)
+def case(solver_workdir, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return tmp_path
+    return solver_workdir()
 
 
 def solver(prefix: str) -> str:

@@ -34,14 +34,8 @@ gamma: 0.1
 
 
 @pytest.fixture
-def case(tmp_path, monkeypatch):
-    folder = tmp_path / "run"
-    folder.mkdir()
-    for name in ("train.h5", "train_h5.txt", "train_val.prototxt", "init.caffemodel"):
-        shutil.copy(GOLDEN / name, folder / name)
-        (folder / name).chmod(0o644)
-    monkeypatch.chdir(folder)
-    return folder
+def case(solver_workdir):
+    return solver_workdir("run")
 
 
 def write_solver(name: str, max_iter=10, snapshot=0, prefix="snap", extra="") -> str:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +15,11 @@ from vggproto.solver import Solver, TrainOptions
 from vggproto.weights import read_weights, write_weights
 
 torch.set_num_threads(1)
-GOLDEN = Path(__file__).parent / "data" / "golden" / "solver"
 
 
 @pytest.fixture
-def case(tmp_path, monkeypatch):
-    for name in ("train.h5", "train_h5.txt", "train_val.prototxt", "init.caffemodel", "sgd_step_solver.prototxt",
-                 "sgd_step_iter_20.caffemodel"):
-        shutil.copy(GOLDEN / name, tmp_path / name)
-        (tmp_path / name).chmod(0o644)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+def case(solver_workdir):
+    return solver_workdir(extra=("sgd_step_solver.prototxt", "sgd_step_iter_20.caffemodel"))
 
 
 def test_test_command_prints_batches_and_means(case, caplog):

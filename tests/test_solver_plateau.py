@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import logging
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from vggproto.solver import Solver, TrainOptions
 from vggproto.updates import Plateau
 
 torch.set_num_threads(1)
-GOLDEN = Path(__file__).parent / "data" / "golden" / "solver"
 
 SOLVER = """net: "train_val.prototxt"
 max_iter: {max_iter}
@@ -43,12 +41,8 @@ def test_plateau_counts_tests_without_improvement():
 
 
 @pytest.fixture
-def case(tmp_path, monkeypatch):
-    for name in ("train.h5", "train_h5.txt", "train_val.prototxt", "init.caffemodel"):
-        shutil.copy(GOLDEN / name, tmp_path / name)
-        (tmp_path / name).chmod(0o644)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+def case(solver_workdir):
+    return solver_workdir()
 
 
 def test_plateau_divides_lr_logs_and_resumes(case, caplog, monkeypatch):
