@@ -12,7 +12,7 @@ from vggproto._pb import caffe_pb2
 from vggproto.errors import DataError
 from vggproto.layers.axes import canonical_axis, count, legacy_dim
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
-from vggproto.layers.shape import need_bottoms
+from vggproto.layers.common import ANY, expect_bottoms
 
 _ELT = caffe_pb2.EltwiseParameter
 _RED = caffe_pb2.ReductionParameter
@@ -42,7 +42,7 @@ class Eltwise(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 2)
+        expect_bottoms(spec, 2, ANY)
         p = spec.param.eltwise_param
         shapes = [tuple(s) for s in spec.bottom_shapes]
         for i, shape in enumerate(shapes[1:], start=1):
@@ -95,7 +95,7 @@ class Reduction(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 1, 1)
+        expect_bottoms(spec, 1, 1)
         p = spec.param.reduction_param
         shape = tuple(spec.bottom_shapes[0])
         # Caffe: src/caffe/layers/reduction_layer.cpp — top shape = bottom shape[:axis] (a scalar for axis 0)
@@ -142,7 +142,7 @@ class MVN(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 1, 1)
+        expect_bottoms(spec, 1, 1)
         p = spec.param.mvn_param
         self.normalize_variance, self.across_channels, self.eps = p.normalize_variance, p.across_channels, p.eps
         self.top_shapes = [tuple(spec.bottom_shapes[0])]
@@ -166,7 +166,7 @@ class Embed(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 1, 1)
+        expect_bottoms(spec, 1, 1)
         p = spec.param.embed_param
         if p.input_dim < 1 or p.num_output < 1:
             raise spec.error(f"embed_param.input_dim ({p.input_dim}) and num_output ({p.num_output}) must both "

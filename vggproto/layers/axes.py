@@ -5,11 +5,11 @@ Caffe lets most ``axis`` fields be negative (counted from the end); every layer 
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 
+from vggproto.layers.common import count  # noqa: F401  (re-exported for the shape and loss layers)
 from vggproto.layers.registry import LayerSpec
 
 
@@ -21,11 +21,6 @@ def canonical_axis(spec: LayerSpec, axis: int, shape: Sequence[int], field: str)
         raise spec.error(f"{field}: {axis} is out of range for the {n}-D bottom of shape {tuple(shape)} "
                          f"(allowed: {-n} to {n - 1})")
     return axis + n if axis < 0 else axis
-
-
-def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
-    """Product of ``shape[start:end]`` (1 for an empty range), like Caffe's ``Blob::count(start, end)``."""
-    return math.prod(shape[start:end])
 
 
 def legacy_dim(shape: Sequence[int], index: int) -> int:

@@ -25,12 +25,15 @@ def canonical_axis(spec: LayerSpec, axis: int, ndim: int, field: str) -> int:
     return axis + ndim if axis < 0 else axis
 
 
-def expect_bottoms(spec: LayerSpec, low: int, high: int | None = None) -> None:
-    """Check the number of bottoms is in [low, high]."""
+ANY = math.inf  # no upper bound on a blob count: expect_bottoms(spec, 2, ANY)
+
+
+def expect_bottoms(spec: LayerSpec, low: int, high: float | None = None) -> None:
+    """Check the number of bottoms is in [low, high] (``high`` None: exactly ``low``; ANY: at least ``low``)."""
     high = low if high is None else high
     n = len(spec.bottom_shapes)
     if not low <= n <= high:
-        want = str(low) if low == high else f"{low} to {high}"
+        want = str(low) if low == high else f"at least {low}" if high == ANY else f"{low} to {high}"
         raise spec.error(f"needs {want} bottom blob(s), got {n}")
 
 

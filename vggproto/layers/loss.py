@@ -18,7 +18,7 @@ from vggproto._pb import caffe_pb2
 from vggproto.errors import DataError, VGGProtoError
 from vggproto.layers.axes import canonical_axis, count, softmax_along
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
-from vggproto.layers.shape import need_bottoms
+from vggproto.layers.common import expect_bottoms
 
 _LOSS = caffe_pb2.LossParameter
 #: Caffe: src/caffe/layers/multinomial_logistic_loss_layer.cpp — kLOG_THRESHOLD
@@ -96,7 +96,7 @@ class EuclideanLoss(LossLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 2, 2)
+        expect_bottoms(spec, 2, 2)
         check_same_num(spec)
         a, b = spec.bottom_shapes
         if count(a, 1) != count(b, 1):
@@ -115,7 +115,7 @@ class SigmoidCrossEntropyLoss(LossLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 2, 2)
+        expect_bottoms(spec, 2, 2)
         a, b = spec.bottom_shapes
         if count(a) != count(b):
             raise spec.error(f"score {tuple(a)} and target {tuple(b)} must have the same number of elements")
@@ -140,7 +140,7 @@ class SigmoidCrossEntropyLoss(LossLayer):
 
 def _one_label_per_sample(spec: LayerSpec) -> int:
     """Setup shared by the losses with one label per sample (scores, label): returns C·H·W of the scores."""
-    need_bottoms(spec, 2, 2)
+    expect_bottoms(spec, 2, 2)
     check_same_num(spec)
     shape = tuple(spec.bottom_shapes[0])
     check_label_count(spec, shape[0], 1, 1)
@@ -209,7 +209,7 @@ class InfogainLoss(LossLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 2, 3)
+        expect_bottoms(spec, 2, 3)
         check_same_num(spec)
         shape = tuple(spec.bottom_shapes[0])
         self.axis = canonical_axis(spec, spec.param.infogain_loss_param.axis, shape, "infogain_loss_param.axis")
@@ -290,7 +290,7 @@ class ContrastiveLoss(LossLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 3, 3)
+        expect_bottoms(spec, 3, 3)
         a, b, y = (tuple(s) for s in spec.bottom_shapes)
         if a != b:
             raise spec.error(f"the two feature bottoms must have the same shape, got {a} and {b}")

@@ -13,15 +13,8 @@ from typing import Sequence
 import torch
 
 from vggproto.layers.axes import canonical_axis, count
+from vggproto.layers.common import ANY, expect_bottoms
 from vggproto.layers.registry import CaffeLayer, LayerSpec, Shape, register
-
-
-def need_bottoms(spec: LayerSpec, minimum: int, maximum: int | None = None) -> None:
-    """A NetError unless the layer has between ``minimum`` and ``maximum`` bottoms."""
-    n = len(spec.bottom_shapes)
-    if n < minimum or (maximum is not None and n > maximum):
-        want = str(minimum) if maximum == minimum else (f"{minimum} to {maximum}" if maximum else f"at least {minimum}")
-        raise spec.error(f"takes {want} bottom blob(s), got {n}")
 
 
 def _axis_or_legacy(spec: LayerSpec, param, legacy: str, shape: Shape, name: str) -> int:
@@ -42,7 +35,7 @@ class Concat(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 1)
+        expect_bottoms(spec, 1, ANY)
         shapes = [tuple(s) for s in spec.bottom_shapes]
         self.axis = _axis_or_legacy(spec, spec.param.concat_param, "concat_dim", shapes[0], "concat_param")
         for i, shape in enumerate(shapes[1:], start=1):
@@ -69,7 +62,7 @@ class Slice(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 1, 1)
+        expect_bottoms(spec, 1, 1)
         p = spec.param.slice_param
         shape = tuple(spec.bottom_shapes[0])
         self.axis = _axis_or_legacy(spec, p, "slice_dim", shape, "slice_param")
@@ -106,7 +99,7 @@ class Split(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 1, 1)
+        expect_bottoms(spec, 1, 1)
         self.top_shapes = [tuple(spec.bottom_shapes[0])] * len(spec.param.top)
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -120,7 +113,7 @@ class Flatten(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 1, 1)
+        expect_bottoms(spec, 1, 1)
         p = spec.param.flatten_param
         shape = tuple(spec.bottom_shapes[0])
         self.start = canonical_axis(spec, p.axis, shape, "flatten_param.axis")
@@ -182,7 +175,7 @@ class Reshape(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 1, 1)
+        expect_bottoms(spec, 1, 1)
         self.top_shapes = [reshape_target(spec, spec.bottom_shapes[0])]
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -196,7 +189,7 @@ class Crop(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 2, 2)
+        expect_bottoms(spec, 2, 2)
         p = spec.param.crop_param
         data, ref = (tuple(s) for s in spec.bottom_shapes)
         if len(data) != len(ref):
@@ -239,7 +232,7 @@ class Tile(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 1, 1)
+        expect_bottoms(spec, 1, 1)
         p = spec.param.tile_param
         shape = tuple(spec.bottom_shapes[0])
         self.axis = canonical_axis(spec, p.axis, shape, "tile_param.axis")
@@ -263,7 +256,7 @@ class Silence(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 1)
+        expect_bottoms(spec, 1, ANY)
         if len(spec.param.top):
             raise spec.error(f"Silence layers have no tops, got {list(spec.param.top)}")
         self.top_shapes = []

@@ -14,7 +14,7 @@ from vggproto.layers.axes import canonical_axis, count, softmax_along
 from vggproto.layers.loss import (LossLayer, check_label_count, check_same_num, clamp_forward_only, class_labels,
                                   ignore_label, normalization_mode, normalize)
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
-from vggproto.layers.shape import need_bottoms
+from vggproto.layers.common import expect_bottoms
 
 #: -log(FLT_MIN): Caffe clamps the probability of the true class at FLT_MIN before the log.
 MAX_NLL = -math.log(1.1754943508222875e-38)
@@ -26,7 +26,7 @@ class Softmax(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 1, 1)
+        expect_bottoms(spec, 1, 1)
         shape = tuple(spec.bottom_shapes[0])
         self.axis = canonical_axis(spec, spec.param.softmax_param.axis, shape, "softmax_param.axis")
         self.top_shapes = [shape]
@@ -41,7 +41,7 @@ class SoftmaxWithLoss(LossLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 2, 2)
+        expect_bottoms(spec, 2, 2)
         check_same_num(spec)
         shape = tuple(spec.bottom_shapes[0])
         self.axis = canonical_axis(spec, spec.param.softmax_param.axis, shape, "softmax_param.axis")
@@ -71,7 +71,7 @@ class Accuracy(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 2, 2)
+        expect_bottoms(spec, 2, 2)
         p = spec.param.accuracy_param
         shape = tuple(spec.bottom_shapes[0])
         self.axis = canonical_axis(spec, p.axis, shape, "accuracy_param.axis")
@@ -118,7 +118,7 @@ class ArgMax(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        need_bottoms(spec, 1, 1)
+        expect_bottoms(spec, 1, 1)
         p = spec.param.argmax_param
         shape = tuple(spec.bottom_shapes[0])
         self.top_k, self.out_max_val = p.top_k, p.out_max_val
