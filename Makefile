@@ -22,7 +22,7 @@ graphviz:
 	  || echo "note: could not install graphviz (dot); drawing to .svg/.png needs it"; }
 
 test: setup graphviz
-	$(VENV)/bin/pytest -q -n 2 tests
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile tests
 
 # Debian's dataset-fashion-mnist: the full Fashion-MNIST (60,000 + 10,000 images) as idx files, offline.
 fashion-mnist:

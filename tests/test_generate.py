@@ -438,3 +438,14 @@ def test_scale_none_gives_a_bvlc_only_train_net():
         assert not layer.transform_param.HasField("vgg_augmentation_param")
         assert layer.transform_param.crop_size == 32
         assert layer.transform_param.scale == pytest.approx(0.0125)
+
+
+@pytest.mark.parametrize("classes, accuracies", [(3, ["accuracy_top1"]), (5, ["accuracy_top1"]),
+                                                  (6, ["accuracy_top1", "accuracy_top5"])])
+def test_top5_accuracy_only_with_more_than_five_classes(classes, accuracies):
+    """Caffe's accuracy layer refuses top_k above the class count (and top-5 of 5 is always right), so a small
+    --num-classes net must still load (tests/test_localize_train.py trains a 3-class one)."""
+    from vggproto.generate import build_net
+    param = build_net("A", "train_val", scale="none", crop_size=32, width_divisor=16, num_classes=classes,
+                      data="hdf5")
+    assert [layer.name for layer in param.layer if layer.type == "Accuracy"] == accuracies

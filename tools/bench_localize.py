@@ -3,7 +3,7 @@
 (coloured rectangles on real photographs) and report, on held-out images, the share with IoU > 0.5 and the
 Euclidean loss, next to the baseline "best constant box" (the mean held-out target) computed in the same process.
 
-    python tools/bench_localize.py --iterations 1500 --regression pcr
+    python tools/bench_localize.py --iterations 600 --regression pcr
 """
 from __future__ import annotations
 
@@ -40,10 +40,10 @@ def held_out(solver, crop: int, blob: str) -> tuple[float, float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--iterations", type=int, default=1500)
+    parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--regression", choices=["scr", "pcr"], default="scr")
     parser.add_argument("--config", default="A")
-    parser.add_argument("--width-divisor", type=int, default=16)
+    parser.add_argument("--width-divisor", type=int, default=8)
     parser.add_argument("--crop", type=int, default=48)
     parser.add_argument("--train", type=int, default=600)
     parser.add_argument("--val", type=int, default=100)

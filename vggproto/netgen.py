@@ -321,10 +321,12 @@ def train_val_head(opts: NetOptions) -> Commented:
     return [_data_layer(caffe_pb2.TRAIN, opts), _data_layer(caffe_pb2.TEST, opts)]
 
 
-def train_val_tail(scores: str) -> Commented:
+def train_val_tail(scores: str, num_classes: int) -> Commented:
+    """Softmax loss and TEST accuracies; no top-5 accuracy below 6 classes (Caffe's accuracy_layer.cpp refuses
+    top_k > classes, and top-5 of 5 is always right)."""
     loss = caffe_pb2.LayerParameter(name="loss", type="SoftmaxWithLoss", bottom=[scores, "label"], top=["loss"])
     out: Commented = [(loss, "")]
-    for name, top_k in (("accuracy_top1", 1), ("accuracy_top5", 5)):
+    for name, top_k in (("accuracy_top1", 1), ("accuracy_top5", 5))[:2 if num_classes > 5 else 1]:
         layer = caffe_pb2.LayerParameter(name=name, type="Accuracy", bottom=[scores, "label"], top=[name])
         layer.include.add().phase = caffe_pb2.TEST
         if top_k != 1:
@@ -361,7 +363,7 @@ def build_commented(config: str, kind: str, opts: NetOptions) -> tuple[caffe_pb2
     opts.validate()
     body, scores = trunk(config, kind, opts)
     if kind == "train_val":
-        tail = localization_tail(scores, opts) if opts.localization else train_val_tail(scores)
+        tail = localization_tail(scores, opts) if opts.localization else train_val_tail(scores, opts.num_classes)
         layers = train_val_head(opts) + body + tail
     else:
         shape = (opts.deploy_batch_size if kind == "deploy" else 1, 3, opts.crop_size, opts.crop_size)
