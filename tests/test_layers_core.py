@@ -378,6 +378,28 @@ def test_dummy_memory_parameter_layers():
     assert par()["w"].shape == (3, 2) and len(par.learnable_params) == 1
 
 
+def test_memory_data_set_input_arrays_walks_batches_and_wraps():
+    """Caffe's MemoryDataLayer::Reset + Forward_cpu (pycaffe set_input_arrays): batch_size rows per forward,
+    position wraps around N; feeding tops explicitly still works; N must be a multiple of batch_size."""
+    mem = Net('layer { name: "m" type: "MemoryData" top: "data" top: "label" memory_data_param { batch_size: 2 '
+              'channels: 1 height: 2 width: 2 } }')
+    images = np.arange(6 * 4, dtype=np.float32).reshape(6, 1, 2, 2)
+    mem.set_input_arrays(images, np.array([10, 11, 12, 13, 14, 15]))
+    seen = [mem()["label"].tolist() for _ in range(4)]
+    assert seen == [[10, 11], [12, 13], [14, 15], [10, 11]]
+    assert torch.equal(mem.blobs["data"], torch.from_numpy(images[:2]))
+    assert mem(data=np.zeros((2, 1, 2, 2)), label=np.array([7, 8]))["label"].tolist() == [7, 8]
+    assert mem()["label"].tolist() == [12, 13]                    # the explicit feed did not move the position
+    with pytest.raises(NetError, match="positive multiple of memory_data_param.batch_size"):
+        mem.set_input_arrays(images[:5], np.arange(5))
+    with pytest.raises(NetError, match=r"shape \(N, 1, 2, 2\)"):
+        mem.set_input_arrays(np.zeros((2, 3, 2, 2)), np.arange(2))
+    with pytest.raises(NetError, match="2 images but 3 labels"):
+        mem.set_input_arrays(images[:2], np.arange(3))
+    with pytest.raises(NetError, match="needs a MemoryData layer named 'x'; this net has: m"):
+        mem.set_input_arrays(images, np.arange(6), layer="x")
+
+
 @pytest.mark.parametrize("layer,message", [
     ('layer { name: "p" type: "Pooling" bottom: "x0" top: "y" pooling_param { kernel_size: 2 pad: 2 } }',
      "must be smaller than the kernel"),

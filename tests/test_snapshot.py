@@ -212,3 +212,37 @@ def test_sigint_during_test_interrupts_like_caffe(case, caplog):
     s.solve()
     assert "Test interrupted." in caplog.messages and "Optimization stopped early." in caplog.messages
     assert s.iter == 2 and Path("a_iter_2.caffemodel").is_file()
+
+
+@pytest.mark.parametrize("fmt, suffix", [("BINARYPROTO", ".caffemodel"), ("HDF5", ".caffemodel.h5")])
+def test_snapshot_diff_writes_the_last_update_as_each_blob_diff(case, fmt, suffix):
+    """Caffe (solver.cpp Snapshot, blob.cpp ToProto/ToHDF5 with write_diff): after ApplyUpdate a blob's diff holds
+    the step just taken (data -= diff), so diff at iteration 2 = weights at 1 - weights at 2."""
+    from vggproto.weights import read_weights
+    extra = f"snapshot_diff: true\nsnapshot_format: {fmt}\n"
+    train(write_solver("d.prototxt", max_iter=2, snapshot=1, prefix="d", extra=extra), weights=("init.caffemodel",))
+    first, second = read_weights(f"d_iter_1{suffix}"), read_weights(f"d_iter_2{suffix}")
+    diffs = _diffs(f"d_iter_2{suffix}")
+    assert sorted(diffs) == sorted(second) and sum(len(v) for v in diffs.values()) > 0
+    for name, blobs in second.items():
+        for w1, w2, diff in zip(first[name], blobs, diffs[name], strict=True):
+            assert diff.shape == w2.shape and np.abs(diff).max() > 0
+            np.testing.assert_allclose(diff, w1 - w2, atol=1e-6)
+    without = train(write_solver("n.prototxt", max_iter=1, snapshot=1, prefix="n",
+                                 extra=f"snapshot_format: {fmt}\n"), weights=("init.caffemodel",))
+    assert without.iter == 1 and not _diffs(f"n_iter_1{suffix}")
+
+
+def _diffs(path: str) -> dict[str, list[np.ndarray]]:
+    """Blob diffs read independently of vggproto: protobuf for caffemodels, h5py for HDF5."""
+    if path.endswith(".h5"):
+        import h5py
+        with h5py.File(path, "r") as f:
+            if "diff" not in f:
+                return {}
+            return {name: [f["diff"][name][str(i)][()] for i in range(len(f["diff"][name]))]
+                    for name in f["diff"] if len(f["diff"][name])}
+    from vggproto._pb import caffe_pb2
+    net = caffe_pb2.NetParameter.FromString(Path(path).read_bytes())
+    return {layer.name: [np.array(b.diff, np.float32).reshape(tuple(b.shape.dim)) for b in layer.blobs]
+            for layer in net.layer if any(len(b.diff) for b in layer.blobs)}

@@ -245,7 +245,21 @@ class Net(nn.Module):
         return torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value,
                                dtype=self._probe.dtype, device=self._probe.device)
 
+    def set_input_arrays(self, data, labels, layer: str | None = None) -> None:
+        """pycaffe's ``set_input_arrays``: hand a MemoryData layer (the first one, or ``layer``) N images and
+        labels; each later ``forward()`` without inputs takes its next ``batch_size`` of them."""
+        names = [p.name for p in self.net_param.layer if p.type == "MemoryData"]
+        if not names or (layer is not None and layer not in names):
+            raise NetError(f"set_input_arrays needs a MemoryData layer{f' named {layer!r}' if layer else ''}; "
+                           f"this net has: {', '.join(names) or 'none'}", path=self.path)
+        self.layer_dict[layer or names[0]].set_arrays(self._as_tensor("data", data),
+                                                      self._as_tensor("label", labels))
+
     def _fed_tops(self, param, layer, inputs: dict) -> list[torch.Tensor]:
+        if not any(top in inputs for top in param.top):
+            supplied = layer.next_batch()
+            if supplied is not None:
+                return [self._as_tensor(top, t) for top, t in zip(param.top, supplied)]
         tops = []
         for top, shape in zip(param.top, layer.top_shapes):
             if top in inputs:
@@ -321,9 +335,10 @@ class Net(nn.Module):
         for path in net_weights.split_paths(paths):
             net_weights.copy_weights(self, path)
 
-    def save_weights(self, path: str | os.PathLike) -> None:
-        """Write the weights as a caffemodel (with this net's definition) or Caffe HDF5 (``.h5``)."""
-        net_weights.save_weights(self, path)
+    def save_weights(self, path: str | os.PathLike, with_diff: bool = False) -> None:
+        """Write the weights as a caffemodel (with this net's definition) or Caffe HDF5 (``.h5``); ``with_diff``
+        also writes each blob's diff (the solver's ``snapshot_diff``)."""
+        net_weights.save_weights(self, path, with_diff)
 
     def share_weights_from(self, other: "Net") -> None:
         """Caffe's ShareTrainedLayersWith: same-named layers use ``other``'s parameter tensors (no copy)."""

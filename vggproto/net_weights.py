@@ -72,10 +72,20 @@ def net_weights(net: "Net") -> dict[str, list[np.ndarray]]:
             for name, layer in net.layer_dict.items() if len(layer.blobs)}
 
 
-def save_weights(net: "Net", path: str | os.PathLike) -> None:
-    """Write a caffemodel (V2 layers with the net's definition) or Caffe HDF5 weights (``.h5``)."""
+def net_diffs(net: "Net") -> dict[str, list[np.ndarray]]:
+    """Every layer's blob diffs (the tensors' ``.grad``; zeros where none), laid out like :func:`net_weights`.
+    After a solver step they hold the last update applied, as Caffe's diffs do after ApplyUpdate."""
+    def diff(blob: torch.Tensor) -> np.ndarray:
+        grad = blob.grad if blob.grad is not None else torch.zeros_like(blob)
+        return grad.detach().to("cpu", torch.float32).numpy()
+    return {name: [diff(b) for b in layer.blobs] for name, layer in net.layer_dict.items() if len(layer.blobs)}
+
+
+def save_weights(net: "Net", path: str | os.PathLike, with_diff: bool = False) -> None:
+    """Write a caffemodel (V2 layers with the net's definition) or Caffe HDF5 weights (``.h5``); ``with_diff``
+    adds every blob's diff (Caffe's ``snapshot_diff``)."""
     from vggproto.weights import write_weights
-    write_weights(path, net_weights(net), net.net_param)
+    write_weights(path, net_weights(net), net.net_param, net_diffs(net) if with_diff else None)
 
 
 def share_weights(net: "Net", other: "Net") -> None:

@@ -114,8 +114,6 @@ class Solver:
         self.callbacks: list = []  # called with the solver at the start of every iteration (Caffe: on_start)
         if self.root and (p.snapshot or p.snapshot_after_train):
             snap.check_write_permission(p.snapshot_prefix)
-        if p.snapshot_diff:
-            log.warning("snapshot_diff: true is ignored: vggproto snapshots hold the weights only")
 
     # ---------------------------------------------------------------------------------------------------------------
     # Solve (Caffe: Solver::Solve)
@@ -406,7 +404,7 @@ class Solver:
         model_path, state_path = snap.snapshot_paths(p.snapshot_prefix, self.iter, hdf5)
         model_line, state_line = tl.snapshot_lines(model_path, state_path, hdf5)
         log.info(model_line)
-        self.net.save_weights(model_path)
+        self.net.save_weights(model_path, with_diff=self.param.snapshot_diff)
         log.info(state_line)
         history = [h.detach().float().cpu().numpy() for h in self.history]
         snap.write_solverstate(state_path, snap.SolverStateData(self.iter, model_path, self.current_step, history))

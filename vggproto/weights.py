@@ -287,7 +287,8 @@ def write_parts(path: str | os.PathLike, parts: Iterable[Part]) -> int:
     return total
 
 
-def _net_parts(weights: Mapping[str, Sequence], net_param: caffe_pb2.NetParameter | None) -> list[Part]:
+def _net_parts(weights: Mapping[str, Sequence], net_param: caffe_pb2.NetParameter | None,
+               diffs: Mapping[str, Sequence] | None = None) -> list[Part]:
     head = caffe_pb2.NetParameter()
     layers: list[caffe_pb2.LayerParameter] = []
     if net_param is not None:
@@ -307,24 +308,43 @@ def _net_parts(weights: Mapping[str, Sequence], net_param: caffe_pb2.NetParamete
     for layer in layers:
         layer.ClearField("blobs")
         lo, _, hi = split_message(layer.SerializeToString(), 7)
-        blobs = [blob_part(array, 7) for array in weights.get(layer.name, ())]
+        layer_diffs = (diffs or {}).get(layer.name) or [None] * len(weights.get(layer.name, ()))
+        blobs = [blob_part(array, 7, diff) for array, diff in zip(weights.get(layer.name, ()), layer_diffs)]
         parts.append(Field(100, [lo, *blobs, hi]))
     parts.append(after)
     return parts
 
 
 def write_weights(path: str | os.PathLike, weights: Mapping[str, Sequence],
-                  net_param: caffe_pb2.NetParameter | None = None) -> None:
+                  net_param: caffe_pb2.NetParameter | None = None,
+                  diffs: Mapping[str, Sequence] | None = None) -> None:
     """Write ``weights`` as Caffe HDF5 (``.h5``) or a V2 caffemodel.
 
     The caffemodel carries ``net_param``'s fields and every one of its layers (blobs replaced by ``weights``),
-    or, without ``net_param``, one name-only layer per entry.  Blobs carry ``shape`` and packed float ``data``.
+    or, without ``net_param``, one name-only layer per entry.  Blobs carry ``shape`` and packed float ``data``,
+    and packed ``diff`` where ``diffs`` (same layout as ``weights``) gives one: what Caffe's solver writes with
+    ``snapshot_diff: true`` (HDF5: datasets ``/diff/<layer>/<i>`` beside ``/data``).
     Each blob is streamed from its array (float32 arrays are not copied); the file appears atomically.
     """
+    if diffs:
+        _check_diff_shapes(weights, diffs)
     if Path(path).suffix.lower() == ".h5":
         from vggproto.weights_hdf5 import write_hdf5_weights
         names = [layer.name for layer in net_param.layer] if net_param is not None else []
-        write_hdf5_weights(path, weights, names)
+        write_hdf5_weights(path, weights, names, diffs)
         return
-    size = write_parts(path, _net_parts(weights, net_param))
+    size = write_parts(path, _net_parts(weights, net_param, diffs))
     log.info("Wrote %d bytes of weights to %s", size, os.fspath(path))
+
+
+def _check_diff_shapes(weights: Mapping[str, Sequence], diffs: Mapping[str, Sequence]) -> None:
+    """Every diff belongs to a weight blob of the same shape (Caffe: a Blob's data and diff share its shape)."""
+    for name, layer_diffs in diffs.items():
+        blobs = weights.get(name)
+        if blobs is None or len(blobs) != len(layer_diffs):
+            raise WeightsError(f"diffs for layer '{name}' do not match its weights "
+                               f"({len(layer_diffs)} diffs, {0 if blobs is None else len(blobs)} blobs)")
+        for index, (blob, diff) in enumerate(zip(blobs, layer_diffs)):
+            if diff is not None and tuple(np.shape(diff)) != tuple(np.shape(blob)):
+                raise WeightsError(f"diff {index} of layer '{name}' has shape {tuple(np.shape(diff))}, its blob "
+                                   f"{tuple(np.shape(blob))}")

@@ -126,14 +126,21 @@ def blob_to_array(blob: caffe_pb2.BlobProto) -> np.ndarray:
         raise WeightsError(f"BlobProto {exc}") from None
 
 
-def blob_part(array, number: int) -> Field:
-    """A BlobProto field with ``shape`` and packed float ``data``, in protobuf's canonical field order.
-
-    ``array`` is anything numpy can read; torch tensors are detached and moved to the CPU first."""
+def _float32(array) -> np.ndarray:
     if hasattr(array, "detach"):
         array = array.detach().cpu()
-    values = np.asarray(array, dtype="<f4", order="C")
+    return np.asarray(array, dtype="<f4", order="C")
+
+
+def blob_part(array, number: int, diff=None) -> Field:
+    """A BlobProto field with packed float ``data``, packed ``diff`` (when given: Caffe's Blob::ToProto with
+    write_diff) and ``shape``, in protobuf's canonical field order.
+
+    ``array`` is anything numpy can read; torch tensors are detached and moved to the CPU first."""
+    values = _float32(array)
     parts: list[Part] = [Field(5, [values])] if values.size else []
+    if diff is not None and values.size:
+        parts.append(Field(6, [_float32(diff).reshape(values.shape)]))
     parts.append(Field(7, [caffe_pb2.BlobShape(dim=values.shape).SerializeToString()]))
     return Field(number, parts)
 

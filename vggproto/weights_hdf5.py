@@ -82,21 +82,30 @@ def read_hdf5_weights(path: str, buf: mmap.mmap | None = None) -> dict[str, list
     return out
 
 
-def write_hdf5_weights(path: str | os.PathLike, weights: Mapping[str, Sequence], names: Sequence[str] = ()) -> None:
+def write_hdf5_weights(path: str | os.PathLike, weights: Mapping[str, Sequence], names: Sequence[str] = (),
+                       diffs: Mapping[str, Sequence] | None = None) -> None:
     """Write Caffe's HDF5 layout: a group per layer (``names`` first, as Caffe creates one for every layer of
-    the net, then any other weights entry), dataset ``i`` per blob; atomically via a temp file."""
+    the net, then any other weights entry), dataset ``i`` per blob; with ``diffs`` the same under ``/diff``
+    (Caffe: src/caffe/net.cpp ToHDF5 with write_diff); atomically via a temp file."""
     import h5py
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with h5py.File(tmp, "w") as handle:
-            data = handle.create_group("data")
             listed = set(names)
-            for name in [*names, *(n for n in weights if n not in listed)]:
-                group = data.require_group(name)
-                for index, array in enumerate(weights.get(name, ())):
-                    group.create_dataset(str(index), data=np.asarray(array, dtype="<f4", order="C"))
+            order = [*names, *(n for n in weights if n not in listed)]
+            _write_group(handle.create_group("data"), order, weights)
+            if diffs:
+                _write_group(handle.create_group("diff"), order, diffs)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_group(top, order: Sequence[str], arrays: Mapping[str, Sequence]) -> None:
+    for name in order:
+        group = top.require_group(name)
+        for index, array in enumerate(arrays.get(name, ())):
+            if array is not None:
+                group.create_dataset(str(index), data=np.asarray(array, dtype="<f4", order="C"))

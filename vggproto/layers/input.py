@@ -21,6 +21,10 @@ class FedLayer(CaffeLayer):
     feeds: ClassVar[bool] = True
     is_data = True
 
+    def next_batch(self) -> tuple[torch.Tensor, ...] | None:
+        """Tops the layer supplies itself when the caller feeds none (MemoryData after ``set_arrays``)."""
+        return None
+
     def forward(self, *tops: torch.Tensor) -> tuple[torch.Tensor, ...]:
         for name, tensor, shape in zip(self.spec.param.top, tops, self.top_shapes):
             if tensor.dim() != len(shape):
@@ -50,7 +54,9 @@ class Input(FedLayer):
 @register("MemoryData")
 class MemoryData(FedLayer):
     """Caffe: src/caffe/layers/memory_data_layer.cpp — tops data (batch, channels, height, width) and label
-    (batch,), filled from arrays handed to ``net.forward(data=..., label=...)`` (no transformation)."""
+    (batch,), no transformation.  Either fed whole through ``net.forward(data=..., label=...)``, or, as in
+    Caffe's ``Reset`` (pycaffe ``set_input_arrays``), given N images once with :meth:`set_arrays`, then each
+    forward takes the next ``batch_size`` of them, wrapping around."""
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -60,6 +66,31 @@ class MemoryData(FedLayer):
         if min(p.batch_size, p.channels, p.height, p.width) <= 0:
             raise spec.error("memory_data_param batch_size, channels, height and width must all be positive")
         self.top_shapes = [(p.batch_size, p.channels, p.height, p.width), (p.batch_size,)]
+        self._arrays: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pos = 0
+
+    def set_arrays(self, data: torch.Tensor, labels: torch.Tensor) -> None:
+        """Caffe: MemoryDataLayer::Reset — N images (N, C, H, W) and N labels, N a multiple of batch_size."""
+        batch, *chw = self.top_shapes[0]
+        if data.dim() != 4 or tuple(data.shape[1:]) != tuple(chw):
+            raise self.spec.error(f"set_arrays: data must have shape (N, {', '.join(map(str, chw))}), "
+                                  f"got {tuple(data.shape)}")
+        labels = labels.reshape(-1)
+        if len(labels) != len(data):
+            raise self.spec.error(f"set_arrays: {len(data)} images but {len(labels)} labels")
+        if len(data) == 0 or len(data) % batch:
+            raise self.spec.error(f"set_arrays: the number of images ({len(data)}) must be a positive multiple "
+                                  f"of memory_data_param.batch_size ({batch})")
+        self._arrays, self._pos = (data, labels), 0
+
+    def next_batch(self) -> tuple[torch.Tensor, ...] | None:
+        if self._arrays is None:
+            return None
+        data, labels = self._arrays
+        batch = self.top_shapes[0][0]
+        tops = data[self._pos:self._pos + batch], labels[self._pos:self._pos + batch]
+        self._pos = (self._pos + batch) % len(data)     # Caffe: memory_data_layer.cpp Forward_cpu
+        return tops
 
 
 @register("DummyData")
