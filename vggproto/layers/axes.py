@@ -1,7 +1,6 @@
-"""Blob-axis helpers shared by the shape and loss layers: Caffe's canonical axis rule and sub-shape counts.
+"""Blob-axis helpers shared by the shape, arithmetic and loss layers: Caffe's legacy dims and a fast softmax.
 
-Caffe lets most ``axis`` fields be negative (counted from the end); every layer validates them the same way
-(``Blob::CanonicalAxisIndex``), so one helper gives every layer the same rule and the same error message.
+``canonical_axis`` and ``count`` live in :mod:`vggproto.layers.common` and are re-exported here for these layers.
 """
 from __future__ import annotations
 
@@ -9,18 +8,7 @@ from typing import Sequence
 
 import torch
 
-from vggproto.layers.common import count  # noqa: F401  (re-exported for the shape and loss layers)
-from vggproto.layers.registry import LayerSpec
-
-
-def canonical_axis(spec: LayerSpec, axis: int, shape: Sequence[int], field: str) -> int:
-    """``axis`` made non-negative for a blob of ``shape``; a NetError naming ``field`` if it is out of range."""
-    # Caffe: include/caffe/blob.hpp — CanonicalAxisIndex accepts -num_axes <= axis < num_axes
-    n = len(shape)
-    if not -n <= axis < n:
-        raise spec.error(f"{field}: {axis} is out of range for the {n}-D bottom of shape {tuple(shape)} "
-                         f"(allowed: {-n} to {n - 1})")
-    return axis + n if axis < 0 else axis
+from vggproto.layers.common import canonical_axis, count  # noqa: F401  (re-exported)
 
 
 def legacy_dim(shape: Sequence[int], index: int) -> int:

@@ -18,11 +18,14 @@ def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
     return int(math.prod(shape[start:end]))
 
 
-def canonical_axis(spec: LayerSpec, axis: int, ndim: int, field: str) -> int:
-    """Caffe: include/caffe/blob.hpp CanonicalAxisIndex — negative axes count from the end."""
-    if not -ndim <= axis < max(ndim, 1):
-        raise spec.error(f"{field} {axis} out of range for a {ndim}-axis bottom")
-    return axis + ndim if axis < 0 else axis
+def canonical_axis(spec: LayerSpec, axis: int, shape: Sequence[int], field: str) -> int:
+    """``axis`` made non-negative for a blob of ``shape``; a NetError naming ``field`` if it is out of range."""
+    # Caffe: include/caffe/blob.hpp — CanonicalAxisIndex accepts -num_axes <= axis < num_axes
+    n = len(shape)
+    if not -n <= axis < n:
+        raise spec.error(f"{field}: {axis} is out of range for the {n}-D bottom of shape {tuple(shape)} "
+                         f"(allowed: {-n} to {n - 1})")
+    return axis + n if axis < 0 else axis
 
 
 ANY = math.inf  # no upper bound on a blob count: expect_bottoms(spec, 2, ANY)

@@ -26,7 +26,7 @@ class _BaseConv(CaffeLayer):
                              f"and {len(spec.bottom_shapes)} bottoms")
         p = spec.param.convolution_param
         shape = spec.bottom_shapes[0]
-        self.axis = canonical_axis(spec, p.axis, len(shape), "convolution_param.axis")
+        self.axis = canonical_axis(spec, p.axis, shape, "convolution_param.axis")
         n_sp = len(shape) - self.axis - 1
         if n_sp not in _CONV:
             raise spec.error(f"supports 1 to 3 spatial axes, got {n_sp} (bottom shape {shape}, axis {self.axis})")

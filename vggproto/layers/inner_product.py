@@ -25,7 +25,7 @@ class InnerProduct(CaffeLayer):
         shape = spec.bottom_shapes[0]
         if p.num_output <= 0:
             raise spec.error("inner_product_param.num_output must be positive")
-        self.axis = canonical_axis(spec, p.axis, len(shape), "inner_product_param.axis")
+        self.axis = canonical_axis(spec, p.axis, shape, "inner_product_param.axis")
         self.k, self.n, self.transpose = count(shape, self.axis), p.num_output, p.transpose
         self.add_blob((self.k, self.n) if self.transpose else (self.n, self.k), p.weight_filler)
         self.bias_term = p.bias_term

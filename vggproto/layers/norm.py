@@ -104,11 +104,12 @@ class _Affine(CaffeLayer):
         expect_bottoms(spec, 1, 2)
         expect_tops(spec, 1)
         shape = tuple(spec.bottom_shapes[0])
+        field = f"{spec.param.type.lower()}_param.axis"     # scale_param.axis or bias_param.axis
         if len(spec.bottom_shapes) == 2:
             operand = tuple(spec.bottom_shapes[1])
-            self.axis = 0 if not operand else canonical_axis(spec, axis, len(shape), "axis")
+            self.axis = 0 if not operand else canonical_axis(spec, axis, shape, field)
         else:
-            self.axis = canonical_axis(spec, axis, len(shape), "axis") if shape else 0
+            self.axis = canonical_axis(spec, axis, shape, field) if shape else 0
             if num_axes < -1:
                 raise spec.error(f"num_axes must be -1 or non-negative, got {num_axes}")
             end = len(shape) if num_axes == -1 else self.axis + num_axes
