@@ -130,7 +130,8 @@ class Solver:
             self.restore(resume)
         self._broadcast_state()
         if self.root and self.opts.csv and (p.snapshot or p.snapshot_after_train):
-            self.csv = tl.CsvLog(p.snapshot_prefix + "_log.csv", self._test_columns(),
+            self.csv = tl.CsvLog(p.snapshot_prefix + "_log.csv",
+                                 setup.output_names(self.test_nets[0]) if self.test_nets else [],
                                  resume_iter=self.iter if resume else None)
         start_iter = self.iter
         try:
@@ -286,23 +287,9 @@ class Solver:
         self.comm.broadcast([lp.param.data for lp in self.learnable] + list(self.history))
         self.iter, self.current_step = self.comm.broadcast_ints([self.iter, self.current_step])
 
-    # ---------------------------------------------------------------------------------------------------------------
-    # Non-finite loss
-    # ---------------------------------------------------------------------------------------------------------------
-
     def _check_finite(self, loss: float) -> None:
-        if math.isfinite(loss):
-            return
-        culprit = ""
-        for name, blob in self.net.blobs.items():
-            if torch.is_tensor(blob) and blob.is_floating_point() and not bool(torch.isfinite(blob).all()):
-                culprit = f"; the first top that became non-finite is blob '{name}'"
-                layer = setup.producer(self.net, name)
-                culprit += f" (layer '{layer}')" if layer else ""
-                break
-        kept = f"; the last good snapshot is {self.last_snapshot}" if self.last_snapshot else ""
-        raise SolverError(f"iteration {self.iter}: the training loss is {loss}{culprit}. Training stopped{kept}; "
-                          f"lower base_lr or enable clip_gradients")
+        if not math.isfinite(loss):
+            raise setup.non_finite_loss_error(self.net, self.iter, loss, self.last_snapshot)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Testing (Caffe: Solver::TestAll / Test)
@@ -362,12 +349,6 @@ class Solver:
                      "(drop %d of at most %d)", name, self.plateau.patience, self.plateau.drops,
                      self.plateau.max_drops)
 
-    def _test_columns(self) -> list[str]:
-        if not self.test_nets:
-            return []
-        names = setup.output_names(self.test_nets[0])
-        return names
-
     def _train_outputs(self) -> list[tuple[str, list[float], float]]:
         """The train net's outputs of the last forward, averaged over the processes (the global batch)."""
         weights = setup.loss_weights(self.net)
@@ -408,13 +389,7 @@ class Solver:
         log.info(state_line)
         history = [h.detach().float().cpu().numpy() for h in self.history]
         snap.write_solverstate(state_path, snap.SolverStateData(self.iter, model_path, self.current_step, history))
-        snap.write_sidecar(state_path, {
-            "iter": self.iter, "world_size": self.world,
-            "train_cursors": cursors if self.comm is not None else [cursors],
-            "test_cursors": [setup.cursors(net) for net in self.test_nets],
-            "plateau": self.plateau.state(),
-            "torch_rng": torch.get_rng_state().numpy().tobytes().hex(),
-        })
+        snap.write_sidecar(state_path, setup.sidecar(self, cursors if self.comm is not None else [cursors]))
         self.last_snapshot = state_path
         if self.csv is not None:
             self.csv.flush()
@@ -429,19 +404,4 @@ class Solver:
             for target, array in zip(self.history, state.history):
                 target.copy_(torch.from_numpy(array.reshape(tuple(target.shape))))
         log.info("SGDSolver: restoring history")
-        side = snap.read_sidecar(state_path)
-        if side is None:
-            log.info("No vggproto sidecar beside %s: data layers restart at record 0 (as Caffe does)", state_path)
-            return
-        train = side.get("train_cursors") or []
-        if len(train) == self.world:
-            setup.set_cursors(self.net, train[self.rank])
-        else:
-            log.warning("Snapshot was taken with %d processes, this run has %d: data cursors restart at 0",
-                        len(train), self.world)
-        for net, cursors in zip(self.test_nets, side.get("test_cursors") or []):
-            setup.set_cursors(net, cursors)
-        self.plateau.load(side.get("plateau") or {})
-        rng = side.get("torch_rng")
-        if rng and self.world == 1:
-            torch.set_rng_state(torch.frombuffer(bytearray(bytes.fromhex(rng)), dtype=torch.uint8))
+        setup.apply_sidecar(self, snap.read_sidecar(state_path), state_path)

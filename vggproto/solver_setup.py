@@ -159,6 +159,20 @@ def producer(net, blob: str) -> str | None:
     return None
 
 
+def non_finite_loss_error(net, iteration: int, loss: float, last_snapshot: str | None) -> SolverError:
+    """The error for a NaN/inf training loss, naming the first blob (and its layer) that stopped being finite."""
+    culprit = ""
+    for name, blob in net.blobs.items():
+        if torch.is_tensor(blob) and blob.is_floating_point() and not bool(torch.isfinite(blob).all()):
+            culprit = f"; the first top that became non-finite is blob '{name}'"
+            layer = producer(net, name)
+            culprit += f" (layer '{layer}')" if layer else ""
+            break
+    kept = f"; the last good snapshot is {last_snapshot}" if last_snapshot else ""
+    return SolverError(f"iteration {iteration}: the training loss is {loss}{culprit}. Training stopped{kept}; "
+                       f"lower base_lr or enable clip_gradients")
+
+
 def first_accuracy_top(net) -> str:
     param = getattr(net, "net_param", None)
     if param is not None:
@@ -176,3 +190,37 @@ def flat_scores(scores) -> list[tuple[str, float]]:
         else:
             flat.extend((f"{name}[{i}]", v) for i, v in enumerate(values))
     return flat
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The vggproto sidecar of a snapshot: what Caffe's solverstate lacks for a bitwise resume
+# ------------------------------------------------------------------------------------------------------------------
+
+def sidecar(solver, train_cursors: list) -> dict:
+    """Data cursors (one dict per process), plateau state and the torch RNG of ``solver`` at a snapshot."""
+    return {
+        "iter": solver.iter, "world_size": solver.world,
+        "train_cursors": train_cursors,
+        "test_cursors": [cursors(net) for net in solver.test_nets],
+        "plateau": solver.plateau.state(),
+        "torch_rng": torch.get_rng_state().numpy().tobytes().hex(),
+    }
+
+
+def apply_sidecar(solver, side: dict | None, state_path: str) -> None:
+    """Restore what :func:`sidecar` saved; without one (a Caffe solverstate) data restarts at record 0."""
+    if side is None:
+        log.info("No vggproto sidecar beside %s: data layers restart at record 0 (as Caffe does)", state_path)
+        return
+    train = side.get("train_cursors") or []
+    if len(train) == solver.world:
+        set_cursors(solver.net, train[solver.rank])
+    else:
+        log.warning("Snapshot was taken with %d processes, this run has %d: data cursors restart at 0",
+                    len(train), solver.world)
+    for net, saved in zip(solver.test_nets, side.get("test_cursors") or []):
+        set_cursors(net, saved)
+    solver.plateau.load(side.get("plateau") or {})
+    rng = side.get("torch_rng")
+    if rng and solver.world == 1:
+        torch.set_rng_state(torch.frombuffer(bytearray(bytes.fromhex(rng)), dtype=torch.uint8))
