@@ -48,6 +48,17 @@ def test_forward_shapes_outputs_and_inplace_blobs():
         net(data=x, label=x)
 
 
+def test_torch_module_methods_work_on_a_net():
+    """A Net is an nn.Module: eval()/train()/double() must not be shadowed by layer attributes (the phase is the
+    prototxt's, fixed at construction as in Caffe, so eval() changes no result)."""
+    net = small()
+    x = torch.randn(2, 3, 8, 8)
+    before = net(data=x)["fc"]
+    assert net.eval() is net and not net.training and net.train() is net and net.training
+    torch.testing.assert_close(net.eval()(data=x)["fc"], before)
+    assert net.double()(data=x.double())["fc"].dtype == torch.float64
+
+
 def test_outputs_are_sorted_like_caffe():
     net = Net("""layer { name: "in" type: "Input" top: "z" top: "a" input_param { shape { dim: 2 } } }
                  layer { name: "t" type: "TanH" bottom: "z" top: "m" }""")

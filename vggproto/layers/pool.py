@@ -94,7 +94,7 @@ class Pooling(CaffeLayer):
         shape = spec.bottom_shapes[0]
         if len(shape) != 4:
             raise spec.error(f"pooling needs a 4-D bottom (N, C, H, W), got shape {shape}")
-        self.method, self.train = p.pool, spec.train
+        self.method, self.train_phase = p.pool, spec.train
         if p.global_pooling:
             if p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w"):
                 raise spec.error("with global_pooling: true the kernel size cannot be specified")
@@ -133,7 +133,7 @@ class Pooling(CaffeLayer):
         else:
             kernel = self.kernel
         want_mask = len(self.top_shapes) == 2
-        y, mask = pool2d(x, self.method, kernel, self.stride, self.pad, out, self.train, want_mask)
+        y, mask = pool2d(x, self.method, kernel, self.stride, self.pad, out, self.train_phase, want_mask)
         return (y, mask.detach()) if want_mask else (y,)
 
 
@@ -152,7 +152,7 @@ class SPP(CaffeLayer):
             raise spec.error(f"SPP needs a 4-D bottom (N, C, H, W), got shape {shape}")
         if p.pyramid_height < 1:
             raise spec.error("spp_param.pyramid_height must be at least 1")
-        self.method, self.height, self.train = p.pool, p.pyramid_height, spec.train
+        self.method, self.height, self.train_phase = p.pool, p.pyramid_height, spec.train
         if self.height == 1:
             self.top_shapes = [(shape[0], shape[1], 1, 1)]
         else:
@@ -172,7 +172,7 @@ class SPP(CaffeLayer):
             any_pad = bool(ph or pw)
             out = [pooled_size(x.shape[2], kh, kh, ph, True, any_pad), pooled_size(x.shape[3], kw, kw, pw, True,
                                                                                      any_pad)]
-            y, _ = pool2d(x, self.method, [kh, kw], [kh, kw], [ph, pw], out, self.train)
+            y, _ = pool2d(x, self.method, [kh, kw], [kh, kw], [ph, pw], out, self.train_phase)
             pieces.append(y)
         if self.height == 1:
             return (pieces[0],)
