@@ -59,6 +59,38 @@ def test_torch_module_methods_work_on_a_net():
     assert net.double()(data=x.double())["fc"].dtype == torch.float64
 
 
+INPLACE = """
+layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 3 dim: 3 } } }
+layer { name: "relu0" type: "ReLU" bottom: "data" top: "data" }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 2 kernel_size: 1 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "view" type: "Flatten" bottom: "conv" top: "flat" }
+layer { name: "relu1" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc"
+        inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "relu2" type: "ReLU" bottom: "fc" top: "fc" }
+"""
+
+
+def test_in_place_relu_reuses_memory_only_where_nothing_else_sees_it():
+    """Without autograd an in-place ReLU overwrites a fresh Convolution/InnerProduct output (as Caffe and
+    torchvision do), never a fed input and never a blob another layer has already read (here a Flatten view)."""
+    net = Net(INPLACE, seed=3)
+    assert [net.layer_dict[n].may_overwrite for n in ("relu0", "relu1", "relu2")] == [False, False, True]
+    x = torch.randn(1, 2, 3, 3)
+    kept = x.clone()
+    with torch.no_grad():
+        out = net(data=x)
+    assert torch.equal(x, kept)                                          # the caller's tensor is untouched
+    conv = torch.nn.functional.conv2d(torch.relu(x), net.params["conv"][0], net.params["conv"][1])
+    torch.testing.assert_close(net.blobs["flat"], conv.flatten(1))       # the view still holds pre-ReLU values
+    fc = torch.relu(torch.relu(conv).flatten(1) @ net.params["fc"][0].t() + net.params["fc"][1])
+    torch.testing.assert_close(out["fc"], fc)
+    with_grad = Net(INPLACE, seed=3)(data=x)                              # autograd: out of place, same values
+    torch.testing.assert_close(with_grad["fc"], fc)
+    with_grad["fc"].sum().backward()
+
+
 def test_outputs_are_sorted_like_caffe():
     net = Net("""layer { name: "in" type: "Input" top: "z" top: "a" input_param { shape { dim: 2 } } }
                  layer { name: "t" type: "TanH" bottom: "z" top: "m" }""")

@@ -100,6 +100,7 @@ class Net(nn.Module):
         self._owners: list[_Owner] = []
         self._loss_weights: list[tuple[str, float]] = []
         self._propagate: list[list[bool]] = []
+        self._sources: dict[str, tuple[str, int]] = {}   # blob -> (producer type, layers that read it since)
         self.register_buffer("_probe", torch.zeros(0), persistent=False)
         shared: dict[str, tuple[_Owner, caffe_pb2.ParamSpec]] = {}
         for param, line in zip(self.net_param.layer, lines):
@@ -120,6 +121,14 @@ class Net(nn.Module):
             self.load_weights(weights)
 
     # ------------------------------------------------------------------------------------------ construction
+
+    def _may_overwrite(self, param: caffe_pb2.LayerParameter) -> bool:
+        """An in-place layer whose bottom is a Convolution/InnerProduct output no other layer has read yet: its
+        memory can be reused (what Caffe does for every in-place layer) without changing any result."""
+        if len(param.bottom) != 1 or list(param.top) != list(param.bottom):
+            return False
+        producer, readers = self._sources.get(param.bottom[0], ("", 1))
+        return producer in ("Convolution", "InnerProduct") and readers == 0
 
     def _error(self, param: caffe_pb2.LayerParameter, line: int | None, message: str) -> NetError:
         return NetError(message, path=self.path, line=line, layer=param.name, layer_type=param.type)
@@ -153,6 +162,11 @@ class Net(nn.Module):
             raise self._error(param, line, f"propagate_down must be given once per bottom ({len(param.bottom)})")
         self._propagate.append(list(param.propagate_down) or [True] * len(param.bottom))
         layer.blob_shapes = [tuple(b.shape) for b in layer.blobs]
+        layer.may_overwrite = self._may_overwrite(param)
+        for bottom in param.bottom:
+            producer, readers = self._sources.get(bottom, ("", 0))
+            self._sources[bottom] = (producer, readers + 1)
+        self._sources.update((top, (param.type, 0)) for top in param.top)
         self._setup_params(param, line, layer, shared)
         self.layer_list.append(layer)
         self.layer_names.append(param.name)

@@ -8,6 +8,7 @@ construction with both numbers.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from vggproto.layers.common import blob, canonical_axis, count, expect_bottoms, expect_tops
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
@@ -40,7 +41,9 @@ class InnerProduct(CaffeLayer):
             raise self.spec.error(f"bottom has {flat.shape[-1]} inputs per sample (shape {tuple(x.shape)}) but the "
                                   f"weights expect {self.k}")
         weight = blob(self, 0)
-        y = flat @ weight if self.transpose else flat @ weight.t()
-        if self.bias_term:
-            y = y + blob(self, 1)
+        bias = blob(self, 1) if self.bias_term else None
+        if self.transpose:
+            y = flat @ weight if bias is None else flat @ weight + bias
+        else:
+            y = F.linear(flat, weight, bias)     # one fused GEMM + bias (addmm), as torchvision's nn.Linear
         return (y if self.axis > 0 else y.reshape(self.n),)

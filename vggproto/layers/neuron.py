@@ -37,9 +37,11 @@ class ReLU(Neuron):
 
     def apply(self, x):
         slope = self.spec.param.relu_param.negative_slope
-        if slope == 0:
-            return torch.relu(x)   # derivative 0 at x = 0, as Caffe's (x > 0)
-        return F.leaky_relu(x, slope)   # derivative `slope` at x = 0, as Caffe's slope·(x <= 0)
+        # in place like Caffe's in-place ReLU (and torchvision's inplace=True) when no gradient is recorded
+        overwrite = self.may_overwrite and not (torch.is_grad_enabled() and x.requires_grad)
+        if slope == 0:   # derivative 0 at x = 0, as Caffe's (x > 0)
+            return torch.relu_(x) if overwrite else torch.relu(x)
+        return F.leaky_relu(x, slope, inplace=overwrite)   # derivative `slope` at x = 0, as Caffe's slope·(x <= 0)
 
 
 @register("PReLU")

@@ -61,6 +61,9 @@ class CaffeLayer(nn.Module):
     is_loss: ClassVar[bool] = False
     #: Layers whose tops are data sources (no bottoms, new values every forward).
     is_data: ClassVar[bool] = False
+    #: Set by the Net: this in-place layer may overwrite its bottom's memory when no autograd graph is built
+    #: (the bottom is a fresh Convolution/InnerProduct output that nothing else has read).
+    may_overwrite: bool = False
 
     def __init__(self, spec: LayerSpec):
         super().__init__()
