@@ -91,6 +91,24 @@ def test_in_place_relu_reuses_memory_only_where_nothing_else_sees_it():
     with_grad["fc"].sum().backward()
 
 
+def test_pre_relu_activations_are_freed_unless_diffs_are_tracked():
+    """Training memory: an in-place ReLU's input (the conv output) is not kept alive by the net, as in torchvision,
+    except with ``track_diffs`` (Caffe's per-blob diffs need the first value of every blob)."""
+    import weakref
+    for track in (False, True):
+        net = small()
+        net.track_diffs = track
+        seen = []
+        net.layer_dict["conv1"].register_forward_hook(lambda mod, args, out: seen.append(weakref.ref(out[0])))
+        net(data=torch.randn(2, 3, 8, 8))["fc"].sum().backward()
+        assert (seen[0]() is not None) == track
+        if track:
+            assert net.diff("conv1").shape == (2, 4, 8, 8)
+        else:
+            with pytest.raises(NetError, match="set net.track_diffs = True before forward"):
+                net.diff("conv1")
+
+
 def test_outputs_are_sorted_like_caffe():
     net = Net("""layer { name: "in" type: "Input" top: "z" top: "a" input_param { shape { dim: 2 } } }
                  layer { name: "t" type: "TanH" bottom: "z" top: "m" }""")

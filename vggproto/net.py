@@ -300,9 +300,9 @@ class Net(nn.Module):
                 tops = layer(*bottoms)
             for name, tensor in zip(param.top, tops):
                 blobs[name] = tensor
-                if name not in first:
-                    first[name] = tensor
-                    if self.track_diffs and tensor.requires_grad:
+                if self.track_diffs and name not in first:   # kept only when asked: it holds every pre-ReLU
+                    first[name] = tensor                      # activation alive until the next forward
+                    if tensor.requires_grad:
                         tensor.retain_grad()
         if inputs:
             raise NetError(f"unknown input(s) {', '.join(sorted(inputs))}; the net is fed through: "
@@ -338,6 +338,9 @@ class Net(nn.Module):
     def diff(self, name: str) -> torch.Tensor:
         """Caffe's ``blobs[name].diff`` after backward (needs ``track_diffs = True`` before forward): the gradient
         w.r.t. the blob's first value, which is what the shared diff of an in-place chain ends up holding."""
+        if name not in self._first:
+            state = "set net.track_diffs = True before forward" if not self.track_diffs else "no such blob"
+            raise NetError(f"no diff for blob '{name}': {state} (blobs: {', '.join(self.blobs)})", path=self.path)
         tensor = self._first[name]
         grad = tensor.grad if tensor.requires_grad else None
         return grad if grad is not None else torch.zeros_like(tensor)
