@@ -95,12 +95,15 @@ def test_parse_gpus():
             parse_gpus("0,1")
 
 
-def test_overlapped_buckets_with_iter_size_equal_one_process(case, monkeypatch):
-    # tiny buckets (several per iteration) and iter_size 2: only the last backward all-reduces
+@pytest.mark.parametrize("layer_wise_reduce", ["true", "false"])
+def test_overlapped_buckets_with_iter_size_equal_one_process(case, monkeypatch, layer_wise_reduce):
+    # tiny buckets (several per iteration) and iter_size 2: only the last backward all-reduces; with
+    # layer_wise_reduce: false (Caffe's NCCL option) one all-reduce after backward gives the same weights
     monkeypatch.setenv("VGGPROTO_BUCKET_MB", "0.0005")
     opts = TrainOptions(weights=("init.caffemodel",), progress=False)
     for prefix in ("one", "two"):
-        Path(f"{prefix}.prototxt").write_text(SOLVER.format(prefix=prefix) + "iter_size: 2\n")
+        Path(f"{prefix}.prototxt").write_text(SOLVER.format(prefix=prefix) + "iter_size: 2\n"
+                                              f"layer_wise_reduce: {layer_wise_reduce}\n")
     launch("one.prototxt", opts)
     launch("two.prototxt", opts, gpus="cpu:2")
     one, two = read_weights("one_iter_5.caffemodel"), read_weights("two_iter_5.caffemodel")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vggproto import net_weights
+from vggproto import net_debug, net_weights
 from vggproto._pb import caffe_pb2
 from vggproto.errors import NetError, PrototxtError
 from vggproto.layers.common import count
@@ -117,6 +117,8 @@ class Net(nn.Module):
         self._fed: dict[str, torch.Tensor] = {}
         self.loss: torch.Tensor | None = None
         self.track_diffs = False
+        self.debug_info = self.net_param.debug_info   # Caffe's per-layer data/diff lines (vggproto.net_debug)
+        self._debug_records: list[net_debug.LayerRecord] = []
         if weights:
             self.load_weights(weights)
 
@@ -292,12 +294,16 @@ class Net(nn.Module):
         inputs = dict(inputs)
         blobs: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
+        self._debug_records = []
         for param, layer, propagate in zip(self.net_param.layer, self.layer_list, self._propagate):
+            bottoms = []
             if getattr(layer, "feeds", False):
                 tops = layer(*self._fed_tops(param, layer, inputs))
             else:
                 bottoms = [blobs[b] if keep else blobs[b].detach() for b, keep in zip(param.bottom, propagate)]
                 tops = layer(*bottoms)
+            if self.debug_info:
+                self._debug_forward(param, layer, bottoms, tops)
             for name, tensor in zip(param.top, tops):
                 blobs[name] = tensor
                 if self.track_diffs and name not in first:   # kept only when asked: it holds every pre-ReLU
@@ -311,6 +317,20 @@ class Net(nn.Module):
         self.blobs, self._first = blobs, first
         self.loss = self._total_loss(blobs)
         return {name: blobs[name] for name in self.output_names}
+
+    def _debug_forward(self, param: caffe_pb2.LayerParameter, layer: CaffeLayer, bottoms, tops) -> None:
+        record = net_debug.LayerRecord(param.name, list(zip(param.bottom, bottoms)), list(layer.blobs))
+        net_debug.retain_bottom_grads(record)
+        self._debug_records.append(record)
+        names = [param.param[i].name if i < len(param.param) and param.param[i].name else str(i)
+                 for i in range(len(layer.blobs))]   # Caffe: param_display_names_
+        net_debug.forward_lines(param.name, list(zip(param.top, tops)), list(layer.blobs), names)
+
+    def log_backward_debug(self) -> None:
+        """After a backward pass with ``debug_info`` on: Caffe's ``[Backward]`` lines (Net.backward calls it;
+        a caller running ``loss.backward()`` itself calls it afterwards, as the solver does)."""
+        if self.debug_info:
+            net_debug.backward_lines(self._debug_records, [lp.param for lp in self.learnable_params])
 
     def _total_loss(self, blobs: dict[str, torch.Tensor]) -> torch.Tensor:
         # Caffe: net.cpp ForwardFromTo — loss = Σ loss_weight · Σ top elements
@@ -334,6 +354,7 @@ class Net(nn.Module):
                 grads.append(grad)
         if tensors:
             torch.autograd.backward(tensors, grads)
+        self.log_backward_debug()
 
     def diff(self, name: str) -> torch.Tensor:
         """Caffe's ``blobs[name].diff`` after backward (needs ``track_diffs = True`` before forward): the gradient

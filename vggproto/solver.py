@@ -102,7 +102,9 @@ class Solver:
         # ---- solver state ----------------------------------------------------------------------------------------
         self.learnable = list(self.net.learnable_params)
         self.history = updates.new_history(p.type, [lp.param.detach() for lp in self.learnable])
-        if comm is not None:
+        if comm is not None and p.layer_wise_reduce:
+            # Caffe: parallel.cpp — layer_wise_reduce (default true) overlaps the all-reduce with backward;
+            # false reduces all gradients in one call after it (the same result)
             comm.attach([lp.param for lp in self.learnable])
         self.iter, self.current_step = 0, 0
         self.plateau = updates.Plateau(opts.plateau_patience, opts.plateau_max_drops)
@@ -183,6 +185,7 @@ class Solver:
                 for callback in self.callbacks:
                     callback(self)
                 display = bool(p.display) and self.iter % p.display == 0
+                self.net.debug_info = display and p.debug_info   # Caffe: solver.cpp Step
                 loss = 0.0
                 for micro in range(p.iter_size):
                     if self.comm is not None and micro == p.iter_size - 1:
@@ -221,6 +224,7 @@ class Solver:
         loss = self.net.loss
         if torch.is_tensor(loss) and loss.requires_grad:
             loss.backward()
+            self.net.log_backward_debug()
         return float(loss.detach())
 
     def _forward_loss(self) -> float:
