@@ -91,7 +91,7 @@ _REGISTRY: dict[str, type[CaffeLayer]] = {}
 LAYER_MODULES = (
     "vggproto.layers.input", "vggproto.layers.conv", "vggproto.layers.pool", "vggproto.layers.inner_product",
     "vggproto.layers.neuron", "vggproto.layers.norm", "vggproto.layers.shape", "vggproto.layers.loss",
-    "vggproto.layers.arith", "vggproto.layers.softmax",
+    "vggproto.layers.arith", "vggproto.layers.softmax", "vggproto.layers.recurrent",
     "vggproto.layers.data", "vggproto.layers.box_data",
 )
 

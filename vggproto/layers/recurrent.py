@@ -1,0 +1,154 @@
+"""Recurrent layers: LSTM and RNN over (T, N, ...) sequences with Caffe's stream-continuation indicators.
+
+Caffe: src/caffe/layers/recurrent_layer.cpp, lstm_layer.cpp, lstm_unit_layer.cpp, rnn_layer.cpp.  Caffe unrolls
+these into a hidden net; here the same equations run as a loop over the T timesteps, with autograd for backward.
+
+Bottoms: ``x`` (T, N, ...), ``cont`` (T, N) — 0 marks the first step of a sequence, which zeroes the previous
+state — an optional ``x_static`` (N, ...) added to every step, and with ``expose_hidden`` the initial states
+(``h_0``; LSTM also ``c_0``, each (1, N, H)).  Tops: the per-step output (T, N, H), and with ``expose_hidden``
+the final states.  Without ``expose_hidden`` the final state of one forward is the initial state of the next
+(Caffe copies h_T into h_0), so a sequence may continue across batches when its ``cont`` stays 1.
+
+Parameter blobs, in Caffe's order: LSTM ``W_xc (4H, K), b_c (4H), [W_xc_static (4H, Ks)], W_hc (4H, H)`` with
+gates in the order i, f, o, g; RNN ``W_xh, b_h, [W_xh_static], W_hh, W_ho, b_o``.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from vggproto.layers.common import blob, count, expect_bottoms, expect_tops
+from vggproto.layers.registry import CaffeLayer, LayerSpec, register
+
+log = logging.getLogger("vggproto.net")
+
+
+class Recurrent(CaffeLayer):
+    """Shared set-up of LSTM and RNN: bottom checks, static input, exposed hidden states, carried state."""
+
+    #: hidden-state blobs (LSTM: h and c; RNN: h)
+    states: tuple[str, ...] = ("h",)
+    #: rows of the input transform per hidden unit (LSTM: 4 gates)
+    gates: int = 1
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        p = spec.param.recurrent_param
+        if p.num_output <= 0:
+            raise spec.error("recurrent_param.num_output must be positive")
+        self.hidden, self.expose = int(p.num_output), p.expose_hidden
+        extra = len(self.states) if self.expose else 0
+        expect_bottoms(spec, 2 + extra, 3 + extra)
+        expect_tops(spec, 1 + extra)
+        shapes = [tuple(s) for s in spec.bottom_shapes]
+        self.static = len(shapes) == 3 + extra
+        self._check_shapes(spec, shapes)
+        self.t_steps, self.n = shapes[0][0], shapes[0][1]
+        if p.debug_info:
+            log.warning("%s: recurrent_param.debug_info has no unrolled net to report on in vggproto; use the "
+                        "net's or solver's debug_info", spec.name)
+        self.state_shape = (1, self.n, self.hidden)
+        self._add_params(p, count(shapes[0], 2), count(shapes[2], 1) if self.static else 0)
+        self.top_shapes = [(self.t_steps, self.n, self.hidden)] + [self.state_shape] * extra
+        for name in self.states:
+            self.register_buffer(f"carried_{name}", torch.zeros(self.state_shape), persistent=False)
+
+    def _check_shapes(self, spec: LayerSpec, shapes: list[tuple[int, ...]]) -> None:
+        # Caffe: recurrent_layer.cpp LayerSetUp / Reshape checks
+        x, cont = shapes[0], shapes[1]
+        if len(x) < 2:
+            raise spec.error(f"bottom[0] must have at least 2 axes (#timesteps, #streams, ...), got {x}")
+        if len(cont) != 2 or cont != x[:2]:
+            raise spec.error(f"bottom[1] (sequence continuation indicators) must be (#timesteps, #streams) = "
+                             f"{x[:2]}, got {cont}")
+        if self.static and (len(shapes[2]) < 1 or shapes[2][0] != x[1]):
+            raise spec.error(f"bottom[2] (static input) must have #streams = {x[1]} as its first axis, "
+                             f"got {shapes[2]}")
+        for index in range(2 + self.static, len(shapes)):
+            if shapes[index] != (1, x[1], self.hidden):
+                raise spec.error(f"bottom[{index}] (initial hidden state) must be (1, {x[1]}, {self.hidden}), "
+                                 f"got {shapes[index]}")
+
+    def _add_params(self, p, k: int, k_static: int) -> None:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, cont: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        static = rest[0] if self.static else None
+        given = rest[1:] if self.static else rest
+        initial = list(given) if self.expose else [getattr(self, f"carried_{s}").to(x) for s in self.states]
+        cont = cont.detach().to(x.dtype)   # Caffe refuses to backpropagate to the indicators
+        outputs, final = self.run(x.reshape(self.t_steps, self.n, -1), cont, static, initial)
+        if not self.expose:
+            for name, state in zip(self.states, final):
+                getattr(self, f"carried_{name}").copy_(state.detach())
+        return (outputs, *final) if self.expose else (outputs,)
+
+    def run(self, x, cont, static, initial):
+        raise NotImplementedError
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+@register("LSTM")
+class LSTM(Recurrent):
+    """Caffe: lstm_layer.cpp + lstm_unit_layer.cpp — gates [i, f, o, g] = W_xc x_t + b_c (+ W_xc_static x_static)
+    + W_hc (cont_t h_{t-1}); c_t = cont_t σ(f) c_{t-1} + σ(i) tanh(g); h_t = σ(o) tanh(c_t)."""
+
+    states = ("h", "c")
+
+    def _add_params(self, p, k: int, k_static: int) -> None:
+        h4 = 4 * self.hidden
+        self.add_blob((h4, k), p.weight_filler)              # W_xc
+        self.add_blob((h4,), p.bias_filler)                  # b_c
+        if self.static:
+            self.add_blob((h4, k_static), p.weight_filler)   # W_xc_static
+        self.add_blob((h4, self.hidden), p.weight_filler)    # W_hc
+
+    def run(self, x, cont, static, initial):
+        h, c = (s.reshape(self.n, self.hidden) for s in initial)
+        gates_x = _linear(x, blob(self, 0), blob(self, 1))
+        if static is not None:
+            gates_x = gates_x + _linear(static.reshape(self.n, -1), blob(self, 2))
+        w_hc, n_h = blob(self, 3 if self.static else 2), self.hidden
+        outputs = []
+        for t in range(self.t_steps):
+            keep = cont[t].unsqueeze(1)
+            gates = gates_x[t] + _linear(keep * h, w_hc)
+            i, f, o = (torch.sigmoid(gates[:, j * n_h:(j + 1) * n_h]) for j in range(3))
+            g = torch.tanh(gates[:, 3 * n_h:])
+            c = keep * f * c + i * g
+            h = o * torch.tanh(c)
+            outputs.append(h)
+        return torch.stack(outputs), [h.unsqueeze(0), c.unsqueeze(0)]
+
+
+@register("RNN")
+class RNN(Recurrent):
+    """Caffe: rnn_layer.cpp — h_t = tanh(W_xh x_t + b_h (+ W_xh_static x_static) + W_hh (cont_t h_{t-1}));
+    o_t = tanh(W_ho h_t + b_o)."""
+
+    def _add_params(self, p, k: int, k_static: int) -> None:
+        n_h = self.hidden
+        self.add_blob((n_h, k), p.weight_filler)             # W_xh
+        self.add_blob((n_h,), p.bias_filler)                 # b_h
+        if self.static:
+            self.add_blob((n_h, k_static), p.weight_filler)  # W_xh_static
+        self.add_blob((n_h, n_h), p.weight_filler)           # W_hh
+        self.add_blob((n_h, n_h), p.weight_filler)           # W_ho
+        self.add_blob((n_h,), p.bias_filler)                 # b_o
+
+    def run(self, x, cont, static, initial):
+        h = initial[0].reshape(self.n, self.hidden)
+        pre_x = _linear(x, blob(self, 0), blob(self, 1))
+        if static is not None:
+            pre_x = pre_x + _linear(static.reshape(self.n, -1), blob(self, 2))
+        first = 3 if self.static else 2
+        w_hh, w_ho, b_o = (blob(self, first + j) for j in range(3))
+        outputs = []
+        for t in range(self.t_steps):
+            h = torch.tanh(pre_x[t] + _linear(cont[t].unsqueeze(1) * h, w_hh))
+            outputs.append(torch.tanh(_linear(h, w_ho, b_o)))
+        return torch.stack(outputs), [h.unsqueeze(0)]
