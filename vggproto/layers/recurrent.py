@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch.nn.functional import linear as _linear
 
 from vggproto.layers.common import blob, count, expect_bottoms, expect_tops
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
@@ -29,8 +30,6 @@ class Recurrent(CaffeLayer):
 
     #: hidden-state blobs (LSTM: h and c; RNN: h)
     states: tuple[str, ...] = ("h",)
-    #: rows of the input transform per hidden unit (LSTM: 4 gates)
-    gates: int = 1
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -86,10 +85,6 @@ class Recurrent(CaffeLayer):
 
     def run(self, x, cont, static, initial):
         raise NotImplementedError
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    return torch.nn.functional.linear(x, weight, bias)
 
 
 @register("LSTM")
