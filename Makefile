@@ -32,10 +32,10 @@ fashion-mnist:
 demo: setup graphviz fashion-mnist
 	$(VENV)/bin/python tools/demo.py
 
-# Regenerate vggproto/_pb/caffe_pb2.py from proto/caffe.proto (needs the dev extra: grpcio-tools).
+# Regenerate vggproto/caffe/proto/caffe_pb2.py from proto/caffe.proto (needs the dev extra: grpcio-tools).
 proto:
 	$(PIP) install -q 'grpcio-tools==1.85.1'
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=vggproto/_pb proto/caffe.proto
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=vggproto/caffe/proto proto/caffe.proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info

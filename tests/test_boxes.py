@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vggproto._pb import caffe_pb2
-from vggproto.boxes import (corners_to_target, greedy_merge, iou, iou_matrix, match_score, target_to_corners,
+from vggproto.caffe.proto import caffe_pb2
+from vggproto.localize.boxes import (corners_to_target, greedy_merge, iou, iou_matrix, match_score, target_to_corners,
                             transform_boxes, window_to_image)
 from vggproto.data.boxes import parse_box_list, transformed_record
 from vggproto.data.transform import DataTransformer
@@ -132,9 +132,9 @@ def test_box_list_parsing(tmp_path):
 # ------------------------------------------------------------------------------------------------ BoxData layer
 
 def test_boxdata_layer_tops_and_errors(tmp_path):
-    from vggproto.data.synth_boxes import make_synthetic_set
+    from vggproto.localize.synthetic import make_synthetic_set
     from vggproto.errors import NetError
-    from vggproto.net import Net
+    from vggproto.net.interpreter import Net
     train, _ = make_synthetic_set(tmp_path, 3, 1, height=40, width=50, seed=1)
     layer = f"""layer {{ name: "data" type: "BoxData" top: "data" top: "label" top: "box"
       image_data_param {{ source: "{train}" batch_size: 4 }}

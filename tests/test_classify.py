@@ -9,10 +9,10 @@ import torch
 from click.testing import CliRunner
 
 from eval_helpers import mini_deploy, write_model
-from vggproto.classify import class_names, classify, synset_words
+from vggproto.evaluation.classify import class_names, classify, synset_words
 from vggproto.cli import main
 from vggproto.errors import DataError
-from vggproto.net import Net
+from vggproto.net.interpreter import Net
 
 MEAN = np.float32([103.939, 116.779, 123.68])
 

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from vggproto.cli import main
-from vggproto.convert import conv_to_fc, convert, fc_to_conv, fit_to_net, load_caffe_weights, summary
-from vggproto.convert_io import (input_format, load_safetensors, save_safetensors, state_dict_to_weights,
+from vggproto.convert.convert import conv_to_fc, convert, fc_to_conv, fit_to_net, load_caffe_weights, summary
+from vggproto.weights.torch_files import (input_format, load_safetensors, save_safetensors, state_dict_to_weights,
                                  weights_to_state_dict)
 from vggproto.errors import WeightsError
-from vggproto.weights import read_weights
+from vggproto.weights.caffemodel import read_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +73,7 @@ def test_v2_resave_converts_to_the_same_weights(official, tmp_path):
 
 
 def test_caffemodel_output_keeps_the_layer_structure(official, tmp_path):
-    from vggproto.weights import read_caffemodel
+    from vggproto.weights.caffemodel import read_caffemodel
     convert(official, tmp_path / "out.caffemodel")
     net, weights = read_caffemodel(tmp_path / "out.caffemodel")
     types = {layer.name: layer.type for layer in net.layer}
@@ -225,7 +225,7 @@ def test_caffes_own_upgrade_of_a_v1_file_converts_to_the_same_weights(tmp_path):
 
 
 def test_the_official_v1_deploy_prototxt_works_as_model():
-    from vggproto.convert import net_param_shapes
+    from vggproto.convert.convert import net_param_shapes
     _, shapes = net_param_shapes(ROOT / "tests" / "data" / "golden" / "upgrade" / "vgg16_v1.prototxt")
     assert list(shapes)[0] == "conv1_1" and list(shapes)[-1] == "fc8" and len(shapes) == 16
     assert shapes["fc6"] == [(4096, 25088), (4096,)] and shapes["conv5_3"] == [(512, 512, 3, 3), (512,)]

@@ -15,12 +15,12 @@ import torch
 from click.testing import CliRunner
 
 from vggproto.cli import main
-from vggproto.convert import convert
+from vggproto.convert.convert import convert
 from vggproto.errors import VGGProtoError, WeightsError
-from vggproto.generate import build_net
-from vggproto.net import Net
-from vggproto.prototxt import write_net
-from vggproto.weights import read_weights
+from vggproto.vgg.generate import build_net
+from vggproto.net.interpreter import Net
+from vggproto.caffe.prototxt import write_net
+from vggproto.weights.caffemodel import read_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 DIVISOR = 32
@@ -74,7 +74,7 @@ def test_model_gives_the_nets_shapes_order_and_structure(files, tmp_path):
     assert list(result.weights) == list(net.params)
     for layer, params in net.params.items():
         assert [b.shape for b in result.weights[layer]] == [tuple(p.shape) for p in params]
-    from vggproto.weights import read_caffemodel
+    from vggproto.weights.caffemodel import read_caffemodel
     structure, weights = read_caffemodel(tmp_path / "w.caffemodel")
     assert [layer.name for layer in structure.layer][:3] == ["input", "conv1_1", "relu1_1"]
     raw = read_weights(files["official"])
@@ -146,8 +146,8 @@ def test_onnx_export_matches_the_interpreter_with_a_dynamic_batch(files, photo, 
 
 
 def test_onnx_mismatch_writes_nothing(files, tmp_path):
-    from vggproto.convert import load_caffe_weights
-    from vggproto.onnx_export import export_onnx
+    from vggproto.convert.convert import load_caffe_weights
+    from vggproto.convert.onnx import export_onnx
     weights, _, _ = load_caffe_weights(files["official"])
     with pytest.raises(VGGProtoError, match="differs from the interpreter.*not written"):
         export_onnx(files["deploy"], weights, tmp_path / "bad.onnx", tolerance=-1.0)

@@ -9,10 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import DataError
 from vggproto.layers.registry import LayerSpec, build_layer
-from vggproto.prototxt import read_net
+from vggproto.caffe.prototxt import read_net
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "data"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.layers.registry import LayerSpec, build_layer
-from vggproto.prototxt import read_net
+from vggproto.caffe.prototxt import read_net
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "data"
 TRAIN_NET = ('layer { name: "d" type: "Data" top: "data" top: "label" data_param { source: "raw_lmdb" '
@@ -52,7 +52,7 @@ def test_tensor_transform_matches_numpy_transformer():
     import torch
     from vggproto.data.gpu import TensorTransform
     from vggproto.data.transform import DataTransformer
-    from vggproto.prototxt import read_message
+    from vggproto.caffe.prototxt import read_message
     img = np.random.default_rng(0).integers(0, 256, (37, 45, 3), dtype=np.uint8)
     exact = ("crop_size: 20 mirror: true mean_value: 1 mean_value: 2 mean_value: 3 scale: 0.5 "
              "vgg_augmentation_param { color_shift_std: 0.1 }")

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from vggproto.net import Net
+from vggproto.net.interpreter import Net
 
 NET = """name: "dbg"
 debug_info: true
@@ -37,7 +37,7 @@ def test_forward_and_backward_lines_hold_mean_absolute_values(caplog):
     assert net.debug_info
     x = torch.randn(2, 3, 4, 4)
     top_diff = torch.randn(2, 3)
-    with caplog.at_level(logging.INFO, logger="vggproto.net"):
+    with caplog.at_level(logging.INFO, logger="vggproto.net.interpreter"):
         out = net(data=x)
         net.backward(fc=top_diff)
     text = caplog.text
@@ -71,7 +71,7 @@ def test_forward_and_backward_lines_hold_mean_absolute_values(caplog):
 
 
 def test_solver_prints_debug_lines_on_display_iterations_only(solver_workdir, caplog):
-    from vggproto.solver import Solver, TrainOptions
+    from vggproto.train.solver import Solver, TrainOptions
     solver_workdir("run")
     from pathlib import Path
     Path("dbg.prototxt").write_text('net: "train_val.prototxt"\nmax_iter: 3\ndisplay: 2\nbase_lr: 0.01\n'

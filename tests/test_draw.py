@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from vggproto.cli import main
-from vggproto.draw import DrawOptions, build_graph, draw_net, layer_label, vgg_groups
+from vggproto.viz.draw import DrawOptions, build_graph, draw_net, layer_label, vgg_groups
 from vggproto.errors import VGGProtoError
-from vggproto.netshapes import interpreter_shapes
-from vggproto.prototxt import read_net
+from vggproto.net.shapes import interpreter_shapes
+from vggproto.caffe.prototxt import read_net
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_V1 = ROOT / "tests" / "data" / "golden" / "upgrade" / "v1_small_deploy.prototxt"

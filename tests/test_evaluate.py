@@ -11,12 +11,12 @@ from click.testing import CliRunner
 
 from eval_helpers import mini_deploy, random_weights, write_images, write_model
 from vggproto.cli import main
-from vggproto.dense import load_dense, make_dense
+from vggproto.net.dense import load_dense, make_dense
 from vggproto.errors import DataError, NetError, VGGProtoError
-from vggproto.eval_views import preprocess
-from vggproto.evaluate import ErrorCount, EvalOptions, evaluate, fuse, load_model, topk_hits
-from vggproto.generate import build_net
-from vggproto.net import Net
+from vggproto.evaluation.views import preprocess
+from vggproto.evaluation.evaluate import ErrorCount, EvalOptions, evaluate, fuse, load_model, topk_hits
+from vggproto.vgg.generate import build_net
+from vggproto.net.interpreter import Net
 
 MEAN = (103.939, 116.779, 123.68)
 
@@ -56,7 +56,7 @@ def test_given_dense_net_takes_classification_weights(tmp_path):
     deploy = build_net("A", "deploy", width_divisor=32, num_classes=10, deploy_batch_size=1)
     model, weights = write_model(tmp_path, deploy, seed=2)
     dense_path = tmp_path / "A_dense.prototxt"
-    from vggproto.prototxt import write_net
+    from vggproto.caffe.prototxt import write_net
     write_net(build_net("A", "dense", width_divisor=32, num_classes=10), str(dense_path))
     x = torch.randn(1, 3, 256, 256) * 40
     with torch.no_grad():
@@ -95,12 +95,12 @@ def test_fc_after_flatten_cannot_become_a_conv(tmp_path):
     net.layer.insert(8, flatten)
     del net.layer[-1]
     net.layer[9].bottom[0] = "flat"   # fc6 now reads the flattened blob
-    from vggproto.prototxt import write_net
+    from vggproto.caffe.prototxt import write_net
     path = tmp_path / "flat.prototxt"
     write_net(net, str(path))
     with pytest.raises(NetError) as err:
         make_dense(str(path))
-    from vggproto.prototxt import layer_lines
+    from vggproto.caffe.prototxt import layer_lines
     line = dict((name, number) for number, name in layer_lines(path.read_text()))["fc6"]
     text = str(err.value)
     assert f"flat.prototxt:{line}: layer 'fc6'" in text and "not a spatial" in text and "supported:" in text

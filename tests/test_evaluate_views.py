@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from vggproto.eval_views import (center_crop, crop_boxes, flipped, grid_crops, grid_offsets, preprocess,
+from vggproto.evaluation.views import (center_crop, crop_boxes, flipped, grid_crops, grid_offsets, preprocess,
                                  with_flips)
-from vggproto.evaluate import EvalOptions, _views
+from vggproto.evaluation.evaluate import EvalOptions, _views
 
 
 @pytest.mark.parametrize("size,crop,g", [(256, 224, 5), (384, 224, 5), (341, 224, 5), (300, 224, 4),

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 
 from eval_helpers import mini_deploy, write_images, write_model
 from vggproto.cli import main
-from vggproto.dense import load_dense
+from vggproto.net.dense import load_dense
 from vggproto.errors import DataError, VGGProtoError
-from vggproto.eval_views import preprocess
-from vggproto.extract import extract, l2_normalise, read_features, resolve_blob, write_features
+from vggproto.evaluation.views import preprocess
+from vggproto.evaluation.extract import extract, l2_normalise, read_features, resolve_blob, write_features
 
 MEAN = (103.939, 116.779, 123.68)
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def test_svm_transfer_metrics(tmp_path, capsys):
     centres = rng.normal(0, 1, size=(3, 16)) * 5
     labels = np.repeat(np.arange(3), 10)
     feats = l2_normalise(centres[labels] + rng.normal(0, 0.1, size=(30, 16)))
-    from vggproto.extract import Features
+    from vggproto.evaluation.extract import Features
     write_features(tmp_path / "train.h5", Features(feats.astype(np.float32), labels, [f"{i}" for i in range(30)]))
     assert svm.main([str(tmp_path / "train.h5"), "--json", str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())

@@ -13,7 +13,7 @@ from vggproto.errors import VGGProtoError
 from vggproto.fast import optimize_for_inference, transform_weights, winograd_conv2d, winograd_matrices
 from vggproto.fast.fused import ConvReLU, FusedAway, MaxPool2x2
 from vggproto.fast.optimize import WinogradConv
-from vggproto.net import Net
+from vggproto.net.interpreter import Net
 
 #: Documented float32 error bounds (max |error| / max |reference|, see docs/notes/perf.md).
 F32_TOL = {2: 2e-6, 4: 3e-5, 6: 1e-4}

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import NetError, PrototxtError
-from vggproto.fillers import fill
-from vggproto.net import Net
+from vggproto.layers.fillers import fill
+from vggproto.net.interpreter import Net
 
 
 def filled(shape, seed=0, **fields) -> torch.Tensor:

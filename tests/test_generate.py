@@ -9,12 +9,12 @@ import pytest
 from click.testing import CliRunner
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.cli import main
-from vggproto.configs import DENSE_LAYER_NAMES, PAPER_INIT_LAYERS, TABLE1, parse_token
+from vggproto.vgg.configs import DENSE_LAYER_NAMES, PAPER_INIT_LAYERS, TABLE1, parse_token
 from vggproto.errors import NetError, VGGProtoError
-from vggproto.generate import build_net, build_solver, count_params, generate, generate_texts, infer_shapes
-from vggproto.prototxt import read_net, read_solver
+from vggproto.vgg.generate import build_net, build_solver, count_params, generate, generate_texts, infer_shapes
+from vggproto.caffe.prototxt import read_net, read_solver
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "data" / "golden" / "upgrade"
@@ -392,8 +392,8 @@ def test_cli_generate(tmp_path):
 
 
 def test_small_net_runs_in_the_interpreter():
-    """Width-divided deploy and dense nets build and run in vggproto.net with the walker's shapes and counts."""
-    net_module = pytest.importorskip("vggproto.net")
+    """Width-divided deploy and dense nets build and run in vggproto.net.interpreter with the walker's shapes and counts."""
+    net_module = pytest.importorskip("vggproto.net.interpreter")
     torch = pytest.importorskip("torch")
     for kind, size, out in (("deploy", 64, (1, 10)), ("dense", 96, (1, 10, 2, 2))):
         param = build_net("D", kind, width_divisor=16, crop_size=64, num_classes=10)
@@ -410,7 +410,7 @@ def test_small_net_runs_in_the_interpreter():
 def test_small_train_val_runs_end_to_end(tmp_path):
     """A width-divided train_val net with ImageData runs both phases in the interpreter; with std-0.01 weights
     the scores are ~0, so the initial loss is ln(num_classes)."""
-    net_module = pytest.importorskip("vggproto.net")
+    net_module = pytest.importorskip("vggproto.net.interpreter")
     images = sorted((Path(__file__).parent / "data" / "golden" / "data" / "images").glob("*.jpg"))[:4]
     if len(images) < 4:
         pytest.skip("golden data images not present")
@@ -429,7 +429,7 @@ def test_small_train_val_runs_end_to_end(tmp_path):
 
 def test_scale_none_gives_a_bvlc_only_train_net():
     """`--scale none` (images already at the input size, as in `make demo`): plain Caffe transform, no extension."""
-    from vggproto.generate import build_net
+    from vggproto.vgg.generate import build_net
     net = build_net("A", "train_val", scale="none", crop_size=32, width_divisor=8, num_classes=10,
                     input_scale=0.0125)
     data_layers = [layer for layer in net.layer if layer.type == "Data"]
@@ -445,7 +445,7 @@ def test_scale_none_gives_a_bvlc_only_train_net():
 def test_top5_accuracy_only_with_more_than_five_classes(classes, accuracies):
     """Caffe's accuracy layer refuses top_k above the class count (and top-5 of 5 is always right), so a small
     --num-classes net must still load (tests/test_localize_train.py trains a 3-class one)."""
-    from vggproto.generate import build_net
+    from vggproto.vgg.generate import build_net
     param = build_net("A", "train_val", scale="none", crop_size=32, width_divisor=16, num_classes=classes,
                       data="hdf5")
     assert [layer.name for layer in param.layer if layer.type == "Accuracy"] == accuracies

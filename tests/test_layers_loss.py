@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import DataError, NetError
 from vggproto.layers.registry import LayerSpec, build_layer
-from vggproto.prototxt import parse_text
+from vggproto.caffe.prototxt import parse_text
 
 RNG = np.random.RandomState(1)
 FLT_MIN = 1.1754943508222875e-38
@@ -372,7 +372,7 @@ layer { name: "sil" type: "Silence" bottom: "per_class" }
 
 
 def test_head_layers_inside_a_net():
-    from vggproto.net import Net
+    from vggproto.net.interpreter import Net
     net = Net(NET, phase="TRAIN").double()
     x, lab = RNG.randn(4, 6), np.array([0.0, 5.0, 2.0, 3.0])
     data = t(x)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vggproto.errors import NetError
-from vggproto.net import Net
+from vggproto.net.interpreter import Net
 
 T, N, D, H, DS = 4, 3, 5, 2, 6
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import DataError, NetError
 from vggproto.layers.registry import LayerSpec, build_layer
-from vggproto.prototxt import parse_text
+from vggproto.caffe.prototxt import parse_text
 
 RNG = np.random.RandomState(0)
 

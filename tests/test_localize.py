@@ -11,11 +11,11 @@ import torch
 from click.testing import CliRunner
 
 from vggproto.cli import main
-from vggproto.generate import build_net, build_solver, count_params, infer_shapes
+from vggproto.vgg.generate import build_net, build_solver, count_params, infer_shapes
 from vggproto.errors import VGGProtoError
-from vggproto.localize import (MAX_MERGE_BOXES, Detection, LocalizeOptions, LocErrorCount, detection_correct,
+from vggproto.localize.predict import (MAX_MERGE_BOXES, Detection, LocalizeOptions, LocErrorCount, detection_correct,
                                load_loc_model, localize_image)
-from vggproto.net import Net
+from vggproto.net.interpreter import Net
 
 
 # ------------------------------------------------------------------------------------------------ generator
@@ -147,7 +147,7 @@ def _save(tmp_path, kind: str, outputs: int, bias) -> tuple[str, str]:
 
 @pytest.fixture()
 def tiny_models(tmp_path):
-    from vggproto.evaluate import load_model
+    from vggproto.evaluation.evaluate import load_model
     cls = load_model(*_save(tmp_path, "cls", 3, [0.0, 1.0, 2.0]))            # class 2, then 1, then 0
     scr = load_loc_model(*_save(tmp_path, "loc", 4, [0.5, 0.5, 0.5, 0.25]))
     pcr = load_loc_model(*_save(tmp_path, "loc", 12, [0.5, 0.5, 1, 1, 0.25, 0.5, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25]))

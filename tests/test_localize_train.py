@@ -1,4 +1,4 @@
-"""End to end on the synthetic set (coloured rectangles on real photographs, :mod:`vggproto.data.synth_boxes`):
+"""End to end on the synthetic set (coloured rectangles on real photographs, :mod:`vggproto.localize.synthetic`):
 reduced-width VGG-A localisation nets (SCR and PCR) from the generator, fed by BoxData, trained by the Caffe-exact
 solver for 600 iterations, saved, reloaded as deploy nets and run by ``vggproto localize`` next to a classification
 net trained the same way.  Most held-out boxes must reach IoU > 0.5 (measured: 87-98% over six seeds of data and
@@ -12,13 +12,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from vggproto.boxes import iou_matrix, target_to_corners
+from vggproto.localize.boxes import iou_matrix, target_to_corners
 from vggproto.cli import main
 from vggproto.data.boxes import parse_box_list
 from vggproto.data.sources import read_image
-from vggproto.data.synth_boxes import make_synthetic_set, synthetic_nets, synthetic_solver
-from vggproto.localize import LocalizeOptions, load_loc_model, localize_image
-from vggproto.prototxt import write_net
+from vggproto.localize.synthetic import make_synthetic_set, synthetic_nets, synthetic_solver
+from vggproto.localize.predict import LocalizeOptions, load_loc_model, localize_image
+from vggproto.caffe.prototxt import write_net
 
 CROP = 48
 TRAIN, VAL = 600, 100
@@ -37,7 +37,7 @@ def _hits(pred: np.ndarray, target: np.ndarray) -> float:
 
 def _train(work, lists, name: str, iterations: int, **net_options):
     """Train ``name`` on the synthetic lists; returns (solver, deploy path, weights path, TEST net before)."""
-    from vggproto.solver import Solver, TrainOptions
+    from vggproto.train.solver import Solver, TrainOptions
     train_val, deploy = synthetic_nets(*lists, crop=CROP, val_batch=VAL, **net_options)
     write_net(train_val, str(work / f"{name}_train_val.prototxt"))
     write_net(deploy, str(work / f"{name}_deploy.prototxt"))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import NetError, WeightsError
-from vggproto.net import Net, shape_table
+from vggproto.net.interpreter import Net, shape_table
 
 SMALL = """name: "small"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: %d dim: %d } } }
@@ -239,7 +239,7 @@ def _legacy_caffemodel(path, net: Net, extra_layer: bool = True) -> None:
 def test_legacy_weights_ignored_layers_and_several_files(tmp_path, caplog):
     source = small(seed=11)
     _legacy_caffemodel(tmp_path / "legacy.caffemodel", source)   # fc 1x1x5x64, biases 1x1x1xN
-    with caplog.at_level(logging.INFO, logger="vggproto.net"):
+    with caplog.at_level(logging.INFO, logger="vggproto.net.interpreter"):
         net = small(seed=99, weights=str(tmp_path / "legacy.caffemodel"))
     assert "Ignoring source layer fc8_unused" in caplog.text
     for name in ("conv1", "fc"):

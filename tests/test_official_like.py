@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vggproto._pb import caffe_pb2
-from vggproto.weights import fit_blob, read_caffemodel, read_weights, upgrade_caffemodel
-from vggproto.wire import part_size
+from vggproto.caffe.proto import caffe_pb2
+from vggproto.weights.caffemodel import fit_blob, read_caffemodel, read_weights, upgrade_caffemodel
+from vggproto.weights.wire import part_size
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "make_official_like.py"

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from vggproto.errors import SolverError
-from vggproto.parallel import FAULT_ENV, launch, parse_gpus
-from vggproto.solver import TrainOptions
-from vggproto.weights import read_weights
+from vggproto.train.distributed import FAULT_ENV, launch, parse_gpus
+from vggproto.train.solver import TrainOptions
+from vggproto.weights.caffemodel import read_weights
 
 
 SOLVER = """net: "train_val.prototxt"
@@ -114,7 +114,7 @@ def test_overlapped_buckets_with_iter_size_equal_one_process(case, monkeypatch, 
 
 def test_grad_sync_buckets_cover_every_param_in_reverse_order():
     import torch
-    from vggproto.parallel import GradSync
+    from vggproto.train.distributed import GradSync
     params = [torch.zeros(n, requires_grad=True) for n in (100, 10, 300, 5)]
     sync = GradSync(params, bucket_bytes=4 * 320)
     assert sync.buckets == [[3, 2, 1], [0]]  # 20 + 1200 + 40 bytes fit in 1280; 400 does not
@@ -131,7 +131,7 @@ def test_joins_a_torchrun_job_from_the_environment(case, monkeypatch):
                        "MASTER_PORT": str(port)}.items():
         monkeypatch.setenv(key, value)
     import torch.distributed as dist
-    import vggproto.parallel as parallel
+    import vggproto.train.distributed as parallel
     joined, real = [], parallel._run
 
     def spy(*args):

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from vggproto.cli import main
 from vggproto.errors import VGGProtoError
-from vggproto.logparse import parse_caffe_log, parse_csv_log, read_log
-from vggproto.plot import moving_average, plot_file, plot_log
+from vggproto.train.logparse import parse_caffe_log, parse_csv_log, read_log
+from vggproto.viz.plot import moving_average, plot_file, plot_log
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "solver_logs"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -76,7 +76,7 @@ def test_resumed_caffe_log_starts_at_snapshot_iteration():
 
 
 def test_vggproto_csv_log(tmp_path):
-    from vggproto.train_log import CsvLog
+    from vggproto.train.log import CsvLog
     path = tmp_path / "run_log.csv"
     csv_log = CsvLog(str(path), ["accuracy", "loss"])
     csv_log.add_tests(0, {"accuracy": 0.25, "loss": 1.5})
@@ -141,8 +141,8 @@ def test_unsupported_output_format(tmp_path):
 
 
 def test_vggproto_log_lines_parse():
-    """The training helper's Caffe-dialect lines (vggproto.train_log) read back exactly."""
-    from vggproto.train_log import iteration_line, lr_line, output_lines, testing_line
+    """The training helper's Caffe-dialect lines (vggproto.train.log) read back exactly."""
+    from vggproto.train.log import iteration_line, lr_line, output_lines, testing_line
     lines = [testing_line(0, 0), *output_lines("Test", [("accuracy", [0.5], 0.0), ("loss", [1.25], 1.0)]),
              iteration_line(0, 0.0, 0.5, 1, 2.5), *output_lines("Train", [("loss", [2.5], 1.0)]), lr_line(0, 0.01),
              iteration_line(1, 2.0, 0.5, 1, 1.75), *output_lines("Train", [("loss", [1.0], 1.0)]),

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 import vggproto
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.cli import main
 from vggproto.errors import PrototxtError, VGGProtoError
 
@@ -19,7 +19,7 @@ def test_text_binary_text_round_trip(tmp_path):
     vggproto.write_net(vggproto.read_net(tmp_path / "n.caffemodel"), tmp_path / "n.prototxt")
     again = vggproto.read_net(tmp_path / "n.prototxt")
     assert again == net
-    assert (tmp_path / "n.prototxt").read_text() == vggproto.prototxt.message_to_text(net)
+    assert (tmp_path / "n.prototxt").read_text() == vggproto.caffe.prototxt.message_to_text(net)
 
 
 def test_binary_detected_without_extension(tmp_path):
@@ -58,7 +58,7 @@ def test_solver_round_trip(tmp_path):
 
 
 def test_layer_lines_point_at_layer_blocks():
-    from vggproto.prototxt import layer_lines
+    from vggproto.caffe.prototxt import layer_lines
     text = 'name: "x"\nlayer {\n  name: "a"\n}\n# layer { name: "c" }\nlayers { name: "b" }\n'
     assert layer_lines(text) == [(2, "a"), (6, "b")]
 

@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -13,8 +13,8 @@ def test_generated_module_matches_proto(tmp_path):
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"--python_out={tmp_path}",
                     str(ROOT / "proto" / "caffe.proto")], check=True)
     fresh = (tmp_path / "caffe_pb2.py").read_text()
-    committed = (ROOT / "vggproto" / "_pb" / "caffe_pb2.py").read_text()
-    assert fresh == committed, "run `make proto` to regenerate vggproto/_pb/caffe_pb2.py"
+    committed = (ROOT / "vggproto" / "caffe" / "proto" / "caffe_pb2.py").read_text()
+    assert fresh == committed, "run `make proto` to regenerate vggproto/caffe/proto/caffe_pb2.py"
 
 
 def test_every_layer_param_number_of_the_reference():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from vggproto import snapshot as snap
+from vggproto.train import snapshot as snap
 from vggproto.errors import SolverError
-from vggproto.solver import Solver, TrainOptions
+from vggproto.train.solver import Solver, TrainOptions
 
 torch.set_num_threads(1)
 GOLDEN = Path(__file__).parent / "data" / "golden" / "solver"
@@ -174,7 +174,7 @@ def test_corrupt_solverstate_is_a_clear_error(case):
 
 
 def test_binary_solverstate_is_a_valid_caffe_message(tmp_path):
-    from vggproto._pb import caffe_pb2
+    from vggproto.caffe.proto import caffe_pb2
     path = str(tmp_path / "s.solverstate")
     hist = [np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5, np.array([1.5], np.float32)]
     snap.write_solverstate(path, snap.SolverStateData(7, "x_iter_7.caffemodel", 0, hist))
@@ -218,7 +218,7 @@ def test_sigint_during_test_interrupts_like_caffe(case, caplog):
 def test_snapshot_diff_writes_the_last_update_as_each_blob_diff(case, fmt, suffix):
     """Caffe (solver.cpp Snapshot, blob.cpp ToProto/ToHDF5 with write_diff): after ApplyUpdate a blob's diff holds
     the step just taken (data -= diff), so diff at iteration 2 = weights at 1 - weights at 2."""
-    from vggproto.weights import read_weights
+    from vggproto.weights.caffemodel import read_weights
     extra = f"snapshot_diff: true\nsnapshot_format: {fmt}\n"
     train(write_solver("d.prototxt", max_iter=2, snapshot=1, prefix="d", extra=extra), weights=("init.caffemodel",))
     first, second = read_weights(f"d_iter_1{suffix}"), read_weights(f"d_iter_2{suffix}")
@@ -242,7 +242,7 @@ def _diffs(path: str) -> dict[str, list[np.ndarray]]:
                 return {}
             return {name: [f["diff"][name][str(i)][()] for i in range(len(f["diff"][name]))]
                     for name in f["diff"] if len(f["diff"][name])}
-    from vggproto._pb import caffe_pb2
+    from vggproto.caffe.proto import caffe_pb2
     net = caffe_pb2.NetParameter.FromString(Path(path).read_bytes())
     return {layer.name: [np.array(b.diff, np.float32).reshape(tuple(b.shape.dim)) for b in layer.blobs]
             for layer in net.layer if any(len(b.diff) for b in layer.blobs)}

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from vggproto.cli import main
 from vggproto.errors import SolverError
-from vggproto.solver import Solver, TrainOptions
-from vggproto.weights import read_weights, write_weights
+from vggproto.train.solver import Solver, TrainOptions
+from vggproto.weights.caffemodel import read_weights, write_weights
 
 torch.set_num_threads(1)
 
@@ -60,7 +60,7 @@ def test_init_layers_paper_via_cli_copies_only_the_paper_layers(case, monkeypatc
     trained = read_weights("sgd_step_iter_20.caffemodel")
     write_weights("a.caffemodel", {"conv1": trained["conv1"], "fc": trained["fc"]})
     seen = {}
-    import vggproto.parallel as parallel
+    import vggproto.train.distributed as parallel
 
     def fake_launch(solver_path, options, resume=None, gpus=None):
         seen["init"] = options.init_layers

@@ -11,9 +11,9 @@ import pytest
 
 import torch
 
-from vggproto.snapshot import read_solverstate
-from vggproto.solver import Solver, TrainOptions
-from vggproto.weights import read_weights
+from vggproto.train.snapshot import read_solverstate
+from vggproto.train.solver import Solver, TrainOptions
+from vggproto.weights.caffemodel import read_weights
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "solver"
 torch.set_num_threads(1)  # tiny nets: threads only add contention
@@ -178,8 +178,8 @@ def test_cli_train_runs_the_golden_solver(case, caplog):
 
 
 def test_glog_prefix_parses_like_parse_log_py():
-    from vggproto.train_log import GlogFormatter
-    record = logging.LogRecord("vggproto.solver", logging.INFO, "/x/solver.py", 42, "Iteration 3, lr = 0.05",
+    from vggproto.train.log import GlogFormatter
+    record = logging.LogRecord("vggproto.train.solver", logging.INFO, "/x/solver.py", 42, "Iteration 3, lr = 0.05",
                                None, None)
     line = GlogFormatter().format(record)
     assert re.match(r"I\d{4} \d\d:\d\d:\d\d\.\d{6} \d+ solver\.py:42\] Iteration 3, lr = 0\.05$", line)

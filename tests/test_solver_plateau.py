@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from vggproto import snapshot as snap
+from vggproto.train import snapshot as snap
 from vggproto.errors import SolverError
-from vggproto.solver import Solver, TrainOptions
-from vggproto.updates import Plateau
+from vggproto.train.solver import Solver, TrainOptions
+from vggproto.train.updates import Plateau
 
 torch.set_num_threads(1)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from vggproto.solver import Solver, TrainOptions
+from vggproto.train.solver import Solver, TrainOptions
 
 torch.set_num_threads(1)
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import SolverError
-from vggproto import updates
+from vggproto.train import updates
 
 
 def solver(**fields) -> caffe_pb2.SolverParameter:

@@ -5,7 +5,7 @@ import pytest
 from google.protobuf import text_format
 
 import vggproto
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import PrototxtError, SolverError
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "upgrade"
@@ -148,7 +148,7 @@ def test_layer_and_layers_together_are_refused():
 
 
 def test_v1_enum_table_is_complete():
-    from vggproto.upgrade import V1_TYPE_NAMES
+    from vggproto.caffe.upgrade import V1_TYPE_NAMES
     enum = caffe_pb2.V1LayerParameter.LayerType
     assert set(V1_TYPE_NAMES) == set(enum.values())
     assert V1_TYPE_NAMES[enum.Value("SOFTMAX_LOSS")] == "SoftmaxWithLoss"

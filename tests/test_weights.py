@@ -1,4 +1,4 @@
-"""vggproto.weights: caffemodel / HDF5 reading and writing, checked against protobuf, golden Caffe files and
+"""vggproto.weights.caffemodel: caffemodel / HDF5 reading and writing, checked against protobuf, golden Caffe files and
 OpenCV's independent Caffe importer."""
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import WeightsError
-from vggproto.prototxt import read_net
-from vggproto.weights import (array_to_blob, blob_to_array, fit_blob, read_caffemodel, read_weights,
+from vggproto.caffe.prototxt import read_net
+from vggproto.weights.caffemodel import (array_to_blob, blob_to_array, fit_blob, read_caffemodel, read_weights,
                               upgrade_caffemodel, write_weights)
-from vggproto.wire import encode_tag, encode_varint
+from vggproto.weights.wire import encode_tag, encode_varint
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "upgrade"
 V1_SMALL = GOLDEN / "v1_small.caffemodel"

@@ -6,9 +6,9 @@ import io
 import numpy as np
 import pytest
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import WeightsError
-from vggproto.wire import (FIXED32, LENGTH, VARINT, Field, LazyArray, WireError, encode_tag, encode_varint,
+from vggproto.weights.wire import (FIXED32, LENGTH, VARINT, Field, LazyArray, WireError, encode_tag, encode_varint,
                            fixed_run, iter_fields, part_size, read_varint, split_message, unpacked_values,
                            write_part)
 

@@ -7,7 +7,7 @@ page cache.  Each case runs in a fresh subprocess; peak RSS growth = ``ru_maxrss
 
 * ``naive-torchvision``  baseline: protobuf ``ParseFromString`` + ``np.array(blob.data)`` per blob, the same
   fold and key mapping, ``torch.save`` — what a straightforward converter does
-* ``vggproto-torchvision`` ``vggproto.convert.convert(caffemodel, out.pth, to="torchvision")``
+* ``vggproto-torchvision`` ``vggproto.convert.convert.convert(caffemodel, out.pth, to="torchvision")``
 * ``vggproto-pt`` / ``vggproto-safetensors`` / ``vggproto-h5``: the same file to the other containers
 
 ``--equivalence``: random He-scaled VGG-16 weights; on each of skimage's six photos (224x224) compare Caffe's
@@ -38,8 +38,8 @@ def _naive(path: str, out: str) -> None:
     import numpy as np
     import torch
 
-    from vggproto._pb import caffe_pb2
-    from vggproto.convert_torchvision import caffe_to_torchvision
+    from vggproto.caffe.proto import caffe_pb2
+    from vggproto.weights.torchvision import caffe_to_torchvision
     net = caffe_pb2.NetParameter()
     with open(path, "rb") as handle:
         net.ParseFromString(handle.read())
@@ -58,7 +58,7 @@ def _child(case: str, path: str, out_dir: str) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch  # noqa: F401  (imported before the baseline RSS, as in real use)
 
-    from vggproto.convert import convert
+    from vggproto.convert.convert import convert
 
     def rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -109,7 +109,7 @@ def equivalence() -> None:
     import torch
     import torchvision
     sys.path.insert(0, str(ROOT))
-    from vggproto.convert_torchvision import (CAFFE_MEAN_BGR, TORCHVISION_MEAN_RGB, TORCHVISION_STD_RGB,
+    from vggproto.weights.torchvision import (CAFFE_MEAN_BGR, TORCHVISION_MEAN_RGB, TORCHVISION_STD_RGB,
                                               caffe_to_torchvision)
     generator = torch.Generator().manual_seed(0)
     weights, inputs = {}, 3

@@ -42,9 +42,9 @@ def make_jpegs(folder: str, count: int) -> list[str]:
 
 
 def vgg_transformer():
-    from vggproto._pb import caffe_pb2
+    from vggproto.caffe.proto import caffe_pb2
     from vggproto.data.transform import DataTransformer
-    from vggproto.prototxt import read_message
+    from vggproto.caffe.prototxt import read_message
     text = ("crop_size: 224 mirror: true " + " ".join(f"mean_value: {m}" for m in MEAN_BGR) +
             " vgg_augmentation_param { scale_min: 256 scale_max: 512 color_shift_std: 0.1 }")
     return DataTransformer(read_message(text, caffe_pb2.TransformationParameter()), True, "bench")
@@ -128,9 +128,9 @@ def _tv_init(_):
 def with_workers(folder: str, paths: list[str], batches: int, workers: int) -> tuple[float, float]:
     """(vggproto img/s, torchvision img/s) through each library's multi-process loader, batch 32."""
     import torch
-    from vggproto._pb import caffe_pb2
+    from vggproto.caffe.proto import caffe_pb2
     from vggproto.layers.registry import LayerSpec, build_layer
-    from vggproto.prototxt import read_net
+    from vggproto.caffe.prototxt import read_net
     text = ('layer { name: "d" type: "ImageData" top: "data" top: "label" image_data_param { source: "list.txt" '
             'batch_size: 32 shuffle: true } transform_param { crop_size: 224 mirror: true '
             + " ".join(f"mean_value: {m}" for m in MEAN_BGR) +

@@ -22,8 +22,8 @@ TORCHVISION = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
 
 
 def _weights(net_param, path: Path) -> None:
-    from vggproto.convert import net_param_shapes
-    from vggproto.weights import write_weights
+    from vggproto.convert.convert import net_param_shapes
+    from vggproto.weights.caffemodel import write_weights
     _, shapes = net_param_shapes(net_param)
     rng = np.random.default_rng(0)
     arrays = {layer: [(rng.standard_normal(s) * np.sqrt(2.0 / max(int(np.prod(s[1:])), 1)) * 0.5)
@@ -44,7 +44,7 @@ def _images(folder: Path, n: int, q: int) -> Path:
 
 
 def _rate(models, list_path, options, device) -> float:
-    from vggproto.evaluate import evaluate
+    from vggproto.evaluation.evaluate import evaluate
     result = evaluate(models, str(list_path), options, device)
     return result.counts["model0"].images / result.seconds
 
@@ -80,9 +80,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--gpus", default=None)
     args = parser.parse_args()
-    from vggproto.evaluate import EvalOptions, load_model
-    from vggproto.generate import build_net
-    from vggproto.prototxt import write_net
+    from vggproto.evaluation.evaluate import EvalOptions, load_model
+    from vggproto.vgg.generate import build_net
+    from vggproto.caffe.prototxt import write_net
     device = f"cuda:{args.gpus.split(',')[0]}" if args.gpus else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -2,7 +2,7 @@
 """Inference (and training-step) throughput of the interpreter against hand-written baselines, one process.
 
 For each VGG configuration (A/B/D/E = ``nets/<cfg>_deploy.prototxt`` = torchvision vgg11/13/16/19) the same random
-weights (He-scaled) go into: the interpreter (``vggproto.net.Net``), the interpreter prepared by
+weights (He-scaled) go into: the interpreter (``vggproto.net.interpreter.Net``), the interpreter prepared by
 ``vggproto.fast.optimize_for_inference`` (on CPU: Winograd F(4x4,3x3), fused ReLU, fast 2x2 pooling), torchvision's
 model, and on CPU OpenCV's
 Caffe importer (``cv2.dnn.readNetFromCaffe`` on the same prototxt and a caffemodel written by vggproto).  Outputs are
@@ -35,9 +35,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from vggproto.convert_torchvision import _torchvision_names, caffe_layer_order  # noqa: E402
+from vggproto.weights.torchvision import _torchvision_names, caffe_layer_order  # noqa: E402
 from vggproto.fast import optimize_for_inference  # noqa: E402
-from vggproto.net import Net  # noqa: E402
+from vggproto.net.interpreter import Net  # noqa: E402
 
 NETS = os.path.join(os.path.dirname(__file__), "..", "nets")
 TORCHVISION = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}

@@ -14,9 +14,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.layers.registry import LayerSpec, build_layer
-from vggproto.prototxt import parse_text
+from vggproto.caffe.prototxt import parse_text
 
 
 def layer(text: str, *shapes):

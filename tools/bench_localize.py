@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vggproto.boxes import iou_matrix, target_to_corners
-from vggproto.data.synth_boxes import make_synthetic_set, synthetic_nets, synthetic_solver
-from vggproto.prototxt import write_net
-from vggproto.solver import Solver, TrainOptions
+from vggproto.localize.boxes import iou_matrix, target_to_corners
+from vggproto.localize.synthetic import make_synthetic_set, synthetic_nets, synthetic_solver
+from vggproto.caffe.prototxt import write_net
+from vggproto.train.solver import Solver, TrainOptions
 
 
 def held_out(solver, crop: int, blob: str) -> tuple[float, float, float, float]:

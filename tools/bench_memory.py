@@ -33,7 +33,7 @@ def child(case: str, config: str, batch: int) -> dict:
             torch.softmax(model(x), 1).sum().backward()
     else:
         sys.path.insert(0, str(ROOT))
-        from vggproto.net import Net
+        from vggproto.net.interpreter import Net
         net = Net(str(ROOT / "nets" / f"{config}_deploy.prototxt"), seed=0)
 
         def step():

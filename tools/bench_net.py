@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark the interpreter: VGG-16 (config D deploy) through ``vggproto.net.Net`` against torchvision's
+"""Benchmark the interpreter: VGG-16 (config D deploy) through ``vggproto.net.interpreter.Net`` against torchvision's
 ``vgg16`` holding the same weights, in the same process, interleaved, median of ``--repeat`` runs.
 
 The baseline is the hand-written PyTorch model (the best case for an interpreter: the same conv/pool/linear
@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from vggproto.net import Net  # noqa: E402
+from vggproto.net.interpreter import Net  # noqa: E402
 
 DEPLOY = os.path.join(os.path.dirname(__file__), "..", "nets", "D_deploy.prototxt")
 

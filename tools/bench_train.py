@@ -3,7 +3,7 @@
 
 Both sides train VGG-16 (configuration D) on the same synthetic batch with bf16 autocast, channels_last and
 ``torch.compile`` (each switchable), and the SAME optimizer: vggproto's Caffe SGD (momentum 0.9, weight decay 5e-4,
-lr folded into the history; :func:`vggproto.updates.apply_update`).  Rounds are interleaved after warm-up and timed
+lr folded into the history; :func:`vggproto.train.updates.apply_update`).  Rounds are interleaved after warm-up and timed
 with CUDA events; the report gives img/s, the ratio vggproto / torchvision, and MFU = img/s × 92.8 GFLOP (one 224²
 training step, reference performance-anchors.md) / 798 TFLOP/s (measured bf16 dense peak of an H100).
 
@@ -20,8 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vggproto import updates
-from vggproto._pb import caffe_pb2
+from vggproto.train import updates
+from vggproto.caffe.proto import caffe_pb2
 
 STEP_GFLOP_224 = 92.8     # VGG-16 forward + backward per 224x224 image (performance-anchors.md)
 PEAK_TFLOPS = 798.0       # H100 bf16 dense, measured on an 8192^3 matmul
@@ -29,7 +29,7 @@ PEAK_TFLOPS = 798.0       # H100 bf16 dense, measured on an 8192^3 matmul
 
 def vgg16_train_net(batch: int, size: int) -> caffe_pb2.NetParameter:
     """The generated VGG-16 deploy net turned into a training net: Input data+label, SoftmaxWithLoss."""
-    from vggproto.generate import build_net
+    from vggproto.vgg.generate import build_net
     net = build_net("D", "deploy")
     first = net.layer[0]
     del first.input_param.shape[0].dim[:]
@@ -76,7 +76,7 @@ class Trainer:
 
 
 def make_vggproto(args, device) -> Trainer:
-    from vggproto.net import Net
+    from vggproto.net.interpreter import Net
     net = Net(vgg16_train_net(args.batch, args.size), phase="TRAIN", seed=0)
     with torch.no_grad():
         for lp in net.learnable_params:

@@ -42,9 +42,9 @@ def _child(case: str, path: str, out_dir: str) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from vggproto._pb import caffe_pb2
-    from vggproto.upgrade import upgrade_net
-    from vggproto.weights import read_caffemodel, read_weights, upgrade_caffemodel, write_weights
+    from vggproto.caffe.proto import caffe_pb2
+    from vggproto.caffe.upgrade import upgrade_net
+    from vggproto.weights.caffemodel import read_caffemodel, read_weights, upgrade_caffemodel, write_weights
 
     def rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the metrics as JSON")
     args = parser.parse_args(argv)
     from vggproto.errors import VGGProtoError
-    from vggproto.extract import read_features
+    from vggproto.evaluation.extract import read_features
     try:
         train = read_features(args.features)
         if args.test:

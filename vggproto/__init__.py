@@ -9,18 +9,18 @@ import importlib
 
 from vggproto.errors import (DataError, NetError, PrototxtError, SolverError, VGGProtoError,  # noqa: F401
                              WeightsError)
-from vggproto.prototxt import read_net, read_solver, write_net, write_solver  # noqa: F401
+from vggproto.caffe.prototxt import read_net, read_solver, write_net, write_solver  # noqa: F401
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it (imported lazily)
 _LAZY = {
-    "read_weights": "vggproto.weights",
-    "write_weights": "vggproto.weights",
-    "Net": "vggproto.net",
-    "Solver": "vggproto.solver",
-    "generate": "vggproto.generate",
-    "caffe_pb2": "vggproto._pb.caffe_pb2",
+    "read_weights": "vggproto.weights.caffemodel",
+    "write_weights": "vggproto.weights.caffemodel",
+    "Net": "vggproto.net.interpreter",
+    "Solver": "vggproto.train.solver",
+    "generate": "vggproto.vgg.generate",
+    "caffe_pb2": "vggproto.caffe.proto.caffe_pb2",
 }
 
 __all__ = ["read_net", "write_net", "read_solver", "write_solver", "VGGProtoError", "PrototxtError", "NetError",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from vggproto.convert_io import FORMATS
+from vggproto.weights.torch_files import FORMATS
 
 
 @click.command("convert")
@@ -30,7 +30,7 @@ def convert_command(src: str, dst: str, model: str | None, to: str | None, fc_to
     <layer>.bias, <layer>.<i> for further blobs) | torchvision (features.N / classifier.N, RGB [0,1] mean/std
     input folded into conv1_1) | onnx (the --model net with these weights, checked in onnxruntime).
     """
-    from vggproto.convert import convert, summary
+    from vggproto.convert.convert import convert, summary
     result = convert(src, dst, to=to, model=model, fc_to_conv_=fc_to_conv, conv_to_fc_=conv_to_fc,
                      allow_missing=allow_missing, keep_shapes=keep_shapes, phase=phase, zip_crc=zip_crc)
     title = f"{src} ({result.source_format}) -> {dst} ({result.format})"

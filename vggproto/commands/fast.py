@@ -32,7 +32,7 @@ def time_inference_command(model: str, weights: str | None, batch: int, iteratio
     from vggproto.errors import VGGProtoError
     from vggproto.fast import optimize_for_inference
     from vggproto.fast.optimize import WinogradConv
-    from vggproto.net import Net
+    from vggproto.net.interpreter import Net
     if gpu is not None and not (torch.cuda.is_available() and gpu < torch.cuda.device_count()):
         raise VGGProtoError(f"--gpu {gpu}: no such CUDA device (available: {torch.cuda.device_count()})")
     device = torch.device(f"cuda:{gpu}" if gpu is not None else "cpu")

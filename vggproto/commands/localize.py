@@ -6,10 +6,10 @@ import logging
 
 import click
 
-from vggproto.commands.evaluate import _MEAN, _device, _floats, _ints
+from vggproto.commands.evaluation import _MEAN, _device, _floats, _ints
 from vggproto.errors import VGGProtoError
 
-log = logging.getLogger("vggproto.localize")
+log = logging.getLogger("vggproto.localize.predict")
 
 
 @click.command("localize")
@@ -43,11 +43,11 @@ def localize_command(images, models, weights, cls_models, cls_weights, mode, sca
                      list_path, root, labels, mean_value, input_scale, json_path, draw_dir, gpus) -> None:
     """Predict a box for each of the top classes of IMAGES (or of --list) and, with ground truth, print the
     ILSVRC top-k localisation error and the GT-class error (box of the true class only)."""
-    from vggproto.classify import class_names
+    from vggproto.evaluation.classify import class_names
     from vggproto.data.boxes import parse_box_list
-    from vggproto.evaluate import load_model
-    from vggproto.localize import LocalizeOptions, load_loc_model
-    from vggproto.localize_run import check_classes, draw, image_entries, localize_entries
+    from vggproto.evaluation.evaluate import load_model
+    from vggproto.localize.predict import LocalizeOptions, load_loc_model
+    from vggproto.localize.run import check_classes, draw, image_entries, localize_entries
     if len(models) != len(weights) or len(cls_models) != len(cls_weights):
         raise VGGProtoError("give one --weights per --model and one --cls-weights per --cls-model")
     if bool(images) == bool(list_path):

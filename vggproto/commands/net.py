@@ -20,8 +20,8 @@ def time_command(model: str, iterations: int, gpu: int | None, phase: str, level
     import torch
 
     from vggproto.errors import VGGProtoError
-    from vggproto.net import Net
-    from vggproto.net_timing import time_net
+    from vggproto.net.interpreter import Net
+    from vggproto.net.timing import time_net
     if gpu is not None and not (torch.cuda.is_available() and gpu < torch.cuda.device_count()):
         raise VGGProtoError(f"--gpu {gpu}: no such CUDA device (available: {torch.cuda.device_count()})")
     device = torch.device(f"cuda:{gpu}" if gpu is not None else "cpu")

@@ -13,7 +13,7 @@ import click
 
 from vggproto.errors import SolverError
 
-log = logging.getLogger("vggproto.solver")
+log = logging.getLogger("vggproto.train.solver")
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -22,7 +22,7 @@ def _split(value: str | None) -> tuple[str, ...]:
 
 def _use_glog_format() -> None:
     """Give the process's log handlers glog's line prefix, so Caffe's parse_log.py reads the log."""
-    from vggproto.train_log import GlogFormatter
+    from vggproto.train.log import GlogFormatter
     for handler in logging.getLogger().handlers:
         if type(handler) is logging.StreamHandler:  # the CLI's own handler, not a test harness's
             handler.setFormatter(GlogFormatter())
@@ -32,8 +32,8 @@ def _solver_gpus(solver_path: str, gpus: str | None) -> str | None:
     """Caffe: tools/caffe.cpp — without --gpu, use the GPU only if the solver explicitly says solver_mode: GPU."""
     if gpus is not None:
         return gpus
-    from vggproto._pb import caffe_pb2
-    from vggproto.prototxt import read_solver
+    from vggproto.caffe.proto import caffe_pb2
+    from vggproto.caffe.prototxt import read_solver
     param = read_solver(solver_path)
     if param.HasField("solver_mode") and param.solver_mode == caffe_pb2.SolverParameter.GPU:
         return str(param.device_id)
@@ -65,8 +65,8 @@ def _solver_gpus(solver_path: str, gpus: str | None) -> str | None:
 def train(solver_arg, solver_opt, weights, snapshot, gpus, level, stage, sigint, sighup, per_gpu_batch,
           plateau_patience, plateau_max_drops, plateau_output, init_layers) -> None:
     """Train a net from a Caffe solver file, exactly as `caffe train` does."""
-    from vggproto.parallel import launch
-    from vggproto.solver import TrainOptions
+    from vggproto.train.distributed import launch
+    from vggproto.train.solver import TrainOptions
     solver_path = solver_opt or solver_arg
     if not solver_path:
         raise SolverError("train needs a solver file: vggproto train SOLVER (or --solver SOLVER)")
@@ -78,7 +78,7 @@ def train(solver_arg, solver_opt, weights, snapshot, gpus, level, stage, sigint,
     if init_layers == "paper":
         if not weights:
             raise SolverError("--init-layers paper needs --weights (the trained net A to copy from)")
-        from vggproto.configs import PAPER_INIT_LAYERS
+        from vggproto.vgg.configs import PAPER_INIT_LAYERS
         init = tuple(PAPER_INIT_LAYERS)
     _use_glog_format()
     options = TrainOptions(weights=_split(weights), level=level, stages=_split(stage), sigint_effect=sigint,
@@ -98,9 +98,9 @@ def train(solver_arg, solver_opt, weights, snapshot, gpus, level, stage, sigint,
 def test(model, weights, iterations, gpus, level, stage) -> None:
     """Score a trained model: per-batch outputs, then their averages (Caffe's `caffe test`)."""
     import torch
-    from vggproto.net import Net
-    from vggproto.solver_setup import loss_weights as _loss_weights
-    from vggproto.train_log import fmt
+    from vggproto.net.interpreter import Net
+    from vggproto.train.setup import loss_weights as _loss_weights
+    from vggproto.train.log import fmt
     _use_glog_format()
     device = "cpu"
     if gpus:

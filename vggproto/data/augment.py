@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.data.datum import opencv
 from vggproto.errors import DataError
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import DataError
 
 # OpenCV imread/imdecode flags (numeric so that this module does not import cv2 at load time).

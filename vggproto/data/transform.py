@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.data.augment import VGGAugmentation, rescaled_size, resize
 from vggproto.data.datum import read_mean_file
 from vggproto.errors import DataError

@@ -1,4 +1,4 @@
-"""Inference speed options for :class:`vggproto.net.Net`: Winograd 3×3 convolutions, exact ReLU/pooling shortcuts,
+"""Inference speed options for :class:`vggproto.net.interpreter.Net`: Winograd 3×3 convolutions, exact ReLU/pooling shortcuts,
 channels_last, autocast (bf16/fp16) and ``torch.compile``.
 
 Why a separate step: the interpreter computes exactly what Caffe computes, with the library's direct convolution.
@@ -25,7 +25,7 @@ from vggproto.fast.fused import ConvReLU, FusedAway, MaxPool2x2, is_plain_max_po
 from vggproto.fast.winograd import SUPPORTED_TILES, transform_weights, winograd_conv2d
 from vggproto.layers.common import blob
 from vggproto.layers.registry import CaffeLayer
-from vggproto.net import Net
+from vggproto.net.interpreter import Net
 
 log = logging.getLogger("vggproto.fast")
 

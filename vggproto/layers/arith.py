@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import DataError
 from vggproto.layers.axes import canonical_axis, count, legacy_dim
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register

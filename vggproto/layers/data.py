@@ -13,7 +13,7 @@ import os
 import numpy as np
 import torch
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.data.batches import HDF5BatchMaker, ImageBatchMaker
 from vggproto.data.gpu import DeviceBatchMaker
 from vggproto.data.build import make_feed, make_stream, rand_skip, rank_batch, require_file, seeds

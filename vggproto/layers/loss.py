@@ -14,7 +14,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import DataError, VGGProtoError
 from vggproto.layers.axes import canonical_axis, count, softmax_along
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
@@ -188,7 +188,7 @@ class MultinomialLogisticLoss(LossLayer):
 
 def _read_infogain(spec: LayerSpec, source: str) -> torch.Tensor:
     """The infogain matrix H from a BlobProto file (text or binary), resolved like the net's other paths."""
-    from vggproto.prototxt import read_message
+    from vggproto.caffe.prototxt import read_message
     candidates = [source]
     if not os.path.isabs(source) and spec.path:
         candidates.insert(0, os.path.join(os.path.dirname(os.path.abspath(spec.path)), source))

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.layers.common import blob, expect_bottoms, expect_tops
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.layers.common import blob, canonical_axis, expect_bottoms, expect_tops
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 

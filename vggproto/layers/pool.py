@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.layers.common import axis_values, expect_bottoms, expect_tops, opt
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 

@@ -22,7 +22,7 @@ from torch.nn.functional import linear as _linear
 from vggproto.layers.common import blob, count, expect_bottoms, expect_tops
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
-log = logging.getLogger("vggproto.net")
+log = logging.getLogger("vggproto.net.interpreter")
 
 
 class Recurrent(CaffeLayer):

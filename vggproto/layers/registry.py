@@ -19,7 +19,7 @@ from typing import Callable, ClassVar, Sequence
 import torch
 from torch import nn
 
-from vggproto._pb import caffe_pb2
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import NetError
 
 Shape = tuple[int, ...]
@@ -74,7 +74,7 @@ class CaffeLayer(nn.Module):
     def add_blob(self, shape: Sequence[int], filler: caffe_pb2.FillerParameter | None = None,
                  learnable: bool = True) -> nn.Parameter:
         """Append a parameter blob of ``shape`` filled by ``filler`` (Caffe default: constant 0)."""
-        from vggproto.fillers import fill
+        from vggproto.layers.fillers import fill
         tensor = torch.empty(tuple(int(d) for d in shape), dtype=torch.float32)
         fill(tensor, filler if filler is not None else caffe_pb2.FillerParameter(), self.spec.generator)
         blob = nn.Parameter(tensor, requires_grad=learnable)

@@ -1,0 +1,293 @@
+"""Reading and writing Caffe net and solver descriptions, text or binary, with located errors.
+
+Text is parsed with protobuf's text format (what Caffe's ``TextFormat`` accepts: comments, either quote style,
+optional colon before ``{``).  Binary files are plain serialized messages.  Every net is upgraded on read as
+Caffe's ``UpgradeNetAsNeeded`` does (see :mod:`vggproto.caffe.upgrade`), so callers always see V2 ``layer`` entries.
+Large caffemodels should be read with :func:`vggproto.weights.caffemodel.read_weights`, which does not decode blobs through
+protobuf.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Union
+
+from google.protobuf import message as pb_message
+from google.protobuf import text_format
+
+from vggproto.caffe.proto import caffe_pb2
+from vggproto.errors import PrototxtError, SolverError
+
+PathOrText = Union[str, os.PathLike, bytes]
+TEXT_SUFFIXES = {".prototxt", ".pbtxt", ".txt", ".solver"}
+BINARY_SUFFIXES = {".caffemodel", ".binaryproto", ".pb", ".solverstate"}
+_MAGIC = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"\x89HDF": "an HDF5 file",
+          b"PK\x03\x04": "a zip archive (a PyTorch .pt file?)", b"GIF8": "a GIF image"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading raw content
+# --------------------------------------------------------------------------------------------------------------
+
+def load_source(source: PathOrText) -> tuple[bytes, str | None]:
+    """Return (content, path) for a path, a text string or raw bytes.
+
+    A ``str`` that names an existing file, or looks like a file name (no newline, no brace), is a path.
+    """
+    if isinstance(source, bytes):
+        return source, None
+    if isinstance(source, os.PathLike) or _looks_like_path(source):
+        path = os.fspath(source)
+        try:
+            return Path(path).read_bytes(), path
+        except FileNotFoundError:
+            raise PrototxtError("no such file", path=path) from None
+        except IsADirectoryError:
+            raise PrototxtError("is a directory, expected a file", path=path) from None
+        except OSError as exc:
+            raise PrototxtError(f"cannot read: {exc.strerror}", path=path) from None
+    return source.encode("utf-8"), None
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.path.exists(text) or not any(mark in text for mark in ("{", ":", "\n"))
+
+
+def sniff_binary(content: bytes, path: str | None) -> bool:
+    """Decide whether ``content`` is a binary protobuf (True) or text format (False)."""
+    for magic, what in _MAGIC.items():
+        if content.startswith(magic):
+            raise PrototxtError(f"this is {what}, not a Caffe prototxt or caffemodel", path=path)
+    suffix = Path(path).suffix.lower() if path else ""
+    if suffix in TEXT_SUFFIXES:
+        return False
+    if suffix in BINARY_SUFFIXES:
+        return True
+    head = content[:4096]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # a multi-byte character cut at the end of the sample is still text
+            return True
+    return b"\x00" in head
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Text format
+# --------------------------------------------------------------------------------------------------------------
+
+_FIELD_ERR = re.compile(r'has no field named "([^"]+)"')
+_ENUM_ERR = re.compile(r'Enum type "([^"]+)" has no value named (\w+)')
+_QUOTED_FIELD = re.compile(r"'(\w+): ")
+
+
+def parse_text(text: str, message: pb_message.Message, path: str | None = None) -> pb_message.Message:
+    """Merge prototxt ``text`` into ``message``; errors carry path:line:col and the enclosing layer name."""
+    try:
+        text_format.Parse(text, message, allow_unknown_extension=False)
+    except text_format.ParseError as exc:
+        line, col = exc.GetLine(), exc.GetColumn()
+        reason = _explain(str(exc), message)
+        layer = layer_name_at_line(text, line) if line else None
+        raise PrototxtError(reason, path=path, line=line, col=col, layer=layer) from None
+    return message
+
+
+def _explain(raw: str, message: pb_message.Message) -> str:
+    reason = re.sub(r"^\d+:\d+ : ", "", raw)
+    field = _FIELD_ERR.search(reason)
+    if field:
+        msg_type = re.search(r'Message type "([^"]+)"', reason)
+        name = field.group(1)
+        known = _field_names(msg_type.group(1)) if msg_type else []
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        where = msg_type.group(1) if msg_type else "this message"
+        reason = f"unknown field '{name}' in {where}{hint} (not in BVLC Caffe's schema)"
+        reason += _wrong_kind_hint(where, name)
+        if name == "ceil_mode":
+            reason += "; 'ceil_mode' is a fork field: use BVLC 'round_mode: CEIL|FLOOR'"
+    enum = _ENUM_ERR.search(reason)
+    if enum:
+        values = _enum_values(enum.group(1))
+        field_name = _QUOTED_FIELD.search(reason)
+        reason = (f"unknown value {enum.group(2)} for field '{field_name.group(1) if field_name else '?'}'; "
+                  f"supported: {', '.join(values)}")
+    return reason
+
+
+def _wrong_kind_hint(where: str, name: str) -> str:
+    """Say so when a solver is read as a net or the other way round."""
+    if where == "caffe.NetParameter" and name in _field_names("caffe.SolverParameter"):
+        return "; this looks like a solver, not a net"
+    if where == "caffe.SolverParameter" and name in _field_names("caffe.NetParameter"):
+        return "; this looks like a net, not a solver"
+    return ""
+
+
+def _field_names(full_name: str) -> list[str]:
+    desc = caffe_pb2.DESCRIPTOR.message_types_by_name.get(full_name.split(".")[-1])
+    if desc is None:
+        for top in caffe_pb2.DESCRIPTOR.message_types_by_name.values():
+            for nested in top.nested_types:
+                if nested.full_name == full_name:
+                    desc = nested
+    return [f.name for f in desc.fields] if desc else []
+
+
+def _enum_values(full_name: str) -> list[str]:
+    short = full_name.split(".")[-1]
+    for msg in caffe_pb2.DESCRIPTOR.message_types_by_name.values():
+        if short in msg.enum_types_by_name:
+            return [v.name for v in msg.enum_types_by_name[short].values]
+    enum = caffe_pb2.DESCRIPTOR.enum_types_by_name.get(short)
+    return [v.name for v in enum.values] if enum else []
+
+
+_TOKEN = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|[{}]|\n|\b(layers?|name)\b\s*:?\s*("[^"]*"|\'[^\']*\')?')
+
+
+def layer_lines(text: str) -> list[tuple[int, str | None]]:
+    """Return (line number, layer name) of each top-level ``layer``/``layers`` block, in order.
+
+    Used to point errors found after parsing (unknown layer type, shape mismatch) at the right line.
+    """
+    found: list[tuple[int, str | None]] = []
+    depth, line, pending, current = 0, 1, False, None
+    for match in _TOKEN.finditer(text):
+        tok = match.group(0)
+        if tok == "\n":
+            line += 1
+        elif tok == "{":
+            if pending and depth == 0:
+                found.append((line, None))
+                current = len(found) - 1
+            pending = False
+            depth += 1
+        elif tok == "}":
+            depth -= 1
+        elif match.group(1) in ("layer", "layers") and depth == 0:
+            pending = True
+        elif match.group(1) == "name" and depth == 1 and current is not None and match.group(2):
+            if found[current][1] is None:
+                found[current] = (found[current][0], match.group(2)[1:-1])
+    return found
+
+
+def layer_name_at_line(text: str, line: int) -> str | None:
+    """Name of the top-level layer whose block contains ``line`` (None outside layers)."""
+    name = None
+    for start, layer_name in layer_lines(text):
+        if start <= line:
+            name = layer_name
+    return name
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Nets
+# --------------------------------------------------------------------------------------------------------------
+
+def parse_net(source: PathOrText, upgrade: bool = True) -> tuple[caffe_pb2.NetParameter, str | None, str | None]:
+    """Parse a net; return (NetParameter, path, text).  ``text`` is None for binary input."""
+    content, path = load_source(source)
+    net = caffe_pb2.NetParameter()
+    if sniff_binary(content, path):
+        _parse_binary(content, net, path, "net (caffemodel)")
+        text = None
+    else:
+        text = _decode(content, path)
+        parse_text(text, net, path)
+    if upgrade:
+        from vggproto.caffe.upgrade import upgrade_net
+        upgrade_net(net, path=path)
+    return net, path, text
+
+
+def read_net(source: PathOrText, upgrade: bool = True) -> caffe_pb2.NetParameter:
+    """Read a net from a path, prototxt text or bytes (text or binary detected), upgraded as Caffe does."""
+    return parse_net(source, upgrade)[0]
+
+
+def write_net(net: caffe_pb2.NetParameter, path: str | os.PathLike) -> None:
+    """Write ``net`` as text (``.prototxt``) or binary (``.caffemodel``, ``.binaryproto``, ``.pb``)."""
+    write_message(net, path)
+
+
+def _decode(content: bytes, path: str | None) -> str:
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PrototxtError(f"not UTF-8 text (byte {exc.start})", path=path) from None
+
+
+def _parse_binary(content: bytes, message: pb_message.Message, path: str | None, what: str) -> None:
+    try:
+        message.ParseFromString(content)
+    except pb_message.DecodeError as exc:
+        raise PrototxtError(f"not a valid binary {what}: {exc} (truncated or corrupt?)", path=path) from None
+
+
+def message_to_text(message: pb_message.Message) -> str:
+    """Caffe-style text: fields in field-number order (as Caffe's printer), 2-space indent, shortest floats."""
+    return text_format.MessageToString(message, as_utf8=True)
+
+
+def write_message(message: pb_message.Message, path: str | os.PathLike) -> None:
+    """Write a message as text or binary according to the file extension (atomically)."""
+    path = Path(path)
+    if path.suffix.lower() in BINARY_SUFFIXES:
+        data = message.SerializeToString()
+    else:
+        data = message_to_text(message).encode("utf-8")
+    atomic_write_bytes(path, data)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Solvers and other messages
+# --------------------------------------------------------------------------------------------------------------
+
+def read_solver(source: PathOrText, resolve_prefix: bool = True) -> caffe_pb2.SolverParameter:
+    """Read a solver, upgrading ``solver_type``; with ``resolve_prefix`` apply Caffe's snapshot_prefix default
+    (solver path minus extension, or ``<dir>/<solver stem>`` when the prefix is a directory)."""
+    content, path = load_source(source)
+    solver = caffe_pb2.SolverParameter()
+    try:
+        if sniff_binary(content, path):
+            _parse_binary(content, solver, path, "solver")
+        else:
+            parse_text(_decode(content, path), solver, path)
+    except PrototxtError as exc:
+        raise SolverError(str(exc)) from None
+    from vggproto.caffe.upgrade import upgrade_solver, default_snapshot_prefix
+    upgrade_solver(solver, path=path)
+    if resolve_prefix and path is not None:
+        default_snapshot_prefix(solver, path)
+    return solver
+
+
+def write_solver(solver: caffe_pb2.SolverParameter, path: str | os.PathLike) -> None:
+    """Write a solver as text."""
+    write_message(solver, path)
+
+
+def read_message(source: PathOrText, message: pb_message.Message) -> pb_message.Message:
+    """Read any message (BlobProto, SolverState, Datum...) from text or binary."""
+    content, path = load_source(source)
+    if sniff_binary(content, path):
+        _parse_binary(content, message, path, type(message).__name__)
+    else:
+        parse_text(_decode(content, path), message, path)
+    return message

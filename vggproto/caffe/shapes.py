@@ -1,0 +1,116 @@
+"""A tiny shape walker for the layer types the generated VGG nets use: blob shapes and parameter counts.
+
+It exists so the generator can check Table 1's parameter counts and the dense net's output sizes without
+allocating 138M-float nets.  It follows Caffe's shape rules (cited per layer type) but knows only these types;
+the full interpreter (:mod:`vggproto.net.interpreter`) is the general implementation.
+"""
+from __future__ import annotations
+
+import math
+
+from vggproto.caffe.proto import caffe_pb2
+from vggproto.errors import NetError
+from vggproto.caffe.netstate import filter_net, make_state
+
+Shape = tuple[int, ...]
+_PASS_THROUGH = {"ReLU", "Dropout", "LRN", "Softmax"}
+_NO_TOP = {"SoftmaxWithLoss": (), "Accuracy": ()}
+
+
+def _pair(values, single: int, default: int) -> tuple[int, int]:
+    if single:
+        return single, single
+    if len(values) == 0:
+        return default, default
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def _conv(param: caffe_pb2.ConvolutionParameter, shape: Shape) -> tuple[Shape, int]:
+    n, c, h, w = shape
+    kh, kw = (param.kernel_h, param.kernel_w) if param.kernel_h else _pair(param.kernel_size, 0, 0)
+    ph, pw = (param.pad_h, param.pad_w) if param.HasField("pad_h") else _pair(param.pad, 0, 0)
+    sh, sw = (param.stride_h, param.stride_w) if param.stride_h else _pair(param.stride, 0, 1)
+    dh, dw = _pair(param.dilation, 0, 1)
+    # Caffe: src/caffe/layers/conv_layer.cpp — floor((in + 2 pad - (dil (k - 1) + 1)) / stride) + 1
+    oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    ow = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    group = param.group or 1
+    count = param.num_output * (c // group) * kh * kw + (param.num_output if param.bias_term else 0)
+    return (n, param.num_output, oh, ow), count
+
+
+def _pool(param: caffe_pb2.PoolingParameter, shape: Shape) -> Shape:
+    n, c, h, w = shape
+    if param.global_pooling:
+        return n, c, 1, 1
+    kh, kw = (param.kernel_h, param.kernel_w) if param.kernel_h else (param.kernel_size,) * 2
+    sh, sw = (param.stride_h, param.stride_w) if param.stride_h else (param.stride,) * 2
+    ph, pw = (param.pad_h, param.pad_w) if param.pad_h or param.pad_w else (param.pad,) * 2
+    # Caffe: src/caffe/layers/pooling_layer.cpp — ceil output size, then clip only when padded
+    rnd = math.floor if param.round_mode == caffe_pb2.PoolingParameter.FLOOR else math.ceil
+    oh, ow = rnd((h + 2 * ph - kh) / sh) + 1, rnd((w + 2 * pw - kw) / sw) + 1
+    if ph and (oh - 1) * sh >= h + ph:
+        oh -= 1
+    if pw and (ow - 1) * sw >= w + pw:
+        ow -= 1
+    return n, c, oh, ow
+
+
+def _inner_product(param: caffe_pb2.InnerProductParameter, shape: Shape) -> tuple[Shape, int]:
+    axis = param.axis % len(shape)
+    k = math.prod(shape[axis:])
+    count = param.num_output * k + (param.num_output if param.bias_term else 0)
+    return shape[:axis] + (param.num_output,), count
+
+
+def _data_shapes(layer: caffe_pb2.LayerParameter) -> list[Shape]:
+    batch = {"Data": layer.data_param.batch_size, "ImageData": layer.image_data_param.batch_size,
+             "HDF5Data": layer.hdf5_data_param.batch_size}[layer.type]
+    crop = layer.transform_param.crop_size
+    if not crop:
+        raise NetError("the shape walker needs transform_param.crop_size on data layers", layer=layer.name,
+                       layer_type=layer.type)
+    return [(batch, 3, crop, crop), (batch,)]
+
+
+def infer_shapes(net: caffe_pb2.NetParameter, phase: str = "TEST",
+                 input_shape: Shape | None = None) -> tuple[dict[str, Shape], dict[str, int]]:
+    """Walk ``net`` for ``phase``; return (blob name -> shape, layer name -> learnable parameter count).
+
+    ``input_shape`` replaces the shape of the (single) Input layer, e.g. to run the dense net at 384×384.
+    """
+    shapes: dict[str, Shape] = {}
+    counts: dict[str, int] = {}
+    for layer in filter_net(net, make_state(phase)).layer:
+        bottoms = [shapes[b] for b in layer.bottom]
+        if layer.type == "Input":
+            tops = [input_shape or tuple(layer.input_param.shape[0].dim)]
+        elif layer.type in ("Data", "ImageData", "HDF5Data"):
+            tops = _data_shapes(layer)
+        elif layer.type == "Convolution":
+            top, counts[layer.name] = _conv(layer.convolution_param, bottoms[0])
+            tops = [top]
+        elif layer.type == "InnerProduct":
+            top, counts[layer.name] = _inner_product(layer.inner_product_param, bottoms[0])
+            tops = [top]
+        elif layer.type == "Pooling":
+            tops = [_pool(layer.pooling_param, bottoms[0])]
+        elif layer.type in _PASS_THROUGH:
+            tops = [bottoms[0]]
+        elif layer.type in _NO_TOP:
+            tops = [_NO_TOP[layer.type]]
+        else:
+            raise NetError(f"the shape walker does not know this type; it knows Input, Data, ImageData, HDF5Data, "
+                           f"Convolution, InnerProduct, Pooling, {', '.join(sorted(_PASS_THROUGH | set(_NO_TOP)))}",
+                           layer=layer.name, layer_type=layer.type)
+        for name, shape in zip(layer.top, tops):
+            if any(d < 1 for d in shape):
+                raise NetError(f"output shape {tuple(shape)} is empty: the input is too small for this net",
+                               layer=layer.name, layer_type=layer.type)
+            shapes[name] = tuple(int(d) for d in shape)
+    return shapes, counts
+
+
+def count_params(net: caffe_pb2.NetParameter) -> int:
+    """Number of learnable parameters (weights and biases) of ``net``, computed from its shapes."""
+    return sum(infer_shapes(net)[1].values())

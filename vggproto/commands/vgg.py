@@ -1,0 +1,85 @@
+"""``vggproto generate``: write the Table 1 nets and their solvers as Caffe prototxt files."""
+from __future__ import annotations
+
+import logging
+import time
+
+import click
+
+from vggproto.vgg.configs import CONFIGS, SCALES
+from vggproto.errors import VGGProtoError
+
+log = logging.getLogger("vggproto.vgg.generate")
+
+
+def _mean_value(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        values = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected 1 or 3 comma-separated numbers (B,G,R), got {value!r}") from None
+    if len(values) not in (1, 3):
+        raise click.BadParameter(f"expected 1 or 3 comma-separated numbers (B,G,R), got {len(values)}")
+    return values
+
+
+@click.command("generate")
+@click.option("--config", "config", required=True, type=click.Choice([*CONFIGS, "all"]),
+              help="Table 1 column, or all six.")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Writes OUT_DIR/nets/<cfg>_{train_val,deploy,dense}.prototxt and OUT_DIR/solvers/<cfg>.prototxt.")
+@click.option("--data", type=click.Choice(["lmdb", "imagedata", "hdf5"]), default="lmdb", show_default=True,
+              help="Data layer type of the train_val net (hdf5: preprocessed crops, Caffe applies no transform).")
+@click.option("--train-source", default="", help="TRAIN data source (default: data/ilsvrc12_train_lmdb etc.).")
+@click.option("--val-source", default="", help="TEST data source (default: data/ilsvrc12_val_lmdb etc.).")
+@click.option("--mean-value", callback=_mean_value, default=None,
+              help="Mean pixel B,G,R subtracted from 0-255 images [default: 103.939,116.779,123.68].")
+@click.option("--crop-size", type=int, default=224, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True, help="TRAIN batch per iteration.")
+@click.option("--test-batch-size", type=int, default=50, show_default=True)
+@click.option("--global-batch", type=int, default=256, show_default=True,
+              help="Images per SGD update; the solver's iter_size = global batch / batch size.")
+@click.option("--num-classes", type=int, default=1000, show_default=True)
+@click.option("--width-divisor", type=int, default=1, show_default=True,
+              help="Divide every conv/FC width (not the classes) by N, for small CPU runs.")
+@click.option("--init", type=click.Choice(["gaussian", "xavier", "msra"]), default="gaussian", show_default=True,
+              help="Weight filler: gaussian std 0.01 (the paper's random init), or Caffe's xavier/msra (FAN_IN).")
+@click.option("--scale", type=click.Choice(list(SCALES)), default="256", show_default=True,
+              help="Training scale S (smallest side), fixed or jittered per image.")
+@click.option("--test-scale", type=int, default=0, help="Test scale Q [default: S, or (Smin+Smax)/2 if jittered].")
+@click.option("--input-scale", type=float, default=1.0, show_default=True,
+              help="transform_param.scale: multiply mean-subtracted pixels by this (deploy-time tools take the "
+                   "same value as --input-scale).")
+@click.option("--task", type=click.Choice(["classification", "localization"]), default="classification",
+              show_default=True, help="localization (Appendix A): the last FC predicts a box, Euclidean loss; writes "
+              "nets/<cfg>_loc_<regression>[_fc]_*.prototxt.")
+@click.option("--regression", type=click.Choice(["scr", "pcr"]), default="scr", show_default=True,
+              help="Localisation: single-class (4 outputs) or per-class (4 x classes) box regression.")
+@click.option("--finetune", type=click.Choice(["all", "fc"]), default="all", show_default=True,
+              help="Localisation: fine-tune all layers, or only the FC layers (lr_mult 0 on the conv layers).")
+@click.option("--chain/--no-chain", default=None,
+              help="Also write the paper's S=384 and S=[256;512] stages [default: for C, D, E at S=256].")
+def generate_command(config: str, out_dir: str, mean_value: tuple[float, ...] | None, chain: bool | None,
+                     **options) -> None:
+    """Write the VGG net(s) of Table 1 (train_val, deploy, dense) and solvers as Caffe prototxt.
+
+    Solvers name their nets relative to OUT_DIR (Caffe resolves `net:` against the working directory), so
+    train from there: `vggproto train solvers/D.prototxt`.
+    """
+    from vggproto.vgg.generate import generate
+    if mean_value is not None:
+        options["mean_value"] = mean_value
+    if chain is not None:
+        options["chain"] = chain
+    start = time.perf_counter()
+    try:
+        paths = generate(config, out_dir, **options)
+    except OSError as exc:
+        raise VGGProtoError(f"cannot write under {out_dir}: {exc.strerror}") from None
+    for path in paths:
+        click.echo(str(path))
+    log.info("wrote %d files in %.3f s", len(paths), time.perf_counter() - start)
+
+
+commands = [generate_command]

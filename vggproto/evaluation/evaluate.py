@@ -1,0 +1,335 @@
+"""ILSVRC-style evaluation as in Sect. 3.2 / 4 of the paper: top-1 / top-5 error of one model or a fusion.
+
+Modes (per test scale Q, the image's smallest side isotropically rescaled to Q):
+
+* ``center``: the centre crop (the net's input size); with ``flip`` also its mirror image.
+* ``dense``: the net made fully convolutional (:mod:`vggproto.net.dense`) on the whole image; the raw class score
+  map (input of the final Softmax) is averaged over positions ("spatially averaged (sum-pooled)"), then soft-maxed;
+  the posteriors of the image and its horizontal flip are averaged.
+* ``crops``: a g×g regular grid of crops and their flips (2·g² views, 50 for g = 5), posteriors averaged.
+* ``dense+crops``: the average of the dense and the crops posteriors (Table 5's "multi-crop & dense").
+
+Several scales: posteriors averaged over scales; ``fuse``: averaged over models (Table 6's ensembles).  Views of
+equal shape (all crops; whole images of equal size at one scale) share forward passes of up to ``batch`` views.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from vggproto.errors import DataError, VGGProtoError
+from vggproto.evaluation.views import ImageListDataset, center_crop, grid_crops, image_loader, with_flips
+
+log = logging.getLogger("vggproto.evaluation.evaluate")
+
+MODES: tuple[str, ...] = ("center", "dense", "crops", "dense+crops")
+
+
+# ------------------------------------------------------------------------------------------------ error arithmetic
+
+def topk_hits(posterior: np.ndarray, label: int, ks: Sequence[int] = (1, 5)) -> list[bool]:
+    """Whether ``label`` is among the top-k classes of ``posterior`` for each k.
+
+    # Caffe: src/caffe/layers/accuracy_layer.cpp — correct iff fewer than k classes score strictly higher,
+    # so ties with the true class count in its favour.
+    """
+    better = int(np.count_nonzero(posterior > posterior[label]))
+    return [better < k for k in ks]
+
+
+@dataclass
+class ErrorCount:
+    """Running top-1 / top-5 misses over ``images``."""
+
+    images: int = 0
+    top1_misses: int = 0
+    top5_misses: int = 0
+
+    def add(self, posterior: np.ndarray, label: int) -> None:
+        hit1, hit5 = topk_hits(posterior, label)
+        self.images += 1
+        self.top1_misses += not hit1
+        self.top5_misses += not hit5
+
+    def errors(self) -> dict[str, float]:
+        """Errors in percent, as the paper's tables print them."""
+        n = max(self.images, 1)
+        return {"top1_error": 100.0 * self.top1_misses / n, "top5_error": 100.0 * self.top5_misses / n}
+
+
+def fuse(posteriors: Iterable[np.ndarray]) -> np.ndarray:
+    """Average of soft-max posteriors (scales, views, evaluation modes or models alike)."""
+    stacked = np.stack(list(posteriors))
+    return stacked.mean(axis=0)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+@dataclass
+class Model:
+    """One dense net with its weights, ready to score views."""
+
+    net: torch.nn.Module
+    input_blob: str
+    score_blob: str
+    crop_size: int
+    num_classes: int
+    label: str
+
+    def posteriors(self, views: torch.Tensor, batch: int) -> torch.Tensor:
+        """Per-view soft-max posteriors (N×K) of N views: score maps averaged over space, then soft-max."""
+        out = []
+        for start in range(0, views.shape[0], max(batch, 1)):
+            try:
+                self.net.forward(**{self.input_blob: views[start:start + batch]})
+            except RuntimeError as exc:   # e.g. a kernel larger than the input: the scale is too small
+                raise DataError(f"{self.label}: cannot run the net on views of size {tuple(views.shape[2:])} "
+                                f"({str(exc).splitlines()[0]}); use a larger scale") from None
+            scores = self.net.blobs[self.score_blob]
+            if scores.dim() == 4:
+                if scores.shape[2] * scores.shape[3] == 0:
+                    raise DataError(f"{self.label}: input {tuple(views.shape[2:])} is too small for the net "
+                                    f"(empty score map); use a larger scale")
+                scores = scores.mean(dim=(2, 3))
+            out.append(torch.softmax(scores.reshape(scores.shape[0], -1).double(), dim=1))
+        return torch.cat(out)
+
+
+def load_model(model_path: str, weights: str, device: str = "cpu") -> Model:
+    """The dense version of a deploy net (or a given dense net) with classification or dense weights."""
+    from vggproto.net.dense import load_dense
+    net, dense = load_dense(model_path, weights, device)
+    shapes = net.blob_shapes
+    crop = int(dense.input_shape[-1]) if len(dense.input_shape) == 4 else 0
+    classes = int(shapes[dense.score_blob][1]) if len(shapes[dense.score_blob]) > 1 else 0
+    return Model(net, dense.input_blob, dense.score_blob, crop, classes, f"{model_path}:{weights}")
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+@dataclass
+class EvalOptions:
+    """What to evaluate: mode, test scales Q, flips, grid size, preprocessing and batching."""
+
+    mode: str = "dense"
+    scales: tuple[int, ...] = (256, 384, 512)
+    flip: bool | None = None            # None: on for dense/crops (the paper), off for center
+    grid: int = 5
+    crop_size: int = 0                  # 0: the first model's input size
+    mean: tuple[float, ...] = (103.939, 116.779, 123.68)
+    input_scale: float = 1.0            # multiplies (pixel - mean), as transform_param.scale
+    batch: int = 50
+    workers: int = 2
+    skip_bad: bool = False
+    root: str = ""
+    progress: bool = True
+    keep_posteriors: bool = False       # keep each image's final (fused) posterior in EvalResult.posteriors
+
+    def components(self) -> list[str]:
+        return ["dense", "crops"] if self.mode == "dense+crops" else [self.mode]
+
+    def flips(self) -> bool:
+        return self.mode != "center" if self.flip is None else self.flip
+
+
+@dataclass
+class EvalResult:
+    """Summary of a run: fused errors plus per-model and per-component errors, bad images, speed."""
+
+    counts: dict[str, ErrorCount] = field(default_factory=dict)
+    bad: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    posteriors: dict[int, np.ndarray] = field(default_factory=dict)   # list index -> posterior (keep_posteriors)
+
+    def as_dict(self, options: EvalOptions, models: Sequence[Model]) -> dict:
+        final = self.counts["fused"] if len(models) > 1 else self.counts[_key(0, None)]
+        out = {"mode": options.mode, "scales": list(options.scales), "flip": options.flips(),
+               "grid": options.grid if "crops" in options.components() else None, "images": final.images,
+               **final.errors(), "error_units": "percent", "skipped": len(self.bad), "bad_images": self.bad,
+               "seconds": round(self.seconds, 3),
+               "images_per_second": round(final.images / self.seconds, 3) if self.seconds else None, "models": []}
+        for m, model in enumerate(models):
+            entry = {"model": model.label, **self.counts[_key(m, None)].errors()}
+            if len(options.components()) > 1:
+                entry["components"] = {c: self.counts[_key(m, c)].errors() for c in options.components()}
+            out["models"].append(entry)
+        return out
+
+
+def _key(model: int, component: str | None) -> str:
+    return f"model{model}" if component is None else f"model{model}/{component}"
+
+
+def _views(image: torch.Tensor, component: str, options: EvalOptions, crop: int) -> torch.Tensor:
+    if component == "dense":
+        return with_flips(image[None], options.flips())
+    if component == "crops":
+        return with_flips(grid_crops(image, crop, options.grid), options.flips())
+    return with_flips(center_crop(image, crop), options.flips())
+
+
+class _Accumulator:
+    """Per-image posterior sums, finalised into the error counts once every (component, scale) is in."""
+
+    def __init__(self, n_models: int, options: EvalOptions):
+        self.n_models, self.components, self.keep = n_models, options.components(), options.keep_posteriors
+        self.expected = len(options.scales) * len(self.components)
+        self.pending: dict[int, tuple[int, dict, int]] = {}
+        self.result = EvalResult()
+        keys = [_key(m, c) for m in range(n_models) for c in [None, *self.components]] + ["fused"]
+        self.result.counts = {k: ErrorCount() for k in keys}
+
+    def add(self, index: int, label: int, component: str, posts: list[np.ndarray]) -> bool:
+        _, sums, seen = self.pending.get(index, (label, {}, 0))
+        for m, post in enumerate(posts):
+            key = (m, component)
+            sums[key] = sums[key] + post if key in sums else post.copy()
+        seen += 1
+        if seen < self.expected:
+            self.pending[index] = (label, sums, seen)
+            return False
+        self.pending.pop(index, None)
+        self._finish(index, label, sums)
+        return True
+
+    def _finish(self, index: int, label: int, sums: dict) -> None:
+        per_model = []
+        for m in range(self.n_models):
+            comps = [sums[(m, c)] / (self.expected // len(self.components)) for c in self.components]
+            for c, post in zip(self.components, comps):
+                self.result.counts[_key(m, c)].add(post, label)
+            combined = fuse(comps)
+            self.result.counts[_key(m, None)].add(combined, label)
+            per_model.append(combined)
+        final = fuse(per_model)
+        self.result.counts["fused"].add(final, label)
+        if self.keep:
+            self.result.posteriors[index] = final
+
+
+class _Packer:
+    """Collects views of equal shape (one bucket per shape, e.g. per scale) and scores each bucket together.
+
+    A bucket is scored when it holds ``batch`` views; when all buckets together hold more than ``4 * batch``
+    views the oldest bucket is scored, so images of many different sizes do not pile up.
+    """
+
+    def __init__(self, models: Sequence[Model], batch: int, sink: _Accumulator, device: str):
+        self.models, self.batch, self.sink, self.device = models, batch, sink, device
+        self.buckets: dict[tuple, tuple[list, list]] = {}   # view shape -> (items, view tensors), oldest first
+        self.pending = 0
+        self.finished = 0
+
+    def add(self, index: int, label: int, component: str, views: torch.Tensor) -> None:
+        shape = tuple(views.shape[1:])
+        items, tensors = self.buckets.setdefault(shape, ([], []))
+        items.append((index, label, component, views.shape[0]))
+        tensors.append(views)
+        self.pending += views.shape[0]
+        if sum(v.shape[0] for v in tensors) >= self.batch:
+            self._score(shape)
+        while self.pending > 4 * self.batch:
+            self._score(next(iter(self.buckets)))
+
+    def flush(self) -> None:
+        """Score everything still pending."""
+        for shape in list(self.buckets):
+            self._score(shape)
+
+    def _score(self, shape: tuple) -> None:
+        items, tensors = self.buckets.pop(shape)
+        batch = torch.cat(tensors).to(self.device, non_blocking=True)
+        self.pending -= batch.shape[0]
+        posts = [model.posteriors(batch, self.batch).cpu().numpy() for model in self.models]
+        start = 0
+        for index, label, component, n in items:
+            per_model = [p[start:start + n].mean(axis=0) for p in posts]
+            self.finished += self.sink.add(index, label, component, per_model)
+            start += n
+
+
+def check_labels(entries: Sequence[tuple[str, int, int]], list_path: str, classes: int) -> None:
+    """Every label must be a class index of the net (0 .. classes - 1)."""
+    for name, label, line in entries:
+        if not 0 <= label < classes:
+            raise DataError(f"{list_path}:{line}: label {label} of '{name}' is out of range; the net has "
+                            f"{classes} classes (labels 0..{classes - 1})")
+
+
+def evaluate(models: Sequence[Model], list_path: str, options: EvalOptions, device: str = "cpu",
+             limit: int | None = None) -> EvalResult:
+    """Run the evaluation of ``models`` (fused when several) over a Caffe list file ``<path> <label>``."""
+    from vggproto.data.sources import parse_list_file
+    if options.mode not in MODES:
+        raise VGGProtoError(f"unknown --mode '{options.mode}'; supported: {', '.join(MODES)}")
+    if not options.scales or any(q <= 0 for q in options.scales):
+        raise VGGProtoError(f"--scales must be positive integers, got {list(options.scales)}")
+    crop = options.crop_size or models[0].crop_size
+    if options.mode != "dense" and any(q < crop for q in options.scales):
+        raise VGGProtoError(f"--scales {list(options.scales)}: every Q must be at least the crop size {crop}")
+    classes = {m.num_classes for m in models}
+    if len(classes) != 1:
+        raise VGGProtoError(f"fused models disagree on the number of classes: {sorted(classes)}")
+    entries = parse_list_file(list_path)[:limit]
+    check_labels(entries, list_path, classes.pop())
+    sink = _Accumulator(len(models), options)
+    packer = _Packer(models, options.batch, sink, device)
+    dataset = ImageListDataset(entries, list_path, options.root, options.scales, options.mean,
+                             options.input_scale)
+    started = time.perf_counter()
+    with torch.inference_mode(), _progress(len(entries), options.progress) as bar:
+        for index, label, views, error in image_loader(dataset, options.workers):
+            if error:
+                if not options.skip_bad:
+                    raise DataError(f"{error} (use --skip-bad to skip unreadable images)")
+                log.warning("skipping bad image: %s", error)
+                sink.result.bad.append(error)
+                bar.update(1)
+                continue
+            for q in options.scales:
+                for component in options.components():
+                    packer.add(index, label, component, _views(views[q], component, options, crop))
+            done = packer.finished
+            if done:
+                packer.finished = 0
+                bar.update(done)
+        packer.flush()
+        bar.update(packer.finished)
+    sink.result.seconds = time.perf_counter() - started
+    if not sink.result.counts["fused"].images:
+        raise DataError(f"{list_path}: no readable image ({len(sink.result.bad)} skipped)")
+    return sink.result
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True, desc="evaluate")
+
+
+def format_table(summary: dict) -> str:
+    """The paper's table layout: one row per model (and component), then the fusion."""
+    scales = ",".join(str(q) for q in summary["scales"])
+    lines = [f"mode {summary['mode']}, Q = {scales}, flip {'on' if summary['flip'] else 'off'}, "
+             f"{summary['images']} images" + (f" ({summary['skipped']} skipped)" if summary["skipped"] else ""),
+             f"{'':<40} {'top-1 err (%)':>14} {'top-5 err (%)':>14}"]
+    for model in summary["models"]:
+        for name, errs in model.get("components", {}).items():
+            lines.append(f"{_short(model['model']) + ' ' + name:<40} {errs['top1_error']:>14.2f} "
+                         f"{errs['top5_error']:>14.2f}")
+        lines.append(f"{_short(model['model']):<40} {model['top1_error']:>14.2f} {model['top5_error']:>14.2f}")
+    if len(summary["models"]) > 1:
+        lines.append(f"{'fusion (average of posteriors)':<40} {summary['top1_error']:>14.2f} "
+                     f"{summary['top5_error']:>14.2f}")
+    return "\n".join(lines)
+
+
+def _short(label: str) -> str:
+    """The weights file's name (the JSON keeps the full ``deploy:weights`` label)."""
+    name = os.path.basename(label.rsplit(":", 1)[-1])
+    return name if len(name) <= 38 else "..." + name[-35:]

@@ -1,0 +1,402 @@
+"""The interpreter: a Caffe net definition run as a PyTorch ``nn.Module`` with Caffe's net semantics.
+
+Caffe: src/caffe/net.cpp.  The net is filtered by NetStateRules, every layer is built from the registry with its
+bottoms' shapes (so shape errors surface at construction, located at file:line), in-place layers rebind the blob
+name to the newest tensor, loss weights default to 1 on loss layers' first top, ``propagate_down: false``
+detaches a bottom, parameters are shared by ``ParamSpec.name`` and ``lr_mult: 0`` parameters get no gradient
+unless ``force_backward`` is set.  Autograd does the backward pass.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from vggproto.net import debug as net_debug, weights as net_weights
+from vggproto.caffe.proto import caffe_pb2
+from vggproto.errors import NetError, PrototxtError
+from vggproto.layers.common import count
+from vggproto.layers.registry import CaffeLayer, LayerSpec, Shape, build_layer
+from vggproto.caffe.netstate import filter_net, layer_included, merged_state
+from vggproto.caffe.prototxt import layer_lines, parse_net
+
+log = logging.getLogger("vggproto.net.interpreter")
+ModelSource = str | os.PathLike | bytes | caffe_pb2.NetParameter
+
+
+@dataclass
+class LearnableParam:
+    """One parameter the solver updates, in Caffe's learnable_params order (owners only)."""
+
+    layer: str
+    index: int
+    param: nn.Parameter
+    lr_mult: float
+    decay_mult: float
+
+
+@dataclass
+class _Owner:
+    layer: str
+    index: int
+    lr_mult: float | None
+    decay_mult: float | None
+
+
+def _load(model: ModelSource) -> tuple[caffe_pb2.NetParameter, str | None, str | None]:
+    if isinstance(model, caffe_pb2.NetParameter):
+        from vggproto.caffe.upgrade import upgrade_net
+        net = caffe_pb2.NetParameter()
+        net.CopyFrom(model)
+        upgrade_net(net)   # Caffe upgrades every net it is given (V0/V1 layers, input fields)
+        return net, None, None
+    return parse_net(model)
+
+
+def _line_finder(net: caffe_pb2.NetParameter, text: str | None) -> list[int | None]:
+    """Line of each layer of ``net`` (k-th layer named X ↔ k-th ``layer`` block named X in the text)."""
+    if text is None:
+        return [None] * len(net.layer)
+    by_name: dict[str | None, list[int]] = {}
+    for line, name in layer_lines(text):
+        by_name.setdefault(name, []).append(line)
+    seen: dict[str, int] = {}
+    lines = []
+    for layer in net.layer:
+        k = seen.get(layer.name, 0)
+        seen[layer.name] = k + 1
+        candidates = by_name.get(layer.name, [])
+        lines.append(candidates[k] if k < len(candidates) else None)
+    return lines
+
+
+class Net(nn.Module):
+    """A Caffe net (prototxt path, text or NetParameter) for one phase/level/stages, optionally with weights."""
+
+    def __init__(self, model: ModelSource, weights: str | os.PathLike | Sequence | None = None,
+                 phase: str | int = "TEST", stages: Iterable[str] = (), level: int = 0, *,
+                 seed: int | None = None, options: Mapping | None = None):
+        super().__init__()
+        full, self.path, text = _load(model)
+        state = merged_state(full, phase, level, stages)
+        lines = [line for line, layer in zip(_line_finder(full, text), full.layer)
+                 if layer_included(layer, state, self.path)]
+        self.net_param = filter_net(full, state, self.path)
+        self.phase = state.phase
+        self.force_backward = self.net_param.force_backward
+        generator = torch.Generator()
+        generator.manual_seed(seed if seed is not None else torch.initial_seed() % (2 ** 63))
+        self.options = dict(options or {})
+        self.layer_list = nn.ModuleList()
+        self.layer_names: list[str] = []
+        self.layer_lines: dict[str, int | None] = {}
+        self.layer_dict: dict[str, CaffeLayer] = {}
+        self.blob_shapes: dict[str, Shape] = {}
+        self._owners: list[_Owner] = []
+        self._loss_weights: list[tuple[str, float]] = []
+        self._propagate: list[list[bool]] = []
+        self._sources: dict[str, tuple[str, int]] = {}   # blob -> (producer type, layers that read it since)
+        self.register_buffer("_probe", torch.zeros(0), persistent=False)
+        shared: dict[str, tuple[_Owner, caffe_pb2.ParamSpec]] = {}
+        for param, line in zip(self.net_param.layer, lines):
+            self._add_layer(param, line, generator, shared)
+        # Caffe: net.cpp Init — outputs are the blobs no later layer consumes (an in-place top counts as new);
+        # Caffe keeps them in a std::set, so they are listed sorted by name
+        available: set[str] = set()
+        for param in self.net_param.layer:
+            available.difference_update(param.bottom)
+            available.update(param.top)
+        self.output_names = sorted(available)
+        self.blobs: dict[str, torch.Tensor] = {}
+        self._first: dict[str, torch.Tensor] = {}
+        self._fed: dict[str, torch.Tensor] = {}
+        self.loss: torch.Tensor | None = None
+        self.track_diffs = False
+        self.debug_info = self.net_param.debug_info   # Caffe's per-layer data/diff lines (vggproto.net.debug)
+        self._debug_records: list[net_debug.LayerRecord] = []
+        if weights:
+            self.load_weights(weights)
+
+    # ------------------------------------------------------------------------------------------ construction
+
+    def _may_overwrite(self, param: caffe_pb2.LayerParameter) -> bool:
+        """An in-place layer whose bottom is a Convolution/InnerProduct output no other layer has read yet: its
+        memory can be reused (what Caffe does for every in-place layer) without changing any result."""
+        if len(param.bottom) != 1 or list(param.top) != list(param.bottom):
+            return False
+        producer, readers = self._sources.get(param.bottom[0], ("", 1))
+        return producer in ("Convolution", "InnerProduct") and readers == 0
+
+    def _error(self, param: caffe_pb2.LayerParameter, line: int | None, message: str) -> NetError:
+        return NetError(message, path=self.path, line=line, layer=param.name, layer_type=param.type)
+
+    def _add_layer(self, param: caffe_pb2.LayerParameter, line: int | None, generator: torch.Generator,
+                   shared: dict) -> None:
+        for bottom in param.bottom:
+            if bottom not in self.blob_shapes:
+                known = ", ".join(self.blob_shapes) or "none"
+                raise self._error(param, line, f"unknown bottom blob '{bottom}' (blobs produced so far: {known})")
+        if param.name in self.layer_dict:
+            raise self._error(param, line, f"duplicate layer name '{param.name}'")
+        spec = LayerSpec(param=param, bottom_shapes=[self.blob_shapes[b] for b in param.bottom],
+                         phase=param.phase if param.HasField("phase") else self.phase, path=self.path, line=line,
+                         generator=generator, options=self.options)
+        try:
+            layer = build_layer(spec)
+        except NetError:
+            raise
+        except PrototxtError as exc:   # a filler or parameter error without a location: locate it here
+            raise self._error(param, line, exc.reason) from None
+        if len(layer.top_shapes) != len(param.top):
+            raise self._error(param, line, f"produces {len(layer.top_shapes)} top(s) but {len(param.top)} "
+                                           f"are named")
+        for top in param.top:
+            if top in self.blob_shapes and top not in param.bottom:
+                raise self._error(param, line, f"top blob '{top}' is produced by multiple sources")
+        self.blob_shapes.update(zip(param.top, (tuple(s) for s in layer.top_shapes)))
+        self._check_loss_weights(param, line, layer)
+        if param.propagate_down and len(param.propagate_down) != len(param.bottom):
+            raise self._error(param, line, f"propagate_down must be given once per bottom ({len(param.bottom)})")
+        self._propagate.append(list(param.propagate_down) or [True] * len(param.bottom))
+        layer.blob_shapes = [tuple(b.shape) for b in layer.blobs]
+        layer.may_overwrite = self._may_overwrite(param)
+        for bottom in param.bottom:
+            producer, readers = self._sources.get(bottom, ("", 0))
+            self._sources[bottom] = (producer, readers + 1)
+        self._sources.update((top, (param.type, 0)) for top in param.top)
+        self._setup_params(param, line, layer, shared)
+        self.layer_list.append(layer)
+        self.layer_names.append(param.name)
+        self.layer_lines[param.name] = line
+        self.layer_dict[param.name] = layer
+
+    def _check_loss_weights(self, param, line, layer: CaffeLayer) -> None:
+        weights = list(param.loss_weight)
+        if weights and len(weights) != len(param.top):
+            raise self._error(param, line, f"loss_weight must be unspecified or given once per top "
+                                           f"({len(param.top)}), got {len(weights)}")
+        if not weights and layer.is_loss and param.top:
+            weights = [1.0] + [0.0] * (len(param.top) - 1)   # Caffe: loss_layer.cpp — top[0] weight 1
+        self._loss_weights.extend((top, w) for top, w in zip(param.top, weights) if w != 0)
+
+    def _setup_params(self, param, line, layer: CaffeLayer, shared: dict) -> None:
+        if len(param.param) > len(layer.blobs):
+            raise self._error(param, line, f"{len(param.param)} param specs given but the layer has only "
+                                           f"{len(layer.blobs)} parameter blob(s)")
+        for index, blob in enumerate(layer.blobs):
+            ps = param.param[index] if index < len(param.param) else caffe_pb2.ParamSpec()
+            lr = ps.lr_mult if ps.HasField("lr_mult") else None
+            decay = ps.decay_mult if ps.HasField("decay_mult") else None
+            if param.type == "BatchNorm":   # Caffe: batch_norm_layer.cpp — statistics are never learned
+                if lr not in (None, 0.0):
+                    raise self._error(param, line, "cannot configure batch normalization statistics as layer "
+                                                   f"parameters: param {index} must have lr_mult 0, got {lr}")
+                lr = 0.0
+            if ps.name and ps.name in shared:
+                self._share(param, line, layer, index, ps, lr, decay, shared[ps.name])
+                continue
+            owner = _Owner(param.name, index, lr, decay)
+            self._owners.append(owner)
+            if ps.name:
+                shared[ps.name] = (owner, ps)
+            if (lr == 0.0) and not self.force_backward:
+                blob.requires_grad_(False)   # Caffe: net.cpp — lr_mult 0 needs no backward
+
+    def _share(self, param, line, layer, index, ps, lr, decay, entry) -> None:
+        owner, _ = entry
+        source = self.layer_dict[owner.layer].blobs[owner.index]
+        mine = layer.blobs[index]
+        if ps.share_mode == caffe_pb2.ParamSpec.PERMISSIVE:
+            ok = source.numel() == mine.numel()
+            what = f"count {source.numel()} vs {mine.numel()}"
+        else:
+            ok = source.shape == mine.shape
+            what = f"shape {tuple(source.shape)} vs {tuple(mine.shape)}"
+        if not ok:
+            raise self._error(param, line, f"shared param '{ps.name}' (owner {owner.layer}) has mismatched "
+                                           f"{what}; set share_mode: PERMISSIVE to compare counts only")
+        for name, given, have in (("lr_mult", lr, owner.lr_mult), ("decay_mult", decay, owner.decay_mult)):
+            if given is not None and have is not None and given != have:
+                raise self._error(param, line, f"shared param '{ps.name}' has mismatched {name} "
+                                               f"({given} vs {have} in {owner.layer})")
+        if owner.lr_mult is None:
+            owner.lr_mult = lr
+        if owner.decay_mult is None:
+            owner.decay_mult = decay
+        layer.blobs[index] = source
+
+    # ------------------------------------------------------------------------------------------ running
+
+    @property
+    def params(self) -> dict[str, list[nn.Parameter]]:
+        """``{layer: [parameter blobs in Caffe order]}`` for layers with parameters (pycaffe's net.params)."""
+        return {name: list(layer.blobs) for name, layer in self.layer_dict.items() if len(layer.blobs)}
+
+    @property
+    def learnable_params(self) -> list[LearnableParam]:
+        """Owned parameters in Caffe's order (layer order, blob order), with their lr/decay multipliers."""
+        return [LearnableParam(o.layer, o.index, self.layer_dict[o.layer].blobs[o.index],
+                               1.0 if o.lr_mult is None else o.lr_mult,
+                               1.0 if o.decay_mult is None else o.decay_mult) for o in self._owners]
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """Non-zero loss weight of each top (explicit ``loss_weight``, else 1 on a loss layer's first top)."""
+        return dict(self._loss_weights)
+
+    @property
+    def input_names(self) -> list[str]:
+        """Tops the caller feeds through ``forward(**inputs)`` (Input and MemoryData layers)."""
+        return [top for p, layer in zip(self.net_param.layer, self.layer_list) if getattr(layer, "feeds", False)
+                for top in p.top]
+
+    def _as_tensor(self, name: str, value) -> torch.Tensor:
+        if isinstance(value, torch.Tensor) and value.dtype == self._probe.dtype and value.device == self._probe.device:
+            return value
+        return torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value,
+                               dtype=self._probe.dtype, device=self._probe.device)
+
+    def set_input_arrays(self, data, labels, layer: str | None = None) -> None:
+        """pycaffe's ``set_input_arrays``: hand a MemoryData layer (the first one, or ``layer``) N images and
+        labels; each later ``forward()`` without inputs takes its next ``batch_size`` of them."""
+        names = [p.name for p in self.net_param.layer if p.type == "MemoryData"]
+        if not names or (layer is not None and layer not in names):
+            raise NetError(f"set_input_arrays needs a MemoryData layer{f' named {layer!r}' if layer else ''}; "
+                           f"this net has: {', '.join(names) or 'none'}", path=self.path)
+        self.layer_dict[layer or names[0]].set_arrays(self._as_tensor("data", data),
+                                                      self._as_tensor("label", labels))
+
+    def _fed_tops(self, param, layer, inputs: dict) -> list[torch.Tensor]:
+        if not any(top in inputs for top in param.top):
+            supplied = layer.next_batch()
+            if supplied is not None:
+                return [self._as_tensor(top, t) for top, t in zip(param.top, supplied)]
+        tops = []
+        for top, shape in zip(param.top, layer.top_shapes):
+            if top in inputs:
+                tensor = self._as_tensor(top, inputs.pop(top))
+            elif top in self._fed:
+                tensor = self._as_tensor(top, self._fed[top])   # the net may have moved to another device
+            else:
+                tensor = torch.zeros(shape, dtype=self._probe.dtype, device=self._probe.device)
+            self._fed[top] = tensor
+            tops.append(tensor)
+        return tops
+
+    def forward(self, **inputs) -> dict[str, torch.Tensor]:
+        """Run the net; ``inputs`` keyed by Input/MemoryData top names.  Returns the output blobs (sorted by
+        name as Caffe lists them); every blob is in ``self.blobs`` and the weighted loss in ``self.loss``."""
+        inputs = dict(inputs)
+        blobs: dict[str, torch.Tensor] = {}
+        first: dict[str, torch.Tensor] = {}
+        self._debug_records = []
+        for param, layer, propagate in zip(self.net_param.layer, self.layer_list, self._propagate):
+            bottoms = []
+            if getattr(layer, "feeds", False):
+                tops = layer(*self._fed_tops(param, layer, inputs))
+            else:
+                bottoms = [blobs[b] if keep else blobs[b].detach() for b, keep in zip(param.bottom, propagate)]
+                tops = layer(*bottoms)
+            if self.debug_info:
+                self._debug_forward(param, layer, bottoms, tops)
+            for name, tensor in zip(param.top, tops):
+                blobs[name] = tensor
+                if self.track_diffs and name not in first:   # kept only when asked: it holds every pre-ReLU
+                    first[name] = tensor                      # activation alive until the next forward
+                    if tensor.requires_grad:
+                        tensor.retain_grad()
+        if inputs:
+            raise NetError(f"unknown input(s) {', '.join(sorted(inputs))}; the net is fed through: "
+                           f"{', '.join(self.input_names) or 'nothing (it has no Input/MemoryData layer)'}",
+                           path=self.path)
+        self.blobs, self._first = blobs, first
+        self.loss = self._total_loss(blobs)
+        return {name: blobs[name] for name in self.output_names}
+
+    def _debug_forward(self, param: caffe_pb2.LayerParameter, layer: CaffeLayer, bottoms, tops) -> None:
+        record = net_debug.LayerRecord(param.name, list(zip(param.bottom, bottoms)), list(layer.blobs))
+        net_debug.retain_bottom_grads(record)
+        self._debug_records.append(record)
+        names = [param.param[i].name if i < len(param.param) and param.param[i].name else str(i)
+                 for i in range(len(layer.blobs))]   # Caffe: param_display_names_
+        net_debug.forward_lines(param.name, list(zip(param.top, tops)), list(layer.blobs), names)
+
+    def log_backward_debug(self) -> None:
+        """After a backward pass with ``debug_info`` on: Caffe's ``[Backward]`` lines (Net.backward calls it;
+        a caller running ``loss.backward()`` itself calls it afterwards, as the solver does)."""
+        if self.debug_info:
+            net_debug.backward_lines(self._debug_records, [lp.param for lp in self.learnable_params])
+
+    def _total_loss(self, blobs: dict[str, torch.Tensor]) -> torch.Tensor:
+        # Caffe: net.cpp ForwardFromTo — loss = Σ loss_weight · Σ top elements
+        total = torch.zeros((), dtype=self._probe.dtype, device=self._probe.device)
+        for name, weight in self._loss_weights:
+            total = total + weight * blobs[name].sum()
+        return total
+
+    def backward(self, **top_diffs) -> None:
+        """Caffe's Backward: loss tops are seeded with their loss weight, other tops with ``top_diffs[name]``."""
+        tensors, grads = [], []
+        weights = dict(self._loss_weights)
+        for name in dict.fromkeys([*weights, *top_diffs]):
+            tensor = self.blobs[name]
+            if name in top_diffs:
+                grad = self._as_tensor(name, top_diffs[name]).reshape(tensor.shape)
+            else:
+                grad = torch.full_like(tensor, weights[name])
+            if tensor.requires_grad:
+                tensors.append(tensor)
+                grads.append(grad)
+        if tensors:
+            torch.autograd.backward(tensors, grads)
+        self.log_backward_debug()
+
+    def diff(self, name: str) -> torch.Tensor:
+        """Caffe's ``blobs[name].diff`` after backward (needs ``track_diffs = True`` before forward): the gradient
+        w.r.t. the blob's first value, which is what the shared diff of an in-place chain ends up holding."""
+        if name not in self._first:
+            state = "set net.track_diffs = True before forward" if not self.track_diffs else "no such blob"
+            raise NetError(f"no diff for blob '{name}': {state} (blobs: {', '.join(self.blobs)})", path=self.path)
+        tensor = self._first[name]
+        grad = tensor.grad if tensor.requires_grad else None
+        return grad if grad is not None else torch.zeros_like(tensor)
+
+    # ------------------------------------------------------------------------------------------ weights
+
+    def load_weights(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
+        """Caffe's CopyTrainedLayersFrom for each (comma-separated) caffemodel or .h5 file, in order."""
+        for path in net_weights.split_paths(paths):
+            net_weights.copy_weights(self, path)
+
+    def save_weights(self, path: str | os.PathLike, with_diff: bool = False) -> None:
+        """Write the weights as a caffemodel (with this net's definition) or Caffe HDF5 (``.h5``); ``with_diff``
+        also writes each blob's diff (the solver's ``snapshot_diff``)."""
+        net_weights.save_weights(self, path, with_diff)
+
+    def share_weights_from(self, other: "Net") -> None:
+        """Caffe's ShareTrainedLayersWith: same-named layers use ``other``'s parameter tensors (no copy)."""
+        net_weights.share_weights(self, other)
+
+
+def shape_table(net: Net) -> str:
+    """Caffe-log-style table: each layer's tops with shapes and element counts, parameter counts, and totals."""
+    rows = [("layer", "type", "top", "shape (count)", "params")]
+    total = 0
+    for param, layer in zip(net.net_param.layer, net.layer_list):
+        n_params = sum(b.numel() for b in layer.blobs)
+        total += n_params
+        tops = list(param.top) or ["-"]
+        for i, top in enumerate(tops):
+            shape = net.blob_shapes.get(top)
+            shape_text = f"{' '.join(map(str, shape))} ({count(shape)})".lstrip() if shape is not None else "-"
+            rows.append((param.name if i == 0 else "", param.type if i == 0 else "", top, shape_text,
+                         f"{n_params:,}" if i == 0 and n_params else ""))
+    widths = [max(len(row[c]) for row in rows) for c in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append(f"Total params: {total:,}")
+    return "\n".join(lines)

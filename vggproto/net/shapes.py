@@ -1,0 +1,92 @@
+"""Blob shapes and parameter counts of a net, for drawing and summaries, computed by the interpreter.
+
+The net is built by the interpreter itself (:class:`vggproto.net.interpreter.Net`, same phase/level/stage filtering, shared
+parameters, validation), so the shapes are exactly those it would run with.  It is built under PyTorch's ``meta``
+device (shapes without memory), so a full VGG train_val net needs no filled weights (tools/bench_draw_shapes.py:
+0.6 s and +2 MB against 31 s and +1.75 GB on the CPU, after a one-off import of torch's meta decompositions that
+costs several seconds); a net that cannot be built on ``meta`` is built normally.  Data layers get ``options["dry_run"]`` and do not open their
+sources.  If the interpreter cannot build the net, the generator's VGG shape walker
+(:mod:`vggproto.caffe.shapes`) is tried; if that fails too the caller gets ``None`` and draws without shapes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from vggproto.caffe.proto import caffe_pb2
+from vggproto.errors import VGGProtoError
+from vggproto.caffe.netstate import filter_net, merged_state
+
+log = logging.getLogger("vggproto.net.shapes")
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class NetShapes:
+    """Shape of every blob (its last producer's top shape), parameter count of every layer (``params``, shared
+    blobs included) and of the blobs each layer owns (``owned``: shared blobs counted at their first owner)."""
+
+    blobs: dict[str, Shape] = field(default_factory=dict)
+    params: dict[str, int] = field(default_factory=dict)
+    owned: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.owned.values())
+
+
+def _construct(net: caffe_pb2.NetParameter, phase: str, level: int, stages: tuple[str, ...], path: str | None):
+    import torch
+
+    from vggproto.net.interpreter import Net
+    options = {"dry_run": True}  # data layers report their shapes without opening their sources
+    model = path if path and os.path.isfile(path) else net  # from the file, errors carry line numbers
+    try:
+        with torch.device("meta"):
+            return Net(model, phase=phase, level=level, stages=stages, options=options)
+    except VGGProtoError:
+        raise
+    except Exception as exc:  # some layer needs real values at construction: build the net for real
+        log.debug("%s: cannot build on the meta device (%s); building on the CPU", path or net.name, exc)
+        return Net(model, phase=phase, level=level, stages=stages, options=options)
+
+
+def interpreter_shapes(net: caffe_pb2.NetParameter, phase: str = "TEST", level: int = 0,
+                       stages: tuple[str, ...] = (), path: str | None = None) -> NetShapes:
+    """Build the unfiltered ``net`` (read from ``path`` when that file exists) for phase/level/stages with the
+    interpreter; NetError on a problem."""
+    built = _construct(net, phase, level, tuple(stages), path)
+    result = NetShapes(blobs=dict(built.blob_shapes))
+    for name, layer in built.layer_dict.items():
+        result.params[name] = sum(int(blob.numel()) for blob in layer.blobs)
+        result.owned.setdefault(name, 0)
+    for learnable in built.learnable_params:
+        result.owned[learnable.layer] += int(learnable.param.numel())
+    return result
+
+
+def walker_shapes(net: caffe_pb2.NetParameter, phase: str = "TEST") -> NetShapes:
+    """The generator's VGG-only shape walker (no torch), as a fallback for an already filtered ``net``."""
+    from vggproto.caffe.shapes import infer_shapes
+    blobs, counts = infer_shapes(net, phase)
+    params = {layer.name: counts.get(layer.name, 0) for layer in net.layer}
+    return NetShapes(blobs=dict(blobs), params=params, owned=dict(params))
+
+
+def phase_shapes(net: caffe_pb2.NetParameter, phase: str = "TEST", level: int = 0, stages: tuple[str, ...] = (),
+                 path: str | None = None, warn: bool = True) -> NetShapes | None:
+    """Shapes of the unfiltered ``net`` for one phase, or None if they cannot be had (logged as a warning, or as
+    info with ``warn=False`` when another phase may still provide them)."""
+    try:
+        return interpreter_shapes(net, phase, level, stages, path)
+    except Exception as first:  # drawing must never fail because of shapes; say why and try the walker
+        reason = (str(first) or type(first).__name__).split(". Supported types:")[0]
+    try:
+        shapes = walker_shapes(filter_net(net, merged_state(net, phase, level, stages), path), phase)
+    except Exception:  # the walker knows only the VGG layer types
+        (log.warning if warn else log.info)("no blob shapes for phase %s: %s", phase, reason)
+        return None
+    log.debug("blob shapes for phase %s from the VGG shape walker (interpreter: %s)", phase, reason)
+    return shapes

@@ -1,0 +1,226 @@
+"""What the training loop needs around it: the nets a solver names, finetuning, signals, and small views of
+a Net (loss weights, data cursors, output names).  Kept apart so :mod:`vggproto.train.solver` reads as the loop alone."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+import torch
+
+from vggproto.caffe.proto import caffe_pb2
+from vggproto.errors import SolverError
+
+log = logging.getLogger("vggproto.train.solver")
+
+
+class Signals:
+    """Caffe's SignalHandler: SIGINT/SIGHUP set a request the loop polls once per iteration."""
+
+    def __init__(self, sigint: str, sighup: str):
+        self.effects = {signal.SIGINT: sigint}
+        if hasattr(signal, "SIGHUP"):
+            self.effects[signal.SIGHUP] = sighup
+        self.pending: str = "none"
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.effects:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        effect = self.effects.get(signum, "none")
+        if effect != "none":
+            log.info("Caught %s; requested action: %s", signal.Signals(signum).name, effect)
+            if self.pending != "stop":
+                self.pending = effect
+
+    def take(self) -> str:
+        action, self.pending = self.pending, "none"
+        return action
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def resolve(name: str, solver_path: str | None) -> str:
+    """A net file as Caffe opens it (relative to the CWD), else relative to the solver file."""
+    if os.path.isfile(name) or solver_path is None:
+        return name
+    beside = Path(solver_path).parent / name
+    return str(beside) if beside.is_file() else name
+
+def train_net_source(p: caffe_pb2.SolverParameter, solver_path: str | None):
+    """Caffe: Solver::InitTrainNet — exactly one of the four train-net fields."""
+    given = [f for f in ("train_net_param", "train_net", "net_param", "net") if p.HasField(f)]
+    if len(given) != 1:
+        raise SolverError(f"{solver_path or 'solver'}: exactly one of train_net_param, train_net, net_param, net "
+                          f"must specify the train net (found: {', '.join(given) or 'none'})")
+    value = getattr(p, given[0])
+    return resolve(value, solver_path) if isinstance(value, str) else value
+
+def test_net_sources(p: caffe_pb2.SolverParameter, solver_path: str | None) -> list:
+    """Caffe: Solver::InitTestNets — (source, NetState) per test net: test_net_param, test_net, then net."""
+    sources = list(p.test_net_param) + [resolve(f, solver_path) for f in p.test_net]
+    generic = p.net_param if p.HasField("net_param") else (resolve(p.net, solver_path) if p.HasField("net") else None)
+    where = solver_path or "solver"
+    if generic is None and len(p.test_iter) != len(sources):
+        raise SolverError(f"{where}: test_iter must be given once per test net ({len(sources)} test nets, "
+                          f"{len(p.test_iter)} test_iter)")
+    if generic is not None:
+        if len(p.test_iter) < len(sources):
+            raise SolverError(f"{where}: test_iter must be specified for each test network")
+        sources += [generic] * (len(p.test_iter) - len(sources))
+    if p.test_state and len(p.test_state) != len(sources):
+        raise SolverError(f"{where}: test_state must be unspecified or specified once per test net")
+    if sources and p.test_interval <= 0:
+        raise SolverError(f"{where}: test nets need test_interval > 0")
+    states = list(p.test_state) or [caffe_pb2.NetState() for _ in sources]
+    return list(zip(sources, states))
+
+def finetune(net, path: str, init_layers) -> None:
+    """Caffe: ``--weights`` → CopyTrainedLayersFrom, optionally limited to ``init_layers`` (the paper's init)."""
+    log.info("Finetuning from %s", path)
+    if init_layers is None:
+        net.load_weights(path)
+        return
+    from vggproto.weights.caffemodel import fit_blob, read_weights
+    keep = set(init_layers)
+    for layer, arrays in read_weights(path).items():
+        if layer not in keep or layer not in net.params:
+            continue
+        targets = net.params[layer]
+        if len(arrays) != len(targets):
+            raise SolverError(f"{path}: layer '{layer}' has {len(arrays)} blobs, the net needs {len(targets)}")
+        for array, target in zip(arrays, targets):
+            fitted = fit_blob(array, tuple(target.shape))
+            if fitted is None:
+                raise SolverError(f"{path}: cannot copy layer '{layer}': shape {tuple(array.shape)} vs "
+                                  f"{tuple(target.shape)}")
+            with torch.no_grad():
+                target.copy_(torch.from_numpy(fitted.copy()))
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Small helpers over the Net's public surface
+# -------------------------------------------------------------------------------------------------------------------
+
+def to_device(net, device: torch.device) -> None:
+    """Move a net unless it is already there (nets are built on the CPU)."""
+    if device.type != "cpu":
+        net.to(device)
+
+
+def data_layers(net):
+    for name, module in net.named_modules():
+        if callable(getattr(module, "cursor", None)) and callable(getattr(module, "set_cursor", None)):
+            yield name, module
+
+
+def cursors(net) -> dict:
+    return {name: module.cursor() for name, module in data_layers(net)}
+
+
+def set_cursors(net, cursors: dict) -> None:
+    for name, module in data_layers(net):
+        if name in cursors:
+            module.set_cursor(cursors[name])
+
+
+def loss_weights(net) -> dict[str, float]:
+    """Loss weight of each top (Caffe: explicit ``loss_weight``, else 1 on top[0] of a loss layer)."""
+    weights: dict[str, float] = {}
+    for param, layer in zip(net.net_param.layer, net.layer_list):
+        given = list(param.loss_weight)
+        if not given and getattr(layer, "is_loss", False):
+            given = [1.0]
+        for top, weight in zip(param.top, given):
+            if weight:
+                weights[top] = float(weight)
+    return weights
+
+
+def output_names(net) -> list[str]:
+    return list(net.output_names)
+
+
+def producer(net, blob: str) -> str | None:
+    param = getattr(net, "net_param", None)
+    if param is None:
+        return None
+    for layer in param.layer:
+        if blob in layer.top:
+            return layer.name
+    return None
+
+
+def non_finite_loss_error(net, iteration: int, loss: float, last_snapshot: str | None) -> SolverError:
+    """The error for a NaN/inf training loss, naming the first blob (and its layer) that stopped being finite."""
+    culprit = ""
+    for name, blob in net.blobs.items():
+        if torch.is_tensor(blob) and blob.is_floating_point() and not bool(torch.isfinite(blob).all()):
+            culprit = f"; the first top that became non-finite is blob '{name}'"
+            layer = producer(net, name)
+            culprit += f" (layer '{layer}')" if layer else ""
+            break
+    kept = f"; the last good snapshot is {last_snapshot}" if last_snapshot else ""
+    return SolverError(f"iteration {iteration}: the training loss is {loss}{culprit}. Training stopped{kept}; "
+                       f"lower base_lr or enable clip_gradients")
+
+
+def first_accuracy_top(net) -> str:
+    param = getattr(net, "net_param", None)
+    if param is not None:
+        for layer in param.layer:
+            if layer.type == "Accuracy" and layer.top:
+                return layer.top[0]
+    return "accuracy"
+
+
+def flat_scores(scores) -> list[tuple[str, float]]:
+    flat = []
+    for name, values, _ in scores:
+        if len(values) == 1:
+            flat.append((name, values[0]))
+        else:
+            flat.extend((f"{name}[{i}]", v) for i, v in enumerate(values))
+    return flat
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The vggproto sidecar of a snapshot: what Caffe's solverstate lacks for a bitwise resume
+# ------------------------------------------------------------------------------------------------------------------
+
+def sidecar(solver, train_cursors: list) -> dict:
+    """Data cursors (one dict per process), plateau state and the torch RNG of ``solver`` at a snapshot."""
+    return {
+        "iter": solver.iter, "world_size": solver.world,
+        "train_cursors": train_cursors,
+        "test_cursors": [cursors(net) for net in solver.test_nets],
+        "plateau": solver.plateau.state(),
+        "torch_rng": torch.get_rng_state().numpy().tobytes().hex(),
+    }
+
+
+def apply_sidecar(solver, side: dict | None, state_path: str) -> None:
+    """Restore what :func:`sidecar` saved; without one (a Caffe solverstate) data restarts at record 0."""
+    if side is None:
+        log.info("No vggproto sidecar beside %s: data layers restart at record 0 (as Caffe does)", state_path)
+        return
+    train = side.get("train_cursors") or []
+    if len(train) == solver.world:
+        set_cursors(solver.net, train[solver.rank])
+    else:
+        log.warning("Snapshot was taken with %d processes, this run has %d: data cursors restart at 0",
+                    len(train), solver.world)
+    for net, saved in zip(solver.test_nets, side.get("test_cursors") or []):
+        set_cursors(net, saved)
+    solver.plateau.load(side.get("plateau") or {})
+    rng = side.get("torch_rng")
+    if rng and solver.world == 1:
+        torch.set_rng_state(torch.frombuffer(bytearray(bytes.fromhex(rng)), dtype=torch.uint8))

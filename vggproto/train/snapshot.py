@@ -1,0 +1,205 @@
+"""Caffe snapshots: ``<prefix>_iter_N.caffemodel`` + ``.solverstate`` (binary) or ``.caffemodel.h5`` +
+``.solverstate.h5`` (HDF5), read and written exactly as Caffe does, plus vggproto's sidecar.
+
+Caffe's solverstate holds ``iter``, ``learned_net`` (the model file name as written), ``current_step`` and the history
+blobs (N, or 2N for AdaDelta/Adam).  It does not hold the data position, so a resumed Caffe run restarts its data
+layers at record 0.  vggproto writes a small JSON sidecar ``<solverstate>.vggproto.json`` with the data cursors, the
+plateau-schedule state and the RNG state, which makes a vggproto→vggproto resume reproduce the straight run bitwise;
+a Caffe solverstate (no sidecar) resumes exactly as Caffe would.
+
+Every file is written to a temporary name beside the target and renamed into place, so a crash mid-write never
+destroys the previous snapshot.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vggproto.caffe.proto import caffe_pb2
+from vggproto.errors import SolverError
+from vggproto.caffe.prototxt import atomic_write_bytes
+
+log = logging.getLogger("vggproto.train.snapshot")
+
+SIDECAR_SUFFIX = ".vggproto.json"
+
+
+@dataclass
+class SolverStateData:
+    """A solverstate in memory: the fields of Caffe's ``SolverState`` with history as float32 arrays."""
+
+    iter: int
+    learned_net: str
+    current_step: int = 0
+    history: list[np.ndarray] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Names and permissions
+# ------------------------------------------------------------------------------------------------------------------
+
+def snapshot_paths(prefix: str, it: int, hdf5: bool) -> tuple[str, str]:
+    """``(model, state)`` file names as Caffe builds them (N not zero-padded)."""
+    base = f"{prefix}_iter_{it}"  # Caffe: solver.cpp SnapshotFilename
+    if hdf5:
+        return base + ".caffemodel.h5", base + ".solverstate.h5"
+    return base + ".caffemodel", base + ".solverstate"
+
+
+def check_write_permission(prefix: str) -> None:
+    """Probe ``<prefix>_iter_0.tempfile`` at start-up as Caffe does, so a bad prefix fails before training."""
+    probe = f"{prefix}_iter_0.tempfile"  # Caffe: solver.cpp CheckSnapshotWritePermissions
+    try:
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise SolverError(f"cannot write snapshots with snapshot_prefix '{prefix}' (probe file {probe}: "
+                          f"{exc.strerror}); make sure the directory exists and is writable") from None
+
+
+def is_hdf5_state(path: str) -> bool:
+    """Caffe picks the HDF5 reader when the solverstate name ends in ``.h5``."""
+    return str(path).endswith(".h5")  # Caffe: solver.cpp Restore
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Solverstate write / read
+# ------------------------------------------------------------------------------------------------------------------
+
+def write_solverstate(path: str, state: SolverStateData) -> None:
+    """Write ``state`` in the format the file name selects (``.h5`` → HDF5), atomically."""
+    if is_hdf5_state(path):
+        _write_state_h5(path, state)
+        return
+    from vggproto.weights.caffemodel import write_parts
+    from vggproto.weights.blob import blob_part
+    # SolverState fields in canonical order: iter (1), learned_net (2), history (3, streamed blob by blob, no
+    # per-value Python work: VGG-16's history is 553 MB), current_step (4)
+    head = caffe_pb2.SolverState(iter=int(state.iter), learned_net=state.learned_net).SerializeToString()
+    tail = caffe_pb2.SolverState(current_step=int(state.current_step)).SerializeToString()
+    write_parts(path, [head, *(blob_part(array, 3) for array in state.history), tail])
+
+
+def _write_state_h5(path: str, state: SolverStateData) -> None:
+    import h5py
+    tmp = path + ".tmp"
+    with h5py.File(tmp, "w") as handle:  # Caffe: sgd_solver.cpp SnapshotSolverStateToHDF5
+        handle.create_dataset("iter", data=np.array([state.iter], dtype=np.int32))
+        handle.create_dataset("learned_net", data=np.bytes_(state.learned_net))
+        handle.create_dataset("current_step", data=np.array([state.current_step], dtype=np.int32))
+        group = handle.create_group("history")
+        for i, array in enumerate(state.history):
+            group.create_dataset(str(i), data=np.ascontiguousarray(array, dtype=np.float32))
+    os.replace(tmp, path)
+
+
+def read_solverstate(path: str) -> SolverStateData:
+    """Read a Caffe (or vggproto) solverstate, binary or HDF5."""
+    if not os.path.isfile(path):
+        raise SolverError(f"{path}: solverstate file not found")
+    if is_hdf5_state(path):
+        return _read_state_h5(path)
+    return _read_state_binary(path)
+
+
+def _read_state_binary(path: str) -> SolverStateData:
+    """Walk the SolverState wire format; history blobs become arrays without per-value Python work."""
+    from vggproto.errors import WeightsError
+    from vggproto.weights.blob import blob_array, blob_fields
+    from vggproto.weights.wire import iter_fields
+    with open(path, "rb") as handle:
+        data = handle.read()
+    u8 = np.frombuffer(data, dtype=np.uint8)
+    state = SolverStateData(iter=0, learned_net="")
+    try:
+        for raw in iter_fields(data, 0, len(data)):
+            if raw.number in (1, 4) and raw.wire_type == 0:
+                value = raw.value - (1 << 64) if raw.value >= 1 << 63 else raw.value
+                if raw.number == 1:
+                    state.iter = value
+                else:
+                    state.current_step = value
+            elif raw.number == 2 and raw.wire_type == 2:
+                state.learned_net = data[raw.data_start:raw.end].decode("utf-8")
+            elif raw.number == 3 and raw.wire_type == 2:
+                array = blob_array(blob_fields(data, u8, raw.data_start, raw.end))
+                state.history.append(np.array(array, dtype=np.float32))
+    except (WeightsError, ValueError, UnicodeDecodeError) as exc:
+        raise SolverError(f"{path}: not a binary SolverState ({exc}); HDF5 solverstates must end in .h5") from None
+    return state
+
+
+def _read_state_h5(path: str) -> SolverStateData:
+    import h5py
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise SolverError(f"{path}: not an HDF5 solverstate ({exc})") from None
+    with handle:
+        for key in ("iter", "history"):
+            if key not in handle:
+                raise SolverError(f"{path}: HDF5 solverstate has no '{key}' (has: {', '.join(handle)})")
+        learned = ""
+        if "learned_net" in handle:
+            raw = handle["learned_net"][()]
+            learned = raw.decode() if isinstance(raw, bytes) else str(raw)
+        step = int(np.asarray(handle["current_step"][()]).ravel()[0]) if "current_step" in handle else 0
+        group = handle["history"]
+        history = [np.asarray(group[str(i)][()], dtype=np.float32) for i in range(len(group))]
+        return SolverStateData(iter=int(np.asarray(handle["iter"][()]).ravel()[0]), learned_net=learned,
+                               current_step=step, history=history)
+
+
+def resolve_learned_net(state_path: str, learned_net: str) -> str:
+    """Find ``learned_net``: as written (relative to the CWD, as Caffe opens it), else beside the solverstate."""
+    if not learned_net:
+        return ""
+    if os.path.isfile(learned_net):
+        return learned_net
+    beside = Path(state_path).parent / Path(learned_net).name
+    if beside.is_file():
+        return str(beside)
+    raise SolverError(f"{state_path}: learned_net '{learned_net}' not found (looked in the current directory "
+                      f"and beside the solverstate)")
+
+
+def check_history(path: str, history: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]],
+                  solver_type: str) -> None:
+    """Caffe's CHECK on the history length, plus a shape check naming the blob, before anything is copied."""
+    if len(history) != len(shapes):
+        raise SolverError(f"{path}: solverstate holds {len(history)} history blobs but a {solver_type} solver on "
+                          f"this net needs {len(shapes)} (incorrect length of history blobs; was it written "
+                          f"by another solver type or for another net?)")
+    for i, (array, shape) in enumerate(zip(history, shapes)):
+        if tuple(array.shape) != tuple(shape) and array.size != int(np.prod(shape)):
+            raise SolverError(f"{path}: history blob {i} has shape {tuple(array.shape)}, the net needs "
+                              f"{tuple(shape)}")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# vggproto sidecar
+# ------------------------------------------------------------------------------------------------------------------
+
+def write_sidecar(state_path: str, payload: dict) -> None:
+    """Write the JSON sidecar of ``state_path`` atomically."""
+    atomic_write_bytes(state_path + SIDECAR_SUFFIX, json.dumps(payload, indent=1, sort_keys=True).encode())
+
+
+def read_sidecar(state_path: str) -> dict | None:
+    """The sidecar of ``state_path``, or None (e.g. a solverstate written by Caffe)."""
+    path = state_path + SIDECAR_SUFFIX
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise SolverError(f"{path}: unreadable vggproto sidecar ({exc}); delete it to resume as Caffe would "
+                          f"(data restarting at record 0)") from None

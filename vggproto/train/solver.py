@@ -1,0 +1,411 @@
+"""The training loop: Caffe's ``Solver::Solve`` / ``Step`` / ``TestAll`` / ``Snapshot`` / ``Restore``, in one file.
+
+Read it top to bottom like ``caffe train``: build the nets from the solver (TRAIN net, then TEST nets that share the
+trained layers by name), optionally finetune from ``--weights`` or resume from a solverstate, then iterate
+
+    test (every test_interval) → iter_size × forward/backward (grads summed) → smoothed loss → display →
+    all-reduce (multi-process) → lr → clip → 1/iter_size → decay → update rule → iter++ → snapshot
+
+and finish as Caffe does: final snapshot, one display-only forward, final test (reference B.1/B.2,
+``BVLC/caffe:src/caffe/solver.cpp``).  The update math lives in :mod:`vggproto.train.updates`, the file formats in
+:mod:`vggproto.train.snapshot`, the log lines in :mod:`vggproto.train.log`, process groups in :mod:`vggproto.train.distributed`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from vggproto.train import snapshot as snap
+from vggproto.train import setup
+from vggproto.train import log as tl
+from vggproto.train import updates
+from vggproto.caffe.proto import caffe_pb2
+from vggproto.errors import SolverError
+from vggproto.caffe.prototxt import read_solver
+
+log = logging.getLogger("vggproto.train.solver")
+
+
+@dataclass
+class TrainOptions:
+    """What ``caffe train``'s flags add to the solver file (plus vggproto's extensions)."""
+
+    weights: tuple[str, ...] = ()          # --weights (finetune), applied in order
+    level: int | None = None               # --level  → train_state.level
+    stages: tuple[str, ...] = ()           # --stage  → train_state.stage
+    device: str = "cpu"
+    rank: int = 0
+    world_size: int = 1
+    per_gpu_batch: bool = False            # BVLC semantics: the prototxt batch is per process
+    sigint_effect: str = "stop"            # Caffe's defaults
+    sighup_effect: str = "snapshot"
+    plateau_patience: int = 0
+    plateau_max_drops: int = 0
+    plateau_output: str | None = None      # default: the first Accuracy top of test net #0
+    init_layers: tuple[str, ...] | None = None  # restrict --weights copying to these layers
+    progress: bool | None = None           # tqdm bar (None: when stderr is a TTY)
+    csv: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+class Solver:
+    """A Caffe solver on vggproto's Net: ``Solver(solver_path_or_param, options).solve(resume=None)``."""
+
+    def __init__(self, solver, options: TrainOptions | None = None, *, comm=None):
+        from vggproto.net.interpreter import Net
+        self.opts = opts = options or TrainOptions()
+        self.path = str(solver) if isinstance(solver, (str, os.PathLike)) else None
+        self.param = read_solver(solver) if self.path else solver
+        p = self.param
+        updates.check_solver(p, self.path)
+        for effect in (opts.sigint_effect, opts.sighup_effect):
+            if effect not in ("stop", "snapshot", "none"):
+                raise SolverError(f"signal effect '{effect}' is not one of: stop, snapshot, none")
+        if opts.level is not None:
+            p.train_state.level = opts.level
+        if opts.stages:
+            del p.train_state.stage[:]
+            p.train_state.stage.extend(opts.stages)
+        self.comm, self.rank, self.world = comm, opts.rank, opts.world_size
+        self.root = self.rank == 0
+        self.device = torch.device(opts.device)
+        if p.random_seed >= 0:  # Caffe: seed + solver rank
+            torch.manual_seed(p.random_seed + self.rank)
+        seed = p.random_seed + self.rank if p.random_seed >= 0 else None
+
+        # ---- train net (Caffe: Solver::InitTrainNet) ------------------------------------------------------------
+        source = setup.train_net_source(p, self.path)
+        options = {"rank": self.rank, "world_size": self.world, "batch_split": not opts.per_gpu_batch,
+                   "per_gpu_batch": opts.per_gpu_batch, "seed": seed}
+        log.info("Creating training net from %s", source if isinstance(source, str) else "net_param")
+        self.net = Net(source, phase="TRAIN", stages=tuple(p.train_state.stage), level=p.train_state.level,
+                       seed=seed, options=options)
+        setup.to_device(self.net, self.device)
+        # Caffe: the solver's own `weights:` entries, unless --weights replaces them (tools/caffe.cpp)
+        files = opts.weights or tuple(f for entry in p.weights for f in entry.split(",") if f)
+        for w in files:
+            setup.finetune(self.net, w, opts.init_layers)
+        # ---- test nets (Caffe: Solver::InitTestNets); only the root process tests ------------------------------
+        self.test_nets = []
+        if self.root:
+            for i, (src, state) in enumerate(setup.test_net_sources(p, self.path)):
+                test = Net(src, phase="TEST", stages=tuple(state.stage), level=state.level, seed=seed,
+                           options={"rank": 0, "world_size": 1})
+                setup.to_device(test, self.device)
+                test.share_weights_from(self.net)
+                self.test_nets.append(test)
+        # ---- solver state ----------------------------------------------------------------------------------------
+        self.learnable = list(self.net.learnable_params)
+        self.history = updates.new_history(p.type, [lp.param.detach() for lp in self.learnable])
+        if comm is not None and p.layer_wise_reduce:
+            # Caffe: parallel.cpp — layer_wise_reduce (default true) overlaps the all-reduce with backward;
+            # false reduces all gradients in one call after it (the same result)
+            comm.attach([lp.param for lp in self.learnable])
+        self.iter, self.current_step = 0, 0
+        self.plateau = updates.Plateau(opts.plateau_patience, opts.plateau_max_drops)
+        self.signals = setup.Signals(opts.sigint_effect, opts.sighup_effect)
+        self.smoothed_loss, self._losses = 0.0, []
+        self.last_snapshot: str | None = None
+        self.requested_early_exit = False
+        self.csv: tl.CsvLog | None = None
+        self.callbacks: list = []  # called with the solver at the start of every iteration (Caffe: on_start)
+        if self.root and (p.snapshot or p.snapshot_after_train):
+            snap.check_write_permission(p.snapshot_prefix)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Solve (Caffe: Solver::Solve)
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def solve(self, resume: str | None = None) -> None:
+        """Train to ``max_iter`` (optionally resuming), then final snapshot, display forward and test."""
+        p = self.param
+        log.info("Solving %s", self.net_name)
+        log.info("Learning Rate Policy: %s", p.lr_policy)
+        self.requested_early_exit = False
+        if resume:
+            log.info("Restoring previous solver status from %s", resume)
+            self.restore(resume)
+        self._broadcast_state()
+        if self.root and self.opts.csv and (p.snapshot or p.snapshot_after_train):
+            self.csv = tl.CsvLog(p.snapshot_prefix + "_log.csv",
+                                 setup.output_names(self.test_nets[0]) if self.test_nets else [],
+                                 resume_iter=self.iter if resume else None)
+        start_iter = self.iter
+        try:
+            with self.signals:
+                self.step(p.max_iter - self.iter)
+                # Caffe: snapshot after train unless the loop just took one
+                if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+                    self.snapshot()
+                if self.requested_early_exit:
+                    log.info("Optimization stopped early.")
+                    return
+                if p.display and self.iter % p.display == 0:
+                    with torch.no_grad():
+                        loss = self._all_mean(self._forward_loss())
+                    self._update_smoothed_loss(loss, start_iter)
+                    if self.root:
+                        log.info("Iteration %d, loss = %s", self.iter, tl.fmt(self.smoothed_loss))
+                if p.test_interval and self.iter % p.test_interval == 0:
+                    self.test_all()
+        finally:
+            if self.csv is not None:
+                self.csv.close()
+        log.info("Optimization Done.")
+
+    @property
+    def net_name(self) -> str:
+        return self.net.net_param.name or "net"
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Step (Caffe: Solver::Step) — the loop
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def step(self, iters: int) -> None:
+        p = self.param
+        start_iter, stop_iter = self.iter, self.iter + iters
+        self._losses, self.smoothed_loss = [], 0.0
+        timer, iters_last = time.perf_counter(), self.iter
+        progress = tl.Progress(p.max_iter, self.iter, self._images_per_iter(), self.opts.progress) \
+            if self.root else None
+        try:
+            while self.iter < stop_iter:
+                for lp in self.learnable:  # ClearParamDiffs
+                    lp.param.grad = None
+                if (p.test_interval and self.iter % p.test_interval == 0
+                        and (self.iter > 0 or p.test_initialization)):
+                    self.test_all()
+                    if self.requested_early_exit:
+                        break
+                for callback in self.callbacks:
+                    callback(self)
+                display = bool(p.display) and self.iter % p.display == 0
+                self.net.debug_info = display and p.debug_info   # Caffe: solver.cpp Step
+                loss = 0.0
+                for micro in range(p.iter_size):
+                    if self.comm is not None and micro == p.iter_size - 1:
+                        self.comm.arm()  # overlap the all-reduce with the last backward
+                    loss += self._forward_backward()
+                loss /= p.iter_size
+                loss, action = self._all_reduce(loss)
+                self._check_finite(loss)
+                self._update_smoothed_loss(loss, start_iter)
+                outputs = self._train_outputs() if display else None  # collective: every rank
+                if display and self.root:
+                    lapse = time.perf_counter() - timer
+                    per_s = (self.iter - iters_last) / (lapse or 1.0)
+                    log.info(tl.iteration_line(self.iter, per_s, lapse, p.display, self.smoothed_loss))
+                    timer, iters_last = time.perf_counter(), self.iter
+                    for line in tl.output_lines("Train", outputs):
+                        log.info(line)
+                rate = self.apply_update(display)
+                if self.csv is not None:
+                    self.csv.add_train(self.iter, loss, self.smoothed_loss, rate, self.plateau.drops)
+                if progress is not None:
+                    progress.update(self.smoothed_loss)
+                self.iter += 1
+                if (p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot":
+                    self.snapshot()
+                if action == "stop":
+                    self.requested_early_exit = True
+                    break
+        finally:
+            if progress is not None:
+                progress.close()
+
+    def _forward_backward(self) -> float:
+        outputs = self.net.forward()
+        self._last_outputs = outputs
+        loss = self.net.loss
+        if torch.is_tensor(loss) and loss.requires_grad:
+            loss.backward()
+            self.net.log_backward_debug()
+        return float(loss.detach())
+
+    def _forward_loss(self) -> float:
+        self._last_outputs = self.net.forward()
+        return float(self.net.loss)
+
+    def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
+        """Caffe: Solver::UpdateSmoothedLoss — running mean over the last ``average_loss`` iterations."""
+        n = self.param.average_loss
+        if len(self._losses) < n:
+            self._losses.append(loss)
+            size = len(self._losses)
+            self.smoothed_loss = (self.smoothed_loss * (size - 1) + loss) / size
+        else:
+            idx = (self.iter - start_iter) % n
+            self.smoothed_loss += (loss - self._losses[idx]) / n
+            self._losses[idx] = loss
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # ApplyUpdate (Caffe: SGDSolver::ApplyUpdate)
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def learning_rate(self) -> float:
+        rate, self.current_step = updates.learning_rate(self.param, self.iter, self.current_step)
+        return rate * self.plateau.factor
+
+    def apply_update(self, display: bool) -> float:
+        rate = self.learning_rate()
+        if display and self.root:
+            log.info(tl.lr_line(self.iter, rate))
+        weights = [lp.param.data for lp in self.learnable]
+        grads = [lp.param.grad if lp.param.grad is not None else torch.zeros_like(lp.param.data)
+                 for lp in self.learnable]
+        updates.apply_update(self.param, weights, grads, self.history, [lp.lr_mult for lp in self.learnable],
+                             [lp.decay_mult for lp in self.learnable], rate, self.iter)
+        return rate
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Multi-process glue: one all-reduce per iteration carries grads, loss, signal requests and the plateau drops
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def _all_reduce(self, loss: float) -> tuple[float, str]:
+        action = self.signals.take()
+        if self.comm is None:
+            return loss, action
+        self.comm.reduce_grads([lp.param for lp in self.learnable])  # Caffe: parallel.cpp, sum × 1/solver_count
+        extra = [loss, float(action == "snapshot"), float(action == "stop"),
+                 float(self.plateau.drops) if self.root else 0.0]
+        extra = self.comm.all_reduce_mean([], extra)
+        loss = extra[0]
+        self.plateau.drops = int(round(extra[3] * self.world))
+        action = "stop" if extra[2] > 0 else "snapshot" if extra[1] > 0 else "none"
+        return loss, action
+
+    def _all_mean(self, value: float) -> float:
+        if self.comm is None:
+            return value
+        return self.comm.all_reduce_mean([], [value])[0]
+
+    def _broadcast_state(self) -> None:
+        """Rank 0's weights, history and counters go to every process before the first step (Caffe: NCCL init)."""
+        if self.comm is None:
+            return
+        self.comm.broadcast([lp.param.data for lp in self.learnable] + list(self.history))
+        self.iter, self.current_step = self.comm.broadcast_ints([self.iter, self.current_step])
+
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise setup.non_finite_loss_error(self.net, self.iter, loss, self.last_snapshot)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Testing (Caffe: Solver::TestAll / Test)
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def test_all(self) -> None:
+        if not self.root:
+            return
+        for index, net in enumerate(self.test_nets):
+            log.info(tl.testing_line(self.iter, index))
+            scores = self.test(index)
+            if self.requested_early_exit:
+                return
+            if index == 0:
+                self._plateau_observe(scores)
+                if self.csv is not None:
+                    self.csv.add_tests(self.iter, {name: value for name, value in setup.flat_scores(scores)})
+
+    def test(self, index: int) -> list[tuple[str, list[float], float]]:
+        net = self.test_nets[index]
+        net.share_weights_from(self.net)  # Caffe: ShareTrainedLayersWith before every test
+        n = self.param.test_iter[index]
+        sums: dict[str, torch.Tensor] = {}
+        loss = 0.0
+        with torch.no_grad():
+            for _ in range(n):
+                if self.comm is None and self.signals.pending == "stop":  # Caffe: Solver::Test polls signals
+                    self.requested_early_exit = True
+                    break
+                outputs = net.forward()
+                if self.param.test_compute_loss:
+                    loss += float(net.loss)
+                for name, value in outputs.items():
+                    value = value.detach().double().reshape(-1).cpu()
+                    sums[name] = sums[name] + value if name in sums else value.clone()
+        if self.requested_early_exit:
+            log.info("Test interrupted.")
+            return []
+        if self.param.test_compute_loss:
+            log.info("Test loss: %s", tl.fmt(loss / n))
+        weights = setup.loss_weights(net)
+        scores = [(name, (total / n).tolist(), weights.get(name, 0.0)) for name, total in sums.items()]
+        for line in tl.output_lines("Test", scores):
+            log.info(line)
+        return scores
+
+    def _plateau_observe(self, scores) -> None:
+        if not self.plateau.enabled:
+            return
+        name = self.opts.plateau_output or setup.first_accuracy_top(self.test_nets[0])
+        values = dict(setup.flat_scores(scores))
+        if name not in values:
+            raise SolverError(f"--plateau-patience: test net #0 has no output '{name}' (outputs: "
+                              f"{', '.join(values)})")
+        if self.plateau.observe(values[name]):
+            log.info("Plateau: test %s has not improved for %d tests; dividing the learning rate by 10 "
+                     "(drop %d of at most %d)", name, self.plateau.patience, self.plateau.drops,
+                     self.plateau.max_drops)
+
+    def _train_outputs(self) -> list[tuple[str, list[float], float]]:
+        """The train net's outputs of the last forward, averaged over the processes (the global batch)."""
+        weights = setup.loss_weights(self.net)
+        named = [(name, value.detach().double().reshape(-1).cpu().tolist())
+                 for name, value in self._last_outputs.items()]
+        if self.comm is not None:
+            flat = self.comm.all_reduce_mean([], [v for _, values in named for v in values])
+            offset, averaged = 0, []
+            for name, values in named:
+                averaged.append((name, flat[offset:offset + len(values)]))
+                offset += len(values)
+            named = averaged
+        return [(name, values, weights.get(name, 0.0)) for name, values in named]
+
+    def _images_per_iter(self) -> int:
+        try:
+            first = next(iter(self.net.blobs.values()))
+            return int(first.shape[0]) * self.param.iter_size * self.world
+        except (StopIteration, AttributeError, IndexError):
+            return 0
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Snapshot / restore (Caffe: Solver::Snapshot, SGDSolver::SnapshotSolverState / RestoreSolverState)
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def snapshot(self) -> None:
+        p = self.param
+        cursors = setup.cursors(self.net)
+        if self.comm is not None:
+            cursors = self.comm.gather_objects(cursors)
+        if not self.root:
+            return
+        hdf5 = p.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        model_path, state_path = snap.snapshot_paths(p.snapshot_prefix, self.iter, hdf5)
+        model_line, state_line = tl.snapshot_lines(model_path, state_path, hdf5)
+        log.info(model_line)
+        self.net.save_weights(model_path, with_diff=self.param.snapshot_diff)
+        log.info(state_line)
+        history = [h.detach().float().cpu().numpy() for h in self.history]
+        snap.write_solverstate(state_path, snap.SolverStateData(self.iter, model_path, self.current_step, history))
+        snap.write_sidecar(state_path, setup.sidecar(self, cursors if self.comm is not None else [cursors]))
+        self.last_snapshot = state_path
+        if self.csv is not None:
+            self.csv.flush()
+
+    def restore(self, state_path: str) -> None:
+        state = snap.read_solverstate(state_path)
+        snap.check_history(state_path, state.history, [tuple(h.shape) for h in self.history], self.param.type)
+        if state.learned_net:
+            self.net.load_weights(snap.resolve_learned_net(state_path, state.learned_net))
+        self.iter, self.current_step = state.iter, state.current_step
+        with torch.no_grad():
+            for target, array in zip(self.history, state.history):
+                target.copy_(torch.from_numpy(array.reshape(tuple(target.shape))))
+        log.info("SGDSolver: restoring history")
+        setup.apply_sidecar(self, snap.read_sidecar(state_path), state_path)
