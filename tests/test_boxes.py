@@ -6,12 +6,19 @@ import numpy as np
 import pytest
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.localize.boxes import (corners_to_target, greedy_merge, iou, iou_matrix, match_score, target_to_corners,
-                            transform_boxes, window_to_image)
 from vggproto.data.boxes import parse_box_list, transformed_record
 from vggproto.data.transform import DataTransformer
 from vggproto.errors import DataError
-
+from vggproto.localize.boxes import (
+    corners_to_target,
+    greedy_merge,
+    iou,
+    iou_matrix,
+    match_score,
+    target_to_corners,
+    transform_boxes,
+    window_to_image,
+)
 
 # ------------------------------------------------------------------------------------------------ IoU, encodings
 
@@ -132,8 +139,8 @@ def test_box_list_parsing(tmp_path):
 # ------------------------------------------------------------------------------------------------ BoxData layer
 
 def test_boxdata_layer_tops_and_errors(tmp_path):
-    from vggproto.localize.synthetic import make_synthetic_set
     from vggproto.errors import NetError
+    from vggproto.localize.synthetic import make_synthetic_set
     from vggproto.net.interpreter import Net
     train, _ = make_synthetic_set(tmp_path, 3, 1, height=40, width=50, seed=1)
     layer = f"""layer {{ name: "data" type: "BoxData" top: "data" top: "label" top: "box"

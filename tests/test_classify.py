@@ -7,11 +7,11 @@ import pytest
 import skimage.data
 import torch
 from click.testing import CliRunner
-
 from eval_helpers import mini_deploy, write_model
-from vggproto.evaluation.classify import class_names, classify, synset_words
+
 from vggproto.cli import main
 from vggproto.errors import DataError
+from vggproto.evaluation.classify import class_names, classify, synset_words
 from vggproto.net.interpreter import Net
 
 MEAN = np.float32([103.939, 116.779, 123.68])

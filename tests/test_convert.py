@@ -13,10 +13,15 @@ from click.testing import CliRunner
 
 from vggproto.cli import main
 from vggproto.convert.convert import conv_to_fc, convert, fc_to_conv, fit_to_net, load_caffe_weights, summary
-from vggproto.weights.torch_files import (input_format, load_safetensors, save_safetensors, state_dict_to_weights,
-                                 weights_to_state_dict)
 from vggproto.errors import WeightsError
 from vggproto.weights.caffemodel import read_weights
+from vggproto.weights.torch_files import (
+    input_format,
+    load_safetensors,
+    save_safetensors,
+    state_dict_to_weights,
+    weights_to_state_dict,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from vggproto.caffe.prototxt import write_net
 from vggproto.cli import main
 from vggproto.convert.convert import convert
 from vggproto.errors import VGGProtoError, WeightsError
-from vggproto.vgg.generate import build_net
 from vggproto.net.interpreter import Net
-from vggproto.caffe.prototxt import write_net
+from vggproto.vgg.generate import build_net
 from vggproto.weights.caffemodel import read_weights
 
 ROOT = Path(__file__).resolve().parent.parent

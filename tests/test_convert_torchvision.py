@@ -14,11 +14,16 @@ import torch
 import torchvision
 
 from vggproto.convert.convert import convert
-from vggproto.weights.torch_files import input_format, save_torch_state
-from vggproto.weights.torchvision import (CAFFE_MEAN_BGR, TORCHVISION_MEAN_RGB, TORCHVISION_STD_RGB,
-                                          caffe_to_torchvision, torchvision_to_caffe)
 from vggproto.errors import WeightsError
 from vggproto.weights.caffemodel import read_weights
+from vggproto.weights.torch_files import input_format, save_torch_state
+from vggproto.weights.torchvision import (
+    CAFFE_MEAN_BGR,
+    TORCHVISION_MEAN_RGB,
+    TORCHVISION_STD_RGB,
+    caffe_to_torchvision,
+    torchvision_to_caffe,
+)
 
 DATA = Path(__file__).resolve().parent / "data" / "golden" / "upgrade"
 CONVS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.data.augment import IMAGENET_EIGENVALUES, IMAGENET_EIGENVECTORS, VGGAugmentation, \
-    rescale_smallest_side
+from vggproto.caffe.prototxt import read_message, read_net
+from vggproto.data.augment import IMAGENET_EIGENVALUES, IMAGENET_EIGENVECTORS, VGGAugmentation, rescale_smallest_side
 from vggproto.data.transform import DataTransformer
 from vggproto.errors import DataError
 from vggproto.layers.registry import LayerSpec, build_layer
-from vggproto.caffe.prototxt import read_net, read_message
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "data"
 NAMES = [line.split()[0] for line in (GOLDEN / "list.txt").read_text().splitlines()]

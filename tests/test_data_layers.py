@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.caffe.prototxt import read_net
 from vggproto.errors import DataError
 from vggproto.layers.registry import LayerSpec, build_layer
-from vggproto.caffe.prototxt import read_net
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "data"
 

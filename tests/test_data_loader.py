@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.layers.registry import LayerSpec, build_layer
 from vggproto.caffe.prototxt import read_net
+from vggproto.layers.registry import LayerSpec, build_layer
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "data"
 TRAIN_NET = ('layer { name: "d" type: "Data" top: "data" top: "label" data_param { source: "raw_lmdb" '
@@ -50,9 +50,10 @@ def test_seed_changes_augmentation(in_golden):
 def test_tensor_transform_matches_numpy_transformer():
     # the GPU path's tensor ops (run here on the CPU) make the same draws and compute the same values
     import torch
+
+    from vggproto.caffe.prototxt import read_message
     from vggproto.data.gpu import TensorTransform
     from vggproto.data.transform import DataTransformer
-    from vggproto.caffe.prototxt import read_message
     img = np.random.default_rng(0).integers(0, 256, (37, 45, 3), dtype=np.uint8)
     exact = ("crop_size: 20 mirror: true mean_value: 1 mean_value: 2 mean_value: 3 scale: 0.5 "
              "vgg_augmentation_param { color_shift_std: 0.1 }")

@@ -10,13 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.caffe.prototxt import read_net
 from vggproto.cli import main
 from vggproto.data.convert import compute_mean, convert_imageset
 from vggproto.data.datum import read_mean_file
 from vggproto.data.db import _shared_lmdb_env
 from vggproto.errors import DataError
 from vggproto.layers.registry import LayerSpec, build_layer
-from vggproto.caffe.prototxt import read_net
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "data"
 ROOT = str(GOLDEN) + "/"

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from vggproto.caffe.prototxt import read_net
 from vggproto.cli import main
-from vggproto.viz.draw import DrawOptions, build_graph, draw_net, layer_label, vgg_groups
 from vggproto.errors import VGGProtoError
 from vggproto.net.shapes import interpreter_shapes
-from vggproto.caffe.prototxt import read_net
+from vggproto.viz.draw import DrawOptions, build_graph, draw_net, layer_label, vgg_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_V1 = ROOT / "tests" / "data" / "golden" / "upgrade" / "v1_small_deploy.prototxt"

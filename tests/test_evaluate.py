@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from eval_helpers import mini_deploy, random_weights, write_images, write_model
+
 from vggproto.cli import main
-from vggproto.net.dense import load_dense, make_dense
 from vggproto.errors import DataError, NetError, VGGProtoError
-from vggproto.evaluation.views import preprocess
 from vggproto.evaluation.evaluate import ErrorCount, EvalOptions, evaluate, fuse, load_model, topk_hits
-from vggproto.vgg.generate import build_net
+from vggproto.evaluation.views import preprocess
+from vggproto.net.dense import load_dense, make_dense
 from vggproto.net.interpreter import Net
+from vggproto.vgg.generate import build_net
 
 MEAN = (103.939, 116.779, 123.68)
 

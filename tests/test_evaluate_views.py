@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from vggproto.evaluation.views import (center_crop, crop_boxes, flipped, grid_crops, grid_offsets, preprocess,
-                                 with_flips)
 from vggproto.evaluation.evaluate import EvalOptions, _views
+from vggproto.evaluation.views import center_crop, crop_boxes, flipped, grid_crops, grid_offsets, preprocess, with_flips
 
 
 @pytest.mark.parametrize("size,crop,g", [(256, 224, 5), (384, 224, 5), (341, 224, 5), (300, 224, 4),

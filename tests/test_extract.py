@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from eval_helpers import mini_deploy, write_images, write_model
+
 from vggproto.cli import main
-from vggproto.net.dense import load_dense
 from vggproto.errors import DataError, VGGProtoError
-from vggproto.evaluation.views import preprocess
 from vggproto.evaluation.extract import extract, l2_normalise, read_features, resolve_blob, write_features
+from vggproto.evaluation.views import preprocess
+from vggproto.net.dense import load_dense
 
 MEAN = (103.939, 116.779, 123.68)
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.cli import main
-from vggproto.vgg.configs import DENSE_LAYER_NAMES, PAPER_INIT_LAYERS, TABLE1, parse_token
-from vggproto.errors import NetError, VGGProtoError
-from vggproto.vgg.generate import build_net, build_solver, count_params, generate, generate_texts, infer_shapes
 from vggproto.caffe.prototxt import read_net, read_solver
+from vggproto.cli import main
+from vggproto.errors import NetError, VGGProtoError
+from vggproto.vgg.configs import DENSE_LAYER_NAMES, PAPER_INIT_LAYERS, TABLE1, parse_token
+from vggproto.vgg.generate import build_net, build_solver, count_params, generate, generate_texts, infer_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "data" / "golden" / "upgrade"

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from vggproto.caffe.prototxt import read_net
 from vggproto.layers.registry import supported_types
 from vggproto.net.interpreter import Net
-from vggproto.caffe.prototxt import read_net
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "layers"
 CASES = sorted(p.stem for p in GOLDEN.glob("*.prototxt"))

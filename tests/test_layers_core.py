@@ -449,6 +449,7 @@ def test_max_pooling_ties_go_to_the_first_cell_like_caffe():
 def test_lrn_across_channels_with_fewer_channels_than_local_size():
     """Caffe pads the channel window with zeros, so C < local_size is legal (it was a crash here once)."""
     import torch
+
     from vggproto.net.interpreter import Net
     net = Net('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 3 dim: 3 } } }\n'
               'layer { name: "lrn" type: "LRN" bottom: "x" top: "y" lrn_param { local_size: 5 alpha: 0.5 k: 2 } }\n')

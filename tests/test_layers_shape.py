@@ -12,9 +12,9 @@ import torch
 from torch.autograd import gradcheck
 
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.caffe.prototxt import parse_text
 from vggproto.errors import DataError, NetError
 from vggproto.layers.registry import LayerSpec, build_layer
-from vggproto.caffe.prototxt import parse_text
 
 RNG = np.random.RandomState(0)
 

@@ -11,12 +11,18 @@ import torch
 from click.testing import CliRunner
 
 from vggproto.cli import main
-from vggproto.vgg.generate import build_net, build_solver, count_params, infer_shapes
 from vggproto.errors import VGGProtoError
-from vggproto.localize.predict import (MAX_MERGE_BOXES, Detection, LocalizeOptions, LocErrorCount, detection_correct,
-                               load_loc_model, localize_image)
+from vggproto.localize.predict import (
+    MAX_MERGE_BOXES,
+    Detection,
+    LocalizeOptions,
+    LocErrorCount,
+    detection_correct,
+    load_loc_model,
+    localize_image,
+)
 from vggproto.net.interpreter import Net
-
+from vggproto.vgg.generate import build_net, build_solver, count_params, infer_shapes
 
 # ------------------------------------------------------------------------------------------------ generator
 

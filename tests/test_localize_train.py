@@ -12,13 +12,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from vggproto.localize.boxes import iou_matrix, target_to_corners
+from vggproto.caffe.prototxt import write_net
 from vggproto.cli import main
 from vggproto.data.boxes import parse_box_list
 from vggproto.data.sources import read_image
-from vggproto.localize.synthetic import make_synthetic_set, synthetic_nets, synthetic_solver
+from vggproto.localize.boxes import iou_matrix, target_to_corners
 from vggproto.localize.predict import LocalizeOptions, load_loc_model, localize_image
-from vggproto.caffe.prototxt import write_net
+from vggproto.localize.synthetic import make_synthetic_set, synthetic_nets, synthetic_solver
 
 CROP = 48
 TRAIN, VAL = 600, 100

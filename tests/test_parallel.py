@@ -11,7 +11,6 @@ from vggproto.train.distributed import FAULT_ENV, launch, parse_gpus
 from vggproto.train.solver import TrainOptions
 from vggproto.weights.caffemodel import read_weights
 
-
 SOLVER = """net: "train_val.prototxt"
 max_iter: 5
 display: 1
@@ -114,6 +113,7 @@ def test_overlapped_buckets_with_iter_size_equal_one_process(case, monkeypatch, 
 
 def test_grad_sync_buckets_cover_every_param_in_reverse_order():
     import torch
+
     from vggproto.train.distributed import GradSync
     params = [torch.zeros(n, requires_grad=True) for n in (100, 10, 300, 5)]
     sync = GradSync(params, bucket_bytes=4 * 320)
@@ -131,6 +131,7 @@ def test_joins_a_torchrun_job_from_the_environment(case, monkeypatch):
                        "MASTER_PORT": str(port)}.items():
         monkeypatch.setenv(key, value)
     import torch.distributed as dist
+
     import vggproto.train.distributed as parallel
     joined, real = [], parallel._run
 

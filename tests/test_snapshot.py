@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from vggproto.train import snapshot as snap
 from vggproto.errors import SolverError
+from vggproto.train import snapshot as snap
 from vggproto.train.solver import Solver, TrainOptions
 
 torch.set_num_threads(1)

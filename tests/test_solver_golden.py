@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import torch
 
 from vggproto.train.snapshot import read_solverstate
@@ -165,6 +164,7 @@ def test_test_phase_schedule_and_persistent_test_cursor(case, caplog):
 
 def test_cli_train_runs_the_golden_solver(case, caplog):
     from click.testing import CliRunner
+
     from vggproto.cli import main
     caplog.set_level(logging.INFO, logger="vggproto")
     result = CliRunner().invoke(main, ["train", "--solver", "sgd_step_solver.prototxt", "--weights",
@@ -193,6 +193,7 @@ def test_glog_prefix_parses_like_parse_log_py():
 
 def test_cli_refuses_weights_with_snapshot(case):
     from click.testing import CliRunner
+
     from vggproto.cli import main
     result = CliRunner().invoke(main, ["train", "sgd_step_solver.prototxt", "--weights", "init.caffemodel",
                                        "--snapshot", "resume8_iter_8.solverstate"])

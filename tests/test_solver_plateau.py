@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vggproto.train import snapshot as snap
 from vggproto.errors import SolverError
+from vggproto.train import snapshot as snap
 from vggproto.train.solver import Solver, TrainOptions
 from vggproto.train.updates import Plateau
 

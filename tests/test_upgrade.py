@@ -156,6 +156,7 @@ def test_v1_enum_table_is_complete():
 
 def test_upgrade_cli_matches_caffe_bytes(tmp_path):
     from click.testing import CliRunner
+
     from vggproto.cli import main
     out = tmp_path / "s.prototxt"
     result = CliRunner().invoke(main, ["upgrade", str(GOLDEN / "solver_nesterov_v1.prototxt"), str(out)])

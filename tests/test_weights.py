@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.errors import WeightsError
 from vggproto.caffe.prototxt import read_net
-from vggproto.weights.caffemodel import (array_to_blob, blob_to_array, fit_blob, read_caffemodel, read_weights,
-                              upgrade_caffemodel, write_weights)
+from vggproto.errors import WeightsError
+from vggproto.weights.caffemodel import (
+    array_to_blob,
+    blob_to_array,
+    fit_blob,
+    read_caffemodel,
+    read_weights,
+    upgrade_caffemodel,
+    write_weights,
+)
 from vggproto.weights.wire import encode_tag, encode_varint
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "upgrade"

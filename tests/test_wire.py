@@ -8,9 +8,23 @@ import pytest
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import WeightsError
-from vggproto.weights.wire import (FIXED32, LENGTH, VARINT, Field, LazyArray, WireError, encode_tag, encode_varint,
-                           fixed_run, iter_fields, part_size, read_varint, split_message, unpacked_values,
-                           write_part)
+from vggproto.weights.wire import (
+    FIXED32,
+    LENGTH,
+    VARINT,
+    Field,
+    LazyArray,
+    WireError,
+    encode_tag,
+    encode_varint,
+    fixed_run,
+    iter_fields,
+    part_size,
+    read_varint,
+    split_message,
+    unpacked_values,
+    write_part,
+)
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**31 - 1, 2**31, 2**35 + 7, 2**63 - 1, 2**64 - 1])

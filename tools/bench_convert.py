@@ -109,8 +109,12 @@ def equivalence() -> None:
     import torch
     import torchvision
     sys.path.insert(0, str(ROOT))
-    from vggproto.weights.torchvision import (CAFFE_MEAN_BGR, TORCHVISION_MEAN_RGB, TORCHVISION_STD_RGB,
-                                              caffe_to_torchvision)
+    from vggproto.weights.torchvision import (
+        CAFFE_MEAN_BGR,
+        TORCHVISION_MEAN_RGB,
+        TORCHVISION_STD_RGB,
+        caffe_to_torchvision,
+    )
     generator = torch.Generator().manual_seed(0)
     weights, inputs = {}, 3
     for block, (count, width) in enumerate(zip((2, 2, 3, 3, 3), (64, 128, 256, 512, 512)), 1):

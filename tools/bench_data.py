@@ -43,8 +43,8 @@ def make_jpegs(folder: str, count: int) -> list[str]:
 
 def vgg_transformer():
     from vggproto.caffe.proto import caffe_pb2
-    from vggproto.data.transform import DataTransformer
     from vggproto.caffe.prototxt import read_message
+    from vggproto.data.transform import DataTransformer
     text = ("crop_size: 224 mirror: true " + " ".join(f"mean_value: {m}" for m in MEAN_BGR) +
             " vgg_augmentation_param { scale_min: 256 scale_max: 512 color_shift_std: 0.1 }")
     return DataTransformer(read_message(text, caffe_pb2.TransformationParameter()), True, "bench")
@@ -57,6 +57,7 @@ class TorchvisionVGG:
         import torch
         import torchvision.transforms as T
         from PIL import Image
+
         from vggproto.data.augment import IMAGENET_EIGENVALUES, IMAGENET_EIGENVECTORS
         self.Image, self.torch = Image, torch
         self.gen = torch.Generator().manual_seed(seed)
@@ -81,6 +82,7 @@ def per_worker(paths: list[str], iters: int) -> tuple[float, float]:
     """(vggproto img/s, torchvision img/s), one thread each, same files, same run."""
     import cv2
     import torch
+
     from vggproto.data.datum import IMREAD_COLOR, decode_image_bytes
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -128,9 +130,10 @@ def _tv_init(_):
 def with_workers(folder: str, paths: list[str], batches: int, workers: int) -> tuple[float, float]:
     """(vggproto img/s, torchvision img/s) through each library's multi-process loader, batch 32."""
     import torch
+
     from vggproto.caffe.proto import caffe_pb2
-    from vggproto.layers.registry import LayerSpec, build_layer
     from vggproto.caffe.prototxt import read_net
+    from vggproto.layers.registry import LayerSpec, build_layer
     text = ('layer { name: "d" type: "ImageData" top: "data" top: "label" image_data_param { source: "list.txt" '
             'batch_size: 32 shuffle: true } transform_param { crop_size: 224 mirror: true '
             + " ".join(f"mean_value: {m}" for m in MEAN_BGR) +
@@ -162,6 +165,7 @@ def with_workers(folder: str, paths: list[str], batches: int, workers: int) -> t
 
 def gpu_rate(paths: list[str], iters: int) -> float:
     import torch
+
     from vggproto.data.gpu import CudaJpegTransform
     gpu = CudaJpegTransform(vgg_transformer())
     jpegs = [open(p, "rb").read() for p in paths]

@@ -29,9 +29,9 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
+    from vggproto.caffe.prototxt import read_net
     from vggproto.net.interpreter import Net
     from vggproto.net.shapes import interpreter_shapes
-    from vggproto.caffe.prototxt import read_net
 
     net = read_net(str(ROOT / "nets" / f"{args.config}_{args.kind}.prototxt"))
     with torch.device("meta"):  # warm-up: the meta path's one-off imports (torch._refs / decompositions)

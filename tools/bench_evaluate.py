@@ -80,9 +80,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--gpus", default=None)
     args = parser.parse_args()
+    from vggproto.caffe.prototxt import write_net
     from vggproto.evaluation.evaluate import EvalOptions, load_model
     from vggproto.vgg.generate import build_net
-    from vggproto.caffe.prototxt import write_net
     device = f"cuda:{args.gpus.split(',')[0]}" if args.gpus else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

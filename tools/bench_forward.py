@@ -35,9 +35,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from vggproto.weights.torchvision import _torchvision_names, caffe_layer_order  # noqa: E402
 from vggproto.fast import optimize_for_inference  # noqa: E402
 from vggproto.net.interpreter import Net  # noqa: E402
+from vggproto.weights.torchvision import _torchvision_names, caffe_layer_order  # noqa: E402
 
 NETS = os.path.join(os.path.dirname(__file__), "..", "nets")
 TORCHVISION = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.layers.registry import LayerSpec, build_layer
 from vggproto.caffe.prototxt import parse_text
+from vggproto.layers.registry import LayerSpec, build_layer
 
 
 def layer(text: str, *shapes):

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vggproto.caffe.prototxt import write_net
 from vggproto.localize.boxes import iou_matrix, target_to_corners
 from vggproto.localize.synthetic import make_synthetic_set, synthetic_nets, synthetic_solver
-from vggproto.caffe.prototxt import write_net
 from vggproto.train.solver import Solver, TrainOptions
 
 

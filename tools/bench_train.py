@@ -20,8 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vggproto.train import updates
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.train import updates
 
 STEP_GFLOP_224 = 92.8     # VGG-16 forward + backward per 224x224 image (performance-anchors.md)
 PEAK_TFLOPS = 798.0       # H100 bf16 dense, measured on an 8192^3 matmul

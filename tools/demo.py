@@ -100,6 +100,7 @@ def check_opencv(work: Path, caffemodel: Path, deploy: Path, images: list[Path])
     """Largest |prob difference| between OpenCV's Caffe importer and vggproto's interpreter on a few images."""
     import cv2
     import torch
+
     import vggproto
     off = (32 - CROP) // 2
     batch = np.stack([(cv2.imread(str(p))[off:off + CROP, off:off + CROP].astype(np.float32) - MEAN) * INPUT_SCALE

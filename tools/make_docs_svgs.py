@@ -14,8 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vggproto.viz.draw import DrawOptions, draw_net  # noqa: E402
 from vggproto.errors import VGGProtoError  # noqa: E402
+from vggproto.viz.draw import DrawOptions, draw_net  # noqa: E402
 
 CONFIGS = ("A", "A-LRN", "B", "C", "D", "E")
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import importlib
 
-from vggproto.errors import (DataError, NetError, PrototxtError, SolverError, VGGProtoError,  # noqa: F401
-                             WeightsError)
 from vggproto.caffe.prototxt import read_net, read_solver, write_net, write_solver  # noqa: F401
+from vggproto.errors import DataError, NetError, PrototxtError, SolverError, VGGProtoError, WeightsError  # noqa: F401
 
 __version__ = "0.1.0"
 

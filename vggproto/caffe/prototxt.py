@@ -17,14 +17,13 @@ from typing import Union
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
+from vggproto.caffe.files import atomic_write_bytes, describe, sniff
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import PrototxtError, SolverError
 
 PathOrText = Union[str, os.PathLike, bytes]
 TEXT_SUFFIXES = {".prototxt", ".pbtxt", ".txt", ".solver"}
 BINARY_SUFFIXES = {".caffemodel", ".binaryproto", ".pb", ".solverstate"}
-_MAGIC = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"\x89HDF": "an HDF5 file",
-          b"PK\x03\x04": "a zip archive (a PyTorch .pt file?)", b"GIF8": "a GIF image"}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -57,9 +56,9 @@ def _looks_like_path(text: str) -> bool:
 
 def sniff_binary(content: bytes, path: str | None) -> bool:
     """Decide whether ``content`` is a binary protobuf (True) or text format (False)."""
-    for magic, what in _MAGIC.items():
-        if content.startswith(magic):
-            raise PrototxtError(f"this is {what}, not a Caffe prototxt or caffemodel", path=path)
+    kind = sniff(content[:16])
+    if kind is not None and kind != "safetensors":
+        raise PrototxtError(f"this is {describe(kind)}, not a Caffe prototxt or caffemodel", path=path)
     suffix = Path(path).suffix.lower() if path else ""
     if suffix in TEXT_SUFFIXES:
         return False
@@ -244,17 +243,6 @@ def write_message(message: pb_message.Message, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, data)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Solvers and other messages
 # --------------------------------------------------------------------------------------------------------------
@@ -271,7 +259,7 @@ def read_solver(source: PathOrText, resolve_prefix: bool = True) -> caffe_pb2.So
             parse_text(_decode(content, path), solver, path)
     except PrototxtError as exc:
         raise SolverError(str(exc)) from None
-    from vggproto.caffe.upgrade import upgrade_solver, default_snapshot_prefix
+    from vggproto.caffe.upgrade import default_snapshot_prefix, upgrade_solver
     upgrade_solver(solver, path=path)
     if resolve_prefix and path is not None:
         default_snapshot_prefix(solver, path)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 
+from vggproto.caffe.netstate import filter_net, make_state
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import NetError
-from vggproto.caffe.netstate import filter_net, make_state
 
 Shape = tuple[int, ...]
 _PASS_THROUGH = {"ReLU", "Dropout", "LRN", "Softmax"}

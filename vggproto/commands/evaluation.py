@@ -7,8 +7,8 @@ import os
 
 import click
 
-from vggproto.vgg.configs import MEAN_BGR
 from vggproto.errors import VGGProtoError
+from vggproto.vgg.configs import MEAN_BGR
 
 log = logging.getLogger("vggproto.evaluation.evaluate")
 _MEAN = ",".join(f"{v:g}" for v in MEAN_BGR)
@@ -109,7 +109,7 @@ def evaluate_command(model, weights, mean_value, input_scale, gpus, list_path, r
     for bad in result.bad:
         click.echo(f"skipped: {bad}")
     if json_path:
-        from vggproto.caffe.prototxt import atomic_write_bytes
+        from vggproto.caffe.files import atomic_write_bytes
         atomic_write_bytes(json_path, (json.dumps(summary, indent=2) + "\n").encode())
 
 

@@ -43,8 +43,8 @@ def localize_command(images, models, weights, cls_models, cls_weights, mode, sca
                      list_path, root, labels, mean_value, input_scale, json_path, draw_dir, gpus) -> None:
     """Predict a box for each of the top classes of IMAGES (or of --list) and, with ground truth, print the
     ILSVRC top-k localisation error and the GT-class error (box of the true class only)."""
-    from vggproto.evaluation.classify import class_names
     from vggproto.data.boxes import parse_box_list
+    from vggproto.evaluation.classify import class_names
     from vggproto.evaluation.evaluate import load_model
     from vggproto.localize.predict import LocalizeOptions, load_loc_model
     from vggproto.localize.run import check_classes, draw, image_entries, localize_entries

@@ -98,9 +98,10 @@ def train(solver_arg, solver_opt, weights, snapshot, gpus, level, stage, sigint,
 def test(model, weights, iterations, gpus, level, stage) -> None:
     """Score a trained model: per-batch outputs, then their averages (Caffe's `caffe test`)."""
     import torch
+
     from vggproto.net.interpreter import Net
-    from vggproto.train.setup import loss_weights as _loss_weights
     from vggproto.train.log import fmt
+    from vggproto.train.setup import loss_weights as _loss_weights
     _use_glog_format()
     device = "cpu"
     if gpus:

@@ -6,8 +6,8 @@ import time
 
 import click
 
-from vggproto.vgg.configs import CONFIGS, SCALES
 from vggproto.errors import VGGProtoError
+from vggproto.vgg.configs import CONFIGS, SCALES
 
 log = logging.getLogger("vggproto.vgg.generate")
 

@@ -26,10 +26,17 @@ from typing import Mapping
 import numpy as np
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.vgg.configs import DENSE_LAYER_NAMES
-from vggproto.weights.torch_files import (Weights, output_format, read_any, save_safetensors, save_torch_state,
-                                 weights_to_state_dict, write_state)
 from vggproto.errors import WeightsError
+from vggproto.vgg.configs import DENSE_LAYER_NAMES
+from vggproto.weights.torch_files import (
+    Weights,
+    output_format,
+    read_any,
+    save_safetensors,
+    save_torch_state,
+    weights_to_state_dict,
+    write_state,
+)
 
 log = logging.getLogger("vggproto.convert.convert")
 
@@ -132,8 +139,8 @@ def net_param_shapes(model, phase: str = "TEST") -> tuple[caffe_pb2.NetParameter
     """
     import torch
 
-    from vggproto.net.interpreter import Net
     from vggproto.caffe.prototxt import read_net
+    from vggproto.net.interpreter import Net
     net_param = model if isinstance(model, caffe_pb2.NetParameter) else read_net(os.fspath(model))
     with torch.device("meta"):  # data layers are not opened (dry_run): only shapes are needed
         net = Net(model if not isinstance(model, caffe_pb2.NetParameter) else net_param, phase=phase,

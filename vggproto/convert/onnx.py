@@ -86,8 +86,8 @@ def export_onnx(model, weights: Mapping[str, list[np.ndarray]] | None, path: str
     """Write the net ``model`` with ``weights`` (already fitted to the net) as ONNX at ``path``, verified first."""
     import torch
 
+    from vggproto.caffe.files import atomic_write_bytes
     from vggproto.net.interpreter import Net
-    from vggproto.caffe.prototxt import atomic_write_bytes
     if opset < 13:
         raise OnnxExportError(f"opset {opset} is not supported; use 13 or newer")
     net = Net(model, phase=phase, seed=0)  # phase, not nn.Module.eval(), selects Caffe behaviour

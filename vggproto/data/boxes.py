@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vggproto.localize.boxes import corners_to_target, transform_boxes
 from vggproto.data.batches import Batch
 from vggproto.data.sources import RecordStream, read_image, read_list_lines
 from vggproto.data.transform import DataTransformer
 from vggproto.errors import DataError
+from vggproto.localize.boxes import corners_to_target, transform_boxes
 
 
 @dataclass

@@ -107,5 +107,5 @@ def compute_mean(db_path: str, backend: str = "lmdb", progress: bool = True) -> 
 
 def write_mean(mean_chw: np.ndarray, out_path: str) -> None:
     """Write a mean image as Caffe's legacy 1xCxHxW ``.binaryproto``."""
-    from vggproto.caffe.prototxt import atomic_write_bytes
+    from vggproto.caffe.files import atomic_write_bytes
     atomic_write_bytes(out_path, mean_blob(mean_chw).SerializeToString())

@@ -14,8 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vggproto.vgg.configs import MEAN_BGR
 from vggproto.errors import DataError, VGGProtoError
+from vggproto.vgg.configs import MEAN_BGR
 
 
 @dataclass

@@ -19,8 +19,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vggproto.vgg.configs import DENSE_LAYER_NAMES, MEAN_BGR
+from vggproto.caffe.files import atomic_path
 from vggproto.errors import DataError, VGGProtoError
+from vggproto.vgg.configs import DENSE_LAYER_NAMES, MEAN_BGR
 
 log = logging.getLogger("vggproto.evaluation.extract")
 AGGREGATES: tuple[str, ...] = ("stack", "average")
@@ -77,8 +78,8 @@ def extract(model: str | os.PathLike, weights: str | os.PathLike, list_path: str
     from tqdm import tqdm
 
     from vggproto.data.sources import parse_list_file
-    from vggproto.net.dense import load_dense
     from vggproto.evaluation.views import ImageListDataset, image_loader
+    from vggproto.net.dense import load_dense
     if how not in AGGREGATES:
         raise VGGProtoError(f"unknown --aggregate '{how}'; supported: {', '.join(AGGREGATES)}")
     if not scales or any(q <= 0 for q in scales):
@@ -109,15 +110,13 @@ def extract(model: str | os.PathLike, weights: str | os.PathLike, list_path: str
 def write_features(path: str | os.PathLike, features: Features, attrs: dict | None = None) -> None:
     """HDF5 with ``features``, ``labels``, ``paths`` (UTF-8 strings) and the run's settings as attributes."""
     import h5py
-    tmp = f"{os.fspath(path)}.tmp"
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("features", data=features.features)
         f.create_dataset("labels", data=features.labels)
         f.create_dataset("paths", data=np.array(features.paths, dtype=object), dtype=h5py.string_dtype())
         for key, value in (attrs or {}).items():
             f.attrs[key] = value
         f.attrs["bad"] = json.dumps(features.bad)   # JSON list of "<list>:<line>: reason" strings
-    os.replace(tmp, path)
 
 
 def read_features(path: str | os.PathLike) -> Features:

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import DataError
 from vggproto.layers.axes import canonical_axis, count, legacy_dim
-from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 from vggproto.layers.common import ANY, expect_bottoms
+from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 _ELT = caffe_pb2.EltwiseParameter
 _RED = caffe_pb2.ReductionParameter

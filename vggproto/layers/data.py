@@ -15,8 +15,8 @@ import torch
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.data.batches import HDF5BatchMaker, ImageBatchMaker
-from vggproto.data.gpu import DeviceBatchMaker
 from vggproto.data.build import make_feed, make_stream, rand_skip, rank_batch, require_file, seeds
+from vggproto.data.gpu import DeviceBatchMaker
 from vggproto.data.sources import DBSource, HDF5Source, ListSource, file_shuffle_order, permutation_order
 from vggproto.data.transform import DataTransformer
 from vggproto.errors import DataError

@@ -10,8 +10,8 @@ from typing import ClassVar
 import torch
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.layers.fillers import fill
 from vggproto.layers.common import blob, expect_bottoms, expect_tops
+from vggproto.layers.fillers import fill
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 

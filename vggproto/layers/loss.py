@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import DataError, VGGProtoError
 from vggproto.layers.axes import canonical_axis, count, softmax_along
-from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 from vggproto.layers.common import expect_bottoms
+from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 _LOSS = caffe_pb2.LossParameter
 #: Caffe: src/caffe/layers/multinomial_logistic_loss_layer.cpp — kLOG_THRESHOLD

@@ -11,10 +11,18 @@ import math
 import torch
 
 from vggproto.layers.axes import canonical_axis, count, softmax_along
-from vggproto.layers.loss import (LossLayer, check_label_count, check_same_num, clamp_forward_only, class_labels,
-                                  ignore_label, normalization_mode, normalize)
-from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 from vggproto.layers.common import expect_bottoms
+from vggproto.layers.loss import (
+    LossLayer,
+    check_label_count,
+    check_same_num,
+    clamp_forward_only,
+    class_labels,
+    ignore_label,
+    normalization_mode,
+    normalize,
+)
+from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 #: -log(FLT_MIN): Caffe clamps the probability of the true class at FLT_MIN before the log.
 MAX_NLL = -math.log(1.1754943508222875e-38)

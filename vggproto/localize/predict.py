@@ -24,10 +24,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vggproto.localize.boxes import as_boxes, greedy_merge, iou_matrix, target_to_corners, window_to_image
-from vggproto.vgg.configs import MEAN_BGR
 from vggproto.data.augment import rescaled_size
 from vggproto.errors import DataError, VGGProtoError
+from vggproto.localize.boxes import as_boxes, greedy_merge, iou_matrix, target_to_corners, window_to_image
+from vggproto.vgg.configs import MEAN_BGR
 
 log = logging.getLogger("vggproto.localize.predict")
 

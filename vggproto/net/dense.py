@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.vgg.configs import DENSE_LAYER_NAMES
 from vggproto.errors import NetError, WeightsError
+from vggproto.vgg.configs import DENSE_LAYER_NAMES
 
 Weights = dict[str, list[np.ndarray]]
 

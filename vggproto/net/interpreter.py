@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from vggproto.net import debug as net_debug, weights as net_weights
+from vggproto.caffe.netstate import filter_net, layer_included, merged_state
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.caffe.prototxt import layer_lines, parse_net
 from vggproto.errors import NetError, PrototxtError
 from vggproto.layers.common import count
 from vggproto.layers.registry import CaffeLayer, LayerSpec, Shape, build_layer
-from vggproto.caffe.netstate import filter_net, layer_included, merged_state
-from vggproto.caffe.prototxt import layer_lines, parse_net
+from vggproto.net import debug as net_debug
+from vggproto.net import weights as net_weights
 
 log = logging.getLogger("vggproto.net.interpreter")
 ModelSource = str | os.PathLike | bytes | caffe_pb2.NetParameter

@@ -14,9 +14,9 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from vggproto.caffe.netstate import filter_net, merged_state
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import VGGProtoError
-from vggproto.caffe.netstate import filter_net, merged_state
 
 log = logging.getLogger("vggproto.net.shapes")
 

@@ -21,9 +21,9 @@ from typing import Sequence
 
 import numpy as np
 
+from vggproto.caffe.files import atomic_path, atomic_write_bytes
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import SolverError
-from vggproto.caffe.prototxt import atomic_write_bytes
 
 log = logging.getLogger("vggproto.train.snapshot")
 
@@ -78,8 +78,8 @@ def write_solverstate(path: str, state: SolverStateData) -> None:
     if is_hdf5_state(path):
         _write_state_h5(path, state)
         return
-    from vggproto.weights.caffemodel import write_parts
     from vggproto.weights.blob import blob_part
+    from vggproto.weights.caffemodel import write_parts
     # SolverState fields in canonical order: iter (1), learned_net (2), history (3, streamed blob by blob, no
     # per-value Python work: VGG-16's history is 553 MB), current_step (4)
     head = caffe_pb2.SolverState(iter=int(state.iter), learned_net=state.learned_net).SerializeToString()
@@ -89,15 +89,14 @@ def write_solverstate(path: str, state: SolverStateData) -> None:
 
 def _write_state_h5(path: str, state: SolverStateData) -> None:
     import h5py
-    tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as handle:  # Caffe: sgd_solver.cpp SnapshotSolverStateToHDF5
+    # Caffe: sgd_solver.cpp SnapshotSolverStateToHDF5
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         handle.create_dataset("iter", data=np.array([state.iter], dtype=np.int32))
         handle.create_dataset("learned_net", data=np.bytes_(state.learned_net))
         handle.create_dataset("current_step", data=np.array([state.current_step], dtype=np.int32))
         group = handle.create_group("history")
         for i, array in enumerate(state.history):
             group.create_dataset(str(i), data=np.ascontiguousarray(array, dtype=np.float32))
-    os.replace(tmp, path)
 
 
 def read_solverstate(path: str) -> SolverStateData:

@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vggproto.train import snapshot as snap
-from vggproto.train import setup
-from vggproto.train import log as tl
-from vggproto.train import updates
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.errors import SolverError
 from vggproto.caffe.prototxt import read_solver
+from vggproto.errors import SolverError
+from vggproto.train import log as tl
+from vggproto.train import setup, updates
+from vggproto.train import snapshot as snap
 
 log = logging.getLogger("vggproto.train.solver")
 

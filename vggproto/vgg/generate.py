@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from vggproto.caffe.files import atomic_write_bytes
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.vgg.configs import CHAIN_CONFIGS, CONFIGS, DENSE_LAYER_NAMES, PAPER_INIT_LAYERS  # noqa: F401 (re-export)
-from vggproto.errors import VGGProtoError
-from vggproto.vgg.nets import KINDS, LOC_LAYER, NetOptions, build_commented
-from vggproto.caffe.prototxt import atomic_write_bytes, message_to_text
+from vggproto.caffe.prototxt import message_to_text
 from vggproto.caffe.shapes import count_params, infer_shapes  # noqa: F401 (re-export)
+from vggproto.errors import VGGProtoError
+from vggproto.vgg.configs import CHAIN_CONFIGS, CONFIGS, DENSE_LAYER_NAMES, PAPER_INIT_LAYERS  # noqa: F401 (re-export)
+from vggproto.vgg.nets import KINDS, LOC_LAYER, NetOptions, build_commented
 
 VAL_IMAGES = 50_000        # ILSVRC-2012 validation set
 GLOBAL_BATCH = 256         # Sect. 3.1: "the batch size was set to 256"

@@ -16,9 +16,20 @@ import math
 from dataclasses import dataclass, field
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.vgg.configs import (DENSE_LAYER_NAMES, LRN_ALPHA_CAFFE, LRN_BETA, LRN_K, LRN_LOCAL_SIZE, MEAN_BGR, TABLE1,
-                              parse_scale, parse_token, test_scale_for, NO_RESCALE)
 from vggproto.errors import VGGProtoError
+from vggproto.vgg.configs import (
+    DENSE_LAYER_NAMES,
+    LRN_ALPHA_CAFFE,
+    LRN_BETA,
+    LRN_K,
+    LRN_LOCAL_SIZE,
+    MEAN_BGR,
+    NO_RESCALE,
+    TABLE1,
+    parse_scale,
+    parse_token,
+    test_scale_for,
+)
 
 KINDS: tuple[str, ...] = ("train_val", "deploy", "dense")
 DATA_BACKENDS: tuple[str, ...] = ("lmdb", "imagedata", "hdf5")

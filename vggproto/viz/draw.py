@@ -16,11 +16,12 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
+from vggproto.caffe.files import atomic_write_bytes
+from vggproto.caffe.netstate import filter_net, merged_state
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.caffe.prototxt import parse_net
 from vggproto.errors import VGGProtoError
 from vggproto.net.shapes import NetShapes, phase_shapes
-from vggproto.caffe.netstate import filter_net, merged_state
-from vggproto.caffe.prototxt import atomic_write_bytes, parse_net
 
 if TYPE_CHECKING:
     import graphviz

@@ -10,9 +10,9 @@ import os
 
 import numpy as np
 
+from vggproto.caffe.files import atomic_write_bytes
 from vggproto.errors import VGGProtoError
 from vggproto.train.logparse import Series, TrainingLog, read_log
-from vggproto.caffe.prototxt import atomic_write_bytes
 
 log = logging.getLogger("vggproto.viz.plot")
 

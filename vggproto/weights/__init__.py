@@ -5,7 +5,6 @@ input mapping (:mod:`.torchvision`) and Caffe's shape rule for loading an array 
 
 May import: :mod:`vggproto.errors`, :mod:`vggproto.caffe`, :mod:`vggproto.vgg`.  Importing it never imports torch.
 """
-from vggproto.weights.caffemodel import (Weights, read_caffemodel, read_weights, upgrade_caffemodel,  # noqa: F401
-                                         write_weights)
+from vggproto.weights.caffemodel import Weights, read_caffemodel, read_weights, upgrade_caffemodel, write_weights  # noqa: F401
 
 __all__ = ["Weights", "read_caffemodel", "read_weights", "upgrade_caffemodel", "write_weights"]

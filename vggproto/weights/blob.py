@@ -15,8 +15,19 @@ import numpy as np
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import WeightsError
-from vggproto.weights.wire import (FIXED32, FIXED64, LENGTH, VARINT, Field, Part, WireError, fixed_run, read_field,
-                           unpacked_values, write_part)
+from vggproto.weights.wire import (
+    FIXED32,
+    FIXED64,
+    LENGTH,
+    VARINT,
+    Field,
+    Part,
+    WireError,
+    fixed_run,
+    read_field,
+    unpacked_values,
+    write_part,
+)
 
 _FLOAT_TAG, _DOUBLE_TAG = 5 << 3 | FIXED32, 8 << 3 | FIXED64  # unpacked data / double_data
 _DIFF_TAGS = {6 << 3 | FIXED32: 4, 9 << 3 | FIXED64: 8}        # unpacked diff / double_diff

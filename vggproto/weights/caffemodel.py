@@ -22,18 +22,27 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from vggproto.caffe.files import atomic_path, describe, is_hdf5, sniff
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import WeightsError
 from vggproto.weights.blob import array_to_blob, blob_array, blob_fields, blob_part, blob_to_array  # noqa: F401
-from vggproto.weights.wire import (LENGTH, Field, Part, WireError, encode_tag, encode_varint, iter_fields, part_size,
-                           read_field, split_message, write_part)
+from vggproto.weights.wire import (
+    LENGTH,
+    Field,
+    Part,
+    WireError,
+    encode_tag,
+    encode_varint,
+    iter_fields,
+    part_size,
+    read_field,
+    split_message,
+    write_part,
+)
 
 log = logging.getLogger("vggproto.weights.caffemodel")
 
 Weights = dict[str, list[np.ndarray]]
-_MAGIC = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "a GIF image",
-          b"PK\x03\x04": "a zip archive (a PyTorch .pt file?)", b"\x1f\x8b": "a gzip file",
-          b"\x93NUMPY": "a numpy .npy file"}
 # (field number of the layer list in NetParameter, name field, blobs field, embedded V0 layer field)
 _V1 = (2, 4, 6, 1)
 _V2 = (100, 1, 7, None)
@@ -62,12 +71,12 @@ def _open_map(path: str) -> mmap.mmap:
 
 def _sniff(buf: mmap.mmap, path: str) -> str:
     """Return 'hdf5' or 'protobuf'; refuse well-known non-weight formats by their magic bytes."""
-    head = buf[:16]
-    for magic, what in _MAGIC.items():
-        if head.startswith(magic):
-            raise WeightsError(f"{path}: this is {what}, not a caffemodel or Caffe HDF5 weights file")
-    from vggproto.weights.hdf5 import is_hdf5
-    return "hdf5" if is_hdf5(buf) else "protobuf"
+    if is_hdf5(buf):
+        return "hdf5"
+    kind = sniff(buf[:16])
+    if kind is not None:
+        raise WeightsError(f"{path}: this is {describe(kind)}, not a caffemodel or Caffe HDF5 weights file")
+    return "protobuf"
 
 
 def _looks_like_text(buf: mmap.mmap) -> bool:
@@ -272,18 +281,11 @@ def fit_blob(array: np.ndarray, target_shape: Sequence[int]) -> np.ndarray | Non
 
 def write_parts(path: str | os.PathLike, parts: Iterable[Part]) -> int:
     """Stream top-level message ``parts`` to a temp file beside ``path``, then rename; return bytes written."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     total = 0
-    try:
-        with open(tmp, "wb") as handle:
-            for part in parts:
-                write_part(handle, part)
-                total += part_size(part)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        for part in parts:
+            write_part(handle, part)
+            total += part_size(part)
     return total
 
 

@@ -7,24 +7,12 @@ from __future__ import annotations
 
 import mmap
 import os
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from vggproto.caffe.files import atomic_path
 from vggproto.errors import WeightsError
-
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def is_hdf5(buf) -> bool:
-    """True when the HDF5 superblock signature sits at 0, 512, 1024, 2048... (HDF5 spec: user block sizes)."""
-    offset = 0
-    while offset + len(HDF5_SIGNATURE) <= len(buf):
-        if buf[offset:offset + len(HDF5_SIGNATURE)] == HDF5_SIGNATURE:
-            return True
-        offset = 512 if offset == 0 else offset * 2
-    return False
 
 
 def _blob_index(name: str, layer: str, path: str) -> int:
@@ -88,19 +76,12 @@ def write_hdf5_weights(path: str | os.PathLike, weights: Mapping[str, Sequence],
     the net, then any other weights entry), dataset ``i`` per blob; with ``diffs`` the same under ``/diff``
     (Caffe: src/caffe/net.cpp ToHDF5 with write_diff); atomically via a temp file."""
     import h5py
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as handle:
-            listed = set(names)
-            order = [*names, *(n for n in weights if n not in listed)]
-            _write_group(handle.create_group("data"), order, weights)
-            if diffs:
-                _write_group(handle.create_group("diff"), order, diffs)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
+        listed = set(names)
+        order = [*names, *(n for n in weights if n not in listed)]
+        _write_group(handle.create_group("data"), order, weights)
+        if diffs:
+            _write_group(handle.create_group("diff"), order, diffs)
 
 
 def _write_group(top, order: Sequence[str], arrays: Mapping[str, Sequence]) -> None:

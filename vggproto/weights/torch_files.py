@@ -16,13 +16,13 @@ import mmap
 import os
 import re
 import struct
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from vggproto.caffe.files import atomic_path, sniff
 from vggproto.errors import WeightsError
 
 log = logging.getLogger("vggproto.convert.convert")
@@ -62,13 +62,14 @@ def input_format(path: str | os.PathLike) -> str:
             head = handle.read(16)
     except OSError as exc:
         raise WeightsError(f"{path}: cannot read: {exc.strerror}") from None
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+    kind = sniff(head)
+    if kind == "hdf5":
         return "h5"
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80\x02"):  # torch.save zip, or legacy pickle
+    if kind in ("zip", "pickle"):  # torch.save zip, or legacy pickle
         keys = load_torch_state(path).keys()
         from vggproto.weights.torchvision import is_torchvision_state_dict
         return "torchvision" if is_torchvision_state_dict(keys) else "pt"
-    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 1 << 30:
+    if kind == "safetensors":
         keys = [k for k in _safetensors_header(path)[0] if k != "__metadata__"]
         from vggproto.weights.torchvision import is_torchvision_state_dict
         return "torchvision" if is_torchvision_state_dict(keys) else "safetensors"
@@ -263,8 +264,7 @@ def read_any(path: str | os.PathLike):
 
 def _is_torch(path: str | os.PathLike) -> bool:
     with open(path, "rb") as handle:
-        head = handle.read(4)
-    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80\x02")
+        return sniff(handle.read(16)) in ("zip", "pickle")
 
 
 def write_state(path: str | os.PathLike, state: Mapping[str, np.ndarray], zip_crc: bool = False) -> None:
@@ -276,14 +276,6 @@ def write_state(path: str | os.PathLike, state: Mapping[str, np.ndarray], zip_cr
 
 
 def _atomic(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path`` and rename it over ``path`` when it succeeds."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Call ``write(tmp)`` on the temporary file of :func:`atomic_path` (renamed over ``path`` on success)."""
+    with atomic_path(path) as tmp:
+        write(os.fspath(tmp))
