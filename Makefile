@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo setup proto graphviz fashion-mnist clean
 
-$(STAMP): setup.py
+$(STAMP): setup.py pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
@@ -22,6 +22,7 @@ graphviz:
 	  || echo "note: could not install graphviz (dot); drawing to .svg/.png needs it"; }
 
 test: setup graphviz
+	$(VENV)/bin/ruff check vggproto tests tools
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile tests
 
 # Debian's dataset-fashion-mnist: the full Fashion-MNIST (60,000 + 10,000 images) as idx files, offline.

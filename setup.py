@@ -24,7 +24,8 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3", "torchvision>=0.17", "opencv-python-headless>=4.8,<5",
                  "scikit-image>=0.22", "onnx>=1.15", "onnxruntime>=1.17", "safetensors>=0.4",
-                 "scikit-learn>=1.3", "grpcio-tools==1.85.1"],
+                 "scikit-learn>=1.3", "grpcio-tools==1.85.1",
+                 "ruff==0.17.6"],  # pinned: a new ruff may add rules and fail `make test`
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
         "dev": ["grpcio-tools==1.85.1"],
     },

@@ -41,7 +41,7 @@ def mini_deploy(classes: int = 5, height: int = 224, width: int = 224, fc: int =
 
 def random_weights(net_param: caffe_pb2.NetParameter, seed: int = 0, gain: float = 1.0) -> dict:
     """He-scaled Gaussian weights and small biases for every layer with parameters (shapes from the net)."""
-    from vggproto.convert.convert import net_param_shapes
+    from vggproto.net.shapes import net_param_shapes
     _, shapes = net_param_shapes(net_param)
     rng = np.random.default_rng(seed)
     out = {}

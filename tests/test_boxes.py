@@ -6,19 +6,18 @@ import numpy as np
 import pytest
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.data.boxes import parse_box_list, transformed_record
-from vggproto.data.transform import DataTransformer
-from vggproto.errors import DataError
-from vggproto.localize.boxes import (
+from vggproto.data.box_geometry import (
     corners_to_target,
-    greedy_merge,
     iou,
     iou_matrix,
-    match_score,
     target_to_corners,
     transform_boxes,
     window_to_image,
 )
+from vggproto.data.boxes import parse_box_list, transformed_record
+from vggproto.data.transform import DataTransformer
+from vggproto.errors import DataError
+from vggproto.localize.boxes import greedy_merge, match_score
 
 # ------------------------------------------------------------------------------------------------ IoU, encodings
 
@@ -139,6 +138,7 @@ def test_box_list_parsing(tmp_path):
 # ------------------------------------------------------------------------------------------------ BoxData layer
 
 def test_boxdata_layer_tops_and_errors(tmp_path):
+    from vggproto.data.options import DataOptions
     from vggproto.errors import NetError
     from vggproto.localize.synthetic import make_synthetic_set
     from vggproto.net.interpreter import Net
@@ -146,7 +146,7 @@ def test_boxdata_layer_tops_and_errors(tmp_path):
     layer = f"""layer {{ name: "data" type: "BoxData" top: "data" top: "label" top: "box"
       image_data_param {{ source: "{train}" batch_size: 4 }}
       transform_param {{ crop_size: 40 mean_value: 128 vgg_augmentation_param {{ test_scale: 40 }} }} }}"""
-    net = Net(layer.encode(), phase="TEST", options={"seed": 0})
+    net = Net(layer.encode(), phase="TEST", options=DataOptions(seed=0))
     assert net.blob_shapes == {"data": (4, 3, 40, 40), "label": (4,), "box": (4, 4)}
     net.forward()
     entries = parse_box_list(str(train))

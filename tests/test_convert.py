@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from vggproto.cli import main
-from vggproto.convert.convert import conv_to_fc, convert, fc_to_conv, fit_to_net, load_caffe_weights, summary
+from vggproto.convert.convert import convert, load_caffe_weights, summary
 from vggproto.errors import WeightsError
+from vggproto.net.dense import conv_to_fc, fc_to_conv
 from vggproto.weights.caffemodel import read_weights
+from vggproto.weights.fit import fit_to_net
 from vggproto.weights.torch_files import (
     input_format,
     load_safetensors,
@@ -230,7 +232,7 @@ def test_caffes_own_upgrade_of_a_v1_file_converts_to_the_same_weights(tmp_path):
 
 
 def test_the_official_v1_deploy_prototxt_works_as_model():
-    from vggproto.convert.convert import net_param_shapes
+    from vggproto.net.shapes import net_param_shapes
     _, shapes = net_param_shapes(ROOT / "tests" / "data" / "golden" / "upgrade" / "vgg16_v1.prototxt")
     assert list(shapes)[0] == "conv1_1" and list(shapes)[-1] == "fc8" and len(shapes) == 16
     assert shapes["fc6"] == [(4096, 25088), (4096,)] and shapes["conv5_3"] == [(512, 512, 3, 3), (512,)]

@@ -105,6 +105,7 @@ def test_names_and_shapes_match_torchvision(depth):
     assert back["fc6"][0].shape == (4096, 25088) and back["conv5_1"][1].shape == (512,)
 
 
+@pytest.mark.slow
 def test_full_size_vgg16_is_equivalent_both_ways_on_a_photo(tmp_path):
     """One test (one set of full-size weights and forwards, also under pytest-xdist) checks both directions."""
     weights = _caffe_vgg(16, _random(torch.Generator().manual_seed(0)))

@@ -11,6 +11,7 @@ import pytest
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.prototxt import read_message, read_net
 from vggproto.data.augment import IMAGENET_EIGENVALUES, IMAGENET_EIGENVECTORS, VGGAugmentation, rescale_smallest_side
+from vggproto.data.options import DataOptions
 from vggproto.data.transform import DataTransformer
 from vggproto.errors import DataError
 from vggproto.layers.registry import LayerSpec, build_layer
@@ -22,7 +23,7 @@ NAMES = [line.split()[0] for line in (GOLDEN / "list.txt").read_text().splitline
 def image_layer(params: str, transform: str = "", phase=caffe_pb2.TEST, **options):
     text = (f'layer {{ name: "d" type: "ImageData" top: "data" top: "label" image_data_param {{ {params} }} '
             f'transform_param {{ {transform} }} }}')
-    return build_layer(LayerSpec(read_net(text).layer[0], [], phase, "net.prototxt", 1, options=options))
+    return build_layer(LayerSpec(read_net(text).layer[0], [], phase, "net.prototxt", 1, options=DataOptions(**options)))
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.prototxt import read_net
+from vggproto.data.options import DataOptions
 from vggproto.errors import DataError
 from vggproto.layers.registry import LayerSpec, build_layer
 
@@ -19,7 +20,7 @@ GOLDEN = Path(__file__).parent / "data" / "golden" / "data"
 
 def layer_from_text(text: str, phase=caffe_pb2.TEST, **options):
     net = read_net(text)
-    return build_layer(LayerSpec(net.layer[0], [], phase, "net.prototxt", 1, options=options))
+    return build_layer(LayerSpec(net.layer[0], [], phase, "net.prototxt", 1, options=DataOptions(**options)))
 
 
 @pytest.fixture

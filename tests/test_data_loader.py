@@ -1,5 +1,5 @@
-"""The batch feed and the device (GPU) path: worker processes give exactly the batches of the synchronous path, in order, and resume at
-a saved cursor."""
+"""The batch feed and the device (GPU) path: worker processes give exactly the batches of the synchronous path, in
+order, and resume at a saved cursor."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +9,7 @@ import pytest
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.prototxt import read_net
+from vggproto.data.options import DataOptions
 from vggproto.layers.registry import LayerSpec, build_layer
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "data"
@@ -18,7 +19,7 @@ TRAIN_NET = ('layer { name: "d" type: "Data" top: "data" top: "label" data_param
 
 
 def build(**options):
-    return build_layer(LayerSpec(read_net(TRAIN_NET).layer[0], [], caffe_pb2.TRAIN, options=options))
+    return build_layer(LayerSpec(read_net(TRAIN_NET).layer[0], [], caffe_pb2.TRAIN, options=DataOptions(**options)))
 
 
 @pytest.fixture
@@ -74,9 +75,8 @@ def test_device_batch_maker_on_cpu_matches_cpu_pipeline(in_golden):
             'batch_size: 6 new_height: 70 new_width: 70 } transform_param { crop_size: 64 mirror: true '
             'mean_value: 100 } }')
     param = read_net(text).layer[0]
-    cpu = build_layer(LayerSpec(param, [], caffe_pb2.TRAIN, options={"seed": 4}))
-    dev = build_layer(LayerSpec(param, [], caffe_pb2.TRAIN, options={"seed": 4, "gpu_decode": True,
-                                                                      "device": "cpu"}))
+    cpu = build_layer(LayerSpec(param, [], caffe_pb2.TRAIN, options=DataOptions(seed=4)))
+    dev = build_layer(LayerSpec(param, [], caffe_pb2.TRAIN, options=DataOptions(seed=4, gpu_decode=True, device="cpu")))
     from vggproto.data.gpu import DeviceBatchMaker
     assert isinstance(dev.feed.maker, DeviceBatchMaker)
     (a, la), (b, lb) = cpu(), dev()

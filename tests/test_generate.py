@@ -392,7 +392,7 @@ def test_cli_generate(tmp_path):
 
 
 def test_small_net_runs_in_the_interpreter():
-    """Width-divided deploy and dense nets build and run in vggproto.net.interpreter with the walker's shapes and counts."""
+    """Width-divided deploy and dense nets build and run in the interpreter with the walker's shapes and counts."""
     net_module = pytest.importorskip("vggproto.net.interpreter")
     torch = pytest.importorskip("torch")
     for kind, size, out in (("deploy", 64, (1, 10)), ("dense", 96, (1, 10, 2, 2))):

@@ -14,11 +14,13 @@ from click.testing import CliRunner
 
 from vggproto.caffe.prototxt import write_net
 from vggproto.cli import main
+from vggproto.data.box_geometry import iou_matrix, target_to_corners
 from vggproto.data.boxes import parse_box_list
 from vggproto.data.sources import read_image
-from vggproto.localize.boxes import iou_matrix, target_to_corners
 from vggproto.localize.predict import LocalizeOptions, load_loc_model, localize_image
 from vggproto.localize.synthetic import make_synthetic_set, synthetic_nets, synthetic_solver
+
+pytestmark = pytest.mark.slow  # trains two nets (about 25 s each on one core)
 
 CROP = 48
 TRAIN, VAL = 600, 100

@@ -11,7 +11,8 @@ import torch
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import NetError, WeightsError
-from vggproto.net.interpreter import Net, shape_table
+from vggproto.net.interpreter import Net
+from vggproto.net.table import shape_table
 
 SMALL = """name: "small"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: %d dim: %d } } }
@@ -322,6 +323,7 @@ def vgg16_deploy() -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.mark.slow
 def test_vgg16_matches_opencv_caffe_importer(tmp_path):
     cv2 = pytest.importorskip("cv2")
     skimage_data = pytest.importorskip("skimage.data")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from vggproto.errors import SolverError
-from vggproto.train.distributed import FAULT_ENV, launch, parse_gpus
+from vggproto.net.devices import parse_devices as parse_gpus
+from vggproto.train.distributed import FAULT_ENV, launch
 from vggproto.train.solver import TrainOptions
 from vggproto.weights.caffemodel import read_weights
 
@@ -38,7 +39,7 @@ def solver(prefix: str) -> str:
 def test_two_gloo_workers_equal_one_process_on_the_same_global_batch(case):
     opts = TrainOptions(weights=("init.caffemodel",), progress=False)
     launch(solver("one"), opts)
-    launch(solver("two"), opts, gpus="cpu:2")
+    launch(solver("two"), opts, gpus=parse_gpus("cpu:2"))
     one, two = read_weights("one_iter_5.caffemodel"), read_weights("two_iter_5.caffemodel")
     init = read_weights("init.caffemodel")
     for layer in one:
@@ -57,7 +58,7 @@ def test_per_gpu_batch_gives_bvlc_semantics(case):
     Path("one.prototxt").write_text(SOLVER.format(prefix="one").replace("train_val", "train16"))
     launch("one.prototxt", TrainOptions(weights=("init.caffemodel",), progress=False))
     launch(solver("two"), TrainOptions(weights=("init.caffemodel",), progress=False, per_gpu_batch=True),
-           gpus="cpu:2")
+           gpus=parse_gpus("cpu:2"))
     one, two = read_weights("one_iter_5.caffemodel"), read_weights("two_iter_5.caffemodel")
     for layer in one:
         for a, b in zip(one[layer], two[layer]):
@@ -66,7 +67,7 @@ def test_per_gpu_batch_gives_bvlc_semantics(case):
 
 def test_indivisible_global_batch_is_a_clear_error(case):
     with pytest.raises(SolverError, match="worker .* failed: .*not divisible by 3"):
-        launch(solver("three"), TrainOptions(progress=False), gpus="cpu:3")
+        launch(solver("three"), TrainOptions(progress=False), gpus=parse_gpus("cpu:3"))
 
 
 def test_killed_worker_ends_the_job_nonzero_without_hanging(case, monkeypatch):
@@ -77,7 +78,7 @@ def test_killed_worker_ends_the_job_nonzero_without_hanging(case, monkeypatch):
     faulthandler.dump_traceback_later(240, exit=True)  # a hang fails the run instead of blocking it
     try:
         with pytest.raises(SolverError, match="training worker 1 failed: died with SIGKILL"):
-            launch("kill.prototxt", TrainOptions(progress=False), gpus="cpu:2")
+            launch("kill.prototxt", TrainOptions(progress=False), gpus=parse_gpus("cpu:2"))
     finally:
         faulthandler.cancel_dump_traceback_later()
     assert not Path("kill_iter_1000.caffemodel").exists()
@@ -104,7 +105,7 @@ def test_overlapped_buckets_with_iter_size_equal_one_process(case, monkeypatch, 
         Path(f"{prefix}.prototxt").write_text(SOLVER.format(prefix=prefix) + "iter_size: 2\n"
                                               f"layer_wise_reduce: {layer_wise_reduce}\n")
     launch("one.prototxt", opts)
-    launch("two.prototxt", opts, gpus="cpu:2")
+    launch("two.prototxt", opts, gpus=parse_gpus("cpu:2"))
     one, two = read_weights("one_iter_5.caffemodel"), read_weights("two_iter_5.caffemodel")
     for layer in one:
         for a, b in zip(one[layer], two[layer]):

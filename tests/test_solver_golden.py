@@ -178,7 +178,7 @@ def test_cli_train_runs_the_golden_solver(case, caplog):
 
 
 def test_glog_prefix_parses_like_parse_log_py():
-    from vggproto.train.log import GlogFormatter
+    from vggproto.caffe.glog import GlogFormatter
     record = logging.LogRecord("vggproto.train.solver", logging.INFO, "/x/solver.py", 42, "Iteration 3, lr = 0.05",
                                None, None)
     line = GlogFormatter().format(record)

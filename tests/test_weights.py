@@ -14,12 +14,12 @@ from vggproto.errors import WeightsError
 from vggproto.weights.caffemodel import (
     array_to_blob,
     blob_to_array,
-    fit_blob,
     read_caffemodel,
     read_weights,
     upgrade_caffemodel,
     write_weights,
 )
+from vggproto.weights.fit import fit_blob
 from vggproto.weights.wire import encode_tag, encode_varint
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "upgrade"

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-MEAN_BGR = (103.939, 116.779, 123.68)
+from vggproto.vgg.configs import MEAN_BGR  # noqa: E402 (after the sys.path line)
 
 
 def make_jpegs(folder: str, count: int) -> list[str]:
@@ -133,6 +133,7 @@ def with_workers(folder: str, paths: list[str], batches: int, workers: int) -> t
 
     from vggproto.caffe.proto import caffe_pb2
     from vggproto.caffe.prototxt import read_net
+    from vggproto.data.options import DataOptions
     from vggproto.layers.registry import LayerSpec, build_layer
     text = ('layer { name: "d" type: "ImageData" top: "data" top: "label" image_data_param { source: "list.txt" '
             'batch_size: 32 shuffle: true } transform_param { crop_size: 224 mirror: true '
@@ -142,7 +143,7 @@ def with_workers(folder: str, paths: list[str], batches: int, workers: int) -> t
     os.chdir(folder)
     try:
         layer = build_layer(LayerSpec(read_net(text).layer[0], [], caffe_pb2.TRAIN,
-                                      options={"seed": 1, "data_workers": workers, "prefetch": 4}))
+                                      options=DataOptions(seed=1, data_workers=workers, prefetch=4)))
         layer()   # start the workers
         t0 = time.perf_counter()
         for _ in range(batches):

@@ -30,6 +30,7 @@ def main() -> int:
     import torch
 
     from vggproto.caffe.prototxt import read_net
+    from vggproto.data.options import DataOptions
     from vggproto.net.interpreter import Net
     from vggproto.net.shapes import interpreter_shapes
 
@@ -42,7 +43,7 @@ def main() -> int:
     meta = time.perf_counter() - start
     rss1 = _rss_mb()
     start = time.perf_counter()
-    Net(net, phase=args.phase, options={"dry_run": True})
+    Net(net, phase=args.phase, options=DataOptions(dry_run=True))
     baseline = time.perf_counter() - start
     rss2 = _rss_mb()
     print(f"{args.config}_{args.kind} {args.phase}: {shapes.total:,} parameters")

@@ -22,7 +22,7 @@ TORCHVISION = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
 
 
 def _weights(net_param, path: Path) -> None:
-    from vggproto.convert.convert import net_param_shapes
+    from vggproto.net.shapes import net_param_shapes
     from vggproto.weights.caffemodel import write_weights
     _, shapes = net_param_shapes(net_param)
     rng = np.random.default_rng(0)

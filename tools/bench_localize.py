@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from vggproto.caffe.prototxt import write_net
-from vggproto.localize.boxes import iou_matrix, target_to_corners
+from vggproto.data.box_geometry import iou_matrix, target_to_corners
 from vggproto.localize.synthetic import make_synthetic_set, synthetic_nets, synthetic_solver
 from vggproto.train.solver import Solver, TrainOptions
 

@@ -3,8 +3,8 @@
 
 Both sides train VGG-16 (configuration D) on the same synthetic batch with bf16 autocast, channels_last and
 ``torch.compile`` (each switchable), and the SAME optimizer: vggproto's Caffe SGD (momentum 0.9, weight decay 5e-4,
-lr folded into the history; :func:`vggproto.train.updates.apply_update`).  Rounds are interleaved after warm-up and timed
-with CUDA events; the report gives img/s, the ratio vggproto / torchvision, and MFU = img/s × 92.8 GFLOP (one 224²
+lr folded into the history; :func:`vggproto.train.updates.apply_update`).  Rounds are interleaved after warm-up and
+timed with CUDA events; the report gives img/s, the ratio vggproto / torchvision, and MFU = img/s × 92.8 GFLOP (one 224²
 training step, reference performance-anchors.md) / 798 TFLOP/s (measured bf16 dense peak of an H100).
 
 GPU only for real numbers:  python tools/bench_train.py --batch 64 --iters 20

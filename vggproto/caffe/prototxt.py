@@ -3,8 +3,8 @@
 Text is parsed with protobuf's text format (what Caffe's ``TextFormat`` accepts: comments, either quote style,
 optional colon before ``{``).  Binary files are plain serialized messages.  Every net is upgraded on read as
 Caffe's ``UpgradeNetAsNeeded`` does (see :mod:`vggproto.caffe.upgrade`), so callers always see V2 ``layer`` entries.
-Large caffemodels should be read with :func:`vggproto.weights.caffemodel.read_weights`, which does not decode blobs through
-protobuf.
+Large caffemodels should be read with :func:`vggproto.weights.caffemodel.read_weights`, which does not decode
+blobs through protobuf.
 """
 from __future__ import annotations
 
@@ -145,7 +145,8 @@ def _enum_values(full_name: str) -> list[str]:
     return [v.name for v in enum.values] if enum else []
 
 
-_TOKEN = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|[{}]|\n|\b(layers?|name)\b\s*:?\s*("[^"]*"|\'[^\']*\')?')
+_TOKEN = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|[{}]|\n'
+                    r'|\b(layers?|name)\b\s*:?\s*("[^"]*"|\'[^\']*\')?')
 
 
 def layer_lines(text: str) -> list[tuple[int, str | None]]:

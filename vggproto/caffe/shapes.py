@@ -1,8 +1,13 @@
-"""A tiny shape walker for the layer types the generated VGG nets use: blob shapes and parameter counts.
+"""Caffe's output-size arithmetic for convolution, deconvolution and pooling, and a tiny shape walker.
 
-It exists so the generator can check Table 1's parameter counts and the dense net's output sizes without
-allocating 138M-float nets.  It follows Caffe's shape rules (cited per layer type) but knows only these types;
-the full interpreter (:mod:`vggproto.net.interpreter`) is the general implementation.
+The three ``*_output_size`` functions are the only place these formulas are written: the interpreter's layers
+(:mod:`vggproto.layers.conv`, :mod:`vggproto.layers.pool`), the generator (:mod:`vggproto.vgg.nets`) and the
+walker below all call them, so a net's shapes cannot differ between the tools.  ``Shape`` is the one shape type.
+
+The walker (blob shapes and parameter counts for the layer types the generated VGG nets use) exists so the
+generator can check Table 1's parameter counts and the dense net's output sizes without allocating 138M-float
+nets.  It follows Caffe's shape rules (cited per layer type) but knows only these types; the full interpreter
+(:mod:`vggproto.net.interpreter`) is the general implementation.
 """
 from __future__ import annotations
 
@@ -25,15 +30,40 @@ def _pair(values, single: int, default: int) -> tuple[int, int]:
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
 
 
+def conv_output_size(size: int, kernel: int, stride: int = 1, pad: int = 0, dilation: int = 1) -> int:
+    """One spatial axis of a Convolution's top; the interpreter, the generator and this walker all use it so that
+    a shape is computed the same way everywhere (a non-positive result means the input is too small)."""
+    extent = dilation * (kernel - 1) + 1
+    # Caffe: src/caffe/layers/conv_layer.cpp compute_output_shape — floor((in + 2 pad - extent) / stride) + 1
+    return (size + 2 * pad - extent) // stride + 1
+
+
+def deconv_output_size(size: int, kernel: int, stride: int = 1, pad: int = 0, dilation: int = 1) -> int:
+    """One spatial axis of a Deconvolution's top: the inverse of :func:`conv_output_size`."""
+    extent = dilation * (kernel - 1) + 1
+    # Caffe: src/caffe/layers/deconv_layer.cpp compute_output_shape — stride (in - 1) + extent - 2 pad
+    return stride * (size - 1) + extent - 2 * pad
+
+
+def pool_output_size(size: int, kernel: int, stride: int = 1, pad: int = 0, ceil: bool = True,
+                     any_pad: bool | None = None) -> int:
+    """One spatial axis of a Pooling's top (ceil, or floor for round_mode FLOOR).  ``any_pad``: whether the layer
+    pads on any axis (default: this axis's ``pad``), since Caffe clips every axis as soon as one is padded."""
+    span = (size + 2 * pad - kernel) / stride
+    out = (math.ceil(span) if ceil else math.floor(span)) + 1
+    # Caffe: src/caffe/layers/pooling_layer.cpp Reshape — when padded, the last window must start inside the image
+    if (bool(pad) if any_pad is None else any_pad) and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
 def _conv(param: caffe_pb2.ConvolutionParameter, shape: Shape) -> tuple[Shape, int]:
     n, c, h, w = shape
     kh, kw = (param.kernel_h, param.kernel_w) if param.kernel_h else _pair(param.kernel_size, 0, 0)
     ph, pw = (param.pad_h, param.pad_w) if param.HasField("pad_h") else _pair(param.pad, 0, 0)
     sh, sw = (param.stride_h, param.stride_w) if param.stride_h else _pair(param.stride, 0, 1)
     dh, dw = _pair(param.dilation, 0, 1)
-    # Caffe: src/caffe/layers/conv_layer.cpp — floor((in + 2 pad - (dil (k - 1) + 1)) / stride) + 1
-    oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-    ow = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    oh, ow = conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw)
     group = param.group or 1
     count = param.num_output * (c // group) * kh * kw + (param.num_output if param.bias_term else 0)
     return (n, param.num_output, oh, ow), count
@@ -46,14 +76,9 @@ def _pool(param: caffe_pb2.PoolingParameter, shape: Shape) -> Shape:
     kh, kw = (param.kernel_h, param.kernel_w) if param.kernel_h else (param.kernel_size,) * 2
     sh, sw = (param.stride_h, param.stride_w) if param.stride_h else (param.stride,) * 2
     ph, pw = (param.pad_h, param.pad_w) if param.pad_h or param.pad_w else (param.pad,) * 2
-    # Caffe: src/caffe/layers/pooling_layer.cpp — ceil output size, then clip only when padded
-    rnd = math.floor if param.round_mode == caffe_pb2.PoolingParameter.FLOOR else math.ceil
-    oh, ow = rnd((h + 2 * ph - kh) / sh) + 1, rnd((w + 2 * pw - kw) / sw) + 1
-    if ph and (oh - 1) * sh >= h + ph:
-        oh -= 1
-    if pw and (ow - 1) * sw >= w + pw:
-        ow -= 1
-    return n, c, oh, ow
+    ceil = param.round_mode != caffe_pb2.PoolingParameter.FLOOR
+    padded = bool(ph or pw)
+    return n, c, pool_output_size(h, kh, sh, ph, ceil, padded), pool_output_size(w, kw, sw, pw, ceil, padded)
 
 
 def _inner_product(param: caffe_pb2.InnerProductParameter, shape: Shape) -> tuple[Shape, int]:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from vggproto.data.options import DataOptions
 from vggproto.errors import PrototxtError, VGGProtoError
 
 
@@ -59,8 +60,9 @@ def info_command(path: str, shapes: bool, phase: str) -> None:
     net = read_net(path)
     if shapes:
         try:
-            from vggproto.net.interpreter import Net, shape_table
-            click.echo(shape_table(Net(path, phase=phase, options={"dry_run": True})))
+            from vggproto.net.interpreter import Net
+            from vggproto.net.table import shape_table
+            click.echo(shape_table(Net(path, phase=phase, options=DataOptions(dry_run=True))))
             return
         except VGGProtoError:
             raise

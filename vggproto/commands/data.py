@@ -18,8 +18,9 @@ import click
               help="Encoding of --encoded images (default: keep each file's own encoding).")
 @click.option("--check-size", is_flag=True, help="Require all raw images to have the same size.")
 @click.option("--skip-bad", is_flag=True, help="Count and report unreadable images instead of failing.")
-def convert_imageset_cmd(root, list_file, db, resize_height, resize_width, shuffle, seed, gray, encoded,
-                         encode_type, check_size, skip_bad):
+def convert_imageset_cmd(root: str, list_file: str, db: str, resize_height: int, resize_width: int, shuffle: bool,
+                         seed: int, gray: bool, encoded: bool, encode_type: str | None, check_size: bool,
+                         skip_bad: bool) -> None:
     """Write the images of LIST (lines '<path> <label>', paths relative to ROOT) into a new LMDB DB that
     Caffe reads: keys %08d_<path>, Datum BGR CHW uint8 (or encoded bytes)."""
     from vggproto.data.convert import convert_imageset
@@ -33,7 +34,7 @@ def convert_imageset_cmd(root, list_file, db, resize_height, resize_width, shuff
 @click.argument("db", type=click.Path())
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--backend", type=click.Choice(["lmdb", "leveldb"]), default="lmdb", show_default=True)
-def compute_mean_cmd(db, out, backend):
+def compute_mean_cmd(db: str, out: str, backend: str) -> None:
     """Write the per-pixel mean image of DB as a 1xCxHxW BlobProto OUT (.binaryproto); print channel means."""
     from vggproto.data.convert import compute_mean, write_mean
     mean = compute_mean(db, backend)

@@ -3,25 +3,15 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import click
 
+from vggproto.commands.options import MeanValue
 from vggproto.errors import VGGProtoError
 from vggproto.vgg.configs import CONFIGS, SCALES
 
 log = logging.getLogger("vggproto.vgg.generate")
-
-
-def _mean_value(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        values = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected 1 or 3 comma-separated numbers (B,G,R), got {value!r}") from None
-    if len(values) not in (1, 3):
-        raise click.BadParameter(f"expected 1 or 3 comma-separated numbers (B,G,R), got {len(values)}")
-    return values
 
 
 @click.command("generate")
@@ -33,7 +23,7 @@ def _mean_value(ctx: click.Context, param: click.Parameter, value: str | None) -
               help="Data layer type of the train_val net (hdf5: preprocessed crops, Caffe applies no transform).")
 @click.option("--train-source", default="", help="TRAIN data source (default: data/ilsvrc12_train_lmdb etc.).")
 @click.option("--val-source", default="", help="TEST data source (default: data/ilsvrc12_val_lmdb etc.).")
-@click.option("--mean-value", callback=_mean_value, default=None,
+@click.option("--mean-value", type=MeanValue(), default=None,
               help="Mean pixel B,G,R subtracted from 0-255 images [default: 103.939,116.779,123.68].")
 @click.option("--crop-size", type=int, default=224, show_default=True)
 @click.option("--batch-size", type=int, default=256, show_default=True, help="TRAIN batch per iteration.")
@@ -61,7 +51,7 @@ def _mean_value(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--chain/--no-chain", default=None,
               help="Also write the paper's S=384 and S=[256;512] stages [default: for C, D, E at S=256].")
 def generate_command(config: str, out_dir: str, mean_value: tuple[float, ...] | None, chain: bool | None,
-                     **options) -> None:
+                     **options: Any) -> None:
     """Write the VGG net(s) of Table 1 (train_val, deploy, dense) and solvers as Caffe prototxt.
 
     Solvers name their nets relative to OUT_DIR (Caffe resolves `net:` against the working directory), so

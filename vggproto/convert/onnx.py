@@ -14,11 +14,16 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
 from vggproto.errors import VGGProtoError
+
+if TYPE_CHECKING:
+    import torch
+
+    from vggproto.net.interpreter import ModelSource, Net
 
 log = logging.getLogger("vggproto.convert.onnx")
 
@@ -37,20 +42,6 @@ class OnnxCheck:
     inputs: list[str]
     outputs: list[str]
     differences: dict[int, dict[str, float]]
-
-
-def _load_weights(net, weights: Mapping[str, list[np.ndarray]]) -> None:
-    import torch
-    params = net.params
-    for layer, blobs in weights.items():
-        if layer not in params:
-            continue
-        for param, array in zip(params[layer], blobs):
-            if tuple(array.shape) != tuple(param.shape):
-                raise OnnxExportError(f"layer '{layer}': weight shape {list(array.shape)} does not fit the net's "
-                                      f"{list(param.shape)}")
-            with torch.no_grad():
-                param.copy_(torch.from_numpy(np.ascontiguousarray(array)))
 
 
 def _wrapper(net, inputs: list[str], outputs: list[str]):
@@ -81,18 +72,19 @@ def _examples(net, inputs: list[str], batch: int, seed: int):
     return tuple(tensors)
 
 
-def export_onnx(model, weights: Mapping[str, list[np.ndarray]] | None, path: str | os.PathLike, *,
+def export_onnx(model: ModelSource, weights: Mapping[str, list[np.ndarray]] | None, path: str | os.PathLike, *,
                 phase: str = "TEST", opset: int = 13, tolerance: float = DEFAULT_TOLERANCE) -> OnnxCheck:
     """Write the net ``model`` with ``weights`` (already fitted to the net) as ONNX at ``path``, verified first."""
     import torch
 
     from vggproto.caffe.files import atomic_write_bytes
     from vggproto.net.interpreter import Net
+    from vggproto.net.weights import load_arrays
     if opset < 13:
         raise OnnxExportError(f"opset {opset} is not supported; use 13 or newer")
     net = Net(model, phase=phase, seed=0)  # phase, not nn.Module.eval(), selects Caffe behaviour
     if weights:
-        _load_weights(net, weights)
+        load_arrays(net, weights, "weights")  # Caffe's rules, as for every other way weights reach a net
     inputs, outputs = list(net.input_names), list(net.output_names)
     if not inputs:
         raise OnnxExportError(f"{model}: the net has no Input layer to feed; export a deploy net (data layers "
@@ -116,7 +108,8 @@ def export_onnx(model, weights: Mapping[str, list[np.ndarray]] | None, path: str
     return check
 
 
-def verify(module, data: bytes, net, inputs: list[str], outputs: list[str], tolerance: float) -> OnnxCheck:
+def verify(module: torch.nn.Module, data: bytes, net: Net, inputs: list[str], outputs: list[str],
+           tolerance: float) -> OnnxCheck:
     """Run the ONNX bytes in onnxruntime at batch 1 and 2; raise if any output differs from the interpreter's."""
     import onnxruntime
     import torch

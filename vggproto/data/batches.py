@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vggproto.data.sources import HDF5Source, RecordStream
+from vggproto.data.sources import DBSource, HDF5Source, ListSource, RecordStream
 from vggproto.data.transform import DataTransformer
 from vggproto.errors import DataError, VGGProtoError
 
@@ -29,8 +29,9 @@ class Batch:
 class ImageBatchMaker:
     """Batches of (transformed image, label) from a DBSource or ListSource."""
 
-    def __init__(self, source, stream: RecordStream, transformer: DataTransformer, batch_size: int,
-                 shape: tuple[int, int, int], seed: int, with_label: bool = True, skip_bad: bool = False):
+    def __init__(self, source: DBSource | ListSource, stream: RecordStream, transformer: DataTransformer,
+                 batch_size: int, shape: tuple[int, int, int], seed: int, with_label: bool = True,
+                 skip_bad: bool = False):
         self.source, self.stream, self.transformer = source, stream, transformer
         self.batch_size, self.shape, self.seed = batch_size, shape, seed
         self.with_label, self.skip_bad = with_label, skip_bad

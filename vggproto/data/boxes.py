@@ -5,8 +5,9 @@ List-file format (one image per line, whitespace-separated, ``#`` starts a comme
 
     <image path> <class> <x1> <y1> <x2> <y2> [<x1> <y1> <x2> <y2> ...]
 
-Boxes are corner boxes of the decoded image in continuous pixel coordinates (:mod:`vggproto.localize.boxes`: ``x2``/``y2``
-exclusive; ILSVRC's 1-based inclusive ``xmin..xmax`` are ``xmin - 1 .. xmax``).  The path may not contain spaces.
+Boxes are corner boxes of the decoded image in continuous pixel coordinates (:mod:`vggproto.data.box_geometry`:
+``x2``/``y2`` exclusive; ILSVRC's 1-based inclusive ``xmin..xmax`` are ``xmin - 1 .. xmax``).  The path may not
+contain spaces.
 For training, a line with k boxes gives k records (one per box, as every ground-truth box is a training
 target); evaluation keeps all boxes of an image.  A line with a path only (no class, no box) is accepted by
 :func:`parse_box_list` with ``need_boxes=False`` (images to localise without ground truth).
@@ -21,10 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from vggproto.data.batches import Batch
+from vggproto.data.box_geometry import corners_to_target, transform_boxes
 from vggproto.data.sources import RecordStream, read_image, read_list_lines
 from vggproto.data.transform import DataTransformer
 from vggproto.errors import DataError
-from vggproto.localize.boxes import corners_to_target, transform_boxes
 
 
 @dataclass

@@ -1,28 +1,29 @@
 """Turning a data layer's parameters and the net-wide options into a source, a record stream and a batch feed.
 
-Net-wide options (``LayerSpec.options``) read here: ``rank``, ``world_size`` (TRAIN sharding), ``batch_split``
-(default True: the prototxt batch is the global batch, split over ranks), ``per_gpu_batch`` (the prototxt batch
-is per rank, as in Caffe's multi-GPU training), ``seed`` (random_seed + rank; None = unseeded like Caffe's -1),
-``dry_run`` (shapes only), ``skip_bad``, ``data_workers`` (worker processes, default 0), ``pin_memory``,
-``prefetch`` (batches per worker).
+The net-wide options are :class:`vggproto.data.options.DataOptions` (``LayerSpec.options``): the rank and world
+size shard TRAIN records and split the global batch (unless ``per_gpu_batch``, Caffe's multi-GPU semantics), the
+seed drives augmentation and shuffling, and the loader settings shape the feed.
 """
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import numpy as np
 
+from vggproto.data.batches import Batch
 from vggproto.data.loader import BatchFeed
+from vggproto.data.options import DataOptions
 from vggproto.data.sources import RecordStream
 from vggproto.errors import DataError
 
 
-def rank_batch(batch_size: int, options: dict, train: bool, where: str) -> int:
+def rank_batch(batch_size: int, options: DataOptions, train: bool, where: str) -> int:
     """This rank's batch size: the global prototxt batch divided by world_size (TRAIN, unless per_gpu_batch)."""
     if batch_size <= 0:
         raise DataError(f"{where}: batch_size must be positive, got {batch_size}")
-    world = int(options.get("world_size", 1) or 1)
-    if not train or world == 1 or options.get("per_gpu_batch") or not options.get("batch_split", True):
+    world = options.world_size
+    if not train or world == 1 or options.per_gpu_batch:
         return batch_size
     if batch_size % world:
         raise DataError(f"{where}: global batch_size {batch_size} is not divisible by {world} ranks; change "
@@ -30,20 +31,20 @@ def rank_batch(batch_size: int, options: dict, train: bool, where: str) -> int:
     return batch_size // world
 
 
-def seeds(options: dict) -> tuple[int, int]:
+def seeds(options: DataOptions) -> tuple[int, int]:
     """(per-rank augmentation seed, rank-independent shuffle seed)."""
-    seed = options.get("seed")
+    seed = options.seed
     if seed is None or int(seed) < 0:
         seed = int(np.random.SeedSequence().entropy % (1 << 31))
     seed = int(seed)
-    return seed, seed - int(options.get("rank", 0) or 0)
+    return seed, seed - options.rank
 
 
-def make_stream(n: int, options: dict, train: bool, skip: int = 0, order=None) -> RecordStream:
+def make_stream(n: int, options: DataOptions, train: bool, skip: int = 0,
+                order: Callable[[int], np.ndarray] | None = None) -> RecordStream:
     """The record stream of this rank: sharded in TRAIN (offset % world_size == rank), complete in TEST."""
     if train:
-        return RecordStream(n, int(options.get("rank", 0) or 0), int(options.get("world_size", 1) or 1), skip,
-                            order)
+        return RecordStream(n, options.rank, options.world_size, skip, order)
     return RecordStream(n, 0, 1, skip, order)
 
 
@@ -57,12 +58,11 @@ def rand_skip(limit: int, n: int, seed: int, where: str) -> int:
     return skip
 
 
-def make_feed(maker, batch_size: int, options: dict) -> BatchFeed:
+def make_feed(maker: Callable[[int], Batch], batch_size: int, options: DataOptions) -> BatchFeed:
     """The layer's BatchFeed; pinned memory only where CUDA exists (pinning needs a CUDA runtime)."""
     import torch
-    pin = bool(options.get("pin_memory")) and torch.cuda.is_available()
-    return BatchFeed(maker, batch_size, num_workers=int(options.get("data_workers", 0) or 0),
-                     prefetch=int(options.get("prefetch", 2) or 2), pin_memory=pin)
+    pin = options.pin_memory and torch.cuda.is_available()
+    return BatchFeed(maker, batch_size, num_workers=options.data_workers, prefetch=options.prefetch, pin_memory=pin)
 
 
 def require_file(path: str, what: str, where: str) -> str:

@@ -6,6 +6,8 @@ Datum stores planar CHW bytes, so decoding is a transpose; an encoded Datum hold
 """
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 
 from vggproto.caffe.proto import caffe_pb2
@@ -15,7 +17,7 @@ from vggproto.errors import DataError
 IMREAD_UNCHANGED, IMREAD_GRAYSCALE, IMREAD_COLOR = -1, 0, 1
 
 
-def opencv():
+def opencv() -> ModuleType:
     """The cv2 module, or a DataError saying how to get it (image decoding and resizing need OpenCV)."""
     try:
         import cv2

@@ -8,12 +8,17 @@ Used when ``torch.cuda.is_available()``; everything here raises a DataError othe
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from vggproto.data.transform import DataTransformer
 from vggproto.errors import DataError
+
+if TYPE_CHECKING:
+    from vggproto.data.sources import DBSource, ListSource, RecordStream
 
 
 def cuda_available() -> bool:
@@ -94,8 +99,9 @@ class DeviceBatchMaker:
     """Batches decoded and transformed on a torch device (option ``gpu_decode``): JPEG records are decoded there,
     other records are decoded by the source on the CPU and uploaded; the random draws are the CPU path's."""
 
-    def __init__(self, source, stream, transformer: DataTransformer, batch_size: int, shape: tuple[int, int, int],
-                 seed: int, device: str | torch.device, with_label: bool = True):
+    def __init__(self, source: DBSource | ListSource, stream: RecordStream, transformer: DataTransformer,
+                 batch_size: int, shape: tuple[int, int, int], seed: int, device: str | torch.device,
+                 with_label: bool = True):
         self.source, self.stream, self.t = source, stream, transformer
         self.batch_size, self.shape, self.seed, self.with_label = batch_size, shape, seed, with_label
         self.device = torch.device(device)

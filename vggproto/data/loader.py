@@ -34,7 +34,7 @@ class _Forever(torch.utils.data.Sampler):
         return itertools.count()
 
 
-def _worker_init(_: int) -> None:
+def worker_init(_: int) -> None:
     # One compute thread per worker process: parallelism comes from the processes.
     torch.set_num_threads(1)
 
@@ -74,7 +74,7 @@ class BatchFeed:
         dataset = _BatchDataset(self.maker, self._cursor, self.batch_size)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=None, sampler=_Forever(), num_workers=self.num_workers,
-            prefetch_factor=self.prefetch, pin_memory=self.pin_memory, worker_init_fn=_worker_init,
+            prefetch_factor=self.prefetch, pin_memory=self.pin_memory, worker_init_fn=worker_init,
             persistent_workers=False)
         return iter(loader)
 

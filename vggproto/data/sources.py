@@ -108,7 +108,8 @@ class DBSource:
         return len(self.reader)
 
     def describe(self, index: int) -> str:
-        return f"database '{self.reader.path}' record {index} (key {self.reader.keys[index].decode(errors='replace')!r})"
+        key = self.reader.keys[index].decode(errors="replace")
+        return f"database '{self.reader.path}' record {index} (key {key!r})"
 
     def read(self, index: int) -> tuple[np.ndarray, float]:
         where = self.describe(index)

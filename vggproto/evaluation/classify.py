@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from importlib import resources
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from vggproto.errors import DataError, VGGProtoError
 from vggproto.vgg.configs import MEAN_BGR
+
+if TYPE_CHECKING:
+    from vggproto.net.interpreter import Net
 
 
 @dataclass
@@ -63,7 +66,8 @@ def _read(path: str, scale: int, crop: int, mean: Sequence[float], input_scale: 
     return chw[:, y:y + crop, x:x + crop]
 
 
-def load_classifier(model: str | os.PathLike, weights: str | os.PathLike, device: str = "cpu"):
+def load_classifier(model: str | os.PathLike, weights: str | os.PathLike,
+                    device: str = "cpu") -> tuple[Net, str, str, int]:
     """``(net, input blob, score blob, input size)`` for a deploy net with weights."""
     from vggproto.net.dense import score_blob
     from vggproto.net.interpreter import Net
@@ -84,6 +88,8 @@ def classify(images: Sequence[str | os.PathLike], model: str | os.PathLike, weig
              mean: Sequence[float] = MEAN_BGR, device: str = "cpu", batch: int = 10,
              input_scale: float = 1.0) -> list[list[Prediction]]:
     """Top-``top`` predictions (highest probability first) for each image."""
+    if top < 1:
+        raise VGGProtoError("--top must be positive")
     net, input_blob, scores_name, crop = load_classifier(model, weights, device)
     out: list[list[Prediction]] = []
     names: list[str] | None = None

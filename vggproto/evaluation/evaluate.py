@@ -25,6 +25,7 @@ import torch
 
 from vggproto.errors import DataError, VGGProtoError
 from vggproto.evaluation.views import ImageListDataset, center_crop, grid_crops, image_loader, with_flips
+from vggproto.vgg.configs import MEAN_BGR
 
 log = logging.getLogger("vggproto.evaluation.evaluate")
 
@@ -122,7 +123,7 @@ class EvalOptions:
     flip: bool | None = None            # None: on for dense/crops (the paper), off for center
     grid: int = 5
     crop_size: int = 0                  # 0: the first model's input size
-    mean: tuple[float, ...] = (103.939, 116.779, 123.68)
+    mean: tuple[float, ...] = MEAN_BGR
     input_scale: float = 1.0            # multiplies (pixel - mean), as transform_param.scale
     batch: int = 50
     workers: int = 2

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ import torch
 from vggproto.caffe.files import atomic_path
 from vggproto.errors import DataError, VGGProtoError
 from vggproto.vgg.configs import DENSE_LAYER_NAMES, MEAN_BGR
+
+if TYPE_CHECKING:
+    from vggproto.net.interpreter import Net
 
 log = logging.getLogger("vggproto.evaluation.extract")
 AGGREGATES: tuple[str, ...] = ("stack", "average")
@@ -53,7 +56,7 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def describe(net, input_blob: str, blob: str, image: torch.Tensor) -> torch.Tensor:
+def describe(net: Net, input_blob: str, blob: str, image: torch.Tensor) -> torch.Tensor:
     """Global average of ``blob`` over positions, averaged over the image and its horizontal flip: a D vector."""
     views = torch.stack([image, torch.flip(image, dims=[-1])])
     net.forward(**{input_blob: views})

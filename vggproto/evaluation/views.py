@@ -92,7 +92,7 @@ class ImageListDataset(torch.utils.data.Dataset):
 
 def image_loader(dataset: ImageListDataset, workers: int) -> torch.utils.data.DataLoader:
     """In-order loader of single images (no collation), ``workers`` decoding processes."""
-    from vggproto.data.loader import _worker_init
+    from vggproto.data.loader import worker_init
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                       worker_init_fn=_worker_init if workers else None,
+                                       worker_init_fn=worker_init if workers else None,
                                        prefetch_factor=4 if workers else None)

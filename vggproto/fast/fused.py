@@ -27,7 +27,7 @@ class ConvReLU(nn.Module):
     """Forward of a Convolution layer followed by its in-place ReLU (the library's direct convolution)."""
 
     def forward(self, layer: CaffeLayer, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(relu_after_conv(layer._convolve(x)) for x in bottoms)
+        return tuple(relu_after_conv(layer.convolve(x)) for x in bottoms)
 
     def extra_repr(self) -> str:
         return "direct + ReLU"

@@ -1,4 +1,4 @@
-"""Inference speed options for :class:`vggproto.net.interpreter.Net`: Winograd 3×3 convolutions, exact ReLU/pooling shortcuts,
+"""Inference speed options for :class:`vggproto.net.Net`: Winograd 3×3 convolutions, exact ReLU/pooling shortcuts,
 channels_last, autocast (bf16/fp16) and ``torch.compile``.
 
 Why a separate step: the interpreter computes exactly what Caffe computes, with the library's direct convolution.
@@ -17,6 +17,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -81,7 +82,7 @@ class WinogradConv(nn.Module):
                 or self._tiles(layer, bottoms[0]) < self.min_tiles):
             # training (the exact path has weight gradients), or too few tiles for the GEMMs to pay off: the
             # transformed filters are (tile+2)²/9 times the filters' size and would be streamed for little work
-            tops = tuple(layer._convolve(x) for x in bottoms)
+            tops = tuple(layer.convolve(x) for x in bottoms)
             return tuple(relu_after_conv(y) for y in tops) if self.relu else tops
         u = self.transformed(weight)
         with _no_autocast(bottoms[0]):
@@ -145,7 +146,7 @@ def install_fast_paths(net: Net, *, winograd: bool = True, tile: int = 4, min_ch
             continue
         relu_at = _in_place_relu_after(net, index) if fuse_relu and len(layer.spec.bottom_shapes) == 1 else None
         if winograd and winograd_eligible(layer) and layer.spec.bottom_shapes[0][1] >= min_channels:
-            layer.accelerated = WinogradConv(tile, relu_at is not None, min_tiles).to(net._probe.device)
+            layer.accelerated = WinogradConv(tile, relu_at is not None, min_tiles).to(net.device)
         elif relu_at is not None:
             layer.accelerated = ConvReLU()
         else:
@@ -176,10 +177,10 @@ class InferenceNet(nn.Module):
         self.options = options
         self.compiled = torch.compile(net, mode=options.compile_mode) if options.compile else None
 
-    def forward(self, **inputs) -> dict[str, torch.Tensor]:
-        device = self.net._probe.device
+    def forward(self, **inputs: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        device = self.net.device
         if self.options.channels_last:
-            inputs = {k: _channels_last(self.net._as_tensor(k, v)) for k, v in inputs.items()}
+            inputs = {k: _channels_last(self.net.as_input(k, v)) for k, v in inputs.items()}
         cast = (torch.autocast(device.type, dtype=AUTOCAST_DTYPES[self.options.autocast])
                 if self.options.autocast else contextlib.nullcontext())
         with torch.no_grad(), cast:
@@ -206,9 +207,9 @@ def optimize_for_inference(net: Net, *, winograd: bool | None = None, tile: int 
         raise VGGProtoError(f"autocast '{autocast}' is not supported (choose bf16 or fp16)")
     options = FastOptions(winograd, tile, min_channels, min_tiles, fuse_relu, fast_pool, channels_last, autocast,
                           compile, compile_mode)
-    device = net._probe.device
+    device = net.device
     if winograd is None:
-        winograd = device.type == "cpu" and net._probe.dtype == torch.float32 and autocast is None
+        winograd = device.type == "cpu" and net.dtype == torch.float32 and autocast is None
     install_fast_paths(net, winograd=winograd, tile=tile, min_channels=min_channels, min_tiles=min_tiles,
                        fuse_relu=fuse_relu, fast_pool=device.type == "cpu" if fast_pool is None else fast_pool)
     if channels_last:

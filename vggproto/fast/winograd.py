@@ -22,6 +22,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from vggproto.caffe.shapes import conv_output_size
+
 #: Interpolation points in the order they are taken (∞ is always added last).
 _POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2), Fraction(-1, 2),
            Fraction(3), Fraction(-3), Fraction(1, 3), Fraction(-1, 3))
@@ -120,7 +122,7 @@ def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None 
     a2, k, cu = u.shape
     if a2 != alpha * alpha or cu != c:
         raise ValueError(f"transformed weights {tuple(u.shape)} do not match F({m},3) on {c} input channels")
-    ho, wo = h + 2 * pad[0] - 2, w + 2 * pad[1] - 2
+    ho, wo = conv_output_size(h, 3, 1, pad[0]), conv_output_size(w, 3, 1, pad[1])
     th, tw = -(-ho // m), -(-wo // m)
     v = _transform_input(x, m, pad, (th, tw))                    # (α², C, T)
     mm = torch.bmm(u, v)                                          # (α², K, T): the channel reduction

@@ -21,35 +21,35 @@ from vggproto.data.sources import permutation_order
 from vggproto.data.transform import DataTransformer
 from vggproto.errors import DataError
 from vggproto.layers.common import count
-from vggproto.layers.data import _FeedLayer, _located, _where
+from vggproto.layers.data import FeedLayer, layer_where, located
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 log = logging.getLogger("vggproto.layers.box_data")
 
 
 @register("BoxData")
-class BoxDataLayer(_FeedLayer):
+class BoxDataLayer(FeedLayer):
     """Image + class + box batches from a box list file (see the module docstring)."""
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
         p, opts = spec.param.image_data_param, spec.options
-        where = _where(spec)
+        where = layer_where(spec)
         self._check_tops(2, 3)
         transformer = DataTransformer(spec.param.transform_param, spec.train, where,
-                                      load_mean=not opts.get("dry_run"))
+                                      load_mean=not opts.dry_run)
         if not transformer.crop:
             raise spec.error("BoxData needs transform_param.crop_size (boxes are normalised by the square crop)")
         batch = rank_batch(p.batch_size, opts, spec.train, where)
         channels = 3 if (p.is_color and not transformer.force_gray) or transformer.force_color else 1
         shape = (channels, transformer.crop, transformer.crop)
         self.feed = None
-        if not opts.get("dry_run"):
+        if not opts.dry_run:
             try:
                 source = BoxListSource(require_file(p.source, "image_data_param.source", where), p.root_folder,
                                        channels == 3)
             except DataError as exc:
-                raise _located(exc, where) from None
+                raise located(exc, where) from None
             log.info("A total of %d boxes in %d images.", len(source), len(source.entries))
             seed, shuffle_seed = seeds(opts)
             order = permutation_order(len(source), shuffle_seed) if p.shuffle else None

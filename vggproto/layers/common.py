@@ -6,11 +6,13 @@ every layer validates its fields the same way and reports errors through ``spec.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
+from google.protobuf.message import Message
 
-from vggproto.layers.registry import CaffeLayer, LayerSpec, Shape
+from vggproto.caffe.shapes import Shape
+from vggproto.layers.registry import CaffeLayer, LayerSpec
 
 
 def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
@@ -71,7 +73,7 @@ def axis_values(spec: LayerSpec, repeated: Sequence[int], h: int | None, w: int 
     return values
 
 
-def opt(message, name: str):
+def opt(message: Message, name: str) -> Any:
     """The field's value if it is set, else None (to tell 'unset' from the proto2 default)."""
     return getattr(message, name) if message.HasField(name) else None
 

@@ -1,15 +1,17 @@
 """Convolution and Deconvolution with Caffe's geometry: per-axis kernel/stride/pad/dilation, group, axis, N-d.
 
 Caffe: src/caffe/layers/base_conv_layer.cpp parses the parameters; conv_layer.cpp / deconv_layer.cpp give the
-output sizes.  The math is torch's conv{1,2,3}d / conv_transpose{1,2,3}d, which compute the same cross-correlation.
+output sizes (:func:`vggproto.caffe.shapes.conv_output_size` / ``deconv_output_size``).  The math is torch's
+conv{1,2,3}d / conv_transpose{1,2,3}d, which compute the same cross-correlation.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from vggproto.caffe.shapes import Shape, conv_output_size, deconv_output_size
 from vggproto.layers.common import axis_values, blob, canonical_axis, count, expect_bottoms, opt
-from vggproto.layers.registry import CaffeLayer, LayerSpec, Shape, register
+from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -64,12 +66,11 @@ class _BaseConv(CaffeLayer):
         self.top_shapes = [out] * len(spec.bottom_shapes)
 
     def _out_size(self, size: int, i: int) -> int:
-        extent = self.dilation[i] * (self.kernel[i] - 1) + 1
-        if self.transposed:  # Caffe: deconv_layer.cpp compute_output_shape
-            return self.stride[i] * (size - 1) + extent - 2 * self.pad[i]
-        return (size + 2 * self.pad[i] - extent) // self.stride[i] + 1  # Caffe: conv_layer.cpp
+        # Caffe: conv_layer.cpp / deconv_layer.cpp compute_output_shape (written once, in vggproto.caffe.shapes)
+        rule = deconv_output_size if self.transposed else conv_output_size
+        return rule(size, self.kernel[i], self.stride[i], self.pad[i], self.dilation[i])
 
-    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
         outer = x.shape[:self.axis]
         if len(outer) != 1:  # one batch axis needs no flattening (keeps the batch symbolic for ONNX export)
             x = x.reshape(count(outer), *x.shape[self.axis:])
@@ -84,7 +85,7 @@ class _BaseConv(CaffeLayer):
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.accelerated is not None:
             return self.accelerated(self, *bottoms)
-        return tuple(self._convolve(x) for x in bottoms)
+        return tuple(self.convolve(x) for x in bottoms)
 
 
 @register("Convolution")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -17,7 +18,8 @@ from vggproto.caffe.proto import caffe_pb2
 from vggproto.data.batches import HDF5BatchMaker, ImageBatchMaker
 from vggproto.data.build import make_feed, make_stream, rand_skip, rank_batch, require_file, seeds
 from vggproto.data.gpu import DeviceBatchMaker
-from vggproto.data.sources import DBSource, HDF5Source, ListSource, file_shuffle_order, permutation_order
+from vggproto.data.options import DataOptions
+from vggproto.data.sources import DBSource, HDF5Source, ListSource, RecordStream, file_shuffle_order, permutation_order
 from vggproto.data.transform import DataTransformer
 from vggproto.errors import DataError
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
@@ -25,19 +27,19 @@ from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 log = logging.getLogger("vggproto.layers.data")
 
 
-def _where(spec: LayerSpec) -> str:
+def layer_where(spec: LayerSpec) -> str:
     place = spec.path or "<net>"
     if spec.line is not None:
         place += f":{spec.line}"
     return f"{place}: layer '{spec.name}' ({spec.type})"
 
 
-def _located(exc: DataError, where: str) -> DataError:
+def located(exc: DataError, where: str) -> DataError:
     """``exc`` prefixed with the layer's location unless it already names it."""
     return exc if str(exc).startswith(where) else DataError(f"{where}: {exc}")
 
 
-class _FeedLayer(CaffeLayer):
+class FeedLayer(CaffeLayer):
     """Common part of the data layers: a BatchFeed and the cursor API the solver uses."""
 
     is_data = True
@@ -50,7 +52,7 @@ class _FeedLayer(CaffeLayer):
 
     def forward(self) -> tuple[torch.Tensor, ...]:
         if self.feed is None:
-            raise DataError(f"{_where(self.spec)}: built with dry_run (shapes only); it cannot produce data")
+            raise DataError(f"{layer_where(self.spec)}: built with dry_run (shapes only); it cannot produce data")
         return tuple(self.feed.next())
 
     def cursor(self) -> int:
@@ -68,19 +70,19 @@ class _FeedLayer(CaffeLayer):
         return self.feed.bad_records if self.feed is not None else 0
 
 
-class _ImageLayer(_FeedLayer):
+class _ImageLayer(FeedLayer):
     """Data and ImageData: a source of images + labels through Caffe's DataTransformer."""
 
     def _setup(self, source_factory, batch_size: int, limit_skip: int, shuffle: bool, dry_shape) -> None:
         spec, opts = self.spec, self.spec.options
         self._check_tops(1, 2)
-        where = _where(spec)
+        where = layer_where(spec)
         batch = rank_batch(batch_size, opts, spec.train, where)
         transformer = DataTransformer(spec.param.transform_param, spec.train, where,
-                                      load_mean=not opts.get("dry_run"))
+                                      load_mean=not opts.dry_run)
         _warn_pitfalls(spec, transformer, where)
         self.feed = None
-        if opts.get("dry_run"):
+        if opts.dry_run:
             c, h, w = dry_shape(transformer)
         else:
             source = source_factory(transformer)
@@ -88,14 +90,14 @@ class _ImageLayer(_FeedLayer):
             order = permutation_order(len(source), shuffle_seed) if shuffle else None
             stream = make_stream(len(source), opts, spec.train, rand_skip(limit_skip, len(source), seed, where),
                                  order)
-            first = _first_image(source, stream, bool(opts.get("skip_bad")))
+            first = _first_image(source, stream, opts.skip_bad)
             c, h, w = transformer.output_shape(first.shape[2], first.shape[0], first.shape[1])
             with_label = len(spec.param.top) > 1
             maker = device_maker(source, stream, transformer, batch, (c, h, w), seed, with_label, opts, where) or \
                 ImageBatchMaker(source, stream, transformer, batch, (c, h, w), seed, with_label=with_label,
-                                skip_bad=bool(opts.get("skip_bad")))
+                                skip_bad=opts.skip_bad)
             self.feed = make_feed(maker, batch, opts if not isinstance(maker, DeviceBatchMaker)
-                                  else {**opts, "data_workers": 0})
+                                  else replace(opts, data_workers=0))
         self.top_shapes = [(batch, c, h, w)] + [(batch,)] * (len(spec.param.top) - 1)
         log.info("output data size: %d,%d,%d,%d", batch, c, h, w)   # Caffe's setup log line
 
@@ -113,11 +115,13 @@ def _first_image(source, stream, skip_bad: bool) -> np.ndarray:
     raise DataError(f"no readable record in {source.describe(0)} and the rest of its source")
 
 
-def device_maker(source, stream, transformer, batch, shape, seed, with_label: bool, opts: dict, where: str):
+def device_maker(source: DBSource | ListSource, stream: RecordStream, transformer: DataTransformer, batch: int,
+                 shape: tuple[int, int, int], seed: int, with_label: bool, opts: DataOptions,
+                 where: str) -> DeviceBatchMaker | None:
     """A DeviceBatchMaker when the ``gpu_decode`` option asks for it and CUDA is there (else None, CPU path)."""
-    if not opts.get("gpu_decode"):
+    if not opts.gpu_decode:
         return None
-    device = torch.device(opts.get("device") or "cuda")
+    device = torch.device(opts.device or "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         log.warning("%s: gpu_decode requested but CUDA is not available; decoding on the CPU", where)
         return None
@@ -147,7 +151,7 @@ class DataLayer(_ImageLayer):
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
         p = spec.param.data_param
-        where = _where(spec)
+        where = layer_where(spec)
         backend = "lmdb" if p.backend == caffe_pb2.DataParameter.LMDB else "leveldb"
 
         def source(transformer: DataTransformer) -> DBSource:
@@ -155,7 +159,7 @@ class DataLayer(_ImageLayer):
             try:
                 src = DBSource(require_file(p.source, "data_param.source", where), backend, color)
             except DataError as exc:
-                raise _located(exc, where) from None
+                raise located(exc, where) from None
             log.info("Opened %s %s", src.reader.backend, p.source)
             return src
 
@@ -178,7 +182,7 @@ class ImageDataLayer(_ImageLayer):
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
         p = spec.param.image_data_param
-        where = _where(spec)
+        where = layer_where(spec)
         if (p.new_height > 0) != (p.new_width > 0):
             raise DataError(f"{where}: image_data_param new_height and new_width must be set together")
 
@@ -204,25 +208,25 @@ class ImageDataLayer(_ImageLayer):
 
 
 @register("HDF5Data")
-class HDF5DataLayer(_FeedLayer):
+class HDF5DataLayer(FeedLayer):
     """Caffe's HDF5Data: rows of the .h5 files listed in ``source``, one dataset per top (by top name)."""
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
         p, opts = spec.param.hdf5_data_param, spec.options
-        where = _where(spec)
+        where = layer_where(spec)
         self._check_tops(1, None)
         batch = rank_batch(p.batch_size, opts, spec.train, where)
         self.feed = None
-        if opts.get("dry_run") and not os.path.exists(p.source):
+        if opts.dry_run and not os.path.exists(p.source):
             raise DataError(f"{where}: cannot know the top shapes without the HDF5 files listed in '{p.source}'")
         try:
             source = HDF5Source(require_file(p.source, "hdf5_data_param.source", where), list(spec.param.top))
         except DataError as exc:
-            raise _located(exc, where) from None
+            raise located(exc, where) from None
         log.info("Number of HDF5 files: %d (%d rows)", len(source.files), len(source))
         self.top_shapes = [(batch,) + tuple(source.row_shapes[t]) for t in spec.param.top]
-        if not opts.get("dry_run"):
+        if not opts.dry_run:
             _, shuffle_seed = seeds(opts)
             order = file_shuffle_order(tuple(source.sizes), shuffle_seed) if p.shuffle else None
             stream = make_stream(len(source), opts, spec.train, 0, order)

@@ -35,7 +35,7 @@ class Neuron(CaffeLayer):
 class ReLU(Neuron):
     """Caffe: relu_layer.cpp — max(0,x) + negative_slope·min(0,x); slope used for x <= 0 in backward."""
 
-    def apply(self, x):
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
         slope = self.spec.param.relu_param.negative_slope
         # in place like Caffe's in-place ReLU (and torchvision's inplace=True) when no gradient is recorded
         overwrite = self.may_overwrite and not (torch.is_grad_enabled() and x.requires_grad)
@@ -62,7 +62,7 @@ class PReLU(Neuron):
         self.shared = p.channel_shared
         self.add_blob(() if self.shared else (shape[1],), filler)
 
-    def apply(self, x):
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
         slope = blob(self, 0)
         if not self.shared:
             slope = slope.view(1, -1, *([1] * (x.dim() - 2)))
@@ -73,7 +73,7 @@ class PReLU(Neuron):
 class ELU(Neuron):
     """Caffe: elu_layer.cpp — x if x > 0 else alpha·(exp(x) − 1)."""
 
-    def apply(self, x):
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
         alpha = self.spec.param.elu_param.alpha
         return torch.where(x > 0, x, alpha * torch.expm1(torch.clamp(x, max=0)))
 
@@ -82,7 +82,7 @@ class ELU(Neuron):
 class Sigmoid(Neuron):
     """Caffe: sigmoid_layer.cpp — 1/(1+exp(−x))."""
 
-    def apply(self, x):
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(x)
 
 
@@ -90,7 +90,7 @@ class Sigmoid(Neuron):
 class TanH(Neuron):
     """Caffe: tanh_layer.cpp."""
 
-    def apply(self, x):
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x)
 
 
@@ -98,7 +98,7 @@ class TanH(Neuron):
 class AbsVal(Neuron):
     """Caffe: absval_layer.cpp — |x|, derivative sign(x) (0 at 0)."""
 
-    def apply(self, x):
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
         return torch.abs(x)
 
 
@@ -106,7 +106,7 @@ class AbsVal(Neuron):
 class BNLL(Neuron):
     """Caffe: bnll_layer.cpp — log(1 + exp(x)), computed stably."""
 
-    def apply(self, x):
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
         return F.softplus(x, beta=1.0, threshold=50.0)
 
 
@@ -114,7 +114,7 @@ class BNLL(Neuron):
 class Power(Neuron):
     """Caffe: power_layer.cpp — (shift + scale·x)^power."""
 
-    def apply(self, x):
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
         p = self.spec.param.power_param
         base = x * p.scale + p.shift if p.scale != 1 or p.shift != 0 else x
         if p.power == 1:
@@ -135,7 +135,7 @@ class Exp(Neuron):
         self.inner = log_base * p.scale
         self.outer = math.exp(log_base * p.shift)
 
-    def apply(self, x):
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.exp(x * self.inner)
         return y * self.outer if self.outer != 1 else y
 
@@ -151,7 +151,7 @@ class Log(Neuron):
             raise spec.error(f"log_param.base must be -1 (e) or positive, got {p.base}")
         self.base_scale = 1.0 if p.base == -1 else 1.0 / math.log(p.base)
 
-    def apply(self, x):
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
         p = self.spec.param.log_param
         y = torch.log(x * p.scale + p.shift)
         return y * self.base_scale if self.base_scale != 1 else y
@@ -161,7 +161,7 @@ class Log(Neuron):
 class Threshold(Neuron):
     """Caffe: threshold_layer.cpp — 1 where x > threshold else 0; no backward (NOT_IMPLEMENTED in Caffe)."""
 
-    def apply(self, x):
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
         return (x.detach() > self.spec.param.threshold_param.threshold).to(x.dtype)
 
 
@@ -177,7 +177,7 @@ class Clip(Neuron):
         if p.min > p.max:
             raise spec.error(f"clip_param.min ({p.min}) must not exceed max ({p.max})")
 
-    def apply(self, x):
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
         p = self.spec.param.clip_param
         return torch.clamp(x, p.min, p.max)
 
@@ -186,7 +186,7 @@ class Clip(Neuron):
 class Swish(Neuron):
     """Caffe: swish_layer.cpp — x·sigmoid(beta·x)."""
 
-    def apply(self, x):
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(x * self.spec.param.swish_param.beta)
 
 
@@ -201,7 +201,7 @@ class Dropout(Neuron):
             raise spec.error(f"dropout_param.dropout_ratio must be in [0, 1), got {ratio}")
         self.ratio = ratio
 
-    def apply(self, x):
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec.train and self.ratio > 0:
             return F.dropout(x, self.ratio, training=True)
         return x

@@ -9,25 +9,18 @@ windows and the gradients are Caffe's.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.caffe.shapes import pool_output_size
 from vggproto.layers.common import axis_values, expect_bottoms, expect_tops, opt
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 P = caffe_pb2.PoolingParameter
 FLT_MIN = 1.1754943508222875e-38
-
-
-def pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool, any_pad: bool) -> int:
-    """Caffe: pooling_layer.cpp Reshape — ceil/floor division, then the pad clip (only if any pad is set)."""
-    span = (size + 2 * pad - kernel) / stride
-    out = (math.ceil(span) if ceil else math.floor(span)) + 1
-    if any_pad and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
 
 
 def _pad_to(x: torch.Tensor, kernel, stride, pad, out, value: float) -> torch.Tensor:
@@ -48,7 +41,8 @@ def _ave_divisor(sizes, kernel, stride, pad, out, device) -> torch.Tensor:
     return h.view(-1, 1) * w.view(1, -1)
 
 
-def pool2d(x: torch.Tensor, method: int, kernel, stride, pad, out, train: bool, mask: bool = False):
+def pool2d(x: torch.Tensor, method: int, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
+           out: Sequence[int], train: bool, mask: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pool the last two axes of a 4-D ``x`` to ``out`` cells; returns (top, mask or None)."""
     if method == P.MAX:
         xp = _pad_to(x, kernel, stride, pad, out, float("-inf"))
@@ -116,8 +110,9 @@ class Pooling(CaffeLayer):
             if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
                 raise spec.error(f"pad {self.pad} must be smaller than the kernel {self.kernel}")
         ceil = p.round_mode == P.CEIL
-        self.out = [pooled_size(shape[2 + i], self.kernel[i], self.stride[i], self.pad[i], ceil, any(self.pad))
-                    for i in range(2)]
+        # Caffe: pooling_layer.cpp Reshape (the arithmetic is vggproto.caffe.shapes.pool_output_size)
+        self.out = [pool_output_size(shape[2 + i], self.kernel[i], self.stride[i], self.pad[i], ceil,
+                                     any(self.pad)) for i in range(2)]
         if min(self.out) <= 0:
             raise spec.error(f"output would be empty: bottom {shape}, kernel {self.kernel}")
         self.ceil = ceil
@@ -128,8 +123,8 @@ class Pooling(CaffeLayer):
         out = self.out
         if tuple(x.shape[-2:]) != tuple(self.spec.bottom_shapes[0][-2:]):   # reshaped input: recompute
             kernel = list(x.shape[-2:]) if self.spec.param.pooling_param.global_pooling else self.kernel
-            out = [pooled_size(x.shape[2 + i], kernel[i], self.stride[i], self.pad[i], self.ceil, any(self.pad))
-                   for i in range(2)]
+            out = [pool_output_size(x.shape[2 + i], kernel[i], self.stride[i], self.pad[i], self.ceil,
+                                    any(self.pad)) for i in range(2)]
         else:
             kernel = self.kernel
         want_mask = len(self.top_shapes) == 2
@@ -170,8 +165,8 @@ class SPP(CaffeLayer):
             bins = 2 ** level
             (kh, ph), (kw, pw) = self._geometry(x.shape[2], bins), self._geometry(x.shape[3], bins)
             any_pad = bool(ph or pw)
-            out = [pooled_size(x.shape[2], kh, kh, ph, True, any_pad), pooled_size(x.shape[3], kw, kw, pw, True,
-                                                                                     any_pad)]
+            out = [pool_output_size(x.shape[2], kh, kh, ph, True, any_pad),
+                   pool_output_size(x.shape[3], kw, kw, pw, True, any_pad)]
             y, _ = pool2d(x, self.method, [kh, kw], [kh, kw], [ph, pw], out, self.train_phase)
             pieces.append(y)
         if self.height == 1:

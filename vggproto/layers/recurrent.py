@@ -15,6 +15,7 @@ gates in the order i, f, o, g; RNN ``W_xh, b_h, [W_xh_static], W_hh, W_ho, b_o``
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 import torch
 from torch.nn.functional import linear as _linear
@@ -83,7 +84,8 @@ class Recurrent(CaffeLayer):
                 getattr(self, f"carried_{name}").copy_(state.detach())
         return (outputs, *final) if self.expose else (outputs,)
 
-    def run(self, x, cont, static, initial):
+    def run(self, x: torch.Tensor, cont: torch.Tensor, static: torch.Tensor | None,
+            initial: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         raise NotImplementedError
 
 
@@ -102,7 +104,8 @@ class LSTM(Recurrent):
             self.add_blob((h4, k_static), p.weight_filler)   # W_xc_static
         self.add_blob((h4, self.hidden), p.weight_filler)    # W_hc
 
-    def run(self, x, cont, static, initial):
+    def run(self, x: torch.Tensor, cont: torch.Tensor, static: torch.Tensor | None,
+            initial: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h, c = (s.reshape(self.n, self.hidden) for s in initial)
         gates_x = _linear(x, blob(self, 0), blob(self, 1))
         if static is not None:
@@ -135,7 +138,8 @@ class RNN(Recurrent):
         self.add_blob((n_h, n_h), p.weight_filler)           # W_ho
         self.add_blob((n_h,), p.bias_filler)                 # b_o
 
-    def run(self, x, cont, static, initial):
+    def run(self, x: torch.Tensor, cont: torch.Tensor, static: torch.Tensor | None,
+            initial: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h = initial[0].reshape(self.n, self.hidden)
         pre_x = _linear(x, blob(self, 0), blob(self, 1))
         if static is not None:

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.caffe.shapes import Shape
+from vggproto.data.options import DataOptions
 from vggproto.errors import NetError
-
-Shape = tuple[int, ...]
 
 
 @dataclass
@@ -35,7 +35,7 @@ class LayerSpec:
     path: str | None = None          # the prototxt file, for errors and for resolving relative data paths
     line: int | None = None          # line of the layer block in that file
     generator: torch.Generator | None = None   # RNG for fillers (seeded by the net's random_seed)
-    options: dict = field(default_factory=dict)  # net-wide options (e.g. rank/world size for data sharding)
+    options: DataOptions = field(default_factory=DataOptions)  # how this process runs the net (rank, dry run…)
 
     @property
     def name(self) -> str:
@@ -61,6 +61,8 @@ class CaffeLayer(nn.Module):
     is_loss: ClassVar[bool] = False
     #: Layers whose tops are data sources (no bottoms, new values every forward).
     is_data: ClassVar[bool] = False
+    #: Layers whose tops the caller provides through ``Net.forward(**inputs)`` (Input, MemoryData).
+    feeds: ClassVar[bool] = False
     #: Set by the Net: this in-place layer may overwrite its bottom's memory when no autograd graph is built
     #: (the bottom is a fresh Convolution/InnerProduct output that nothing else has read).
     may_overwrite: bool = False

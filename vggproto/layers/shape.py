@@ -12,9 +12,10 @@ from typing import Sequence
 
 import torch
 
+from vggproto.caffe.shapes import Shape
 from vggproto.layers.axes import canonical_axis, count
 from vggproto.layers.common import ANY, expect_bottoms
-from vggproto.layers.registry import CaffeLayer, LayerSpec, Shape, register
+from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 
 def _axis_or_legacy(spec: LayerSpec, param, legacy: str, shape: Shape, name: str) -> int:

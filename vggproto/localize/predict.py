@@ -19,14 +19,16 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.data.augment import rescaled_size
+from vggproto.data.box_geometry import as_boxes, iou_matrix, target_to_corners, window_to_image
 from vggproto.errors import DataError, VGGProtoError
-from vggproto.localize.boxes import as_boxes, greedy_merge, iou_matrix, target_to_corners, window_to_image
+from vggproto.localize.boxes import greedy_merge
 from vggproto.vgg.configs import MEAN_BGR
 
 log = logging.getLogger("vggproto.localize.predict")
@@ -51,7 +53,7 @@ class LocModel:
     label: str
 
 
-def net_stride(param) -> int:
+def net_stride(param: caffe_pb2.NetParameter) -> int:
     """Product of the convolution and pooling strides of a net: the step between two dense windows."""
     stride = 1
     for layer in param.layer:
@@ -64,7 +66,8 @@ def net_stride(param) -> int:
     return stride
 
 
-def load_loc_model(model: str | os.PathLike, weights, device: str = "cpu") -> LocModel:
+def load_loc_model(model: str | os.PathLike, weights: str | os.PathLike | Mapping[str, list[np.ndarray]],
+                   device: str = "cpu") -> LocModel:
     """A localisation deploy net (ending in the box FC) or its dense net, with deploy or dense weights."""
     from vggproto.net.dense import load_dense
     net, dense = load_dense(model, weights, device)
@@ -143,7 +146,8 @@ def _forward(net, input_blob: str, output_blob: str, views: torch.Tensor) -> tor
 
 def _class_maps(cls_models, image: torch.Tensor, crop: int, mode: str) -> list[tuple[torch.Tensor, np.ndarray]]:
     """Per classification net: soft-max class posteriors per position (K × h × w) of ``mode``'s input, and the
-    image posterior: the soft-max of the spatially averaged scores, as :mod:`vggproto.evaluation.evaluate` computes it."""
+    image posterior: the soft-max of the spatially averaged scores, as :mod:`vggproto.evaluation.evaluate` computes
+    it."""
     maps = []
     for model in cls_models:
         views, _ = _window_input(image, crop, mode)
@@ -234,7 +238,7 @@ def localize_image(img: np.ndarray, loc_models: Sequence[LocModel], cls_models: 
 
 # ------------------------------------------------------------------------------------------------ metric
 
-def detection_correct(detections: Sequence[Detection], label: int, gt_boxes, top: int = 5,
+def detection_correct(detections: Sequence[Detection], label: int, gt_boxes: np.typing.ArrayLike, top: int = 5,
                       threshold: float = IOU_THRESHOLD) -> bool:
     """ILSVRC localisation criterion: one of the first ``top`` detections has the true class and a box with
     IoU > ``threshold`` with one of the ground-truth boxes."""
@@ -254,7 +258,7 @@ class LocErrorCount:
     gt_class_misses: int = 0
 
     def add(self, detections: Sequence[Detection], gt_class_detection: Detection | None, label: int,
-            gt_boxes, top: int = 5) -> None:
+            gt_boxes: np.typing.ArrayLike, top: int = 5) -> None:
         self.images += 1
         self.top_misses += not detection_correct(detections, label, gt_boxes, top)
         if gt_class_detection is not None:

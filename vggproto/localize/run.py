@@ -5,18 +5,23 @@ localisation error (Table 9) and the "GT class" error (Table 8: the box predicte
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
-from vggproto.errors import DataError
-from vggproto.localize.predict import Detection, LocalizeOptions, LocErrorCount, localize_image
+from vggproto.errors import DataError, VGGProtoError
+from vggproto.localize.predict import Detection, LocalizeOptions, LocErrorCount, LocModel, localize_image
+
+if TYPE_CHECKING:
+    from vggproto.data.boxes import BoxEntry
+    from vggproto.evaluation.evaluate import Model
 
 log = logging.getLogger("vggproto.localize.predict")
 
@@ -56,7 +61,8 @@ class RunResult:
         return out
 
 
-def localize_entries(entries, loc_models, cls_models, options: LocalizeOptions, names=None, root: str = "",
+def localize_entries(entries: Sequence[BoxEntry], loc_models: Sequence[LocModel], cls_models: Sequence[Model],
+                     options: LocalizeOptions, names: Sequence[str] | None = None, root: str = "",
                      progress: bool = False) -> RunResult:
     """Localise every entry (:class:`vggproto.data.boxes.BoxEntry`); entries with ground truth are scored."""
     from tqdm import tqdm
@@ -79,17 +85,48 @@ def localize_entries(entries, loc_models, cls_models, options: LocalizeOptions, 
     return RunResult(results, count, time.perf_counter() - started)
 
 
-def image_entries(paths: Sequence[str]):
+def image_entries(paths: Sequence[str]) -> list[BoxEntry]:
     """Entries without ground truth for plain image paths."""
     from vggproto.data.boxes import BoxEntry
     return [BoxEntry(os.fspath(p), None, np.zeros((0, 4)), 0) for p in paths]
 
 
-def check_classes(entries, classes: int, list_path: str) -> None:
+def check_classes(entries: Sequence[BoxEntry], classes: int, list_path: str) -> None:
     for entry in entries:
         if entry.label is not None and not 0 <= entry.label < classes:
             raise DataError(f"{list_path}:{entry.line}: class {entry.label} is out of range; the classification "
                             f"net has {classes} classes")
+
+
+def localize_files(images: Sequence[str], list_path: str | None, loc_models: Sequence[tuple[str, str]],
+                   cls_models: Sequence[tuple[str, str]], options: LocalizeOptions, device: str = "cpu", *,
+                   labels: str | None = None, root: str = "", draw_dir: str | None = None,
+                   json_path: str | None = None) -> tuple[RunResult, dict]:
+    """``vggproto localize``: boxes for the top classes of ``images`` or of a box list (scored where it has
+    ground truth), from the union of the ``(deploy, weights)`` localisation nets and the fused classifiers;
+    optionally drawn into ``draw_dir`` and written to ``json_path``.  Returns the run and its JSON summary."""
+    from vggproto.data.boxes import parse_box_list
+    from vggproto.evaluation.classify import class_names
+    from vggproto.evaluation.evaluate import load_model
+    from vggproto.localize.predict import load_loc_model
+    if bool(images) == bool(list_path):
+        raise VGGProtoError("give IMAGES or --list (not both)")
+    if options.top < 1:
+        raise VGGProtoError(f"--top must be at least 1, got {options.top}")
+    locs = [load_loc_model(m, w, device) for m, w in loc_models]
+    clss = [load_model(m, w, device) for m, w in cls_models]
+    classes = clss[0].num_classes
+    entries = parse_box_list(list_path, need_boxes=False) if list_path else image_entries(images)
+    if list_path:
+        check_classes(entries, classes, list_path)
+    result = localize_entries(entries, locs, clss, options, class_names(classes, labels), root, progress=True)
+    for item in result.images if draw_dir else ():
+        draw(item, draw_dir, root)
+    summary = result.as_dict(options, [m.label for m in locs])
+    if json_path:
+        from vggproto.caffe.files import atomic_write_bytes
+        atomic_write_bytes(json_path, json.dumps(summary, indent=1).encode())
+    return result, summary
 
 
 _PALETTE = ((0, 200, 0), (0, 165, 255), (255, 128, 0), (200, 0, 200), (0, 220, 220))

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from vggproto.caffe.proto import caffe_pb2
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry",
           "motorcycle_left")
@@ -81,7 +85,8 @@ def class_list(box_list: str | os.PathLike) -> Path:
 
 def synthetic_nets(train_list: str | os.PathLike, val_list: str | os.PathLike, config: str = "A",
                    regression: str = "scr", classes: int = 3, crop: int = 48, width_divisor: int = 8,
-                   batch: int = 16, val_batch: int = 40, task: str = "localization"):
+                   batch: int = 16, val_batch: int = 40,
+                   task: str = "localization") -> tuple[caffe_pb2.NetParameter, caffe_pb2.NetParameter]:
     """(train_val, deploy) NetParameters of a reduced-width localisation (or, with ``task="classification"``,
     classification: ImageData over :func:`class_list` lists) net for the synthetic set.
 
@@ -109,7 +114,8 @@ def synthetic_nets(train_list: str | os.PathLike, val_list: str | os.PathLike, c
     return train_val, deploy
 
 
-def synthetic_solver(net_path: str | os.PathLike, iterations: int, lr: float = 0.002, snapshot_prefix: str = ""):
+def synthetic_solver(net_path: str | os.PathLike, iterations: int, lr: float = 0.002,
+                     snapshot_prefix: str = "") -> caffe_pb2.SolverParameter:
     """An Adam solver (Caffe's ``type: "Adam"``) for :func:`synthetic_nets`' train_val net."""
     from vggproto.caffe.proto import caffe_pb2
     return caffe_pb2.SolverParameter(net=str(net_path), base_lr=lr, lr_policy="fixed", momentum=0.9,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vggproto.train.log import fmt
+from vggproto.caffe.glog import fmt
 
 log = logging.getLogger("vggproto.net.interpreter")
 

@@ -8,22 +8,28 @@ gets pool5's spatial size; later FCs see 1×1 maps and get 1×1 kernels).  Layer
 files are interchangeable; blob names are kept, so ``fc7`` still names the penultimate activations.
 
 A net that already has no InnerProduct layer (a generated ``_dense`` net) is used as given; classification
-weights (``fc6``...) are reshaped into it by :func:`vggproto.convert.convert.fc_to_conv` in both cases.
+weights (``fc6``...) are reshaped into it by :func:`fc_to_conv` in both cases.  The weight reshapes
+(:func:`fc_to_conv`, :func:`conv_to_fc`) live here, beside the net rewrite they follow, and ``vggproto convert``
+imports them from here (the net never imports conversion code).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import torch
 
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.caffe.shapes import Shape
 from vggproto.errors import NetError, WeightsError
+from vggproto.net.shapes import meta_net, param_shapes
+from vggproto.net.weights import load_arrays
 from vggproto.vgg.configs import DENSE_LAYER_NAMES
+from vggproto.weights.fit import Weights, drop_leading_ones, format_shape
 
-Weights = dict[str, list[np.ndarray]]
+if TYPE_CHECKING:
+    from vggproto.net.interpreter import ModelSource, Net
 
 
 @dataclass
@@ -38,14 +44,7 @@ class DenseNet:
     input_shape: tuple[int, ...] = ()                       # the deploy net's declared N, C, H, W
 
 
-def _meta_net(model):
-    """Build a net on PyTorch's meta device: blob shapes and layer lines without allocating weights."""
-    from vggproto.net.interpreter import Net
-    with torch.device("meta"):
-        return Net(model, phase="TEST", options={"dry_run": True})
-
-
-def score_blob(net) -> str:
+def score_blob(net: Net) -> str:
     """The blob holding raw class scores: the bottom of a final Softmax, else the net's only output."""
     params = list(net.net_param.layer)
     outputs = net.output_names
@@ -95,9 +94,9 @@ def _convert_layer(layer: caffe_pb2.LayerParameter, bottom_shape, spec_line, pat
     return conv
 
 
-def make_dense(model) -> DenseNet:
+def make_dense(model: ModelSource) -> DenseNet:
     """The fully-convolutional version of ``model`` (deploy prototxt path/text/NetParameter), TEST phase."""
-    meta = _meta_net(model)
+    meta = meta_net(model)
     dense = caffe_pb2.NetParameter()
     dense.CopyFrom(meta.net_param)
     names: dict[str, str] = {}
@@ -128,24 +127,83 @@ def dense_weights(weights: Mapping[str, list[np.ndarray]], dense: DenseNet) -> W
     """Classification weights (fc layers) reshaped into ``dense``'s convolutions; dense weights pass through."""
     if not any(fc in weights for fc in dense.names):
         return {name: list(blobs) for name, blobs in weights.items()}
-    from vggproto.convert.convert import fc_to_conv
     present = {fc: conv for fc, conv in dense.names.items() if fc in weights}
-    target = {layer: [tuple(b.shape) for b in blobs] for layer, blobs in _meta_net(dense.param).params.items()}
-    return fc_to_conv(weights, names=present, target=target)
+    return fc_to_conv(weights, names=present, target=param_shapes(meta_net(dense.param)))
 
 
-def load_arrays(net, weights: Mapping[str, list[np.ndarray]], source: str) -> None:
-    """Copy ``weights`` into every parameter blob of ``net`` (each layer with parameters must be present)."""
-    from vggproto.convert.convert import fit_to_net
-    expected = {layer: [tuple(b.shape) for b in blobs] for layer, blobs in net.params.items()}
-    fitted, _, _ = fit_to_net(weights, expected, allow_missing=False, source=source)
-    with torch.no_grad():
-        for layer, arrays in fitted.items():
-            for target, array in zip(net.params[layer], arrays):
-                target.copy_(torch.from_numpy(np.array(array, dtype=np.float32)).reshape(target.shape))
+# ----------------------------------------------------------------------------------------------------------------
+# fc <-> conv weights
+# ----------------------------------------------------------------------------------------------------------------
+
+def _infer_fc6_input(weights: Mapping[str, list[np.ndarray]], fc_name: str, inputs: int) -> Shape:
+    """(C, H, W) of pool5 from the last conv before fc6 (its outputs) and fc6's input count (square map)."""
+    channels = None
+    for layer, blobs in weights.items():
+        if layer == fc_name:
+            break
+        if blobs and blobs[0].ndim == 4:
+            channels = blobs[0].shape[0]
+    side = int(round((inputs / channels) ** 0.5)) if channels else 0
+    if not channels or channels * side * side != inputs:
+        raise WeightsError(f"cannot infer the C x H x W input of {fc_name} ({inputs} inputs) from the conv layers "
+                           f"before it; pass --model with the fully-convolutional net")
+    return channels, side, side
 
 
-def load_dense(model, weights: str | os.PathLike | Mapping[str, list[np.ndarray]], device: str = "cpu"):
+def fc_to_conv(weights: Mapping[str, list[np.ndarray]], names: Mapping[str, str] = DENSE_LAYER_NAMES,
+               target: Mapping[str, list[Shape]] | None = None) -> Weights:
+    """fc6/fc7/fc8 -> the dense net's convolutions (fc6 4096x25088 -> 4096x512x7x7: pool5 flattens in C order).
+
+    ``target`` (the dense net's shapes) decides the kernel shape; without it fc6's kernel is inferred from the
+    preceding conv and the later fc layers become 1x1 kernels.  Layers are renamed per ``names``.
+    """
+    out: Weights = {}
+    present = [fc for fc in names if fc in weights]
+    if not present:
+        raise WeightsError(f"--fc-to-conv: none of {', '.join(names)} in the weights")
+    for layer, blobs in weights.items():
+        if layer not in names:
+            out[layer] = list(blobs)
+            continue
+        weight = drop_leading_ones(blobs[0], 2)
+        if weight.ndim != 2:
+            raise WeightsError(f"--fc-to-conv: {layer} weight is {format_shape(weight.shape)}, not an fc matrix")
+        conv = names[layer]
+        # Caffe: inner_product_layer.cpp — K = count(axis..) of the bottom, i.e. pool5 flattened C, H, W in C order
+        if target is not None and conv in target:
+            kernel = target[conv][0]
+        elif layer == present[0]:
+            kernel = (weight.shape[0], *_infer_fc6_input(weights, layer, weight.shape[1]))
+        else:
+            kernel = (weight.shape[0], weight.shape[1], 1, 1)
+        if int(np.prod(kernel)) != weight.size:
+            raise WeightsError(f"--fc-to-conv: {layer} weight {format_shape(weight.shape)} cannot become {conv} "
+                               f"{format_shape(kernel)} ({weight.size} vs {int(np.prod(kernel))} values)")
+        out[conv] = [weight.reshape(kernel)] + [drop_leading_ones(b, 1) for b in blobs[1:]]
+    return out
+
+
+def conv_to_fc(weights: Mapping[str, list[np.ndarray]], names: Mapping[str, str] = DENSE_LAYER_NAMES) -> Weights:
+    """Inverse of :func:`fc_to_conv`: each dense conv kernel O x C x H x W flattens (C order) to an O x CHW matrix."""
+    back = {conv: fc for fc, conv in names.items()}
+    if not any(conv in weights for conv in back):
+        raise WeightsError(f"--conv-to-fc: none of {', '.join(back)} in the weights")
+    out: Weights = {}
+    for layer, blobs in weights.items():
+        if layer in back:
+            weight = blobs[0]
+            out[back[layer]] = [weight.reshape(weight.shape[0], -1)] + list(blobs[1:])
+        else:
+            out[layer] = list(blobs)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------
+
+def load_dense(model: ModelSource, weights: str | os.PathLike | Mapping[str, list[np.ndarray]],
+               device: str = "cpu") -> tuple[Net, DenseNet]:
     """``(Net, DenseNet)``: the dense version of ``model`` with ``weights`` (file or arrays), in eval mode on
     ``device``.  Classification weights are reshaped (fc6 -> fc6-conv ...); a missing layer is an error."""
     from vggproto.net.interpreter import Net
@@ -159,7 +217,7 @@ def load_dense(model, weights: str | os.PathLike | Mapping[str, list[np.ndarray]
         raise WeightsError(f"{source}: {exc}") from None
     net = Net(dense.param, phase="TEST")
     net.path = dense.path
-    load_arrays(net, converted, source)
+    load_arrays(net, converted, source, allow_missing=False)
     for p in net.parameters():
         p.requires_grad_(False)
     return net.to(device), dense

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -20,9 +20,10 @@ from torch import nn
 from vggproto.caffe.netstate import filter_net, layer_included, merged_state
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.prototxt import layer_lines, parse_net
+from vggproto.caffe.shapes import Shape
+from vggproto.data.options import DataOptions
 from vggproto.errors import NetError, PrototxtError
-from vggproto.layers.common import count
-from vggproto.layers.registry import CaffeLayer, LayerSpec, Shape, build_layer
+from vggproto.layers.registry import CaffeLayer, LayerSpec, build_layer
 from vggproto.net import debug as net_debug
 from vggproto.net import weights as net_weights
 
@@ -81,7 +82,7 @@ class Net(nn.Module):
 
     def __init__(self, model: ModelSource, weights: str | os.PathLike | Sequence | None = None,
                  phase: str | int = "TEST", stages: Iterable[str] = (), level: int = 0, *,
-                 seed: int | None = None, options: Mapping | None = None):
+                 seed: int | None = None, options: DataOptions | None = None):
         super().__init__()
         full, self.path, text = _load(model)
         state = merged_state(full, phase, level, stages)
@@ -92,7 +93,7 @@ class Net(nn.Module):
         self.force_backward = self.net_param.force_backward
         generator = torch.Generator()
         generator.manual_seed(seed if seed is not None else torch.initial_seed() % (2 ** 63))
-        self.options = dict(options or {})
+        self.options = options if options is not None else DataOptions()
         self.layer_list = nn.ModuleList()
         self.layer_names: list[str] = []
         self.layer_lines: dict[str, int | None] = {}
@@ -253,43 +254,55 @@ class Net(nn.Module):
     @property
     def input_names(self) -> list[str]:
         """Tops the caller feeds through ``forward(**inputs)`` (Input and MemoryData layers)."""
-        return [top for p, layer in zip(self.net_param.layer, self.layer_list) if getattr(layer, "feeds", False)
+        return [top for p, layer in zip(self.net_param.layer, self.layer_list) if layer.feeds
                 for top in p.top]
 
-    def _as_tensor(self, name: str, value) -> torch.Tensor:
-        if isinstance(value, torch.Tensor) and value.dtype == self._probe.dtype and value.device == self._probe.device:
+    @property
+    def device(self) -> torch.device:
+        """Where the net's blobs and parameters live (follows ``net.to(...)``)."""
+        return self._probe.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the net's blobs (follows ``net.to(dtype)``)."""
+        return self._probe.dtype
+
+    def as_input(self, name: str, value: object) -> torch.Tensor:
+        """``value`` (array or tensor) as a tensor of the net's device and dtype, for the input blob ``name``."""
+        if isinstance(value, torch.Tensor) and value.dtype == self.dtype and value.device == self.device:
             return value
         return torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value,
-                               dtype=self._probe.dtype, device=self._probe.device)
+                               dtype=self.dtype, device=self.device)
 
-    def set_input_arrays(self, data, labels, layer: str | None = None) -> None:
+    def set_input_arrays(self, data: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+                         layer: str | None = None) -> None:
         """pycaffe's ``set_input_arrays``: hand a MemoryData layer (the first one, or ``layer``) N images and
         labels; each later ``forward()`` without inputs takes its next ``batch_size`` of them."""
         names = [p.name for p in self.net_param.layer if p.type == "MemoryData"]
         if not names or (layer is not None and layer not in names):
             raise NetError(f"set_input_arrays needs a MemoryData layer{f' named {layer!r}' if layer else ''}; "
                            f"this net has: {', '.join(names) or 'none'}", path=self.path)
-        self.layer_dict[layer or names[0]].set_arrays(self._as_tensor("data", data),
-                                                      self._as_tensor("label", labels))
+        self.layer_dict[layer or names[0]].set_arrays(self.as_input("data", data),
+                                                      self.as_input("label", labels))
 
     def _fed_tops(self, param, layer, inputs: dict) -> list[torch.Tensor]:
         if not any(top in inputs for top in param.top):
             supplied = layer.next_batch()
             if supplied is not None:
-                return [self._as_tensor(top, t) for top, t in zip(param.top, supplied)]
+                return [self.as_input(top, t) for top, t in zip(param.top, supplied)]
         tops = []
         for top, shape in zip(param.top, layer.top_shapes):
             if top in inputs:
-                tensor = self._as_tensor(top, inputs.pop(top))
+                tensor = self.as_input(top, inputs.pop(top))
             elif top in self._fed:
-                tensor = self._as_tensor(top, self._fed[top])   # the net may have moved to another device
+                tensor = self.as_input(top, self._fed[top])   # the net may have moved to another device
             else:
-                tensor = torch.zeros(shape, dtype=self._probe.dtype, device=self._probe.device)
+                tensor = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self._fed[top] = tensor
             tops.append(tensor)
         return tops
 
-    def forward(self, **inputs) -> dict[str, torch.Tensor]:
+    def forward(self, **inputs: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the net; ``inputs`` keyed by Input/MemoryData top names.  Returns the output blobs (sorted by
         name as Caffe lists them); every blob is in ``self.blobs`` and the weighted loss in ``self.loss``."""
         inputs = dict(inputs)
@@ -298,7 +311,7 @@ class Net(nn.Module):
         self._debug_records = []
         for param, layer, propagate in zip(self.net_param.layer, self.layer_list, self._propagate):
             bottoms = []
-            if getattr(layer, "feeds", False):
+            if layer.feeds:
                 tops = layer(*self._fed_tops(param, layer, inputs))
             else:
                 bottoms = [blobs[b] if keep else blobs[b].detach() for b, keep in zip(param.bottom, propagate)]
@@ -335,19 +348,19 @@ class Net(nn.Module):
 
     def _total_loss(self, blobs: dict[str, torch.Tensor]) -> torch.Tensor:
         # Caffe: net.cpp ForwardFromTo — loss = Σ loss_weight · Σ top elements
-        total = torch.zeros((), dtype=self._probe.dtype, device=self._probe.device)
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
         for name, weight in self._loss_weights:
             total = total + weight * blobs[name].sum()
         return total
 
-    def backward(self, **top_diffs) -> None:
+    def backward(self, **top_diffs: np.ndarray | torch.Tensor) -> None:
         """Caffe's Backward: loss tops are seeded with their loss weight, other tops with ``top_diffs[name]``."""
         tensors, grads = [], []
         weights = dict(self._loss_weights)
         for name in dict.fromkeys([*weights, *top_diffs]):
             tensor = self.blobs[name]
             if name in top_diffs:
-                grad = self._as_tensor(name, top_diffs[name]).reshape(tensor.shape)
+                grad = self.as_input(name, top_diffs[name]).reshape(tensor.shape)
             else:
                 grad = torch.full_like(tensor, weights[name])
             if tensor.requires_grad:
@@ -382,22 +395,3 @@ class Net(nn.Module):
     def share_weights_from(self, other: "Net") -> None:
         """Caffe's ShareTrainedLayersWith: same-named layers use ``other``'s parameter tensors (no copy)."""
         net_weights.share_weights(self, other)
-
-
-def shape_table(net: Net) -> str:
-    """Caffe-log-style table: each layer's tops with shapes and element counts, parameter counts, and totals."""
-    rows = [("layer", "type", "top", "shape (count)", "params")]
-    total = 0
-    for param, layer in zip(net.net_param.layer, net.layer_list):
-        n_params = sum(b.numel() for b in layer.blobs)
-        total += n_params
-        tops = list(param.top) or ["-"]
-        for i, top in enumerate(tops):
-            shape = net.blob_shapes.get(top)
-            shape_text = f"{' '.join(map(str, shape))} ({count(shape)})".lstrip() if shape is not None else "-"
-            rows.append((param.name if i == 0 else "", param.type if i == 0 else "", top, shape_text,
-                         f"{n_params:,}" if i == 0 and n_params else ""))
-    widths = [max(len(row[c]) for row in rows) for c in range(5)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.append(f"Total params: {total:,}")
-    return "\n".join(lines)

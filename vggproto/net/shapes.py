@@ -1,26 +1,32 @@
-"""Blob shapes and parameter counts of a net, for drawing and summaries, computed by the interpreter.
+"""Blob and parameter shapes of a net, computed by the interpreter on the meta device: the one such build.
 
-The net is built by the interpreter itself (:class:`vggproto.net.interpreter.Net`, same phase/level/stage filtering, shared
-parameters, validation), so the shapes are exactly those it would run with.  It is built under PyTorch's ``meta``
-device (shapes without memory), so a full VGG train_val net needs no filled weights (tools/bench_draw_shapes.py:
-0.6 s and +2 MB against 31 s and +1.75 GB on the CPU, after a one-off import of torch's meta decompositions that
-costs several seconds); a net that cannot be built on ``meta`` is built normally.  Data layers get ``options["dry_run"]`` and do not open their
-sources.  If the interpreter cannot build the net, the generator's VGG shape walker
-(:mod:`vggproto.caffe.shapes`) is tried; if that fails too the caller gets ``None`` and draws without shapes.
+:func:`meta_net` is used for drawing and summaries (:func:`phase_shapes`), for making dense nets
+(:mod:`vggproto.net.dense`) and for fitting weights to a net in ``vggproto convert`` (:func:`net_param_shapes`).
+The net is built by the interpreter itself (:class:`vggproto.net.interpreter.Net`, same phase/level/stage
+filtering, shared parameters, validation), so the shapes are exactly those it would run with.  It is built under
+PyTorch's ``meta`` device (shapes without memory), so a full VGG train_val net needs no filled weights
+(tools/bench_draw_shapes.py: 0.6 s and +2 MB against 31 s and +1.75 GB on the CPU, after a one-off import of
+torch's meta decompositions that costs several seconds); a net that cannot be built on ``meta`` is built
+normally.  Data layers get ``DataOptions(dry_run=True)`` and do not open their sources.  For drawing, if the
+interpreter cannot build the net, the generator's VGG shape walker (:mod:`vggproto.caffe.shapes`) is tried; if
+that fails too the caller gets ``None`` and draws without shapes.
 """
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vggproto.caffe.netstate import filter_net, merged_state
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.caffe.shapes import Shape
 from vggproto.errors import VGGProtoError
 
-log = logging.getLogger("vggproto.net.shapes")
+if TYPE_CHECKING:
+    from vggproto.net.interpreter import ModelSource, Net
 
-Shape = tuple[int, ...]
+log = logging.getLogger("vggproto.net.shapes")
 
 
 @dataclass
@@ -37,27 +43,47 @@ class NetShapes:
         return sum(self.owned.values())
 
 
-def _construct(net: caffe_pb2.NetParameter, phase: str, level: int, stages: tuple[str, ...], path: str | None):
+def meta_net(model: ModelSource, phase: str = "TEST", level: int = 0, stages: tuple[str, ...] = ()) -> Net:
+    """The interpreter's Net for ``model`` (prototxt path, text or NetParameter) built on the meta device: every
+    blob shape, layer line and parameter shape, no weight memory.  The one such build (drawing, dense nets,
+    conversion all call it); a net some layer of which needs real values at construction is built on the CPU."""
     import torch
 
+    from vggproto.data.options import DataOptions
     from vggproto.net.interpreter import Net
-    options = {"dry_run": True}  # data layers report their shapes without opening their sources
-    model = path if path and os.path.isfile(path) else net  # from the file, errors carry line numbers
+    options = DataOptions(dry_run=True)  # data layers report their shapes without opening their sources
     try:
         with torch.device("meta"):
-            return Net(model, phase=phase, level=level, stages=stages, options=options)
+            return Net(model, phase=phase, level=level, stages=tuple(stages), options=options)
     except VGGProtoError:
         raise
     except Exception as exc:  # some layer needs real values at construction: build the net for real
-        log.debug("%s: cannot build on the meta device (%s); building on the CPU", path or net.name, exc)
-        return Net(model, phase=phase, level=level, stages=stages, options=options)
+        log.debug("%s: cannot build on the meta device (%s); building on the CPU", _name(model), exc)
+        return Net(model, phase=phase, level=level, stages=tuple(stages), options=options)
+
+
+def _name(model: ModelSource) -> str:
+    return model.name if isinstance(model, caffe_pb2.NetParameter) else str(model)[:80]
+
+
+def param_shapes(net: Net) -> dict[str, list[Shape]]:
+    """``{layer: [blob shapes]}`` of a built Net's layers with parameters, in net order."""
+    return {layer: [tuple(p.shape) for p in params] for layer, params in net.params.items()}
+
+
+def net_param_shapes(model: ModelSource, phase: str = "TEST") -> tuple[caffe_pb2.NetParameter, dict[str, list[Shape]]]:
+    """The (unfiltered) NetParameter of ``model`` and the blob shapes of its layers with parameters for ``phase``."""
+    from vggproto.caffe.prototxt import read_net
+    net_param = model if isinstance(model, caffe_pb2.NetParameter) else read_net(os.fspath(model))
+    return net_param, param_shapes(meta_net(model, phase))  # a path is built from the file: errors carry lines
 
 
 def interpreter_shapes(net: caffe_pb2.NetParameter, phase: str = "TEST", level: int = 0,
                        stages: tuple[str, ...] = (), path: str | None = None) -> NetShapes:
     """Build the unfiltered ``net`` (read from ``path`` when that file exists) for phase/level/stages with the
     interpreter; NetError on a problem."""
-    built = _construct(net, phase, level, tuple(stages), path)
+    model = path if path and os.path.isfile(path) else net  # from the file, errors carry line numbers
+    built = meta_net(model, phase, level, tuple(stages))
     result = NetShapes(blobs=dict(built.blob_shapes))
     for name, layer in built.layer_dict.items():
         result.params[name] = sum(int(blob.numel()) for blob in layer.blobs)

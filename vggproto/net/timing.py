@@ -64,9 +64,9 @@ def _backward(net: Net) -> None:
 
 def time_net(net: Net, iterations: int = 50) -> Timing:
     """Time ``iterations`` forward+backward passes of ``net`` layer by layer (after one warm-up pass)."""
-    device = net._probe.device
+    device = net.device
     clock = _Clock(device)
-    inputs = {name: torch.zeros(net.blob_shapes[name], device=device, dtype=net._probe.dtype)
+    inputs = {name: torch.zeros(net.blob_shapes[name], device=device, dtype=net.dtype)
               for name in net.input_names}
     net(**inputs)
     _backward(net)   # warm-up (Caffe logs the initial loss here)
@@ -88,7 +88,7 @@ def time_net(net: Net, iterations: int = 50) -> Timing:
         def bpost(module, grad_input, grad_output, name=name):
             bwd[name] += clock.now() - started.get("~" + name, clock.now())
         handles += [layer.register_forward_pre_hook(pre), layer.register_forward_hook(post)]
-        if not getattr(layer, "feeds", False) and not layer.is_data:
+        if not layer.feeds and not layer.is_data:
             handles += [layer.register_full_backward_pre_hook(bpre), layer.register_full_backward_hook(bpost)]
     forward_total = backward_total = 0.0
     begin = time.perf_counter()

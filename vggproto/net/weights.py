@@ -1,18 +1,20 @@
-"""Caffe's weight copying rules for :class:`vggproto.net.interpreter.Net` (CopyTrainedLayersFrom, ShareTrainedLayersWith).
+"""Caffe's weight copying for :class:`vggproto.net.interpreter.Net` (CopyTrainedLayersFrom, ShareTrainedLayersWith).
 
-Kept apart from the net so the matching rules (by layer name, equal blob count, exact or right-aligned legacy
-shape) live in one place.  File reading/writing is :mod:`vggproto.weights.caffemodel`.
+Kept apart from the net so that putting arrays into a Net's tensors is written once (:func:`load_arrays`); the
+matching rules themselves (by layer name, equal blob count, exact or right-aligned legacy shape, every mismatch in
+one error) are :func:`vggproto.weights.fit.fit_to_net`.  File reading/writing is :mod:`vggproto.weights.caffemodel`.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from vggproto.errors import WeightsError
+from vggproto.weights.fit import Site, Weights, fit_to_net, shape_string
 
 if TYPE_CHECKING:
     from vggproto.net.interpreter import Net
@@ -27,52 +29,38 @@ def split_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
     return [os.fspath(p) for p in paths]
 
 
-def _fmt(shape: Sequence[int]) -> str:
-    dims = " ".join(str(int(d)) for d in shape)
-    return f"{dims} ({int(np.prod(shape, dtype=np.int64))})"
-
-
-def _where(net: "Net", layer: str) -> str:
-    line = net.layer_lines.get(layer)
-    return f"{net.path or '<text>'}:{line}: " if line is not None else ""
-
-
-def copy_weights(net: "Net", path: str) -> None:
-    """Caffe: src/caffe/net.cpp CopyTrainedLayersFrom — copy every same-named layer's blobs from ``path``."""
-    from vggproto.weights.caffemodel import fit_blob, read_weights
-    weights = read_weights(path)
-    plan, problems = [], []
-    for name, arrays in weights.items():
-        layer = net.layer_dict.get(name)
-        if layer is None:
-            log.info("Ignoring source layer %s", name)
-            continue
-        if len(arrays) != len(layer.blobs):
-            problems.append(f"layer '{name}': the file has {len(arrays)} blobs, the net expects {len(layer.blobs)}")
-            continue
-        for index, (array, target) in enumerate(zip(arrays, layer.blobs)):
-            fitted = fit_blob(np.asarray(array), target.shape)
-            if fitted is None:
-                problems.append(f"{_where(net, name)}layer '{name}' ({layer.spec.type}) param {index}: source shape "
-                                f"{_fmt(array.shape)} vs target shape {_fmt(target.shape)}")
-            else:
-                plan.append((target, fitted))
-    if problems:
-        raise WeightsError(f"{path}: cannot copy weights; shape mismatch: " + "; ".join(problems)
-                           + ". To learn a layer's parameters from scratch rather than copying them, rename it.")
+def load_arrays(net: "Net", weights: Mapping[str, Sequence[np.ndarray]], source: str, *,
+                only: Collection[str] | None = None, allow_missing: bool = True) -> int:
+    """Copy ``weights`` into ``net``'s tensors by Caffe's rules (:func:`vggproto.weights.fit.fit_to_net`: nothing
+    is copied unless everything fits); ``only`` limits it to those layers.  Layers the file lacks keep their
+    values, as in Caffe, unless ``allow_missing`` is False.  Returns the number of blobs copied."""
+    expected = {name: [tuple(b.shape) for b in layer.blobs] for name, layer in net.layer_dict.items()}
+    sites = {name: Site(net.path, net.layer_lines.get(name), layer.spec.type) for name, layer in net.layer_dict.items()}
+    fitted = fit_to_net(weights, expected, allow_missing, source, only=only, sites=sites, log=log).weights
+    copied = 0
     with torch.no_grad():
-        for target, array in plan:
-            target.copy_(torch.from_numpy(np.array(array, dtype=np.float32)).reshape(target.shape).to(target.dtype))
-    log.info("Copied weights of %d blobs from %s", len(plan), path)
+        for name, arrays in fitted.items():
+            for target, array in zip(net.layer_dict[name].blobs, arrays):
+                target.copy_(torch.from_numpy(np.array(array, dtype=np.float32)).reshape(target.shape))
+                copied += 1
+    return copied
 
 
-def net_weights(net: "Net") -> dict[str, list[np.ndarray]]:
+def copy_weights(net: "Net", path: str, only: Collection[str] | None = None) -> None:
+    """Caffe: src/caffe/net.cpp CopyTrainedLayersFrom — copy every same-named layer's blobs from ``path``
+    (only the layers in ``only`` when given: finetuning's ``init_layers``)."""
+    from vggproto.weights.caffemodel import read_weights
+    copied = load_arrays(net, read_weights(path), path, only=only)
+    log.info("Copied weights of %d blobs from %s", copied, path)
+
+
+def net_weights(net: "Net") -> Weights:
     """Every layer's blobs as float32 numpy arrays, in layer and blob order (what a caffemodel holds)."""
     return {name: [b.detach().to("cpu", torch.float32).numpy() for b in layer.blobs]
             for name, layer in net.layer_dict.items() if len(layer.blobs)}
 
 
-def net_diffs(net: "Net") -> dict[str, list[np.ndarray]]:
+def net_diffs(net: "Net") -> Weights:
     """Every layer's blob diffs (the tensors' ``.grad``; zeros where none), laid out like :func:`net_weights`.
     After a solver step they hold the last update applied, as Caffe's diffs do after ApplyUpdate."""
     def diff(blob: torch.Tensor) -> np.ndarray:
@@ -100,5 +88,5 @@ def share_weights(net: "Net", other: "Net") -> None:
         for index, (mine, theirs) in enumerate(zip(layer.blobs, source.blobs)):
             if mine.shape != theirs.shape:
                 raise WeightsError(f"cannot share param {index} of layer '{name}': target shape "
-                                   f"{_fmt(mine.shape)} vs source shape {_fmt(theirs.shape)}")
+                                   f"{shape_string(mine.shape)} vs source shape {shape_string(theirs.shape)}")
             layer.blobs[index] = theirs

@@ -20,10 +20,15 @@ import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from vggproto.errors import SolverError, VGGProtoError
+from vggproto.net.devices import CPU, Devices
+
+if TYPE_CHECKING:
+    from vggproto.train.solver import TrainOptions
 
 log = logging.getLogger("vggproto.train.distributed")
 
@@ -106,8 +111,8 @@ class GradSync:
         self.launched = []
 
 
-class Comm:
-    """The few collectives the solver needs, over the default process group."""
+class ProcessGroupComm:
+    """:class:`vggproto.train.comm.Comm` over the default ``torch.distributed`` process group."""
 
     def __init__(self, device: torch.device, bucket_mb: float = 25.0):
         self.device = device
@@ -153,59 +158,38 @@ class Comm:
         return (scalars / world).tolist()
 
     def broadcast(self, tensors: list[torch.Tensor]) -> None:
+        """Rank 0's values of ``tensors`` on every rank (in place)."""
         import torch.distributed as dist
         for t in tensors:
             dist.broadcast(t, src=0)
 
     def broadcast_ints(self, values: list[int]) -> list[int]:
+        """Rank 0's ``values`` on every rank."""
         import torch.distributed as dist
         t = torch.tensor(values, dtype=torch.int64, device=self.device)
         dist.broadcast(t, src=0)
         return [int(v) for v in t.tolist()]
 
-    def gather_objects(self, value) -> list:
+    def gather_objects(self, value: object) -> list:
+        """Every rank's ``value``, in rank order."""
         import torch.distributed as dist
         out = [None] * dist.get_world_size()
         dist.all_gather_object(out, value)
         return out
 
 
-def parse_gpus(spec: str | None) -> tuple[str, list[int]]:
-    """``--gpus``: ``0,1`` / ``all`` → ("cuda", ids); ``cpu:N`` → ("cpu", [0..N-1]); None → ("cpu", [0])."""
-    if spec is None or spec == "":
-        return "cpu", [0]
-    if spec.startswith("cpu"):
-        count = spec.partition(":")[2] or "1"
-        if not count.isdigit() or int(count) < 1:
-            raise SolverError(f"--gpus {spec}: expected cpu:N with N >= 1")
-        return "cpu", list(range(int(count)))
-    available = torch.cuda.device_count()
-    if spec == "all":
-        ids = list(range(available))
-    else:
-        try:
-            ids = [int(x) for x in spec.split(",") if x.strip() != ""]
-        except ValueError:
-            raise SolverError(f"--gpus {spec}: expected a comma-separated list of GPU ids, 'all' or cpu:N") from None
-    if not ids:
-        raise SolverError(f"--gpus {spec}: no CUDA device is available (torch sees {available})")
-    bad = [i for i in ids if i < 0 or i >= available]
-    if bad:
-        raise SolverError(f"--gpus {spec}: GPU {bad[0]} does not exist (torch sees {available} CUDA devices)")
-    return "cuda", ids
-
-
-def launch(solver_path: str, options, resume: str | None = None, gpus: str | None = None) -> None:
-    """Train ``solver_path`` with :class:`vggproto.train.solver.TrainOptions` on the devices ``gpus`` names."""
+def launch(solver_path: str, options: TrainOptions, resume: str | None = None, gpus: Devices | None = None) -> None:
+    """Train ``solver_path`` with :class:`vggproto.train.solver.TrainOptions` on ``gpus`` (parsed ``--gpus``,
+    :func:`vggproto.net.devices.parse_devices`; None: one process on ``options.device``)."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         # under torchrun each process takes the GPU of its LOCAL_RANK when --gpus names GPUs (any id list / all)
-        _join_torchrun(solver_path, options, resume, cuda=bool(gpus) and not gpus.startswith("cpu"))
+        _join_torchrun(solver_path, options, resume, cuda=gpus is not None and gpus.kind == "cuda")
         return
-    kind, ids = parse_gpus(gpus)
+    kind, ids = (gpus or CPU).kind, list((gpus or CPU).ids)
     # read in the launcher: forkserver workers do not see later changes of this process's environment
-    options = replace(options, extra={**options.extra, "fault": os.environ.get(FAULT_ENV, ""),
-                                      "timeout_s": float(os.environ.get(TIMEOUT_ENV, "1800")),
-                                      "bucket_mb": float(os.environ.get(BUCKET_ENV, "25"))})
+    options = replace(options, fault=os.environ.get(FAULT_ENV, ""),
+                      timeout_s=float(os.environ.get(TIMEOUT_ENV, "1800")),
+                      bucket_mb=float(os.environ.get(BUCKET_ENV, "25")))
     if len(ids) == 1:
         device = f"cuda:{ids[0]}" if kind == "cuda" else options.device
         from vggproto.train.solver import Solver
@@ -215,7 +199,7 @@ def launch(solver_path: str, options, resume: str | None = None, gpus: str | Non
 
 
 def _timeout(options=None) -> datetime.timedelta:
-    seconds = (options.extra.get("timeout_s") if options is not None else None) or os.environ.get(TIMEOUT_ENV, 1800)
+    seconds = (options.timeout_s if options is not None else None) or os.environ.get(TIMEOUT_ENV, 1800)
     return datetime.timedelta(seconds=float(seconds))
 
 
@@ -301,8 +285,8 @@ def _worker(index: int, solver_path: str, options, resume, kind: str, ids: list[
     import torch.distributed as dist
     world = len(ids)
     logging.basicConfig(level=level if index == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
-    if options.extra.get("glog"):
-        from vggproto.train.log import GlogFormatter
+    if options.glog:
+        from vggproto.caffe.glog import GlogFormatter
         for handler in logging.getLogger().handlers:
             handler.setFormatter(GlogFormatter())
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -327,9 +311,9 @@ def _worker(index: int, solver_path: str, options, resume, kind: str, ids: list[
 
 def _run(solver_path: str, options, resume) -> None:
     from vggproto.train.solver import Solver
-    bucket_mb = float(options.extra.get("bucket_mb") or os.environ.get(BUCKET_ENV, 25))
-    solver = Solver(solver_path, options, comm=Comm(torch.device(options.device), bucket_mb))
-    fault = options.extra.get("fault") or os.environ.get(FAULT_ENV, "")
+    bucket_mb = float(options.bucket_mb or os.environ.get(BUCKET_ENV, 25))
+    solver = Solver(solver_path, options, comm=ProcessGroupComm(torch.device(options.device), bucket_mb))
+    fault = options.fault or os.environ.get(FAULT_ENV, "")
     if fault.startswith("kill:"):
         _, rank, at = fault.split(":")
         if int(rank) == options.rank:

@@ -2,25 +2,20 @@
 
 The log lines are Caffe's own (``solver.cpp`` / ``sgd_solver.cpp``) so that ``tools/extra/parse_log.py`` and
 :mod:`vggproto.train.logparse` read a vggproto log like a Caffe one; numbers are printed as C++ ``ostream`` prints a
-float (6 significant digits, ``%g``).  :class:`GlogFormatter` adds glog's ``I1125 20:11:14.873082 pid file:line]``
-prefix, which parse_log.py needs for its time column.
+float (6 significant digits, ``%g``, :func:`vggproto.caffe.glog.fmt`); the glog line prefix is
+:class:`vggproto.caffe.glog.GlogFormatter`.
 """
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import logging
 import os
 import sys
 from typing import Iterable, Sequence
 
+from vggproto.caffe.glog import fmt
+
 log = logging.getLogger("vggproto.train.solver")
-
-
-def fmt(value: float) -> str:
-    """A number as C++ ``operator<<`` prints it with the default precision (6 significant digits)."""
-    text = "%g" % float(value)
-    return {"inf": "inf", "-inf": "-inf"}.get(text, text)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -62,17 +57,6 @@ def snapshot_lines(model_path: str, state_path: str, hdf5: bool) -> tuple[str, s
         return (f"Snapshotting to HDF5 file {model_path}", f"Snapshotting solver state to HDF5 file {state_path}")
     return (f"Snapshotting to binary proto file {model_path}",
             f"Snapshotting solver state to binary proto file {state_path}")
-
-
-class GlogFormatter(logging.Formatter):
-    """glog's line prefix ``I1125 20:11:14.873082 12345 solver.py:42] message`` (I/W/E/F by level)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = _dt.datetime.fromtimestamp(record.created)
-        level = {"WARNING": "W", "ERROR": "E", "CRITICAL": "F"}.get(record.levelname, "I")
-        prefix = (f"{level}{stamp:%m%d %H:%M:%S}.{stamp.microsecond:06d} {record.process} "
-                  f"{os.path.basename(record.pathname)}:{record.lineno}] ")
-        return prefix + record.getMessage()
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -1,51 +1,24 @@
-"""What the training loop needs around it: the nets a solver names, finetuning, signals, and small views of
-a Net (loss weights, data cursors, output names).  Kept apart so :mod:`vggproto.train.solver` reads as the loop alone."""
+"""What the training loop needs around it: the nets a solver names, finetuning, and small views of a Net (loss
+weights, data cursors, output names).  Kept apart so :mod:`vggproto.train.solver` reads as the loop alone."""
 from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.data.options import DataOptions
 from vggproto.errors import SolverError
 
+if TYPE_CHECKING:
+    from vggproto.layers.data import FeedLayer
+    from vggproto.net.interpreter import Net
+    from vggproto.train.solver import Solver
+
 log = logging.getLogger("vggproto.train.solver")
-
-
-class Signals:
-    """Caffe's SignalHandler: SIGINT/SIGHUP set a request the loop polls once per iteration."""
-
-    def __init__(self, sigint: str, sighup: str):
-        self.effects = {signal.SIGINT: sigint}
-        if hasattr(signal, "SIGHUP"):
-            self.effects[signal.SIGHUP] = sighup
-        self.pending: str = "none"
-        self._old: dict = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.effects:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        effect = self.effects.get(signum, "none")
-        if effect != "none":
-            log.info("Caught %s; requested action: %s", signal.Signals(signum).name, effect)
-            if self.pending != "stop":
-                self.pending = effect
-
-    def take(self) -> str:
-        action, self.pending = self.pending, "none"
-        return action
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def resolve(name: str, solver_path: str | None) -> str:
@@ -55,7 +28,7 @@ def resolve(name: str, solver_path: str | None) -> str:
     beside = Path(solver_path).parent / name
     return str(beside) if beside.is_file() else name
 
-def train_net_source(p: caffe_pb2.SolverParameter, solver_path: str | None):
+def train_net_source(p: caffe_pb2.SolverParameter, solver_path: str | None) -> str | caffe_pb2.NetParameter:
     """Caffe: Solver::InitTrainNet — exactly one of the four train-net fields."""
     given = [f for f in ("train_net_param", "train_net", "net_param", "net") if p.HasField(f)]
     if len(given) != 1:
@@ -83,56 +56,40 @@ def test_net_sources(p: caffe_pb2.SolverParameter, solver_path: str | None) -> l
     states = list(p.test_state) or [caffe_pb2.NetState() for _ in sources]
     return list(zip(sources, states))
 
-def finetune(net, path: str, init_layers) -> None:
+def finetune(net: Net, path: str, init_layers: tuple[str, ...] | None) -> None:
     """Caffe: ``--weights`` → CopyTrainedLayersFrom, optionally limited to ``init_layers`` (the paper's init)."""
+    from vggproto.net.weights import copy_weights
     log.info("Finetuning from %s", path)
-    if init_layers is None:
-        net.load_weights(path)
-        return
-    from vggproto.weights.caffemodel import fit_blob, read_weights
-    keep = set(init_layers)
-    for layer, arrays in read_weights(path).items():
-        if layer not in keep or layer not in net.params:
-            continue
-        targets = net.params[layer]
-        if len(arrays) != len(targets):
-            raise SolverError(f"{path}: layer '{layer}' has {len(arrays)} blobs, the net needs {len(targets)}")
-        for array, target in zip(arrays, targets):
-            fitted = fit_blob(array, tuple(target.shape))
-            if fitted is None:
-                raise SolverError(f"{path}: cannot copy layer '{layer}': shape {tuple(array.shape)} vs "
-                                  f"{tuple(target.shape)}")
-            with torch.no_grad():
-                target.copy_(torch.from_numpy(fitted.copy()))
+    copy_weights(net, path, only=init_layers)
 
 
 # -------------------------------------------------------------------------------------------------------------------
 # Small helpers over the Net's public surface
 # -------------------------------------------------------------------------------------------------------------------
 
-def to_device(net, device: torch.device) -> None:
+def to_device(net: Net, device: torch.device) -> None:
     """Move a net unless it is already there (nets are built on the CPU)."""
     if device.type != "cpu":
         net.to(device)
 
 
-def data_layers(net):
+def data_layers(net: Net) -> Iterator[tuple[str, FeedLayer]]:
     for name, module in net.named_modules():
         if callable(getattr(module, "cursor", None)) and callable(getattr(module, "set_cursor", None)):
             yield name, module
 
 
-def cursors(net) -> dict:
+def cursors(net: Net) -> dict:
     return {name: module.cursor() for name, module in data_layers(net)}
 
 
-def set_cursors(net, cursors: dict) -> None:
+def set_cursors(net: Net, cursors: dict) -> None:
     for name, module in data_layers(net):
         if name in cursors:
             module.set_cursor(cursors[name])
 
 
-def loss_weights(net) -> dict[str, float]:
+def loss_weights(net: Net) -> dict[str, float]:
     """Loss weight of each top (Caffe: explicit ``loss_weight``, else 1 on top[0] of a loss layer)."""
     weights: dict[str, float] = {}
     for param, layer in zip(net.net_param.layer, net.layer_list):
@@ -145,11 +102,11 @@ def loss_weights(net) -> dict[str, float]:
     return weights
 
 
-def output_names(net) -> list[str]:
+def output_names(net: Net) -> list[str]:
     return list(net.output_names)
 
 
-def producer(net, blob: str) -> str | None:
+def producer(net: Net, blob: str) -> str | None:
     param = getattr(net, "net_param", None)
     if param is None:
         return None
@@ -159,7 +116,7 @@ def producer(net, blob: str) -> str | None:
     return None
 
 
-def non_finite_loss_error(net, iteration: int, loss: float, last_snapshot: str | None) -> SolverError:
+def non_finite_loss_error(net: Net, iteration: int, loss: float, last_snapshot: str | None) -> SolverError:
     """The error for a NaN/inf training loss, naming the first blob (and its layer) that stopped being finite."""
     culprit = ""
     for name, blob in net.blobs.items():
@@ -173,7 +130,7 @@ def non_finite_loss_error(net, iteration: int, loss: float, last_snapshot: str |
                        f"lower base_lr or enable clip_gradients")
 
 
-def first_accuracy_top(net) -> str:
+def first_accuracy_top(net: Net) -> str:
     param = getattr(net, "net_param", None)
     if param is not None:
         for layer in param.layer:
@@ -182,7 +139,7 @@ def first_accuracy_top(net) -> str:
     return "accuracy"
 
 
-def flat_scores(scores) -> list[tuple[str, float]]:
+def flat_scores(scores: Sequence[tuple[str, Sequence[float], float]]) -> list[tuple[str, float]]:
     flat = []
     for name, values, _ in scores:
         if len(values) == 1:
@@ -196,7 +153,7 @@ def flat_scores(scores) -> list[tuple[str, float]]:
 # The vggproto sidecar of a snapshot: what Caffe's solverstate lacks for a bitwise resume
 # ------------------------------------------------------------------------------------------------------------------
 
-def sidecar(solver, train_cursors: list) -> dict:
+def sidecar(solver: Solver, train_cursors: list) -> dict:
     """Data cursors (one dict per process), plateau state and the torch RNG of ``solver`` at a snapshot."""
     return {
         "iter": solver.iter, "world_size": solver.world,
@@ -207,7 +164,7 @@ def sidecar(solver, train_cursors: list) -> dict:
     }
 
 
-def apply_sidecar(solver, side: dict | None, state_path: str) -> None:
+def apply_sidecar(solver: Solver, side: dict | None, state_path: str) -> None:
     """Restore what :func:`sidecar` saved; without one (a Caffe solverstate) data restarts at record 0."""
     if side is None:
         log.info("No vggproto sidecar beside %s: data layers restart at record 0 (as Caffe does)", state_path)
@@ -224,3 +181,32 @@ def apply_sidecar(solver, side: dict | None, state_path: str) -> None:
     rng = side.get("torch_rng")
     if rng and solver.world == 1:
         torch.set_rng_state(torch.frombuffer(bytearray(bytes.fromhex(rng)), dtype=torch.uint8))
+
+
+def build_train_net(p: caffe_pb2.SolverParameter, solver_path: str | None, options: DataOptions,
+                    device: torch.device, weights: tuple[str, ...], init_layers: tuple[str, ...] | None) -> Net:
+    """Caffe: Solver::InitTrainNet — the TRAIN net on ``device``, finetuned from ``weights`` (``--weights``, else
+    the solver's own ``weights:`` entries, as tools/caffe.cpp does)."""
+    from vggproto.net.interpreter import Net
+    source = train_net_source(p, solver_path)
+    log.info("Creating training net from %s", source if isinstance(source, str) else "net_param")
+    net = Net(source, phase="TRAIN", stages=tuple(p.train_state.stage), level=p.train_state.level,
+              seed=options.seed, options=options)
+    to_device(net, device)
+    for path in weights or tuple(f for entry in p.weights for f in entry.split(",") if f):
+        finetune(net, path, init_layers)
+    return net
+
+
+def build_test_nets(p: caffe_pb2.SolverParameter, solver_path: str | None, seed: int | None,
+                    device: torch.device, train_net: Net) -> list[Net]:
+    """Caffe: Solver::InitTestNets — every test net on ``device``, sharing the trained layers by name."""
+    from vggproto.net.interpreter import Net
+    nets = []
+    for source, state in test_net_sources(p, solver_path):
+        net = Net(source, phase="TEST", stages=tuple(state.stage), level=state.level, seed=seed,
+                  options=DataOptions())
+        to_device(net, device)
+        net.share_weights_from(train_net)
+        nets.append(net)
+    return nets

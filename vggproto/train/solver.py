@@ -7,8 +7,9 @@ trained layers by name), optionally finetune from ``--weights`` or resume from a
     all-reduce (multi-process) → lr → clip → 1/iter_size → decay → update rule → iter++ → snapshot
 
 and finish as Caffe does: final snapshot, one display-only forward, final test (reference B.1/B.2,
-``BVLC/caffe:src/caffe/solver.cpp``).  The update math lives in :mod:`vggproto.train.updates`, the file formats in
-:mod:`vggproto.train.snapshot`, the log lines in :mod:`vggproto.train.log`, process groups in :mod:`vggproto.train.distributed`.
+``BVLC/caffe:src/caffe/solver.cpp``).  The update math lives in :mod:`vggproto.train.updates`, the file formats
+in :mod:`vggproto.train.snapshot`, the log lines in :mod:`vggproto.train.log`, process groups in
+:mod:`vggproto.train.distributed`.
 """
 from __future__ import annotations
 
@@ -16,16 +17,19 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.prototxt import read_solver
+from vggproto.data.options import DataOptions
 from vggproto.errors import SolverError
 from vggproto.train import log as tl
 from vggproto.train import setup, updates
 from vggproto.train import snapshot as snap
+from vggproto.train.comm import Comm
+from vggproto.train.signals import SignalEffect, Signals, check_effect
 
 log = logging.getLogger("vggproto.train.solver")
 
@@ -41,64 +45,38 @@ class TrainOptions:
     rank: int = 0
     world_size: int = 1
     per_gpu_batch: bool = False            # BVLC semantics: the prototxt batch is per process
-    sigint_effect: str = "stop"            # Caffe's defaults
-    sighup_effect: str = "snapshot"
+    sigint_effect: SignalEffect = "stop"   # Caffe's defaults (tools/caffe.cpp)
+    sighup_effect: SignalEffect = "snapshot"
     plateau_patience: int = 0
     plateau_max_drops: int = 0
     plateau_output: str | None = None      # default: the first Accuracy top of test net #0
     init_layers: tuple[str, ...] | None = None  # restrict --weights copying to these layers
     progress: bool | None = None           # tqdm bar (None: when stderr is a TTY)
     csv: bool = True
-    extra: dict = field(default_factory=dict)
+    glog: bool = False                     # give worker processes glog's line prefix (the CLI's format)
+    fault: str = ""                        # tests only: "kill:RANK:ITER" makes that rank SIGKILL itself
+    timeout_s: float | None = None         # collective timeout (default: VGGPROTO_COLLECTIVE_TIMEOUT_S or 1800)
+    bucket_mb: float | None = None         # gradient all-reduce bucket (default: VGGPROTO_BUCKET_MB or 25)
 
 
 class Solver:
     """A Caffe solver on vggproto's Net: ``Solver(solver_path_or_param, options).solve(resume=None)``."""
 
-    def __init__(self, solver, options: TrainOptions | None = None, *, comm=None):
-        from vggproto.net.interpreter import Net
+    def __init__(self, solver: str | os.PathLike | caffe_pb2.SolverParameter, options: TrainOptions | None = None,
+                 *, comm: Comm | None = None):
         self.opts = opts = options or TrainOptions()
         self.path = str(solver) if isinstance(solver, (str, os.PathLike)) else None
-        self.param = read_solver(solver) if self.path else solver
-        p = self.param
-        updates.check_solver(p, self.path)
-        for effect in (opts.sigint_effect, opts.sighup_effect):
-            if effect not in ("stop", "snapshot", "none"):
-                raise SolverError(f"signal effect '{effect}' is not one of: stop, snapshot, none")
-        if opts.level is not None:
-            p.train_state.level = opts.level
-        if opts.stages:
-            del p.train_state.stage[:]
-            p.train_state.stage.extend(opts.stages)
+        self.param = p = self._checked_param(read_solver(solver) if self.path else solver)
         self.comm, self.rank, self.world = comm, opts.rank, opts.world_size
         self.root = self.rank == 0
         self.device = torch.device(opts.device)
         if p.random_seed >= 0:  # Caffe: seed + solver rank
             torch.manual_seed(p.random_seed + self.rank)
         seed = p.random_seed + self.rank if p.random_seed >= 0 else None
-
-        # ---- train net (Caffe: Solver::InitTrainNet) ------------------------------------------------------------
-        source = setup.train_net_source(p, self.path)
-        options = {"rank": self.rank, "world_size": self.world, "batch_split": not opts.per_gpu_batch,
-                   "per_gpu_batch": opts.per_gpu_batch, "seed": seed}
-        log.info("Creating training net from %s", source if isinstance(source, str) else "net_param")
-        self.net = Net(source, phase="TRAIN", stages=tuple(p.train_state.stage), level=p.train_state.level,
-                       seed=seed, options=options)
-        setup.to_device(self.net, self.device)
-        # Caffe: the solver's own `weights:` entries, unless --weights replaces them (tools/caffe.cpp)
-        files = opts.weights or tuple(f for entry in p.weights for f in entry.split(",") if f)
-        for w in files:
-            setup.finetune(self.net, w, opts.init_layers)
-        # ---- test nets (Caffe: Solver::InitTestNets); only the root process tests ------------------------------
-        self.test_nets = []
-        if self.root:
-            for i, (src, state) in enumerate(setup.test_net_sources(p, self.path)):
-                test = Net(src, phase="TEST", stages=tuple(state.stage), level=state.level, seed=seed,
-                           options={"rank": 0, "world_size": 1})
-                setup.to_device(test, self.device)
-                test.share_weights_from(self.net)
-                self.test_nets.append(test)
-        # ---- solver state ----------------------------------------------------------------------------------------
+        data = DataOptions(rank=self.rank, world_size=self.world, per_gpu_batch=opts.per_gpu_batch, seed=seed)
+        self.net = setup.build_train_net(p, self.path, data, self.device, opts.weights, opts.init_layers)
+        # only the root process tests (Caffe: Solver::InitTestNets runs on the root solver)
+        self.test_nets = setup.build_test_nets(p, self.path, seed, self.device, self.net) if self.root else []
         self.learnable = list(self.net.learnable_params)
         self.history = updates.new_history(p.type, [lp.param.detach() for lp in self.learnable])
         if comm is not None and p.layer_wise_reduce:
@@ -107,7 +85,7 @@ class Solver:
             comm.attach([lp.param for lp in self.learnable])
         self.iter, self.current_step = 0, 0
         self.plateau = updates.Plateau(opts.plateau_patience, opts.plateau_max_drops)
-        self.signals = setup.Signals(opts.sigint_effect, opts.sighup_effect)
+        self.signals = Signals(opts.sigint_effect, opts.sighup_effect)
         self.smoothed_loss, self._losses = 0.0, []
         self.last_snapshot: str | None = None
         self.requested_early_exit = False
@@ -115,6 +93,18 @@ class Solver:
         self.callbacks: list = []  # called with the solver at the start of every iteration (Caffe: on_start)
         if self.root and (p.snapshot or p.snapshot_after_train):
             snap.check_write_permission(p.snapshot_prefix)
+
+    def _checked_param(self, p: caffe_pb2.SolverParameter) -> caffe_pb2.SolverParameter:
+        """The solver with ``--level``/``--stage`` applied, after Caffe's checks of its fields and of the flags."""
+        updates.check_solver(p, self.path)
+        check_effect(self.opts.sigint_effect, "sigint_effect")
+        check_effect(self.opts.sighup_effect, "sighup_effect")
+        if self.opts.level is not None:
+            p.train_state.level = self.opts.level
+        if self.opts.stages:
+            del p.train_state.stage[:]
+            p.train_state.stage.extend(self.opts.stages)
+        return p
 
     # ---------------------------------------------------------------------------------------------------------------
     # Solve (Caffe: Solver::Solve)
@@ -185,13 +175,7 @@ class Solver:
                     callback(self)
                 display = bool(p.display) and self.iter % p.display == 0
                 self.net.debug_info = display and p.debug_info   # Caffe: solver.cpp Step
-                loss = 0.0
-                for micro in range(p.iter_size):
-                    if self.comm is not None and micro == p.iter_size - 1:
-                        self.comm.arm()  # overlap the all-reduce with the last backward
-                    loss += self._forward_backward()
-                loss /= p.iter_size
-                loss, action = self._all_reduce(loss)
+                loss, action = self._all_reduce(self._accumulate_gradients())
                 self._check_finite(loss)
                 self._update_smoothed_loss(loss, start_iter)
                 outputs = self._train_outputs() if display else None  # collective: every rank
@@ -216,6 +200,15 @@ class Solver:
         finally:
             if progress is not None:
                 progress.close()
+
+    def _accumulate_gradients(self) -> float:
+        """``iter_size`` forward/backward passes with the gradients summed; the mean loss (Caffe: Solver::Step)."""
+        loss = 0.0
+        for micro in range(self.param.iter_size):
+            if self.comm is not None and micro == self.param.iter_size - 1:
+                self.comm.arm()  # overlap the all-reduce with the last backward
+            loss += self._forward_backward()
+        return loss / self.param.iter_size
 
     def _forward_backward(self) -> float:
         outputs = self.net.forward()
@@ -312,32 +305,24 @@ class Solver:
                     self.csv.add_tests(self.iter, {name: value for name, value in setup.flat_scores(scores)})
 
     def test(self, index: int) -> list[tuple[str, list[float], float]]:
+        """Caffe: Solver::Test — test net #index on the trained weights, through the loop ``caffe test`` uses too;
+        ``[]`` when a stop signal interrupts it."""
+        from vggproto.train.scoring import score
         net = self.test_nets[index]
         net.share_weights_from(self.net)  # Caffe: ShareTrainedLayersWith before every test
-        n = self.param.test_iter[index]
-        sums: dict[str, torch.Tensor] = {}
-        loss = 0.0
-        with torch.no_grad():
-            for _ in range(n):
-                if self.comm is None and self.signals.pending == "stop":  # Caffe: Solver::Test polls signals
-                    self.requested_early_exit = True
-                    break
-                outputs = net.forward()
-                if self.param.test_compute_loss:
-                    loss += float(net.loss)
-                for name, value in outputs.items():
-                    value = value.detach().double().reshape(-1).cpu()
-                    sums[name] = sums[name] + value if name in sums else value.clone()
-        if self.requested_early_exit:
+        compute_loss = self.param.test_compute_loss
+        # Caffe: Solver::Test polls the signal handler before every batch (one process only)
+        result = score(net, self.param.test_iter[index], compute_loss=compute_loss,
+                       stop=lambda: self.comm is None and self.signals.pending == "stop")
+        if result.interrupted:
+            self.requested_early_exit = True
             log.info("Test interrupted.")
             return []
-        if self.param.test_compute_loss:
-            log.info("Test loss: %s", tl.fmt(loss / n))
-        weights = setup.loss_weights(net)
-        scores = [(name, (total / n).tolist(), weights.get(name, 0.0)) for name, total in sums.items()]
-        for line in tl.output_lines("Test", scores):
+        if compute_loss:
+            log.info("Test loss: %s", tl.fmt(result.loss))
+        for line in tl.output_lines("Test", result.outputs):
             log.info(line)
-        return scores
+        return result.outputs
 
     def _plateau_observe(self, scores) -> None:
         if not self.plateau.enabled:

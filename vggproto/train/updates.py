@@ -1,8 +1,9 @@
 """Caffe's learning-rate policies and the six update rules, as small pure functions on tensors.
 
 Everything here reproduces ``BVLC/caffe:src/caffe/solvers/*_solver.cpp`` exactly (order of operations included), in
-float32 like Caffe's CPU solver, so that a vggproto run reproduces a ``caffe train`` run weight for weight.  The solver
-loop (:mod:`vggproto.train.solver`) owns the order of the steps: clip → normalise → regularise → update rule → ``w -= diff``.
+float32 like Caffe's CPU solver, so that a vggproto run reproduces a ``caffe train`` run weight for weight.  The
+solver loop (:mod:`vggproto.train.solver`) owns the order of the steps: clip → normalise → regularise → update rule
+→ ``w -= diff``.
 Rules are plain tensor ops under ``torch.no_grad()`` (not ``torch.optim``): Caffe folds the learning rate into the SGD
 history, which ``torch.optim.SGD`` does not.
 """
@@ -17,7 +18,6 @@ from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import SolverError
 
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
-LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -55,32 +55,56 @@ def check_solver(param: caffe_pb2.SolverParameter, path: str | None = None) -> N
 # Learning-rate policies (Caffe: sgd_solver.cpp SGDSolver::GetLearningRate)
 # ------------------------------------------------------------------------------------------------------------------
 
+# Caffe: sgd_solver.cpp GetLearningRate — one function per lr_policy: (param, base, it, current_step) -> (rate, step)
+LrPolicy = Callable[[caffe_pb2.SolverParameter, float, int, int], tuple[float, int]]
+
+
+def _fixed(p: caffe_pb2.SolverParameter, base: float, it: int, step: int) -> tuple[float, int]:
+    return base, step
+
+
+def _step(p: caffe_pb2.SolverParameter, base: float, it: int, step: int) -> tuple[float, int]:
+    step = it // p.stepsize
+    return base * float(p.gamma) ** step, step
+
+
+def _exp(p: caffe_pb2.SolverParameter, base: float, it: int, step: int) -> tuple[float, int]:
+    return base * float(p.gamma) ** it, step
+
+
+def _inv(p: caffe_pb2.SolverParameter, base: float, it: int, step: int) -> tuple[float, int]:
+    return base * (1.0 + float(p.gamma) * it) ** (-float(p.power)), step
+
+
+def _multistep(p: caffe_pb2.SolverParameter, base: float, it: int, step: int) -> tuple[float, int]:
+    if step < len(p.stepvalue) and it >= p.stepvalue[step]:  # advances at most once per call, as Caffe's does
+        step += 1
+    return base * float(p.gamma) ** step, step
+
+
+def _poly(p: caffe_pb2.SolverParameter, base: float, it: int, step: int) -> tuple[float, int]:
+    return base * (1.0 - it / float(p.max_iter)) ** float(p.power), step
+
+
+def _sigmoid(p: caffe_pb2.SolverParameter, base: float, it: int, step: int) -> tuple[float, int]:
+    return base * (1.0 / (1.0 + math.exp(-float(p.gamma) * (it - float(p.stepsize))))), step
+
+
+LR_POLICY_RULES: dict[str, LrPolicy] = {"fixed": _fixed, "step": _step, "exp": _exp, "inv": _inv,
+                                        "multistep": _multistep, "poly": _poly, "sigmoid": _sigmoid}
+LR_POLICIES = tuple(LR_POLICY_RULES)
+
+
 def learning_rate(param: caffe_pb2.SolverParameter, it: int, current_step: int) -> tuple[float, int]:
     """``(rate, current_step)`` at iteration ``it`` (number of completed updates).
 
     ``current_step`` is state: ``step`` recomputes it, ``multistep`` advances it at most once per call (so it must
     be carried from call to call and saved in the solverstate), the other policies leave it alone.
     """
-    base, gamma, policy = float(param.base_lr), float(param.gamma), param.lr_policy
-    if policy == "fixed":
-        rate = base
-    elif policy == "step":
-        current_step = it // param.stepsize
-        rate = base * gamma ** current_step
-    elif policy == "exp":
-        rate = base * gamma ** it
-    elif policy == "inv":
-        rate = base * (1.0 + gamma * it) ** (-float(param.power))
-    elif policy == "multistep":
-        if current_step < len(param.stepvalue) and it >= param.stepvalue[current_step]:
-            current_step += 1
-        rate = base * gamma ** current_step
-    elif policy == "poly":
-        rate = base * (1.0 - it / float(param.max_iter)) ** float(param.power)
-    elif policy == "sigmoid":
-        rate = base * (1.0 / (1.0 + math.exp(-gamma * (it - float(param.stepsize)))))
-    else:
-        raise SolverError(f"unknown lr_policy '{policy}'; supported: {', '.join(LR_POLICIES)}")
+    policy = LR_POLICY_RULES.get(param.lr_policy)
+    if policy is None:
+        raise SolverError(f"unknown lr_policy '{param.lr_policy}'; supported: {', '.join(LR_POLICIES)}")
+    rate, current_step = policy(param, float(param.base_lr), it, current_step)
     # Caffe stores the rate in a Dtype (float32)
     return float(torch.tensor(rate, dtype=torch.float32)), current_step
 

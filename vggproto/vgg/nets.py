@@ -12,10 +12,10 @@ Each builder returns ``(layer, comment)`` pairs; the comment (possibly empty) is
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.caffe.shapes import conv_output_size, pool_output_size
 from vggproto.errors import VGGProtoError
 from vggproto.vgg.configs import (
     DENSE_LAYER_NAMES,
@@ -193,6 +193,7 @@ def trunk(config: str, kind: str, opts: NetOptions) -> tuple[Commented, str]:
             name = f"conv{block}_{index}"
             width, pad = _narrow(token.width, opts), (token.kernel - 1) // 2
             conv = _conv(name, bottom, width, token.kernel, pad, fill)
+            spatial = conv_output_size(spatial, token.kernel, 1, pad)   # "same" for Table 1's odd kernels
             if kind == "train_val" and opts.localization and opts.finetune == "fc":
                 _freeze(conv)
             out.append((conv, ""))
@@ -206,7 +207,7 @@ def trunk(config: str, kind: str, opts: NetOptions) -> tuple[Commented, str]:
             name = f"pool{block}"
             out.append((_maxpool(name, bottom), ""))
             bottom, block, index = name, block + 1, 0
-            spatial = math.ceil(spatial / 2)  # Caffe's ceil rule for a 2×2 stride-2 pool
+            spatial = pool_output_size(spatial, 2, 2)  # Caffe: pooling_layer.cpp ceil rule, 2×2 stride 2
         elif token.kind == "fc":
             fc_seen += 1
             last = fc_seen == fc_total

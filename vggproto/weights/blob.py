@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import WeightsError
@@ -20,6 +21,7 @@ from vggproto.weights.wire import (
     FIXED64,
     LENGTH,
     VARINT,
+    Buffer,
     Field,
     Part,
     WireError,
@@ -47,7 +49,7 @@ def _int32(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def blob_fields(buf, u8: np.ndarray, start: int, end: int) -> BlobFields:
+def blob_fields(buf: Buffer, u8: np.ndarray, start: int, end: int) -> BlobFields:
     """Walk the BlobProto in ``buf[start:end]`` (``u8``: a uint8 view of ``buf`` for run detection)."""
     out = BlobFields()
     pos = start
@@ -143,7 +145,7 @@ def _float32(array) -> np.ndarray:
     return np.asarray(array, dtype="<f4", order="C")
 
 
-def blob_part(array, number: int, diff=None) -> Field:
+def blob_part(array: npt.ArrayLike, number: int, diff: npt.ArrayLike | None = None) -> Field:
     """A BlobProto field with packed float ``data``, packed ``diff`` (when given: Caffe's Blob::ToProto with
     write_diff) and ``shape``, in protobuf's canonical field order.
 
@@ -156,7 +158,7 @@ def blob_part(array, number: int, diff=None) -> Field:
     return Field(number, parts)
 
 
-def array_to_blob(array) -> caffe_pb2.BlobProto:
+def array_to_blob(array: npt.ArrayLike) -> caffe_pb2.BlobProto:
     """A float32 BlobProto with ``shape`` and packed ``data`` (built from bytes: no per-value Python work)."""
     buffer = io.BytesIO()
     for child in blob_part(array, 1).parts:      # the blob's fields, without the enclosing tag and length

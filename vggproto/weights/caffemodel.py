@@ -7,8 +7,8 @@ copy-on-write, so arrays are writable and the file is never modified).  Only the
 through protobuf.  Writing streams each blob straight from its array into a temp file that is renamed into place.
 
 Shapes follow Caffe (``src/caffe/blob.cpp`` FromProto): legacy num/channels/height/width win when present and
-give a 4-D array, else ``shape``; ``double_data`` is used when non-empty.  :func:`fit_blob` is Caffe's
-``ShapeEquals`` for loading such arrays into a layer.
+give a 4-D array, else ``shape``; ``double_data`` is used when non-empty.  Loading such arrays into a net's
+blobs (Caffe's ``ShapeEquals``) is :mod:`vggproto.weights.fit`.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from vggproto.caffe.files import atomic_path, describe, is_hdf5, sniff
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import WeightsError
 from vggproto.weights.blob import array_to_blob, blob_array, blob_fields, blob_part, blob_to_array  # noqa: F401
+from vggproto.weights.fit import Weights
 from vggproto.weights.wire import (
     LENGTH,
     Field,
@@ -42,7 +43,6 @@ from vggproto.weights.wire import (
 
 log = logging.getLogger("vggproto.weights.caffemodel")
 
-Weights = dict[str, list[np.ndarray]]
 # (field number of the layer list in NetParameter, name field, blobs field, embedded V0 layer field)
 _V1 = (2, 4, 6, 1)
 _V2 = (100, 1, 7, None)
@@ -259,20 +259,6 @@ def upgrade_caffemodel(src: str | os.PathLike, dst: str | os.PathLike) -> caffe_
     parts.append(after)
     write_parts(dst, parts)
     return net
-
-
-def fit_blob(array: np.ndarray, target_shape: Sequence[int]) -> np.ndarray | None:
-    """Caffe's ShapeEquals: ``array`` itself if its shape is ``target_shape``; for a 4-D (legacy) array whose
-    dims equal the target's right-aligned LegacyShape (missing leading axes count as 1) the reshaped view;
-    otherwise None (Caffe refuses to copy)."""
-    target = tuple(int(d) for d in target_shape)
-    if tuple(array.shape) == target:
-        return array
-    # Caffe: src/caffe/blob.cpp ShapeEquals + LegacyShape — legacy dims compare right-aligned, at most 4 axes
-    if array.ndim != 4 or len(target) > 4:
-        return None
-    legacy = (1,) * (4 - len(target)) + target
-    return array.reshape(target) if tuple(array.shape) == legacy else None
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Reading and writing weights in every container ``vggproto convert`` knows, as ``{layer: [blob arrays]}``.
 
-Containers: Caffe caffemodel (V1 or V2) and Caffe HDF5 (``/data/<layer>/<i>``) through :mod:`vggproto.weights.caffemodel`;
-PyTorch ``.pt`` (``torch.save`` of a flat dict of tensors, loadable with ``torch.load(..., weights_only=True)``) and
-``.safetensors``, both keyed ``<layer>.weight`` (blob 0), ``<layer>.bias`` (blob 1), ``<layer>.<i>`` (blob i >= 2);
-and torchvision VGG state dicts (``features.N.weight`` ...), recognised by their keys.
+Containers: Caffe caffemodel (V1 or V2) and Caffe HDF5 (``/data/<layer>/<i>``) through
+:mod:`vggproto.weights.caffemodel`; PyTorch ``.pt`` (``torch.save`` of a flat dict of tensors, loadable with
+``torch.load(..., weights_only=True)``) and ``.safetensors``, both keyed ``<layer>.weight`` (blob 0),
+``<layer>.bias`` (blob 1), ``<layer>.<i>`` (blob i >= 2); and torchvision VGG state dicts (``features.N.weight``
+...), recognised by their keys.
 
 Input formats are detected from the content (HDF5 / zip / safetensors header), never trusted from the extension.
 Writers stream one array at a time and replace the target atomically, so a failed conversion leaves no partial file.
@@ -18,16 +19,17 @@ import re
 import struct
 import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from vggproto.caffe.files import atomic_path, sniff
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import WeightsError
+from vggproto.weights.fit import Weights
 
 log = logging.getLogger("vggproto.convert.convert")
 
-Weights = dict[str, list[np.ndarray]]
 #: Output format names accepted by ``--to``.
 FORMATS = ("caffemodel", "h5", "pt", "safetensors", "torchvision", "onnx")
 _BY_EXTENSION = {".caffemodel": "caffemodel", ".h5": "h5", ".hdf5": "h5", ".pt": "pt", ".pth": "pt",
@@ -242,7 +244,7 @@ def save_safetensors(path: str | os.PathLike, state: Mapping[str, np.ndarray]) -
 # Everything
 # ----------------------------------------------------------------------------------------------------------------
 
-def read_any(path: str | os.PathLike):
+def read_any(path: str | os.PathLike) -> tuple[Mapping[str, Any], caffe_pb2.NetParameter | None, str]:
     """``(weights, net_param_or_None, format)`` for any supported input; torchvision keys are kept as a flat dict.
 
     For ``torchvision`` the first element is the flat ``{key: array}`` state dict (the caller converts it);

@@ -22,19 +22,19 @@ The folding is computed in float64 and rounded once to float32.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
 from vggproto.errors import WeightsError
+from vggproto.vgg.configs import MEAN_BGR
+from vggproto.weights.fit import Weights
 
-#: Caffe VGG input convention: BGR mean pixel subtracted from 0-255 values (reference D).
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+#: Caffe VGG input convention: BGR mean pixel subtracted from 0-255 values (reference D) — the generator's value.
+CAFFE_MEAN_BGR = MEAN_BGR
 #: torchvision ImageNet normalisation, RGB, applied to [0, 1] values.
 TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
-
-Weights = dict[str, list[np.ndarray]]
 
 _CONV_NAME = re.compile(r"^conv(\d+)_(\d+)$")
 _FC_NAMES = ("fc6", "fc7", "fc8")
@@ -43,7 +43,7 @@ _TV_KEY = re.compile(r"^(features|classifier)\.(\d+)\.(weight|bias)$")
 _CLASSIFIER_INDEX = {"fc6": 0, "fc7": 3, "fc8": 6}
 
 
-def is_torchvision_state_dict(keys) -> bool:
+def is_torchvision_state_dict(keys: Iterable[str]) -> bool:
     """True when every key looks like torchvision VGG's ``features.N.weight`` / ``classifier.N.bias``."""
     keys = list(keys)
     return bool(keys) and all(_TV_KEY.match(k) for k in keys) and any(k.startswith("features.") for k in keys)

@@ -2,8 +2,9 @@
 
 A serialized message is a sequence of fields ``tag (varint: number << 3 | wire type)`` + payload, where the
 payload is a varint (type 0), 8 bytes (1), a varint length + that many bytes (2) or 4 bytes (5).  Walking that
-ourselves over an ``mmap`` lets :mod:`vggproto.weights.caffemodel` turn each packed float run into a zero-copy numpy view,
-instead of protobuf copying 500 MB into a Python list (``google/protobuf/io/coded_stream``, encoding docs).
+ourselves over an ``mmap`` lets :mod:`vggproto.weights.caffemodel` turn each packed float run into a zero-copy
+numpy view, instead of protobuf copying 500 MB into a Python list (``google/protobuf/io/coded_stream``, encoding
+docs).
 
 The writer side builds a small tree of :class:`Field` parts whose sizes are computed before any byte is written,
 so huge arrays are streamed straight from their own memory to the file.  Offsets are Python ints: files over
@@ -11,6 +12,7 @@ so huge arrays are streamed straight from their own memory to the file.  Offsets
 """
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator, Union
 
@@ -19,6 +21,8 @@ import numpy as np
 from vggproto.errors import WeightsError
 
 VARINT, FIXED64, LENGTH, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
+#: What the decoders walk: the whole (usually memory-mapped) file, indexed by byte offset.
+Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
 _FIXED_SIZE = {FIXED64: 8, FIXED32: 4}
 
 
@@ -34,7 +38,7 @@ class WireError(WeightsError):
 # Decoding
 # --------------------------------------------------------------------------------------------------------------
 
-def read_varint(buf, pos: int, end: int) -> tuple[int, int]:
+def read_varint(buf: Buffer, pos: int, end: int) -> tuple[int, int]:
     """Decode the varint at ``pos``; return (value, position after it)."""
     result = shift = 0
     start = pos
@@ -64,7 +68,7 @@ class RawField:
     value: int = 0
 
 
-def read_field(buf, pos: int, end: int) -> RawField:
+def read_field(buf: Buffer, pos: int, end: int) -> RawField:
     """Decode the one field whose tag starts at ``pos`` (inside a message ending at ``end``).
 
     Group wire types (3/4) never occur in caffe.proto; they and the invalid types 6/7 mean the bytes are not a
@@ -93,7 +97,7 @@ def read_field(buf, pos: int, end: int) -> RawField:
                     f"file)", start)
 
 
-def iter_fields(buf, pos: int, end: int) -> Iterator[RawField]:
+def iter_fields(buf: Buffer, pos: int, end: int) -> Iterator[RawField]:
     """Walk the fields of the message occupying ``buf[pos:end]``."""
     while pos < end:
         raw = read_field(buf, pos, end)
@@ -114,7 +118,7 @@ def fixed_run(u8: np.ndarray, pos: int, end: int, tag: int, width: int) -> int:
     return int(bad[0]) if bad.size else most
 
 
-def unpacked_values(buf, pos: int, count: int, width: int, dtype: str) -> np.ndarray:
+def unpacked_values(buf: Buffer, pos: int, count: int, width: int, dtype: str) -> np.ndarray:
     """Copy ``count`` unpacked fixed-width values starting with the tag byte at ``pos``."""
     view = np.ndarray((count,), dtype=dtype, buffer=buf, offset=pos + 1, strides=(width + 1,))
     return view.copy()

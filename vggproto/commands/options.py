@@ -1,0 +1,129 @@
+"""The click options and value types several commands share, so each flag is parsed (and fails) one way.
+
+Bad values raise :class:`vggproto.errors.VGGProtoError` (the CLI prints one ``vggproto: error:`` line and exits 1)
+rather than click's usage error, as every other user mistake does.  Importing this module never imports torch
+(the CLI imports every command module at start-up): ``--gpus`` values are handed to
+:func:`vggproto.net.devices.parse_devices` when a command that takes the flag parses its arguments.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Callable
+
+import click
+
+from vggproto.errors import VGGProtoError
+from vggproto.vgg.configs import MEAN_BGR
+
+if TYPE_CHECKING:
+    from vggproto.net.devices import Devices
+
+#: ``--mean-value``'s default: the ILSVRC-2012 mean pixel (B,G,R) the VGG nets were trained with.
+MEAN_DEFAULT = ",".join(f"{v:g}" for v in MEAN_BGR)
+
+
+def _flag(param: click.Parameter | None, default: str) -> str:
+    """The option's first spelling (``--gpu`` or ``--gpus``), for messages."""
+    return param.opts[0] if param is not None and param.opts else default
+
+
+class IntList(click.ParamType):
+    """``256,384,512`` -> ``(256, 384, 512)``."""
+
+    name = "INTS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        what = _flag(param, "value")
+        try:
+            values = tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            raise VGGProtoError(f"{what} takes comma-separated integers, got '{value}'") from None
+        if not values:
+            raise VGGProtoError(f"{what} is empty")
+        return values
+
+
+class MeanValue(click.ParamType):
+    """``104,117,124`` (B,G,R) or one number for every channel -> a tuple of 1 or 3 floats."""
+
+    name = "B,G,R"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        what = _flag(param, "--mean-value")
+        try:
+            values = tuple(float(v) for v in str(value).split(","))
+        except ValueError:
+            raise VGGProtoError(f"{what} takes comma-separated numbers (B,G,R), got '{value}'") from None
+        if len(values) not in (1, 3):
+            raise VGGProtoError(f"{what} takes 1 or 3 numbers (B,G,R), got {len(values)}")
+        return values
+
+
+class NameList(click.ParamType):
+    """``a,b`` -> ``("a", "b")``: stages, or weight files applied in order (empty parts dropped)."""
+
+    name = "A,B"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        return tuple(v for v in str(value).split(",") if v)
+
+
+class ModelPair(click.ParamType):
+    """``DEPLOY:WEIGHTS`` (split at the last colon) -> ``(deploy, weights)``, both existing files."""
+
+    name = "DEPLOY:WEIGHTS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        what = _flag(param, "value")
+        deploy, sep, weights = str(value).rpartition(":")
+        if not sep or not deploy or not weights:
+            raise VGGProtoError(f"{what} takes DEPLOY:WEIGHTS, got '{value}'")
+        for path in (deploy, weights):
+            if not os.path.exists(path):
+                raise VGGProtoError(f"{what} {value}: no such file '{path}'")
+        return deploy, weights
+
+
+class GpusType(click.ParamType):
+    """``--gpus`` / ``--gpu`` -> :class:`vggproto.net.devices.Devices`; ``one_device`` refuses lists."""
+
+    name = "GPUS"
+
+    def __init__(self, one_device: bool = False):
+        self.one_device = one_device
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Devices:
+        from vggproto.net.devices import Devices, parse_devices  # the net package imports torch
+        if isinstance(value, Devices):
+            return value
+        single = (ctx.info_name if ctx is not None and ctx.info_name else "this command") if self.one_device else None
+        return parse_devices(str(value), _flag(param, "--gpus"), single)
+
+
+def gpus_option(*names: str, one_device: bool = True, help: str | None = None) -> Callable:
+    """The ``--gpus``/``--gpu`` option (``names``: its spellings, the first used in messages) as ``gpus``.
+
+    One-device commands get a :class:`Devices` (default: the CPU) whose ``.device`` is the torch device; the
+    others (``train``) get None when the flag is absent, so Caffe's solver_mode rule can apply.
+    """
+    names = names or ("--gpus", "--gpu")
+    default_help = ("GPU id, e.g. 0, or cpu (one device). Default: CPU." if one_device else
+                    "GPU ids '0,1', 'all', or 'cpu:N' for N CPU workers.")
+    return click.option(*names, "gpus", type=GpusType(one_device), default="cpu" if one_device else None,
+                        help=help or default_help)
+
+
+def preprocess_options(fn: Callable) -> Callable:
+    """``--mean-value`` and ``--input-scale``: how deploy-time tools normalise pixels, as the training transform."""
+    fn = click.option("--input-scale", type=float, default=1.0, show_default=True,
+                      help="Multiplies (pixel - mean), like the training net's transform_param.scale.")(fn)
+    return click.option("--mean-value", type=MeanValue(), default=MEAN_DEFAULT, show_default=True,
+                        help="BGR mean pixel subtracted.")(fn)

@@ -1,0 +1,25 @@
+"""The shape table ``vggproto info`` prints: every layer's tops with shapes and counts, and parameter counts,
+in the spirit of the ``Top shape: …`` lines of Caffe's net setup log (``src/caffe/net.cpp`` Init)."""
+from __future__ import annotations
+
+from vggproto.layers.common import count
+from vggproto.net.interpreter import Net
+
+
+def shape_table(net: Net) -> str:
+    """Caffe-log-style table: each layer's tops with shapes and element counts, parameter counts, and totals."""
+    rows = [("layer", "type", "top", "shape (count)", "params")]
+    total = 0
+    for param, layer in zip(net.net_param.layer, net.layer_list):
+        n_params = sum(b.numel() for b in layer.blobs)
+        total += n_params
+        tops = list(param.top) or ["-"]
+        for i, top in enumerate(tops):
+            shape = net.blob_shapes.get(top)
+            shape_text = f"{' '.join(map(str, shape))} ({count(shape)})".lstrip() if shape is not None else "-"
+            rows.append((param.name if i == 0 else "", param.type if i == 0 else "", top, shape_text,
+                         f"{n_params:,}" if i == 0 and n_params else ""))
+    widths = [max(len(row[c]) for row in rows) for c in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append(f"Total params: {total:,}")
+    return "\n".join(lines)
