@@ -27,7 +27,7 @@ def two_gpus(monkeypatch):
 
 def test_cpu_forms_never_ask_torch(no_torch_calls):
     assert parse_devices(None) is CPU and parse_devices("") == CPU and parse_devices(" CPU ") == CPU
-    assert parse_devices("cpu:3") == Devices("cpu", (0, 1, 2)) == ("cpu", [0, 1, 2])
+    assert parse_devices("cpu:3") == Devices("cpu", (0, 1, 2))
     assert parse_devices("cpu:2").device == "cpu" and CPU.device == "cpu"
 
 
@@ -50,7 +50,7 @@ def test_single_device_commands_refuse_lists_before_asking_torch(no_torch_calls)
 
 def test_ids_are_checked_against_what_torch_sees(monkeypatch, two_gpus):
     assert parse_devices("1,0") == Devices("cuda", (1, 0)) and parse_devices("1").device == "cuda:1"
-    assert parse_devices("all") == ("cuda", [0, 1])
+    assert parse_devices("all") == Devices("cuda", (0, 1))
     with pytest.raises(DeviceError, match=r"--gpus 2: no such CUDA device \(GPU 2 does not exist\); torch sees 2 "
                                           r"CUDA devices: 0 \(Fake GPU 0\), 1 \(Fake GPU 1\)"):
         parse_devices("2")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from vggproto.errors import SolverError
+from vggproto.net.devices import Devices
 from vggproto.net.devices import parse_devices as parse_gpus
 from vggproto.train.distributed import FAULT_ENV, launch
 from vggproto.train.solver import TrainOptions
@@ -85,8 +86,8 @@ def test_killed_worker_ends_the_job_nonzero_without_hanging(case, monkeypatch):
 
 
 def test_parse_gpus():
-    assert parse_gpus(None) == ("cpu", [0])
-    assert parse_gpus("cpu:3") == ("cpu", [0, 1, 2])
+    assert parse_gpus(None) == Devices("cpu", (0,))
+    assert parse_gpus("cpu:3") == Devices("cpu", (0, 1, 2))
     with pytest.raises(SolverError, match="cpu:N"):
         parse_gpus("cpu:x")
     import torch

@@ -36,16 +36,8 @@ def convert_imageset_cmd(root: str, list_file: str, db: str, resize_height: int,
 @click.option("--backend", type=click.Choice(["lmdb", "leveldb"]), default="lmdb", show_default=True)
 def compute_mean_cmd(db: str, out: str, backend: str) -> None:
     """Write the per-pixel mean image of DB as a 1xCxHxW BlobProto OUT (.binaryproto); print channel means."""
-    from vggproto.data.convert import compute_mean, write_mean
-    mean = compute_mean(db, backend)
-    write_mean(mean, out)
-    click.echo(f"Number of channels: {mean.shape[0]}")
-    for c, value in enumerate(_channel_means(mean)):
-        click.echo(f"mean_value channel [{c}]: {value:g}")
-
-
-def _channel_means(mean):
-    return [float(m) for m in mean.reshape(mean.shape[0], -1).mean(axis=1, dtype="float64")]
+    from vggproto.data.convert import compute_mean_file
+    click.echo("\n".join(compute_mean_file(db, out, backend)))
 
 
 commands = [convert_imageset_cmd, compute_mean_cmd]

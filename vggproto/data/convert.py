@@ -105,6 +105,16 @@ def compute_mean(db_path: str, backend: str = "lmdb", progress: bool = True) -> 
     return total / np.float32(len(reader))
 
 
+def compute_mean_file(db_path: str, out_path: str, backend: str = "lmdb") -> list[str]:
+    """Caffe's compute_image_mean: write the mean image of a database to ``out_path`` and return the lines the
+    tool logs (the channel count and each channel's mean, as ``mean_value`` entries for a prototxt)."""
+    mean = compute_mean(db_path, backend)
+    write_mean(mean, out_path)
+    channels = mean.reshape(mean.shape[0], -1).mean(axis=1, dtype=np.float64)
+    return [f"Number of channels: {mean.shape[0]}",
+            *(f"mean_value channel [{c}]: {float(value):g}" for c, value in enumerate(channels))]
+
+
 def write_mean(mean_chw: np.ndarray, out_path: str) -> None:
     """Write a mean image as Caffe's legacy 1xCxHxW ``.binaryproto``."""
     from vggproto.caffe.files import atomic_write_bytes

@@ -24,13 +24,9 @@ class DeviceError(SolverError):
     """
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class Devices:
-    """Where a command runs: ``kind`` and one id per worker process (CPU workers are numbered 0..N-1).
-
-    Equal to another :class:`Devices` of the same kind and ids, and to the ``(kind, [ids])`` pair the launcher's
-    ``parse_gpus`` used to return (so code and tests written against that pair keep working).
-    """
+    """Where a command runs: ``kind`` and one id per worker process (CPU workers are numbered 0..N-1)."""
 
     kind: Kind
     ids: tuple[int, ...]
@@ -39,16 +35,6 @@ class Devices:
     def device(self) -> str:
         """The torch device of the first worker (the only one, for one-device commands): cpu or cuda:N."""
         return f"cuda:{self.ids[0]}" if self.kind == "cuda" else "cpu"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Devices):
-            return (self.kind, self.ids) == (other.kind, other.ids)
-        if isinstance(other, tuple) and len(other) == 2 and isinstance(other[1], (list, tuple)):
-            return (self.kind, self.ids) == (other[0], tuple(other[1]))
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.kind, self.ids))
 
 
 CPU = Devices("cpu", (0,))

@@ -1,9 +1,24 @@
-"""The shape table ``vggproto info`` prints: every layer's tops with shapes and counts, and parameter counts,
-in the spirit of the ``Top shape: …`` lines of Caffe's net setup log (``src/caffe/net.cpp`` Init)."""
+"""What ``vggproto info`` prints for a net: every layer's tops with shapes and counts, and parameter counts, in
+the spirit of the ``Top shape: …`` lines of Caffe's net setup log (``src/caffe/net.cpp`` Init)."""
 from __future__ import annotations
 
+import os
+
+from vggproto.caffe.prototxt import read_net
 from vggproto.layers.common import count
 from vggproto.net.interpreter import Net
+
+
+def describe_net(path: str | os.PathLike, phase: str = "TEST", shapes: bool = True) -> str:
+    """The shape table of the net built on the meta device (``shapes``), else the layer list of the prototxt."""
+    if shapes:
+        from vggproto.net.shapes import meta_net
+        return shape_table(meta_net(path, phase))
+    net = read_net(path)
+    lines = [f"net '{net.name}': {len(net.layer)} layers"]
+    lines += [f"  {layer.name:<20} {layer.type:<18} {','.join(layer.bottom) or '-':<20} -> {','.join(layer.top)}"
+              for layer in net.layer]
+    return "\n".join(lines)
 
 
 def shape_table(net: Net) -> str:
