@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.caffe.wire import part_size
 from vggproto.weights.caffemodel import read_caffemodel, read_weights, upgrade_caffemodel
 from vggproto.weights.fit import fit_blob
-from vggproto.weights.wire import part_size
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "make_official_like.py"

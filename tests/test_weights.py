@@ -10,6 +10,7 @@ import pytest
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.prototxt import read_net
+from vggproto.caffe.wire import encode_tag, encode_varint
 from vggproto.errors import WeightsError
 from vggproto.weights.caffemodel import (
     array_to_blob,
@@ -20,7 +21,6 @@ from vggproto.weights.caffemodel import (
     write_weights,
 )
 from vggproto.weights.fit import fit_blob
-from vggproto.weights.wire import encode_tag, encode_varint
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "upgrade"
 V1_SMALL = GOLDEN / "v1_small.caffemodel"

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.errors import WeightsError
-from vggproto.weights.wire import (
+from vggproto.caffe.wire import (
     FIXED32,
     LENGTH,
     VARINT,
@@ -25,6 +24,7 @@ from vggproto.weights.wire import (
     unpacked_values,
     write_part,
 )
+from vggproto.errors import WeightsError
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**31 - 1, 2**31, 2**35 + 7, 2**63 - 1, 2**64 - 1])

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vggproto.caffe.proto import caffe_pb2  # noqa: E402
 from vggproto.caffe.upgrade import upgrade_net  # noqa: E402
+from vggproto.caffe.wire import Field, LazyArray, split_message  # noqa: E402
 from vggproto.weights.caffemodel import write_parts  # noqa: E402
-from vggproto.weights.wire import Field, LazyArray, split_message  # noqa: E402
 
 V1 = caffe_pb2.V1LayerParameter
 CONVS_PER_BLOCK = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}

@@ -110,9 +110,9 @@ def read_solverstate(path: str) -> SolverStateData:
 
 def _read_state_binary(path: str) -> SolverStateData:
     """Walk the SolverState wire format; history blobs become arrays without per-value Python work."""
+    from vggproto.caffe.wire import iter_fields
     from vggproto.errors import WeightsError
     from vggproto.weights.blob import blob_array, blob_fields
-    from vggproto.weights.wire import iter_fields
     with open(path, "rb") as handle:
         data = handle.read()
     u8 = np.frombuffer(data, dtype=np.uint8)

@@ -1,6 +1,6 @@
 """One BlobProto <-> one float32 numpy array, with Caffe's rules (Caffe: src/caffe/blob.cpp FromProto/ToProto).
 
-Decoding walks the blob's wire bytes (see :mod:`vggproto.weights.wire`): packed runs become zero-copy views of the
+Decoding walks the blob's wire bytes (see :mod:`vggproto.caffe.wire`): packed runs become zero-copy views of the
 buffer, unpacked runs are gathered with one strided numpy copy.  Shape: legacy num/channels/height/width when
 any is present (a 4-D array), else ``shape``, else a scalar; values: ``double_data`` when non-empty (converted to
 float32), else ``data``.  A count that disagrees with the shape is an error, as in Caffe.
@@ -15,8 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.errors import WeightsError
-from vggproto.weights.wire import (
+from vggproto.caffe.wire import (
     FIXED32,
     FIXED64,
     LENGTH,
@@ -30,6 +29,7 @@ from vggproto.weights.wire import (
     unpacked_values,
     write_part,
 )
+from vggproto.errors import WeightsError
 
 _FLOAT_TAG, _DOUBLE_TAG = 5 << 3 | FIXED32, 8 << 3 | FIXED64  # unpacked data / double_data
 _DIFF_TAGS = {6 << 3 | FIXED32: 4, 9 << 3 | FIXED64: 8}        # unpacked diff / double_diff

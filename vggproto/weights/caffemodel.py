@@ -2,7 +2,7 @@
 
 A caffemodel is one serialized ``NetParameter`` of ~550 MB for VGG-16.  Decoding it through protobuf copies every
 float into a Python-visible repeated field (≈1.8 s, 2× the file in memory).  Here the file is ``mmap``-ed and
-walked with :mod:`vggproto.weights.wire`; each packed float run becomes a zero-copy numpy view of the mapping (private,
+walked with :mod:`vggproto.caffe.wire`; each packed float run becomes a zero-copy numpy view of the mapping (private,
 copy-on-write, so arrays are writable and the file is never modified).  Only the small per-layer structure goes
 through protobuf.  Writing streams each blob straight from its array into a temp file that is renamed into place.
 
@@ -24,10 +24,7 @@ from google.protobuf.message import DecodeError
 
 from vggproto.caffe.files import atomic_path, describe, is_hdf5, sniff
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.errors import WeightsError
-from vggproto.weights.blob import array_to_blob, blob_array, blob_fields, blob_part, blob_to_array  # noqa: F401
-from vggproto.weights.fit import Weights
-from vggproto.weights.wire import (
+from vggproto.caffe.wire import (
     LENGTH,
     Field,
     Part,
@@ -40,6 +37,9 @@ from vggproto.weights.wire import (
     split_message,
     write_part,
 )
+from vggproto.errors import WeightsError
+from vggproto.weights.blob import array_to_blob, blob_array, blob_fields, blob_part, blob_to_array  # noqa: F401
+from vggproto.weights.fit import Weights
 
 log = logging.getLogger("vggproto.weights.caffemodel")
 
