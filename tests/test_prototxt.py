@@ -91,7 +91,6 @@ BAD_NETS = [
     ("unterminated.prototxt", 'name: "abc\nlayer { }\n', [":1:"]),
     ("dup_field.prototxt", 'name: "a"\nname: "b"\n', [":2:"]),
     ("solver_as_net.prototxt", 'base_lr: 0.1\nnet: "x"\n', ["base_lr", "looks like a solver"]),
-    ("ceil_mode.prototxt", 'layer { name: "p" pooling_param { ceil_mode: true } }\n', ["round_mode"]),
     ("both.prototxt", 'layer { name: "a" }\nlayers { name: "b" }\n', ["both 'layer'"]),
     ("input_dims.prototxt", 'input: "data"\ninput_dim: 1\ninput_dim: 3\n', ["input_dim"]),
     ("input_shapes.prototxt", 'input: "a"\ninput: "b"\ninput_shape { dim: 1 }\n', ["input_shape"]),

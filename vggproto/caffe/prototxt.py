@@ -12,11 +12,12 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Union
+from typing import NamedTuple, Union
 
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
+from vggproto.caffe import dialects
 from vggproto.caffe.files import atomic_write_bytes, describe, sniff
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import PrototxtError, SolverError
@@ -104,10 +105,8 @@ def _explain(raw: str, message: pb_message.Message) -> str:
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         where = msg_type.group(1) if msg_type else "this message"
-        reason = f"unknown field '{name}' in {where}{hint} (not in BVLC Caffe's schema)"
+        reason = f"unknown field '{name}' in {where}{hint} (not in BVLC Caffe's schema nor a known fork's)"
         reason += _wrong_kind_hint(where, name)
-        if name == "ceil_mode":
-            reason += "; 'ceil_mode' is a fork field: use BVLC 'round_mode: CEIL|FLOOR'"
     enum = _ENUM_ERR.search(reason)
     if enum:
         values = _enum_values(enum.group(1))
@@ -189,30 +188,47 @@ def layer_name_at_line(text: str, line: int) -> str | None:
 # Nets
 # --------------------------------------------------------------------------------------------------------------
 
-def parse_net(source: PathOrText, upgrade: bool = True) -> tuple[caffe_pb2.NetParameter, str | None, str | None]:
-    """Parse a net; return (NetParameter, path, text).  ``text`` is None for binary input."""
+class ParsedNet(NamedTuple):
+    """A net as read: the message, the file it came from (None for text given directly), the text (None for
+    binary input, kept to locate layers by line) and the dialect of the fork whose schema it follows."""
+
+    net: caffe_pb2.NetParameter
+    path: str | None
+    text: str | None
+    dialect: str
+
+
+def parse_net(source: PathOrText, upgrade: bool = True, dialect: str | None = None) -> ParsedNet:
+    """Parse a net (text or binary, detected) in ``dialect`` (None: BVLC, or the fork whose fields it uses)."""
     content, path = load_source(source)
     net = caffe_pb2.NetParameter()
+    text = None
     if sniff_binary(content, path):
         _parse_binary(content, net, path, "net (caffemodel)")
-        text = None
+        chosen = dialects.detect(net, dialect, path=path)
+        if chosen != dialects.BVLC:  # the fork's own field numbers, renumbered to the superset schema's
+            net.Clear()
+            _parse_binary(dialects.to_superset(content, caffe_pb2.NetParameter, chosen), net, path,
+                          "net (caffemodel)")
     else:
         text = _decode(content, path)
         parse_text(text, net, path)
+        chosen = dialects.detect(net, dialect, path=path, text=text)
     if upgrade:
         from vggproto.caffe.upgrade import upgrade_net
         upgrade_net(net, path=path)
-    return net, path, text
+    return ParsedNet(net, path, text, chosen)
 
 
-def read_net(source: PathOrText, upgrade: bool = True) -> caffe_pb2.NetParameter:
+def read_net(source: PathOrText, upgrade: bool = True, dialect: str | None = None) -> caffe_pb2.NetParameter:
     """Read a net from a path, prototxt text or bytes (text or binary detected), upgraded as Caffe does."""
-    return parse_net(source, upgrade)[0]
+    return parse_net(source, upgrade, dialect).net
 
 
-def write_net(net: caffe_pb2.NetParameter, path: str | os.PathLike) -> None:
-    """Write ``net`` as text (``.prototxt``) or binary (``.caffemodel``, ``.binaryproto``, ``.pb``)."""
-    write_message(net, path)
+def write_net(net: caffe_pb2.NetParameter, path: str | os.PathLike, dialect: str | None = None) -> None:
+    """Write ``net`` as text (``.prototxt``) or binary (``.caffemodel``, ``.binaryproto``, ``.pb``); binary
+    files use the field numbers of ``dialect`` (None: the fork whose fields the net uses, else BVLC's)."""
+    write_message(net, path, dialects.detect(net, dialect, warn=False))
 
 
 def _decode(content: bytes, path: str | None) -> str:
@@ -234,11 +250,12 @@ def message_to_text(message: pb_message.Message) -> str:
     return text_format.MessageToString(message, as_utf8=True)
 
 
-def write_message(message: pb_message.Message, path: str | os.PathLike) -> None:
-    """Write a message as text or binary according to the file extension (atomically)."""
+def write_message(message: pb_message.Message, path: str | os.PathLike, dialect: str = "bvlc") -> None:
+    """Write a message as text or binary according to the file extension (atomically); binary in the field
+    numbers of ``dialect``."""
     path = Path(path)
     if path.suffix.lower() in BINARY_SUFFIXES:
-        data = message.SerializeToString()
+        data = dialects.from_superset(message.SerializeToString(), type(message), dialect)
     else:
         data = message_to_text(message).encode("utf-8")
     atomic_write_bytes(path, data)

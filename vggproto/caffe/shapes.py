@@ -45,6 +45,14 @@ def deconv_output_size(size: int, kernel: int, stride: int = 1, pad: int = 0, di
     return stride * (size - 1) + extent - 2 * pad
 
 
+def pool_rounds_up(param: caffe_pb2.PoolingParameter) -> bool:
+    """Whether a Pooling layer's output size rounds up: the forks' ``ceil_mode`` when the net sets it (their
+    pooling_layer.cpp, PR #3057 and OpenCV), else BVLC's ``round_mode`` (CEIL by default)."""
+    if param.HasField("ceil_mode"):
+        return param.ceil_mode
+    return param.round_mode != caffe_pb2.PoolingParameter.FLOOR
+
+
 def pool_output_size(size: int, kernel: int, stride: int = 1, pad: int = 0, ceil: bool = True,
                      any_pad: bool | None = None) -> int:
     """One spatial axis of a Pooling's top (ceil, or floor for round_mode FLOOR).  ``any_pad``: whether the layer
@@ -76,7 +84,7 @@ def _pool(param: caffe_pb2.PoolingParameter, shape: Shape) -> Shape:
     kh, kw = (param.kernel_h, param.kernel_w) if param.kernel_h else (param.kernel_size,) * 2
     sh, sw = (param.stride_h, param.stride_w) if param.stride_h else (param.stride,) * 2
     ph, pw = (param.pad_h, param.pad_w) if param.pad_h or param.pad_w else (param.pad,) * 2
-    ceil = param.round_mode != caffe_pb2.PoolingParameter.FLOOR
+    ceil = pool_rounds_up(param)
     padded = bool(ph or pw)
     return n, c, pool_output_size(h, kh, sh, ph, ceil, padded), pool_output_size(w, kw, sw, pw, ceil, padded)
 

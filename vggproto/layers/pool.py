@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.caffe.shapes import pool_output_size
+from vggproto.caffe.shapes import pool_output_size, pool_rounds_up
 from vggproto.layers.common import axis_values, expect_bottoms, expect_tops, opt
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
@@ -109,7 +109,7 @@ class Pooling(CaffeLayer):
                 raise spec.error("padding is implemented only for MAX and AVE pooling")
             if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
                 raise spec.error(f"pad {self.pad} must be smaller than the kernel {self.kernel}")
-        ceil = p.round_mode == P.CEIL
+        ceil = pool_rounds_up(p)
         # Caffe: pooling_layer.cpp Reshape (the arithmetic is vggproto.caffe.shapes.pool_output_size)
         self.out = [pool_output_size(shape[2 + i], self.kernel[i], self.stride[i], self.pad[i], ceil,
                                      any(self.pad)) for i in range(2)]

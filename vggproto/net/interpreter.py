@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from vggproto.caffe.dialects import detect
 from vggproto.caffe.netstate import filter_net, layer_included, merged_state
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.caffe.prototxt import layer_lines, parse_net
+from vggproto.caffe.prototxt import ParsedNet, layer_lines, parse_net
 from vggproto.caffe.shapes import Shape
 from vggproto.data.options import DataOptions
 from vggproto.errors import NetError, PrototxtError
@@ -50,14 +51,14 @@ class _Owner:
     decay_mult: float | None
 
 
-def _load(model: ModelSource) -> tuple[caffe_pb2.NetParameter, str | None, str | None]:
+def _load(model: ModelSource, dialect: str | None) -> ParsedNet:
     if isinstance(model, caffe_pb2.NetParameter):
         from vggproto.caffe.upgrade import upgrade_net
         net = caffe_pb2.NetParameter()
         net.CopyFrom(model)
         upgrade_net(net)   # Caffe upgrades every net it is given (V0/V1 layers, input fields)
-        return net, None, None
-    return parse_net(model)
+        return ParsedNet(net, None, None, detect(net, dialect, warn=False))
+    return parse_net(model, dialect=dialect)
 
 
 def _line_finder(net: caffe_pb2.NetParameter, text: str | None) -> list[int | None]:
@@ -82,9 +83,9 @@ class Net(nn.Module):
 
     def __init__(self, model: ModelSource, weights: str | os.PathLike | Sequence | None = None,
                  phase: str | int = "TEST", stages: Iterable[str] = (), level: int = 0, *,
-                 seed: int | None = None, options: DataOptions | None = None):
+                 seed: int | None = None, options: DataOptions | None = None, dialect: str | None = None):
         super().__init__()
-        full, self.path, text = _load(model)
+        full, self.path, text, self.dialect = _load(model, dialect)
         state = merged_state(full, phase, level, stages)
         lines = [line for line, layer in zip(_line_finder(full, text), full.layer)
                  if layer_included(layer, state, self.path)]

@@ -300,7 +300,7 @@ def write_graph(graph: "graphviz.Digraph", out: str | os.PathLike) -> str:
 
 def draw_net(source: str | os.PathLike | bytes, out: str | os.PathLike, options: DrawOptions | None = None) -> str:
     """Read a net (prototxt path/text, V1 upgraded) and draw it into ``out``; return the path written."""
-    net, path, _ = parse_net(source)
+    net, path, _, _ = parse_net(source)
     graph = build_graph(net, options, path)
     written = write_graph(graph, out)
     log.info("Wrote %s", written)
