@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import descriptor_pool, message_factory, text_format
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.prototxt import read_net, read_solver
@@ -205,19 +205,13 @@ def test_deploy_equals_official_release(config, official):
 
 @pytest.fixture(scope="module")
 def bvlc_classes():
-    """caffe.proto with the vggproto extension (field 1000 and its message) removed, in a fresh pool."""
-    proto = descriptor_pb2.FileDescriptorProto()
-    caffe_pb2.DESCRIPTOR.CopyToProto(proto)
-    proto.name = "bvlc_only_caffe.proto"
-    messages = [m for m in proto.message_type if m.name != "VGGAugmentationParameter"]
-    del proto.message_type[:]
-    proto.message_type.extend(messages)
-    for message in proto.message_type:
-        if message.name == "TransformationParameter":
-            kept = [f for f in message.field if f.number < 1000]
-            assert len(kept) == len(message.field) - 1
-            del message.field[:]
-            message.field.extend(kept)
+    """caffe.proto with the vggproto extension (field 1000 and its message) and the forks' fields removed, in a
+    fresh pool."""
+    from vggproto.caffe.dialects import fork_schema
+    proto = fork_schema("bvlc")
+    assert "VGGAugmentationParameter" not in [m.name for m in proto.message_type]
+    transform = next(m for m in proto.message_type if m.name == "TransformationParameter")
+    assert max(f.number for f in transform.field) < 1000
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     get = lambda name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"caffe.{name}"))  # noqa: E731

@@ -202,22 +202,27 @@ def parse_net(source: PathOrText, upgrade: bool = True, dialect: str | None = No
     """Parse a net (text or binary, detected) in ``dialect`` (None: BVLC, or the fork whose fields it uses)."""
     content, path = load_source(source)
     net = caffe_pb2.NetParameter()
-    text = None
-    if sniff_binary(content, path):
-        _parse_binary(content, net, path, "net (caffemodel)")
-        chosen = dialects.detect(net, dialect, path=path)
-        if chosen != dialects.BVLC:  # the fork's own field numbers, renumbered to the superset schema's
-            net.Clear()
-            _parse_binary(dialects.to_superset(content, caffe_pb2.NetParameter, chosen), net, path,
-                          "net (caffemodel)")
-    else:
-        text = _decode(content, path)
-        parse_text(text, net, path)
-        chosen = dialects.detect(net, dialect, path=path, text=text)
+    text, chosen = _parse_in_dialect(content, path, net, dialect, "net (caffemodel)")
     if upgrade:
         from vggproto.caffe.upgrade import upgrade_net
         upgrade_net(net, path=path)
     return ParsedNet(net, path, text, chosen)
+
+
+def _parse_in_dialect(content: bytes, path: str | None, message: pb_message.Message, dialect: str | None,
+                      what: str) -> tuple[str | None, str]:
+    """Parse text or binary ``content`` into ``message``; return (the text or None, the dialect it is in).
+    A binary file of a fork is parsed again with the fork's field numbers mapped to the superset schema's."""
+    if not sniff_binary(content, path):
+        text = _decode(content, path)
+        parse_text(text, message, path)
+        return text, dialects.detect(message, dialect, path=path, text=text)
+    _parse_binary(content, message, path, what)
+    chosen = dialects.detect(message, dialect, path=path)
+    if chosen != dialects.BVLC:
+        message.Clear()
+        _parse_binary(dialects.to_superset(content, type(message), chosen), message, path, what)
+    return None, chosen
 
 
 def read_net(source: PathOrText, upgrade: bool = True, dialect: str | None = None) -> caffe_pb2.NetParameter:
@@ -265,16 +270,15 @@ def write_message(message: pb_message.Message, path: str | os.PathLike, dialect:
 # Solvers and other messages
 # --------------------------------------------------------------------------------------------------------------
 
-def read_solver(source: PathOrText, resolve_prefix: bool = True) -> caffe_pb2.SolverParameter:
-    """Read a solver, upgrading ``solver_type``; with ``resolve_prefix`` apply Caffe's snapshot_prefix default
-    (solver path minus extension, or ``<dir>/<solver stem>`` when the prefix is a directory)."""
+def read_solver(source: PathOrText, resolve_prefix: bool = True,
+                dialect: str | None = None) -> caffe_pb2.SolverParameter:
+    """Read a solver (in ``dialect``, None: detected), upgrading ``solver_type``; with ``resolve_prefix`` apply
+    Caffe's snapshot_prefix default (solver path minus extension, or ``<dir>/<solver stem>`` when the prefix is
+    a directory)."""
     content, path = load_source(source)
     solver = caffe_pb2.SolverParameter()
     try:
-        if sniff_binary(content, path):
-            _parse_binary(content, solver, path, "solver")
-        else:
-            parse_text(_decode(content, path), solver, path)
+        _parse_in_dialect(content, path, solver, dialect, "solver")
     except PrototxtError as exc:
         raise SolverError(str(exc)) from None
     from vggproto.caffe.upgrade import default_snapshot_prefix, upgrade_solver
