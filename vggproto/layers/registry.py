@@ -36,6 +36,8 @@ class LayerSpec:
     line: int | None = None          # line of the layer block in that file
     generator: torch.Generator | None = None   # RNG for fillers (seeded by the net's random_seed)
     options: DataOptions = field(default_factory=DataOptions)  # how this process runs the net (rank, dry run…)
+    dialect: str = "bvlc"            # the fork schema the net follows (vggproto.caffe.dialects): fork layers
+                                     # whose defaults differ between forks read it
 
     @property
     def name(self) -> str:
@@ -95,6 +97,8 @@ LAYER_MODULES = (
     "vggproto.layers.neuron", "vggproto.layers.norm", "vggproto.layers.shape", "vggproto.layers.loss",
     "vggproto.layers.arith", "vggproto.layers.softmax", "vggproto.layers.recurrent",
     "vggproto.layers.data", "vggproto.layers.box_data",
+    # Caffe forks' layers (vggproto.caffe.dialects has their schemas)
+    "vggproto.layers.detection", "vggproto.layers.segmentation", "vggproto.layers.rcnn", "vggproto.layers.mobile",
 )
 
 

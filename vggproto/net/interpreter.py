@@ -148,7 +148,7 @@ class Net(nn.Module):
             raise self._error(param, line, f"duplicate layer name '{param.name}'")
         spec = LayerSpec(param=param, bottom_shapes=[self.blob_shapes[b] for b in param.bottom],
                          phase=param.phase if param.HasField("phase") else self.phase, path=self.path, line=line,
-                         generator=generator, options=self.options)
+                         generator=generator, options=self.options, dialect=self.dialect)
         try:
             layer = build_layer(spec)
         except NetError:

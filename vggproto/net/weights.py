@@ -73,7 +73,7 @@ def save_weights(net: "Net", path: str | os.PathLike, with_diff: bool = False) -
     """Write a caffemodel (V2 layers with the net's definition) or Caffe HDF5 weights (``.h5``); ``with_diff``
     adds every blob's diff (Caffe's ``snapshot_diff``)."""
     from vggproto.weights.caffemodel import write_weights
-    write_weights(path, net_weights(net), net.net_param, net_diffs(net) if with_diff else None)
+    write_weights(path, net_weights(net), net.net_param, net_diffs(net) if with_diff else None, net.dialect)
 
 
 def share_weights(net: "Net", other: "Net") -> None:

@@ -22,6 +22,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from vggproto.caffe import dialects
 from vggproto.caffe.files import atomic_path, describe, is_hdf5, sniff
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.wire import (
@@ -275,8 +276,13 @@ def write_parts(path: str | os.PathLike, parts: Iterable[Part]) -> int:
     return total
 
 
+def _wire(message: caffe_pb2.NetParameter | caffe_pb2.LayerParameter, dialect: str) -> bytes:
+    """``message`` serialized with the field numbers of ``dialect`` (a fork's caffemodel, readable by the fork)."""
+    return dialects.from_superset(message.SerializeToString(), type(message), dialect)
+
+
 def _net_parts(weights: Mapping[str, Sequence], net_param: caffe_pb2.NetParameter | None,
-               diffs: Mapping[str, Sequence] | None = None) -> list[Part]:
+               diffs: Mapping[str, Sequence] | None = None, dialect: str = dialects.BVLC) -> list[Part]:
     head = caffe_pb2.NetParameter()
     layers: list[caffe_pb2.LayerParameter] = []
     if net_param is not None:
@@ -291,11 +297,11 @@ def _net_parts(weights: Mapping[str, Sequence], net_param: caffe_pb2.NetParamete
     if net_param is not None and extra:
         log.warning("weights for layers not in the net are appended as name-only layers: %s", ", ".join(extra))
     layers += [caffe_pb2.LayerParameter(name=name) for name in extra]
-    before, _, after = split_message(head.SerializeToString(), 100)
+    before, _, after = split_message(_wire(head, dialect), 100)
     parts: list[Part] = [before]
     for layer in layers:
         layer.ClearField("blobs")
-        lo, _, hi = split_message(layer.SerializeToString(), 7)
+        lo, _, hi = split_message(_wire(layer, dialect), 7)
         layer_diffs = (diffs or {}).get(layer.name) or [None] * len(weights.get(layer.name, ()))
         blobs = [blob_part(array, 7, diff) for array, diff in zip(weights.get(layer.name, ()), layer_diffs)]
         parts.append(Field(100, [lo, *blobs, hi]))
@@ -305,13 +311,14 @@ def _net_parts(weights: Mapping[str, Sequence], net_param: caffe_pb2.NetParamete
 
 def write_weights(path: str | os.PathLike, weights: Mapping[str, Sequence],
                   net_param: caffe_pb2.NetParameter | None = None,
-                  diffs: Mapping[str, Sequence] | None = None) -> None:
+                  diffs: Mapping[str, Sequence] | None = None, dialect: str | None = None) -> None:
     """Write ``weights`` as Caffe HDF5 (``.h5``) or a V2 caffemodel.
 
     The caffemodel carries ``net_param``'s fields and every one of its layers (blobs replaced by ``weights``),
-    or, without ``net_param``, one name-only layer per entry.  Blobs carry ``shape`` and packed float ``data``,
-    and packed ``diff`` where ``diffs`` (same layout as ``weights``) gives one: what Caffe's solver writes with
-    ``snapshot_diff: true`` (HDF5: datasets ``/diff/<layer>/<i>`` beside ``/data``).
+    or, without ``net_param``, one name-only layer per entry; a fork net's fields take the numbers of
+    ``dialect`` (None: the fork whose fields the net uses), so that fork reads the file.  Blobs carry ``shape``
+    and packed float ``data``, and packed ``diff`` where ``diffs`` (same layout as ``weights``) gives one: what
+    Caffe's solver writes with ``snapshot_diff: true`` (HDF5: datasets ``/diff/<layer>/<i>`` beside ``/data``).
     Each blob is streamed from its array (float32 arrays are not copied); the file appears atomically.
     """
     if diffs:
@@ -321,7 +328,8 @@ def write_weights(path: str | os.PathLike, weights: Mapping[str, Sequence],
         names = [layer.name for layer in net_param.layer] if net_param is not None else []
         write_hdf5_weights(path, weights, names, diffs)
         return
-    size = write_parts(path, _net_parts(weights, net_param, diffs))
+    chosen = dialects.detect(net_param, dialect, warn=False) if net_param is not None else dialects.BVLC
+    size = write_parts(path, _net_parts(weights, net_param, diffs, chosen))
     log.info("Wrote %d bytes of weights to %s", size, os.fspath(path))
 
 
