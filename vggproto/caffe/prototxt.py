@@ -17,7 +17,7 @@ from typing import NamedTuple, Union
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
-from vggproto.caffe import dialects
+from vggproto.caffe import dialects, plugins
 from vggproto.caffe.files import atomic_write_bytes, describe, sniff
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import PrototxtError, SolverError
@@ -215,7 +215,9 @@ def _parse_in_dialect(content: bytes, path: str | None, message: pb_message.Mess
     A binary file of a fork is parsed again with the fork's field numbers mapped to the superset schema's."""
     if not sniff_binary(content, path):
         text = _decode(content, path)
-        parse_text(text, message, path)
+        stripped, blocks = plugins.extract_blocks(text) if isinstance(message, caffe_pb2.NetParameter) else (text, [])
+        parse_text(stripped, message, path)
+        plugins.attach_blocks(message, blocks, path)
         return text, dialects.detect(message, dialect, path=path, text=text)
     _parse_binary(content, message, path, what)
     chosen = dialects.detect(message, dialect, path=path)
@@ -251,8 +253,19 @@ def _parse_binary(content: bytes, message: pb_message.Message, path: str | None,
 
 
 def message_to_text(message: pb_message.Message) -> str:
-    """Caffe-style text: fields in field-number order (as Caffe's printer), 2-space indent, shortest floats."""
-    return text_format.MessageToString(message, as_utf8=True)
+    """Caffe-style text: fields in field-number order (as Caffe's printer), 2-space indent, shortest floats;
+    a net's plugin parameters (:mod:`vggproto.caffe.plugins`) are written back into their layers."""
+    extra = [plugins.plugin_text(layer) for layer in message.layer] \
+        if isinstance(message, caffe_pb2.NetParameter) and plugins.registered() else []
+    if not any(extra):
+        return text_format.MessageToString(message, as_utf8=True)
+    head = caffe_pb2.NetParameter()
+    head.CopyFrom(message)
+    head.ClearField("layer")
+    parts = [text_format.MessageToString(head, as_utf8=True)]
+    for layer, more in zip(message.layer, extra):
+        parts.append("layer {\n" + text_format.MessageToString(layer, as_utf8=True, indent=2) + more + "}\n")
+    return "".join(parts)
 
 
 def write_message(message: pb_message.Message, path: str | os.PathLike, dialect: str = "bvlc") -> None:

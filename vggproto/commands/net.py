@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from vggproto.commands.options import NameList, gpus_option
+from vggproto.commands.options import NameList, dialect_option, gpus_option
 
 if TYPE_CHECKING:
     from vggproto.net.devices import Devices
@@ -21,12 +21,13 @@ if TYPE_CHECKING:
 @click.option("--level", default=0, show_default=True, help="Net state level.")
 @click.option("--stage", type=NameList(), default="", help="Comma-separated net state stages.")
 @click.option("--weights", default=None, help="Caffemodel(s) to load first (comma-separated).")
+@dialect_option
 def time_command(model: str, iterations: int, gpus: Devices, phase: str, level: int, stage: tuple[str, ...],
-                 weights: str | None) -> None:
+                 weights: str | None, dialect: str | None) -> None:
     """Benchmark MODEL layer by layer: average forward and backward time per layer, like ``caffe time``."""
     from vggproto.net.interpreter import Net
     from vggproto.net.timing import time_net
-    net = Net(model, weights, phase=phase, stages=stage, level=level).to(gpus.device)
+    net = Net(model, weights, phase=phase, stages=stage, level=level, dialect=dialect).to(gpus.device)
     click.echo("*** Benchmark begins ***")
     click.echo(f"Testing for {iterations} iterations.")
     click.echo(time_net(net, iterations).report())

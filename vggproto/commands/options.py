@@ -127,3 +127,11 @@ def preprocess_options(fn: Callable) -> Callable:
                       help="Multiplies (pixel - mean), like the training net's transform_param.scale.")(fn)
     return click.option("--mean-value", type=MeanValue(), default=MEAN_DEFAULT, show_default=True,
                         help="BGR mean pixel subtracted.")(fn)
+
+
+def dialect_option(fn: Callable) -> Callable:
+    """``--dialect NAME``: read the net in a Caffe fork's schema (default: BVLC, or the fork whose fields it uses)."""
+    from vggproto.caffe.dialects import DIALECTS
+    return click.option("--dialect", type=click.Choice(list(DIALECTS)), default=None,
+                        help="Schema of the Caffe fork the files follow (default: BVLC, or the fork whose fields "
+                             "the net uses, with a warning).")(fn)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from vggproto.commands.options import dialect_option
+
 
 @click.command("draw")
 @click.argument("net", type=click.Path(exists=True, dir_okay=False))
@@ -16,15 +18,16 @@ import click
 @click.option("--display-lrm", is_flag=True, help="Show each layer's lr_mult values (Caffe's --display_lrm).")
 @click.option("--no-shapes", is_flag=True, help="Do not build the net: no blob shapes or parameter counts.")
 @click.option("--no-clusters", is_flag=True, help="Do not group VGG blocks (conv<b>_*, fc<n>) into boxes.")
+@dialect_option
 def draw_command(net: str, out: str, rankdir: str, phase: str, stages: tuple[str, ...], level: int,
-                 display_lrm: bool, no_shapes: bool, no_clusters: bool) -> None:
+                 display_lrm: bool, no_shapes: bool, no_clusters: bool, dialect: str | None) -> None:
     """Draw NET (prototxt, V1 or V2) into OUT (.svg, .png, .pdf, or .dot which needs no graphviz binary).
 
     Caffe's draw_net colours and labels, plus blob shapes, parameter counts and VGG block clusters.
     """
     from vggproto.viz.draw import DrawOptions, draw_net
     options = DrawOptions(rankdir=rankdir, phase=phase.upper(), stages=stages, level=level,
-                          display_lrm=display_lrm, shapes=not no_shapes, clusters=not no_clusters)
+                          display_lrm=display_lrm, shapes=not no_shapes, clusters=not no_clusters, dialect=dialect)
     click.echo(f"Drawing net to {draw_net(net, out, options)}")
 
 

@@ -121,7 +121,7 @@ def load_caffe_weights(path: str | os.PathLike, keep_shapes: bool = False) -> tu
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = None,
             model: ModelSource | None = None, fc_to_conv_: bool = False, conv_to_fc_: bool = False,
             allow_missing: bool = False, keep_shapes: bool = False, phase: str = "TEST",
-            zip_crc: bool = False) -> ConversionResult:
+            zip_crc: bool = False, dialect: str | None = None) -> ConversionResult:
     """Convert the weight file ``src`` into ``dst`` (see the module doc for shapes and the CLI for the options)."""
     fmt = output_format(dst, to)
     parent = os.path.dirname(os.path.abspath(dst))
@@ -132,7 +132,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
     if fmt == "onnx" and model is None:
         raise WeightsError("--to onnx needs --model NET: ONNX holds the network, not just its weights")
     weights, source_net, source_fmt = load_caffe_weights(src, keep_shapes)
-    net_param, target, sites = _net_target(model, phase) if model is not None else (None, None, None)
+    net_param, target, sites = _net_target(model, phase, dialect) if model is not None else (None, None, None)
     if fc_to_conv_ or conv_to_fc_:
         weights = _reshape_fc(weights, fc_to_conv_, target)
     ignored, missing = [], []
@@ -149,15 +149,15 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
     return ConversionResult(os.fspath(dst), fmt, weights, source_fmt, ignored, missing)
 
 
-def _net_target(model: ModelSource,
-                phase: str) -> tuple[caffe_pb2.NetParameter, dict[str, list[Shape]], dict[str, Site]]:
+def _net_target(model: ModelSource, phase: str,
+                dialect: str | None) -> tuple[caffe_pb2.NetParameter, dict[str, list[Shape]], dict[str, Site]]:
     """What ``--model`` says about the output: its unfiltered NetParameter (the caffemodel's structure), the blob
     shapes of its layers with parameters for ``phase`` (built once on the meta device) and where each layer is
     defined, so that a mismatch names ``path:line``."""
     from vggproto.caffe.prototxt import read_net
     from vggproto.net.shapes import meta_net, param_shapes
-    net = meta_net(model, phase)  # a path is built from the file, so layers carry their line numbers
-    net_param = model if isinstance(model, caffe_pb2.NetParameter) else read_net(os.fspath(model))
+    net = meta_net(model, phase, dialect=dialect)  # a path is built from the file: layers carry their lines
+    net_param = model if isinstance(model, caffe_pb2.NetParameter) else read_net(os.fspath(model), dialect=dialect)
     return net_param, param_shapes(net), {name: Site(net.path, line) for name, line in net.layer_lines.items()}
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Sequence
 
 import torch
+from google.protobuf.message import Message
 from torch import nn
 
 from vggproto.caffe.proto import caffe_pb2
@@ -50,6 +51,12 @@ class LayerSpec:
     @property
     def train(self) -> bool:
         return self.phase == caffe_pb2.TRAIN
+
+    def plugin_param(self, name: str) -> Message:
+        """A private fork's parameter of this layer, registered with :func:`vggproto.caffe.plugins.register_param`
+        (a default instance when the layer sets none)."""
+        from vggproto.caffe.plugins import plugin_param
+        return plugin_param(self.param, name)
 
     def error(self, message: str) -> NetError:
         """A NetError located at this layer: ``path:line: layer 'name' (Type): message``."""

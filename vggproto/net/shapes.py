@@ -43,7 +43,8 @@ class NetShapes:
         return sum(self.owned.values())
 
 
-def meta_net(model: ModelSource, phase: str = "TEST", level: int = 0, stages: tuple[str, ...] = ()) -> Net:
+def meta_net(model: ModelSource, phase: str = "TEST", level: int = 0, stages: tuple[str, ...] = (),
+             dialect: str | None = None) -> Net:
     """The interpreter's Net for ``model`` (prototxt path, text or NetParameter) built on the meta device: every
     blob shape, layer line and parameter shape, no weight memory.  The one such build (drawing, dense nets,
     conversion all call it); a net some layer of which needs real values at construction is built on the CPU."""
@@ -54,12 +55,12 @@ def meta_net(model: ModelSource, phase: str = "TEST", level: int = 0, stages: tu
     options = DataOptions(dry_run=True)  # data layers report their shapes without opening their sources
     try:
         with torch.device("meta"):
-            return Net(model, phase=phase, level=level, stages=tuple(stages), options=options)
+            return Net(model, phase=phase, level=level, stages=tuple(stages), options=options, dialect=dialect)
     except VGGProtoError:
         raise
     except Exception as exc:  # some layer needs real values at construction: build the net for real
         log.debug("%s: cannot build on the meta device (%s); building on the CPU", _name(model), exc)
-        return Net(model, phase=phase, level=level, stages=tuple(stages), options=options)
+        return Net(model, phase=phase, level=level, stages=tuple(stages), options=options, dialect=dialect)
 
 
 def _name(model: ModelSource) -> str:
@@ -71,19 +72,22 @@ def param_shapes(net: Net) -> dict[str, list[Shape]]:
     return {layer: [tuple(p.shape) for p in params] for layer, params in net.params.items()}
 
 
-def net_param_shapes(model: ModelSource, phase: str = "TEST") -> tuple[caffe_pb2.NetParameter, dict[str, list[Shape]]]:
+def net_param_shapes(model: ModelSource, phase: str = "TEST",
+                     dialect: str | None = None) -> tuple[caffe_pb2.NetParameter, dict[str, list[Shape]]]:
     """The (unfiltered) NetParameter of ``model`` and the blob shapes of its layers with parameters for ``phase``."""
     from vggproto.caffe.prototxt import read_net
-    net_param = model if isinstance(model, caffe_pb2.NetParameter) else read_net(os.fspath(model))
-    return net_param, param_shapes(meta_net(model, phase))  # a path is built from the file: errors carry lines
+    net_param = model if isinstance(model, caffe_pb2.NetParameter) else read_net(os.fspath(model), dialect=dialect)
+    # a path is built from the file, so errors carry line numbers
+    return net_param, param_shapes(meta_net(model, phase, dialect=dialect))
 
 
 def interpreter_shapes(net: caffe_pb2.NetParameter, phase: str = "TEST", level: int = 0,
-                       stages: tuple[str, ...] = (), path: str | None = None) -> NetShapes:
+                       stages: tuple[str, ...] = (), path: str | None = None,
+                       dialect: str | None = None) -> NetShapes:
     """Build the unfiltered ``net`` (read from ``path`` when that file exists) for phase/level/stages with the
     interpreter; NetError on a problem."""
     model = path if path and os.path.isfile(path) else net  # from the file, errors carry line numbers
-    built = meta_net(model, phase, level, tuple(stages))
+    built = meta_net(model, phase, level, tuple(stages), dialect)
     result = NetShapes(blobs=dict(built.blob_shapes))
     for name, layer in built.layer_dict.items():
         result.params[name] = sum(int(blob.numel()) for blob in layer.blobs)
@@ -102,11 +106,11 @@ def walker_shapes(net: caffe_pb2.NetParameter, phase: str = "TEST") -> NetShapes
 
 
 def phase_shapes(net: caffe_pb2.NetParameter, phase: str = "TEST", level: int = 0, stages: tuple[str, ...] = (),
-                 path: str | None = None, warn: bool = True) -> NetShapes | None:
+                 path: str | None = None, warn: bool = True, dialect: str | None = None) -> NetShapes | None:
     """Shapes of the unfiltered ``net`` for one phase, or None if they cannot be had (logged as a warning, or as
     info with ``warn=False`` when another phase may still provide them)."""
     try:
-        return interpreter_shapes(net, phase, level, stages, path)
+        return interpreter_shapes(net, phase, level, stages, path, dialect)
     except Exception as first:  # drawing must never fail because of shapes; say why and try the walker
         reason = (str(first) or type(first).__name__).split(". Supported types:")[0]
     try:

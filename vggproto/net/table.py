@@ -9,12 +9,12 @@ from vggproto.layers.common import count
 from vggproto.net.interpreter import Net
 
 
-def describe_net(path: str | os.PathLike, phase: str = "TEST", shapes: bool = True) -> str:
+def describe_net(path: str | os.PathLike, phase: str = "TEST", shapes: bool = True, dialect: str | None = None) -> str:
     """The shape table of the net built on the meta device (``shapes``), else the layer list of the prototxt."""
     if shapes:
         from vggproto.net.shapes import meta_net
-        return shape_table(meta_net(path, phase))
-    net = read_net(path)
+        return shape_table(meta_net(path, phase, dialect=dialect))
+    net = read_net(path, dialect=dialect)
     lines = [f"net '{net.name}': {len(net.layer)} layers"]
     lines += [f"  {layer.name:<20} {layer.type:<18} {','.join(layer.bottom) or '-':<20} -> {','.join(layer.top)}"
               for layer in net.layer]

@@ -58,6 +58,7 @@ class DrawOptions:
     display_lrm: bool = False
     shapes: bool = True
     clusters: bool = True
+    dialect: str | None = None     # the fork schema (vggproto.caffe.dialects); None: detected
 
 
 def select_layers(net: caffe_pb2.NetParameter, options: DrawOptions,
@@ -77,7 +78,8 @@ def compute_shapes(net: caffe_pb2.NetParameter, options: DrawOptions,
     phases = ("TEST", "TRAIN") if options.phase.upper() == "ALL" else (options.phase.upper(),)
     result = {}
     for phase in phases:
-        shapes = phase_shapes(net, phase, options.level, tuple(options.stages), path, warn=len(phases) == 1)
+        shapes = phase_shapes(net, phase, options.level, tuple(options.stages), path, warn=len(phases) == 1,
+                              dialect=options.dialect)
         if shapes is not None:
             result[phase] = shapes
     return result
@@ -300,7 +302,7 @@ def write_graph(graph: "graphviz.Digraph", out: str | os.PathLike) -> str:
 
 def draw_net(source: str | os.PathLike | bytes, out: str | os.PathLike, options: DrawOptions | None = None) -> str:
     """Read a net (prototxt path/text, V1 upgraded) and draw it into ``out``; return the path written."""
-    net, path, _, _ = parse_net(source)
+    net, path, _, _ = parse_net(source, dialect=(options or DrawOptions()).dialect)
     graph = build_graph(net, options, path)
     written = write_graph(graph, out)
     log.info("Wrote %s", written)

@@ -42,19 +42,27 @@ def is_weights_file(path: str | os.PathLike) -> bool:
         return True
 
 
-def upgrade_file(src: str | os.PathLike, dst: str | os.PathLike, kind: FileKind = "auto") -> str:
+def upgrade_file(src: str | os.PathLike, dst: str | os.PathLike, kind: FileKind = "auto",
+                 dialect: str | None = None, to_bvlc: bool = False) -> list[str]:
     """Upgrade a net (text or binary, V0/V1 -> V2) or a solver from ``src`` into ``dst`` (text or binary by
-    ``dst``'s extension); return the one line the command prints.  caffemodel -> caffemodel streams the blobs
-    verbatim (legacy dims and encodings kept, as Caffe's tool keeps them)."""
+    ``dst``'s extension); return the lines the command prints.  caffemodel -> caffemodel streams the blobs
+    verbatim (legacy dims and encodings kept, as Caffe's tool keeps them).  ``to_bvlc`` also rewrites a fork
+    net into BVLC fields where an exact equivalent exists (:mod:`vggproto.caffe.to_bvlc`) and lists what has
+    none."""
     if kind == "solver" or (kind == "auto" and is_solver_file(src)):
-        write_solver(read_solver(src, resolve_prefix=False), dst)
-        return f"Wrote upgraded solver to {dst}"
-    if Path(src).suffix.lower() == Path(dst).suffix.lower() == ".caffemodel":
+        write_solver(read_solver(src, resolve_prefix=False, dialect=dialect), dst)
+        return [f"Wrote upgraded solver to {dst}"]
+    notes: list[str] = []
+    if Path(src).suffix.lower() == Path(dst).suffix.lower() == ".caffemodel" and not to_bvlc and dialect is None:
         net = upgrade_caffemodel(src, dst)
     else:
-        net = read_net(src)
-        write_net(net, dst)
-    return f"Wrote upgraded net '{net.name}' ({len(net.layer)} layers) to {dst}"
+        net = read_net(src, dialect=dialect)
+        if to_bvlc:
+            from vggproto.caffe.to_bvlc import to_bvlc as rewrite
+            done, none = rewrite(net)
+            notes = [f"  {line}" for line in done] + [f"  no BVLC equivalent: {line}" for line in none]
+        write_net(net, dst, dialect=None if to_bvlc else dialect)
+    return [f"Wrote upgraded net '{net.name}' ({len(net.layer)} layers) to {dst}", *notes]
 
 
 def describe_weights(path: str | os.PathLike) -> str:
