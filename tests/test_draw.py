@@ -98,7 +98,7 @@ def test_top_to_bottom_separator_and_lr_mult():
         dim: 5 dim: 5 } } } layer { name: "c" type: "Convolution" bottom: "x" top: "y" param { lr_mult: 1 }
         param { lr_mult: 2 } convolution_param { num_output: 3 kernel_size: 3 stride: 2 } }""")
     label = layer_label(net.layer[1], "TB", display_lrm=True, params="57")
-    assert label == "c (Convolution) kernel size: 3 stride: 2 pad: 0 lr mult: 1, 2 params: 57"
+    assert label == "c (Convolution) kernel size: 3 stride: 2 pad: 0 lr mult: 1.0, 2.0 params: 57"
     source = build_graph(net, DrawOptions(rankdir="TB", display_lrm=True)).source
     assert "y\\n1x3x2x2" in source and "params: 57" in source and "rankdir=TB" in source
 
@@ -231,3 +231,26 @@ def test_draw_command_stage_and_level_to_dot(tmp_path):
     source = out.read_text()
     assert "staged_ReLU" in source and "leveled_Dropout" in source and "not_deploy" not in source
     assert "train_in" not in source and "rankdir=BT" in source and "data\\n2x3x4x4" in source
+
+
+def test_display_lrm_follows_caffes_draw_net():
+    """Caffe: python/caffe/draw.py — 'lr mult: a, b' (%.1f) on every Convolution/Deconvolution/InnerProduct,
+    the defaults 1.0 included, hidden when both are 0, never on other layers."""
+    net = read_net("""name: "t" layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2
+        dim: 5 dim: 5 } } }
+        layer { name: "plain" type: "Convolution" bottom: "x" top: "a" convolution_param { num_output: 2 kernel_size: 1 } }
+        layer { name: "one" type: "InnerProduct" bottom: "a" top: "b" param { lr_mult: 0.5 } inner_product_param {
+          num_output: 2 } }
+        layer { name: "frozen" type: "Deconvolution" bottom: "a" top: "c" param { lr_mult: 0 } param { lr_mult: 0 }
+          convolution_param { num_output: 2 kernel_size: 1 } }
+        layer { name: "relu" type: "ReLU" bottom: "a" top: "a" param { lr_mult: 3 } }""")
+    labels = [layer_label(layer, "LR", display_lrm=True) for layer in net.layer]
+    assert labels[1].endswith("\\nlr mult: 1.0, 1.0") and labels[2].endswith("\\nlr mult: 0.5, 1.0")
+    assert "lr mult" not in labels[3] and "lr mult" not in labels[4]
+    assert all("lr mult" not in layer_label(layer, "LR", display_lrm=False) for layer in net.layer)
+
+
+def test_draw_accepts_caffes_display_lrm_spelling(tmp_path):
+    result = CliRunner().invoke(main, ["draw", str(SMALL_V1), str(tmp_path / "n.dot"), "--display_lrm"])
+    assert result.exit_code == 0, result.output
+    assert "lr mult: " in (tmp_path / "n.dot").read_text()

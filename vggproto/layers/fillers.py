@@ -34,11 +34,13 @@ def _variance_n(tensor: torch.Tensor, norm: int) -> float:
 
 
 def _uniform(tensor: torch.Tensor, low: float, high: float, gen: torch.Generator | None) -> None:
-    tensor.copy_(torch.rand(tensor.shape, generator=gen, dtype=torch.float64) * (high - low) + low)
+    # Caffe: util/math_functions.cpp caffe_rng_uniform — boost::uniform_real<Dtype>: drawn in the blob's float
+    tensor.copy_(torch.rand(tensor.shape, generator=gen, dtype=tensor.dtype) * (high - low) + low)
 
 
 def _gaussian(tensor: torch.Tensor, mean: float, std: float, gen: torch.Generator | None) -> None:
-    tensor.copy_(torch.randn(tensor.shape, generator=gen, dtype=torch.float64) * std + mean)
+    # Caffe: util/math_functions.cpp caffe_rng_gaussian — boost::normal_distribution<Dtype>, in the blob's float
+    tensor.copy_(torch.randn(tensor.shape, generator=gen, dtype=tensor.dtype) * std + mean)
 
 
 def _sparsify(tensor: torch.Tensor, sparse: int, gen: torch.Generator | None) -> None:
@@ -46,7 +48,7 @@ def _sparsify(tensor: torch.Tensor, sparse: int, gen: torch.Generator | None) ->
     if tensor.dim() < 1:
         raise PrototxtError("gaussian filler with 'sparse' needs a blob with at least one axis")
     probability = min(1.0, sparse / float(tensor.shape[0]))
-    mask = torch.rand(tensor.shape, generator=gen, dtype=torch.float64) < probability
+    mask = torch.rand(tensor.shape, generator=gen, dtype=tensor.dtype) < probability
     tensor.mul_(mask.to(tensor.dtype))
 
 

@@ -207,10 +207,10 @@ def load_dense(model: ModelSource, weights: str | os.PathLike | Mapping[str, lis
     """``(Net, DenseNet)``: the dense version of ``model`` with ``weights`` (file or arrays), in eval mode on
     ``device``.  Classification weights are reshaped (fc6 -> fc6-conv ...); a missing layer is an error."""
     from vggproto.net.interpreter import Net
-    from vggproto.weights.caffemodel import read_weights
+    from vggproto.weights.torch_files import load_weights_file
     dense = make_dense(model)
     source = os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else "weights"
-    arrays = read_weights(weights) if isinstance(weights, (str, os.PathLike)) else weights
+    arrays = load_weights_file(weights) if isinstance(weights, (str, os.PathLike)) else weights
     try:
         converted = dense_weights(arrays, dense)
     except WeightsError as exc:

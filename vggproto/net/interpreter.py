@@ -46,6 +46,7 @@ class LearnableParam:
 @dataclass
 class _Owner:
     layer: str
+    position: int      # index in Net.layer_list (layer names may repeat, as Caffe allows)
     index: int
     lr_mult: float | None
     decay_mult: float | None
@@ -144,8 +145,9 @@ class Net(nn.Module):
             if bottom not in self.blob_shapes:
                 known = ", ".join(self.blob_shapes) or "none"
                 raise self._error(param, line, f"unknown bottom blob '{bottom}' (blobs produced so far: {known})")
-        if param.name in self.layer_dict:
-            raise self._error(param, line, f"duplicate layer name '{param.name}'")
+        if param.name in self.layer_dict:  # Caffe: net.cpp Init accepts it; layer_names_index_ keeps the last
+            log.warning("%s:%s: duplicate layer name '%s': by name, layer_dict/params give the last such layer and "
+                        "caffemodel weights load into the first", self.path or "<text>", line, param.name)
         spec = LayerSpec(param=param, bottom_shapes=[self.blob_shapes[b] for b in param.bottom],
                          phase=param.phase if param.HasField("phase") else self.phase, path=self.path, line=line,
                          generator=generator, options=self.options, dialect=self.dialect)
@@ -203,7 +205,7 @@ class Net(nn.Module):
             if ps.name and ps.name in shared:
                 self._share(param, line, layer, index, ps, lr, decay, shared[ps.name])
                 continue
-            owner = _Owner(param.name, index, lr, decay)
+            owner = _Owner(param.name, len(self.layer_list), index, lr, decay)
             self._owners.append(owner)
             if ps.name:
                 shared[ps.name] = (owner, ps)
@@ -212,7 +214,7 @@ class Net(nn.Module):
 
     def _share(self, param, line, layer, index, ps, lr, decay, entry) -> None:
         owner, _ = entry
-        source = self.layer_dict[owner.layer].blobs[owner.index]
+        source = self.layer_list[owner.position].blobs[owner.index]
         mine = layer.blobs[index]
         if ps.share_mode == caffe_pb2.ParamSpec.PERMISSIVE:
             ok = source.numel() == mine.numel()
@@ -243,7 +245,7 @@ class Net(nn.Module):
     @property
     def learnable_params(self) -> list[LearnableParam]:
         """Owned parameters in Caffe's order (layer order, blob order), with their lr/decay multipliers."""
-        return [LearnableParam(o.layer, o.index, self.layer_dict[o.layer].blobs[o.index],
+        return [LearnableParam(o.layer, o.index, self.layer_list[o.position].blobs[o.index],
                                1.0 if o.lr_mult is None else o.lr_mult,
                                1.0 if o.decay_mult is None else o.decay_mult) for o in self._owners]
 

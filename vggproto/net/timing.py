@@ -1,15 +1,15 @@
 """Per-layer forward/backward timing of a :class:`vggproto.net.interpreter.Net`, as Caffe's ``caffe time`` reports it.
 
 Caffe: tools/caffe.cpp time() — run forward+backward ``iterations`` times and average every layer's forward and
-backward time.  Layers are timed with module hooks (forward pre/post, full backward pre/post); the device is
-synchronised at every hook so asynchronous GPU kernels are charged to the right layer.  Inputs are zeros, as
+backward time.  Layers are timed with module hooks (forward) and hooks on their output tensors' gradients
+(backward, see :class:`_Hooks`); the device is synchronised at every hook so asynchronous GPU kernels are
+charged to the right layer.  Inputs are zeros, as
 Caffe's blobs are; a net without a loss back-propagates ones from its outputs so backward is timed anyway.
 """
 from __future__ import annotations
 
 import logging
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +62,45 @@ def _backward(net: Net) -> None:
         torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
 
 
+class _Hooks:
+    """Per-layer clocks.  Forward: module pre/post hooks.  Backward: a hook on each layer's output tensors marks
+    when autograd reaches the layer; everything until the next layer is reached (its input *and* weight
+    gradients, as Caffe's Layer::Backward computes both) is charged to it, so the per-layer times add up to the
+    whole backward pass."""
+
+    def __init__(self, net: Net, clock: _Clock):
+        self.clock, self.started, self.events = clock, {}, []
+        self.forward = {name: 0.0 for name in net.layer_names}
+        self.backward = {name: 0.0 for name in net.layer_names}
+        self.handles = []
+        for name, layer in zip(net.layer_names, net.layer_list):
+            self.handles += [layer.register_forward_pre_hook(self._pre(name)),
+                             layer.register_forward_hook(self._post(name))]
+
+    def _pre(self, name: str):
+        def hook(module: torch.nn.Module, args: tuple) -> None:
+            self.started[name] = self.clock.now()
+        return hook
+
+    def _post(self, name: str):
+        def hook(module: torch.nn.Module, args: tuple, output: object) -> None:
+            self.forward[name] += self.clock.now() - self.started[name]
+            for tensor in output if isinstance(output, (tuple, list)) else (output,):
+                if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
+                    tensor.register_hook(lambda grad, name=name: self.events.append((self.clock.now(), name)))
+        return hook
+
+    def charge_backward(self, end: float) -> None:
+        """Split the backward pass that ended at ``end`` among the layers, in the order autograd reached them."""
+        for (t, name), (t_next, _) in zip(self.events, [*self.events[1:], (end, "")]):
+            self.backward[name] += t_next - t
+        self.events.clear()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def time_net(net: Net, iterations: int = 50) -> Timing:
     """Time ``iterations`` forward+backward passes of ``net`` layer by layer (after one warm-up pass)."""
     device = net.device
@@ -71,43 +110,24 @@ def time_net(net: Net, iterations: int = 50) -> Timing:
     net(**inputs)
     _backward(net)   # warm-up (Caffe logs the initial loss here)
     net.zero_grad(set_to_none=True)
-    started: dict[str, float] = {}
-    fwd = {name: 0.0 for name in net.layer_names}
-    bwd = {name: 0.0 for name in net.layer_names}
-    handles = []
-    for name, layer in zip(net.layer_names, net.layer_list):
-        def pre(module, args, name=name):
-            started[name] = clock.now()
-
-        def post(module, args, output, name=name):
-            fwd[name] += clock.now() - started[name]
-
-        def bpre(module, grad_output, name=name):
-            started["~" + name] = clock.now()
-
-        def bpost(module, grad_input, grad_output, name=name):
-            bwd[name] += clock.now() - started.get("~" + name, clock.now())
-        handles += [layer.register_forward_pre_hook(pre), layer.register_forward_hook(post)]
-        if not layer.feeds and not layer.is_data:
-            handles += [layer.register_full_backward_pre_hook(bpre), layer.register_full_backward_hook(bpost)]
+    hooks = _Hooks(net, clock)
     forward_total = backward_total = 0.0
     begin = time.perf_counter()
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")   # first layer: no input grads
-            for it in range(iterations):
-                t0 = clock.now()
-                net(**inputs)
-                t1 = clock.now()
-                _backward(net)
-                t2 = clock.now()
-                net.zero_grad(set_to_none=True)
-                forward_total += t1 - t0
-                backward_total += t2 - t1
-                log.info("Iteration: %d forward-backward time: %.4f ms.", it + 1, (t2 - t0) * 1e3)
+        for it in range(iterations):
+            t0 = clock.now()
+            net(**inputs)
+            t1 = clock.now()
+            _backward(net)
+            t2 = clock.now()
+            hooks.charge_backward(t2)
+            net.zero_grad(set_to_none=True)
+            forward_total += t1 - t0
+            backward_total += t2 - t1
+            log.info("Iteration: %d forward-backward time: %.4f ms.", it + 1, (t2 - t0) * 1e3)
     finally:
-        for handle in handles:
-            handle.remove()
+        hooks.remove()
     scale = 1e3 / max(iterations, 1)
-    return Timing(iterations, {k: v * scale for k, v in fwd.items()}, {k: v * scale for k, v in bwd.items()},
-                  forward_total * scale, backward_total * scale, (time.perf_counter() - begin) * 1e3)
+    return Timing(iterations, {k: v * scale for k, v in hooks.forward.items()},
+                  {k: v * scale for k, v in hooks.backward.items()}, forward_total * scale, backward_total * scale,
+                  (time.perf_counter() - begin) * 1e3)

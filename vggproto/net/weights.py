@@ -29,28 +29,46 @@ def split_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
     return [os.fspath(p) for p in paths]
 
 
+def _targets(net: "Net", every_match: bool) -> dict[str, list]:
+    """Layers by name; a repeated name maps to its first layer (Caffe's binary CopyTrainedLayersFrom searches
+    layer_names_ from the start) or, with ``every_match``, to all of them (CopyTrainedLayersFromHDF5 looks each
+    layer's own name up in the file)."""
+    found: dict[str, list] = {}
+    for name, layer in zip(net.layer_names, net.layer_list):
+        if every_match or name not in found:
+            found.setdefault(name, []).append(layer)
+    return found
+
+
 def load_arrays(net: "Net", weights: Mapping[str, Sequence[np.ndarray]], source: str, *,
-                only: Collection[str] | None = None, allow_missing: bool = True) -> int:
+                only: Collection[str] | None = None, allow_missing: bool = True, every_match: bool = False) -> int:
     """Copy ``weights`` into ``net``'s tensors by Caffe's rules (:func:`vggproto.weights.fit.fit_to_net`: nothing
     is copied unless everything fits); ``only`` limits it to those layers.  Layers the file lacks keep their
     values, as in Caffe, unless ``allow_missing`` is False.  Returns the number of blobs copied."""
-    expected = {name: [tuple(b.shape) for b in layer.blobs] for name, layer in net.layer_dict.items()}
-    sites = {name: Site(net.path, net.layer_lines.get(name), layer.spec.type) for name, layer in net.layer_dict.items()}
+    targets = _targets(net, every_match)
+    expected = {name: [tuple(b.shape) for b in layers[0].blobs] for name, layers in targets.items()}
+    sites = {name: Site(net.path, net.layer_lines.get(name), layers[0].spec.type) for name, layers in targets.items()}
     fitted = fit_to_net(weights, expected, allow_missing, source, only=only, sites=sites, log=log).weights
     copied = 0
     with torch.no_grad():
         for name, arrays in fitted.items():
-            for target, array in zip(net.layer_dict[name].blobs, arrays):
-                target.copy_(torch.from_numpy(np.array(array, dtype=np.float32)).reshape(target.shape))
-                copied += 1
+            for layer in targets[name]:
+                for target, array in zip(layer.blobs, arrays):
+                    target.copy_(torch.from_numpy(np.array(array, dtype=np.float32)).reshape(target.shape))
+                    copied += 1
     return copied
 
 
 def copy_weights(net: "Net", path: str, only: Collection[str] | None = None) -> None:
-    """Caffe: src/caffe/net.cpp CopyTrainedLayersFrom — copy every same-named layer's blobs from ``path``
-    (only the layers in ``only`` when given: finetuning's ``init_layers``)."""
-    from vggproto.weights.caffemodel import read_weights
-    copied = load_arrays(net, read_weights(path), path, only=only)
+    """Caffe: src/caffe/net.cpp CopyTrainedLayersFrom — copy every same-named layer's blobs from ``path`` (any
+    weight format vggproto writes, by content), only the layers in ``only`` when given (finetuning's
+    ``init_layers``)."""
+    from vggproto.caffe.files import is_hdf5
+    from vggproto.weights.torch_files import load_weights_file
+    weights = load_weights_file(path)   # one clear line for a missing or unreadable file
+    with open(path, "rb") as handle:
+        hdf5 = is_hdf5(handle.read(4096))
+    copied = load_arrays(net, weights, path, only=only, every_match=hdf5)
     log.info("Copied weights of %d blobs from %s", copied, path)
 
 

@@ -103,6 +103,13 @@ def _window(kernel: int, stride: int, pad: int, sep: str) -> str:
     return f"{sep}kernel size: {kernel}{sep}stride: {stride}{sep}pad: {pad}"
 
 
+def lr_mults(layer: caffe_pb2.LayerParameter) -> tuple[float, float]:
+    """Caffe: python/caffe/draw.py get_layer_lr_mult — the first two ParamSpecs' lr_mult, 1 where not given."""
+    weight = layer.param[0].lr_mult if len(layer.param) > 0 else 1.0
+    bias = layer.param[1].lr_mult if len(layer.param) > 1 else 1.0
+    return weight, bias
+
+
 def layer_label(layer: caffe_pb2.LayerParameter, rankdir: str, display_lrm: bool,
                 params: str = "") -> str:
     """Caffe's node label (name, type, kernel/stride/pad, optional lr mult) plus the parameter count."""
@@ -121,8 +128,10 @@ def layer_label(layer: caffe_pb2.LayerParameter, rankdir: str, display_lrm: bool
         label = f"{name}{sep}(Pooling {method})" + (f"{sep}global" if pool.global_pooling else window)
     else:
         label = f"{name}{sep}({_record(layer.type)})"
-    if display_lrm and layer.param:
-        label += f"{sep}lr mult: " + ", ".join(f"{p.lr_mult:g}" for p in layer.param)
+    if display_lrm and layer.type in ("Convolution", "Deconvolution", "InnerProduct"):
+        weight, bias = lr_mults(layer)
+        if weight != 0 or bias != 0:  # Caffe: python/caffe/draw.py get_layer_label — hidden when both are 0
+            label += f"{sep}lr mult: {weight:.1f}, {bias:.1f}"
     if params:
         label += f"{sep}params: {params}"
     return label

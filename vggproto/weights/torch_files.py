@@ -264,6 +264,22 @@ def read_any(path: str | os.PathLike) -> tuple[Mapping[str, Any], caffe_pb2.NetP
     return state_dict_to_weights(state, str(path)), None, fmt
 
 
+def load_weights_file(path: str | os.PathLike) -> Weights:
+    """The weights in any file vggproto writes, detected by content: caffemodel (V0/V1/V2) and Caffe HDF5
+    (zero-copy), ``.pt``/``.pth`` Caffe-named state dicts (``torch.load(weights_only=True)``), ``.safetensors``
+    and torchvision VGG state dicts (converted to Caffe's layout).  What every ``--weights`` and
+    ``Net(weights=...)`` reads."""
+    fmt = input_format(path)
+    if fmt in ("h5", "caffemodel"):
+        from vggproto.weights.caffemodel import read_weights
+        return read_weights(os.fspath(path))
+    state = load_torch_state(path) if _is_torch(path) else load_safetensors(path)
+    if fmt == "torchvision":
+        from vggproto.weights.torchvision import torchvision_to_caffe
+        return torchvision_to_caffe(state)
+    return state_dict_to_weights(state, str(path))
+
+
 def _is_torch(path: str | os.PathLike) -> bool:
     with open(path, "rb") as handle:
         return sniff(handle.read(16)) in ("zip", "pickle")
