@@ -238,7 +238,8 @@ def test_display_lrm_follows_caffes_draw_net():
     the defaults 1.0 included, hidden when both are 0, never on other layers."""
     net = read_net("""name: "t" layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2
         dim: 5 dim: 5 } } }
-        layer { name: "plain" type: "Convolution" bottom: "x" top: "a" convolution_param { num_output: 2 kernel_size: 1 } }
+        layer { name: "plain" type: "Convolution" bottom: "x" top: "a"
+          convolution_param { num_output: 2 kernel_size: 1 } }
         layer { name: "one" type: "InnerProduct" bottom: "a" top: "b" param { lr_mult: 0.5 } inner_product_param {
           num_output: 2 } }
         layer { name: "frozen" type: "Deconvolution" bottom: "a" top: "c" param { lr_mult: 0 } param { lr_mult: 0 }

@@ -15,7 +15,6 @@ from eval_helpers import mini_deploy, random_weights, write_model
 from vggproto.cli import main
 from vggproto.net import Net
 
-
 # ------------------------------------------------------------------------------- every --weights takes every format
 
 @pytest.fixture(scope="module")
@@ -100,7 +99,7 @@ def test_duplicate_layer_names_follow_caffes_lookup_rules(tmp_path, caplog):
         "weights load into the first",
         "<text>:9: duplicate layer name 'crop': by name, layer_dict/params give the last such layer and caffemodel "
         "weights load into the first"]
-    first, last = net.layer_list[1], net.layer_list[3]
+    last = net.layer_list[3]
     assert net.layer_dict["conv"] is last and net.params["conv"][0] is last.blobs[0]
     weights = {"conv": [np.full((1, 1, 1, 1), 2.0, np.float32), np.zeros(1, np.float32)]}
     write_weights(tmp_path / "w.caffemodel", weights)
@@ -150,3 +149,52 @@ def test_time_charges_each_layers_weight_gradient_and_adds_up():
     assert timing.backward_ms["conv1_1"] >= 30.0
     assert sum(timing.backward_ms.values()) <= timing.backward_total_ms + 1e-6
     assert sum(timing.backward_ms.values()) >= 0.9 * timing.backward_total_ms
+
+
+# ------------------------------------------------------------------------------- pickling and tracing
+
+SMALL = b"""name: "t" input: "data" input_shape { dim: 1 dim: 2 dim: 6 dim: 6 }
+layer { name: "c" type: "Convolution" bottom: "data" top: "c"
+  convolution_param { num_output: 3 kernel_size: 3 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "r" type: "ReLU" bottom: "c" top: "c" }
+layer { name: "p" type: "Pooling" bottom: "c" top: "p" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "p" top: "fc"
+  inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }
+"""
+
+
+def test_messages_and_nets_pickle(tmp_path):
+    import copy
+    import io
+    import pickle
+
+    from vggproto.caffe.prototxt import read_net, read_solver
+    net_param = read_net((__import__("pathlib").Path(__file__).parents[1] / "nets" / "A_deploy.prototxt"))
+    solver = read_solver(b'net: "x.prototxt" base_lr: 0.01 lr_policy: "step" stepsize: 10 max_iter: 20',
+                         resolve_prefix=False)
+    assert pickle.loads(pickle.dumps(net_param)) == net_param
+    assert pickle.loads(pickle.dumps(solver)) == solver
+    net = Net(SMALL)
+    x = torch.randn(1, 2, 6, 6)
+    expected = net.forward(data=x)["fc"]
+    for clone in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net)):
+        assert torch.equal(clone.forward(data=x)["fc"], expected) and clone.net_param == net.net_param
+    buffer = io.BytesIO()
+    torch.save(net, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer, weights_only=False).forward(data=x)["fc"], expected)
+
+
+def test_jit_trace_export_and_compile_agree_with_the_net():
+    import warnings
+    net = Net(SMALL)
+    x = torch.randn(1, 2, 6, 6)
+    expected = net(x)["fc"]                               # positional inputs fill input_names in order
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)   # torch.jit.trace is deprecated upstream
+        traced = torch.jit.trace(net, (x,), strict=False)
+    assert torch.equal(traced(x)["fc"], expected)
+    exported = torch.export.export(net, (x,))
+    assert torch.allclose(exported.module()(x)["fc"], expected, atol=1e-6)
+    with pytest.raises(Exception, match="2 positional inputs for 1 input blob"):
+        net(x, x)

@@ -15,7 +15,8 @@ from vggproto.commands.options import dialect_option
               show_default=True, help="Draw only the layers of this phase (NetStateRule filtering).")
 @click.option("--stage", "stages", multiple=True, metavar="S", help="A NetState stage (repeatable).")
 @click.option("--level", type=int, default=0, show_default=True, help="The NetState level.")
-@click.option("--display-lrm", "--display_lrm", "display_lrm", is_flag=True, help="Show each layer's lr_mult values (Caffe's --display_lrm).")
+@click.option("--display-lrm", "--display_lrm", "display_lrm", is_flag=True,
+              help="Show the lr_mult of Convolution/Deconvolution/InnerProduct layers (Caffe's --display_lrm).")
 @click.option("--no-shapes", is_flag=True, help="Do not build the net: no blob shapes or parameter counts.")
 @click.option("--no-clusters", is_flag=True, help="Do not group VGG blocks (conv<b>_*, fc<n>) into boxes.")
 @dialect_option

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vggproto.caffe.glog import fmt
+from vggproto.caffe.proto import caffe_pb2
 
 log = logging.getLogger("vggproto.net.interpreter")
 
@@ -67,3 +68,14 @@ def backward_lines(records: list[LayerRecord], learnable: list[torch.Tensor]) ->
     # Caffe logs this one at ERROR level (net.cpp Backward)
     log.error("    [Backward] All net params (data, diff): L1 norm = (%s, %s); L2 norm = (%s, %s)",
               fmt(asum_data), fmt(asum_diff), fmt(math.sqrt(sumsq_data)), fmt(math.sqrt(sumsq_diff)))
+
+
+def forward_record(param: caffe_pb2.LayerParameter, layer: torch.nn.Module, bottoms: list[torch.Tensor],
+                   tops: tuple[torch.Tensor, ...]) -> LayerRecord:
+    """Log one layer's ``[Forward]`` lines and keep what its ``[Backward]`` lines will need."""
+    record = LayerRecord(param.name, list(zip(param.bottom, bottoms)), list(layer.blobs))
+    retain_bottom_grads(record)
+    names = [param.param[i].name if i < len(param.param) and param.param[i].name else str(i)
+             for i in range(len(layer.blobs))]   # Caffe: net.cpp param_display_names_
+    forward_lines(param.name, list(zip(param.top, tops)), list(layer.blobs), names)
+    return record

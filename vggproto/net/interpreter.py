@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -27,29 +26,10 @@ from vggproto.errors import NetError, PrototxtError
 from vggproto.layers.registry import CaffeLayer, LayerSpec, build_layer
 from vggproto.net import debug as net_debug
 from vggproto.net import weights as net_weights
+from vggproto.net.params import LearnableParam, ParamOwner, setup_params
 
 log = logging.getLogger("vggproto.net.interpreter")
 ModelSource = str | os.PathLike | bytes | caffe_pb2.NetParameter
-
-
-@dataclass
-class LearnableParam:
-    """One parameter the solver updates, in Caffe's learnable_params order (owners only)."""
-
-    layer: str
-    index: int
-    param: nn.Parameter
-    lr_mult: float
-    decay_mult: float
-
-
-@dataclass
-class _Owner:
-    layer: str
-    position: int      # index in Net.layer_list (layer names may repeat, as Caffe allows)
-    index: int
-    lr_mult: float | None
-    decay_mult: float | None
 
 
 def _load(model: ModelSource, dialect: str | None) -> ParsedNet:
@@ -101,12 +81,12 @@ class Net(nn.Module):
         self.layer_lines: dict[str, int | None] = {}
         self.layer_dict: dict[str, CaffeLayer] = {}
         self.blob_shapes: dict[str, Shape] = {}
-        self._owners: list[_Owner] = []
+        self._owners: list[ParamOwner] = []
         self._loss_weights: list[tuple[str, float]] = []
         self._propagate: list[list[bool]] = []
         self._sources: dict[str, tuple[str, int]] = {}   # blob -> (producer type, layers that read it since)
         self.register_buffer("_probe", torch.zeros(0), persistent=False)
-        shared: dict[str, tuple[_Owner, caffe_pb2.ParamSpec]] = {}
+        shared: dict[str, ParamOwner] = {}
         for param, line in zip(self.net_param.layer, lines):
             self._add_layer(param, line, generator, shared)
         # Caffe: net.cpp Init — outputs are the blobs no later layer consumes (an in-place top counts as new);
@@ -174,7 +154,8 @@ class Net(nn.Module):
             producer, readers = self._sources.get(bottom, ("", 0))
             self._sources[bottom] = (producer, readers + 1)
         self._sources.update((top, (param.type, 0)) for top in param.top)
-        self._setup_params(param, line, layer, shared)
+        setup_params(param, layer, len(self.layer_list), shared, self._owners, self.force_backward,
+                     lambda message: self._error(param, line, message), self.layer_list)
         self.layer_list.append(layer)
         self.layer_names.append(param.name)
         self.layer_lines[param.name] = line
@@ -189,51 +170,12 @@ class Net(nn.Module):
             weights = [1.0] + [0.0] * (len(param.top) - 1)   # Caffe: loss_layer.cpp — top[0] weight 1
         self._loss_weights.extend((top, w) for top, w in zip(param.top, weights) if w != 0)
 
-    def _setup_params(self, param, line, layer: CaffeLayer, shared: dict) -> None:
-        if len(param.param) > len(layer.blobs):
-            raise self._error(param, line, f"{len(param.param)} param specs given but the layer has only "
-                                           f"{len(layer.blobs)} parameter blob(s)")
-        for index, blob in enumerate(layer.blobs):
-            ps = param.param[index] if index < len(param.param) else caffe_pb2.ParamSpec()
-            lr = ps.lr_mult if ps.HasField("lr_mult") else None
-            decay = ps.decay_mult if ps.HasField("decay_mult") else None
-            if param.type == "BatchNorm":   # Caffe: batch_norm_layer.cpp — statistics are never learned
-                if lr not in (None, 0.0):
-                    raise self._error(param, line, "cannot configure batch normalization statistics as layer "
-                                                   f"parameters: param {index} must have lr_mult 0, got {lr}")
-                lr = 0.0
-            if ps.name and ps.name in shared:
-                self._share(param, line, layer, index, ps, lr, decay, shared[ps.name])
-                continue
-            owner = _Owner(param.name, len(self.layer_list), index, lr, decay)
-            self._owners.append(owner)
-            if ps.name:
-                shared[ps.name] = (owner, ps)
-            if (lr == 0.0) and not self.force_backward:
-                blob.requires_grad_(False)   # Caffe: net.cpp — lr_mult 0 needs no backward
-
-    def _share(self, param, line, layer, index, ps, lr, decay, entry) -> None:
-        owner, _ = entry
-        source = self.layer_list[owner.position].blobs[owner.index]
-        mine = layer.blobs[index]
-        if ps.share_mode == caffe_pb2.ParamSpec.PERMISSIVE:
-            ok = source.numel() == mine.numel()
-            what = f"count {source.numel()} vs {mine.numel()}"
-        else:
-            ok = source.shape == mine.shape
-            what = f"shape {tuple(source.shape)} vs {tuple(mine.shape)}"
-        if not ok:
-            raise self._error(param, line, f"shared param '{ps.name}' (owner {owner.layer}) has mismatched "
-                                           f"{what}; set share_mode: PERMISSIVE to compare counts only")
-        for name, given, have in (("lr_mult", lr, owner.lr_mult), ("decay_mult", decay, owner.decay_mult)):
-            if given is not None and have is not None and given != have:
-                raise self._error(param, line, f"shared param '{ps.name}' has mismatched {name} "
-                                               f"({given} vs {have} in {owner.layer})")
-        if owner.lr_mult is None:
-            owner.lr_mult = lr
-        if owner.decay_mult is None:
-            owner.decay_mult = decay
-        layer.blobs[index] = source
+    def __getstate__(self) -> dict:
+        """Pickle (``copy.deepcopy``, ``torch.save``, spawn workers) the net, not the last forward's blobs,
+        which are autograd intermediates that cannot be copied."""
+        state = dict(self.__dict__)
+        state.update(blobs={}, _first={}, loss=None, _debug_records=[])
+        return state
 
     # ------------------------------------------------------------------------------------------ running
 
@@ -305,10 +247,14 @@ class Net(nn.Module):
             tops.append(tensor)
         return tops
 
-    def forward(self, **inputs: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run the net; ``inputs`` keyed by Input/MemoryData top names.  Returns the output blobs (sorted by
-        name as Caffe lists them); every blob is in ``self.blobs`` and the weighted loss in ``self.loss``."""
-        inputs = dict(inputs)
+    def forward(self, *positional: torch.Tensor, **inputs: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the net; ``inputs`` keyed by Input/MemoryData top names (positional ones fill ``input_names`` in
+        order, so ``torch.jit.trace(net, x)`` works).  Returns the output blobs (sorted by name as Caffe lists
+        them); every blob is in ``self.blobs`` and the weighted loss in ``self.loss``."""
+        if len(positional) > len(self.input_names):
+            raise NetError(f"{len(positional)} positional inputs for {len(self.input_names)} input blob(s) "
+                           f"({', '.join(self.input_names) or 'none'})", path=self.path)
+        inputs = {**dict(zip(self.input_names, positional)), **inputs}
         blobs: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
         self._debug_records = []
@@ -320,7 +266,7 @@ class Net(nn.Module):
                 bottoms = [blobs[b] if keep else blobs[b].detach() for b, keep in zip(param.bottom, propagate)]
                 tops = layer(*bottoms)
             if self.debug_info:
-                self._debug_forward(param, layer, bottoms, tops)
+                self._debug_records.append(net_debug.forward_record(param, layer, bottoms, tops))
             for name, tensor in zip(param.top, tops):
                 blobs[name] = tensor
                 if self.track_diffs and name not in first:   # kept only when asked: it holds every pre-ReLU
@@ -335,13 +281,6 @@ class Net(nn.Module):
         self.loss = self._total_loss(blobs)
         return {name: blobs[name] for name in self.output_names}
 
-    def _debug_forward(self, param: caffe_pb2.LayerParameter, layer: CaffeLayer, bottoms, tops) -> None:
-        record = net_debug.LayerRecord(param.name, list(zip(param.bottom, bottoms)), list(layer.blobs))
-        net_debug.retain_bottom_grads(record)
-        self._debug_records.append(record)
-        names = [param.param[i].name if i < len(param.param) and param.param[i].name else str(i)
-                 for i in range(len(layer.blobs))]   # Caffe: param_display_names_
-        net_debug.forward_lines(param.name, list(zip(param.top, tops)), list(layer.blobs), names)
 
     def log_backward_debug(self) -> None:
         """After a backward pass with ``debug_info`` on: Caffe's ``[Backward]`` lines (Net.backward calls it;
