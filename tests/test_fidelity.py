@@ -198,3 +198,38 @@ def test_jit_trace_export_and_compile_agree_with_the_net():
     assert torch.allclose(exported.module()(x)["fc"], expected, atol=1e-6)
     with pytest.raises(Exception, match="2 positional inputs for 1 input blob"):
         net(x, x)
+
+
+# ------------------------------------------------------------------------------- the log dialect scripts grep for
+
+def test_training_log_has_caffes_setup_lines_and_source_tags(solver_workdir, caplog):
+    """The lines of real BVLC Caffe's log of the golden sgd_step run (tests/data/golden/solver/sgd_step.log) that
+    tooling greps for appear with the same words, numbers and source file tags in vggproto's log."""
+    import logging
+    import re
+    from pathlib import Path
+
+    from vggproto.caffe.glog import GlogFormatter
+    case = solver_workdir(extra=("sgd_step_solver.prototxt",))
+    caffe_log = (Path(__file__).parent / "data" / "golden" / "solver" / "sgd_step.log").read_text().splitlines()
+    caplog.set_level(logging.INFO, logger="vggproto")
+    result = CliRunner().invoke(main, ["train", "--solver", "sgd_step_solver.prototxt", "--weights",
+                                       "init.caffemodel"])
+    assert result.exit_code == 0, result.output
+    ours = [GlogFormatter().format(r) for r in caplog.records]
+    tag = re.compile(r"^[IWEF]\d{4,8} \d\d:\d\d:\d\d\.\d{6} +\d+ (\S+?):\d+\] (.*)$")
+
+    def tagged(lines: list[str]) -> set[tuple[str, str]]:
+        return {(m.group(1), m.group(2)) for m in (tag.match(line.split("\n")[0]) for line in lines) if m}
+    wanted = [("solver.cpp", "Creating training net from net file: train_val.prototxt"),
+              ("net.cpp", "Setting up conv1"), ("net.cpp", "Top shape: 8 6 8 8 (3072)"),
+              ("net.cpp", "relu1 -> conv1 (in-place)"), ("net.cpp", "    with loss weight 1"),
+              ("net.cpp", "Memory required for data: 37060"), ("net.cpp", "Network initialization done."),
+              ("net.cpp", "This network produces output loss"), ("sgd_solver.cpp", "Iteration 0, lr = 0.05"),
+              ("solver.cpp", "Solving TinySolverNet"), ("solver.cpp", "Learning Rate Policy: step"),
+              ("solver.cpp", "Initializing solver from parameters: ")]
+    theirs, mine = tagged(caffe_log), tagged(ours)
+    for line in wanted:
+        assert line in theirs, line          # the reference really has it
+        assert line in mine, line
+    assert case.exists() and not [line for line in ours if " solver.py:" in line or " interpreter.py:" in line]

@@ -182,7 +182,7 @@ def test_glog_prefix_parses_like_parse_log_py():
     record = logging.LogRecord("vggproto.train.solver", logging.INFO, "/x/solver.py", 42, "Iteration 3, lr = 0.05",
                                None, None)
     line = GlogFormatter().format(record)
-    assert re.match(r"I\d{4} \d\d:\d\d:\d\d\.\d{6} \d+ solver\.py:42\] Iteration 3, lr = 0\.05$", line)
+    assert re.match(r"I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ solver\.cpp:42\] Iteration 3, lr = 0\.05$", line)
     # parse_log.py's extract_datetime_from_line: month = line[0][1:3], day = line[0][3:5], time = line[1]
     fields = line.split()
     month, day = int(fields[0][1:3]), int(fields[0][3:5])

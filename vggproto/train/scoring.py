@@ -19,7 +19,7 @@ from vggproto.train import setup
 if TYPE_CHECKING:
     from vggproto.net.interpreter import Net
 
-log = logging.getLogger("vggproto.train.solver")
+log = logging.getLogger("vggproto.train.solver.caffe")   # caffe.cpp test()
 
 #: Called after each batch with its index and every output blob flattened to float64 on the CPU.
 BatchHook = Callable[[int, dict[str, torch.Tensor]], None]

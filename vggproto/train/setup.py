@@ -188,24 +188,48 @@ def build_train_net(p: caffe_pb2.SolverParameter, solver_path: str | None, optio
     """Caffe: Solver::InitTrainNet — the TRAIN net on ``device``, finetuned from ``weights`` (``--weights``, else
     the solver's own ``weights:`` entries, as tools/caffe.cpp does)."""
     from vggproto.net.interpreter import Net
+    from vggproto.net.setup_log import log_setup
     source = train_net_source(p, solver_path)
-    log.info("Creating training net from %s", source if isinstance(source, str) else "net_param")
+    log.info(_train_net_line(p))
     net = Net(source, phase="TRAIN", stages=tuple(p.train_state.stage), level=p.train_state.level,
               seed=options.seed, options=options)
+    log_setup(net)
     to_device(net, device)
     for path in weights or tuple(f for entry in p.weights for f in entry.split(",") if f):
         finetune(net, path, init_layers)
     return net
 
 
+def _train_net_line(p: caffe_pb2.SolverParameter) -> str:
+    """Caffe: solver.cpp InitTrainNet's log line for the field that names the train net."""
+    if p.HasField("train_net_param"):
+        return "Creating training net specified in train_net_param."
+    if p.HasField("train_net"):
+        return f"Creating training net from train_net file: {p.train_net}"
+    if p.HasField("net_param"):
+        return "Creating training net specified in net_param."
+    return f"Creating training net from net file: {p.net}"
+
+
+def _test_net_descriptions(p: caffe_pb2.SolverParameter, count: int) -> list[str]:
+    """Caffe: solver.cpp InitTestNets' ``sources``, in the order test_net_sources lists the nets."""
+    named = ["test_net_param"] * len(p.test_net_param) + [f"test_net file: {f}" for f in p.test_net]
+    generic = "net_param" if p.HasField("net_param") else f"net file: {p.net}"
+    return (named + [generic] * count)[:count]
+
+
 def build_test_nets(p: caffe_pb2.SolverParameter, solver_path: str | None, seed: int | None,
                     device: torch.device, train_net: Net) -> list[Net]:
     """Caffe: Solver::InitTestNets — every test net on ``device``, sharing the trained layers by name."""
     from vggproto.net.interpreter import Net
+    from vggproto.net.setup_log import log_setup
     nets = []
-    for source, state in test_net_sources(p, solver_path):
+    sources = test_net_sources(p, solver_path)
+    for index, ((source, state), described) in enumerate(zip(sources, _test_net_descriptions(p, len(sources)))):
+        log.info("Creating test net (#%d) specified by %s", index, described)
         net = Net(source, phase="TEST", stages=tuple(state.stage), level=state.level, seed=seed,
                   options=DataOptions())
+        log_setup(net)
         to_device(net, device)
         net.share_weights_from(train_net)
         nets.append(net)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.caffe.prototxt import read_solver
+from vggproto.caffe.prototxt import message_to_text, read_solver
 from vggproto.data.options import DataOptions
 from vggproto.errors import SolverError
 from vggproto.train import log as tl
@@ -32,6 +32,7 @@ from vggproto.train.comm import Comm
 from vggproto.train.signals import SignalEffect, Signals, check_effect
 
 log = logging.getLogger("vggproto.train.solver")
+sgd_log = logging.getLogger("vggproto.train.solver.sgd")   # the lines Caffe's sgd_solver.cpp logs
 
 
 @dataclass
@@ -67,6 +68,8 @@ class Solver:
         self.opts = opts = options or TrainOptions()
         self.path = str(solver) if isinstance(solver, (str, os.PathLike)) else None
         self.param = p = self._checked_param(read_solver(solver) if self.path else solver)
+        if opts.rank == 0:  # Caffe: solver.cpp Init
+            log.info("Initializing solver from parameters: \n%s", message_to_text(p).rstrip())
         self.comm, self.rank, self.world = comm, opts.rank, opts.world_size
         self.root = self.rank == 0
         self.device = torch.device(opts.device)
@@ -246,7 +249,7 @@ class Solver:
     def apply_update(self, display: bool) -> float:
         rate = self.learning_rate()
         if display and self.root:
-            log.info(tl.lr_line(self.iter, rate))
+            sgd_log.info(tl.lr_line(self.iter, rate))
         weights = [lp.param.data for lp in self.learnable]
         grads = [lp.param.grad if lp.param.grad is not None else torch.zeros_like(lp.param.data)
                  for lp in self.learnable]
@@ -374,7 +377,7 @@ class Solver:
         model_line, state_line = tl.snapshot_lines(model_path, state_path, hdf5)
         log.info(model_line)
         self.net.save_weights(model_path, with_diff=self.param.snapshot_diff)
-        log.info(state_line)
+        sgd_log.info(state_line)
         history = [h.detach().float().cpu().numpy() for h in self.history]
         snap.write_solverstate(state_path, snap.SolverStateData(self.iter, model_path, self.current_step, history))
         snap.write_sidecar(state_path, setup.sidecar(self, cursors if self.comm is not None else [cursors]))
@@ -391,5 +394,5 @@ class Solver:
         with torch.no_grad():
             for target, array in zip(self.history, state.history):
                 target.copy_(torch.from_numpy(array.reshape(tuple(target.shape))))
-        log.info("SGDSolver: restoring history")
+        sgd_log.info("SGDSolver: restoring history")
         setup.apply_sidecar(self, snap.read_sidecar(state_path), state_path)
