@@ -38,7 +38,9 @@ class ReLU(Neuron):
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         slope = self.spec.param.relu_param.negative_slope
         # in place like Caffe's in-place ReLU (and torchvision's inplace=True) when no gradient is recorded
-        overwrite = self.may_overwrite and not (torch.is_grad_enabled() and x.requires_grad)
+        # in place only when no graph is recorded, and never while tracing (the trace must not depend on grad mode)
+        overwrite = self.may_overwrite and not (torch.is_grad_enabled() and x.requires_grad) \
+            and not torch.jit.is_tracing()
         if slope == 0:   # derivative 0 at x = 0, as Caffe's (x > 0)
             return torch.relu_(x) if overwrite else torch.relu(x)
         return F.leaky_relu(x, slope, inplace=overwrite)   # derivative `slope` at x = 0, as Caffe's slope·(x <= 0)
@@ -192,16 +194,28 @@ class Swish(Neuron):
 
 @register("Dropout")
 class Dropout(Neuron):
-    """Caffe: dropout_layer.cpp — TRAIN: x·mask/(1 − ratio) with mask ~ Bernoulli(1 − ratio); TEST: identity."""
+    """Caffe: dropout_layer.cpp — TRAIN: x·mask/(1 − ratio) with mask ~ Bernoulli(1 − ratio); TEST: identity.
+
+    Two forks' fields change that: ``scale_train: false`` (Faster R-CNN, OpenCV; for MSRA-trained nets) keeps
+    the mask unscaled in TRAIN and multiplies by (1 − ratio) in TEST, and ``sample_weights_test: true`` (SegNet,
+    ENet; Monte-Carlo / Bayesian SegNet) samples the mask in TEST too.
+    """
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        ratio = spec.param.dropout_param.dropout_ratio
+        p = spec.param.dropout_param
+        ratio = p.dropout_ratio
         if not 0.0 <= ratio < 1.0:
             raise spec.error(f"dropout_param.dropout_ratio must be in [0, 1), got {ratio}")
-        self.ratio = ratio
+        self.ratio, self.scale_train = ratio, p.scale_train
+        # SegNet: src/caffe/layers/dropout_layer.cpp — phase == TRAIN || sample_weights_test
+        self.sample = spec.train or p.sample_weights_test
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        if self.spec.train and self.ratio > 0:
+        if not self.sample or self.ratio == 0:
+            # Faster R-CNN: src/caffe/layers/dropout_layer.cpp — scale_train false: TEST gives x·(1 − ratio)
+            return x if self.scale_train else x * (1.0 - self.ratio)
+        if self.scale_train:
             return F.dropout(x, self.ratio, training=True)
-        return x
+        # Faster R-CNN: src/caffe/layers/dropout_layer.cpp — scale_train false: TRAIN gives x·mask, unscaled
+        return x * torch.empty_like(x).bernoulli_(1.0 - self.ratio)

@@ -56,7 +56,21 @@ class SoftmaxWithLoss(LossLayer):
         self.outer, self.inner, self.classes = count(shape, 0, self.axis), count(shape, self.axis + 1), shape[self.axis]
         check_label_count(spec, self.outer, self.inner, self.axis)
         self.mode, self.ignore = normalization_mode(spec), ignore_label(spec)
+        self.class_weights = self._class_weights(spec, self.classes)
         self.top_shapes = [()] + ([shape] if len(spec.param.top) > 1 else [])
+
+    @staticmethod
+    def _class_weights(spec: LayerSpec, classes: int) -> tuple[float, ...] | None:
+        """SegNet / ENet's weighted loss: each position's loss times ``class_weighting[label]``, the normaliser
+        (the count of positions) unchanged; None without ``weight_by_label_freqs``."""
+        p = spec.param.loss_param
+        if not p.weight_by_label_freqs:
+            return None
+        # SegNet: src/caffe/layers/softmax_loss_layer.cpp LayerSetUp — one class_weighting value per class
+        if len(p.class_weighting) != classes:
+            raise spec.error(f"loss_param.weight_by_label_freqs needs one class_weighting value per class "
+                             f"({classes}), got {len(p.class_weighting)}")
+        return tuple(p.class_weighting)
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x, label = bottoms
@@ -67,6 +81,10 @@ class SoftmaxWithLoss(LossLayer):
         nll = clamp_forward_only(-picked, high=MAX_NLL)
         valid = valid.reshape(self.outer, self.inner)
         nll = torch.where(valid, nll, torch.zeros_like(nll))
+        if self.class_weights is not None:
+            # SegNet: src/caffe/layers/softmax_loss_layer.cpp — loss −= log(prob)·class_weighting[label]
+            weights = torch.tensor(self.class_weights, dtype=nll.dtype, device=nll.device)
+            nll = nll * weights[lab].reshape(self.outer, self.inner)
         loss = normalize(nll.sum(), self.mode, self.outer, self.inner, valid.sum())
         if len(self.top_shapes) == 2:
             return loss, softmax_along(x, self.axis)
