@@ -281,3 +281,92 @@ def test_hdf5_dry_run_reads_shapes_when_files_exist(tmp_path, monkeypatch):
     assert layer.top_shapes == [(2, 3, 2, 2), (2,)]
     with pytest.raises(DataError, match="dry_run"):
         layer()
+
+
+# ------------------------------------------------------------------------ per-batch reshape (Caffe's load_batch)
+
+SIZES = [(5, 6), (7, 9), (5, 6)]   # the HxW of a.png, b.png, c.png
+
+
+@pytest.fixture
+def mixed_images(tmp_path, monkeypatch):
+    """Three PNGs of two sizes, their list file and an encoded LMDB of them (convert_imageset --encoded)."""
+    import cv2
+
+    from vggproto.data.convert import convert_imageset
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    images = []
+    for name, (h, w) in zip("abc", SIZES):
+        images.append(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        cv2.imwrite(f"{name}.png", images[-1])
+    Path("list.txt").write_text("a.png 0\nb.png 1\nc.png 2\n")
+    convert_imageset("", "list.txt", "enc_lmdb", encoded=True, progress=False)
+    return [img.transpose(2, 0, 1).astype(np.float32) for img in images]   # the CHW float the layers give
+
+
+DATA_LAYER = ('layer {{ name: "d" type: "Data" top: "data" top: "label" data_param {{ source: "enc_lmdb" '
+              'backend: LMDB batch_size: {b} }} }}')
+IMAGE_LAYER = ('layer {{ name: "d" type: "ImageData" top: "data" top: "label" image_data_param {{ '
+               'source: "list.txt" batch_size: {b} }} }}')
+
+
+@pytest.mark.parametrize("text", [DATA_LAYER, IMAGE_LAYER], ids=["Data", "ImageData"])
+def test_batch_size_1_takes_each_images_shape(mixed_images, text):
+    # Caffe reshapes every batch to its first datum, so single-image batches of different sizes work
+    layer = layer_from_text(text.format(b=1))
+    assert layer.top_shapes == [(1, 3, 5, 6), (1,)]   # the setup shape: the first record's
+    for k in range(5):   # through the wrap-around
+        data, label = layer()
+        assert tuple(data.shape) == (1, 3, *SIZES[k % 3]) and tuple(label.shape) == (1,)
+        np.testing.assert_array_equal(data[0].numpy(), mixed_images[k % 3])   # PNG: lossless, exact
+        assert float(label[0]) == k % 3
+
+
+@pytest.mark.parametrize("text, where, first", [
+    (DATA_LAYER, "database 'enc_lmdb' record 1 (key '00000001_b.png')", "database 'enc_lmdb' record 0 "
+                                                                        "(key '00000000_a.png')"),
+    (IMAGE_LAYER, "list.txt:2", "list.txt:1")], ids=["Data", "ImageData"])
+def test_differing_sizes_within_a_batch_are_one_line_error(mixed_images, text, where, first):
+    layer = layer_from_text(text.format(b=2))
+    with pytest.raises(DataError) as info:
+        layer()
+    message = str(info.value)
+    assert message.startswith(f"{where}: transformed image is 3x7x9 but the batch is 3x5x6, the shape of its "
+                              f"first record ({first})")
+    assert "\n" not in message
+
+
+def test_skip_bad_skips_a_record_that_does_not_fit_its_batch(mixed_images):
+    layer = layer_from_text(IMAGE_LAYER.format(b=2), skip_bad=True)
+    data, label = layer()
+    assert tuple(data.shape) == (2, 3, 5, 6)
+    np.testing.assert_array_equal(label.numpy(), [0, 2])   # b.png (7x9) is reported and replaced by c.png
+    assert layer.bad_records == 1
+    data, label = layer()   # the cursor moves by the batch size: positions 2, 3 are c.png, a.png
+    np.testing.assert_array_equal(label.numpy(), [2, 0])
+    data, label = layer()   # position 4 is b.png: this batch is 7x9, so c.png and a.png after it are skipped
+    assert tuple(data.shape) == (2, 3, 7, 9)
+    np.testing.assert_array_equal(label.numpy(), [1, 1])
+    assert layer.bad_records == 3
+
+
+def test_a_net_runs_on_data_whose_shape_changes(mixed_images):
+    from vggproto.net.interpreter import Net
+    head = DATA_LAYER.format(b=1) + (' layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+                                     'convolution_param { num_output: 2 kernel_size: 3 pad: 1 '
+                                     'weight_filler { type: "gaussian" } } } '
+                                     'layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" } ')
+    pool = ('layer {{ name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param {{ pool: AVE {p} }} }} '
+            'layer {{ name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param {{ '
+            'num_output: 4 weight_filler {{ type: "gaussian" }} }} }}')
+    net = Net(head + pool.format(p="global_pooling: true"), seed=1)
+    assert net.blob_shapes["data"] == (1, 3, 5, 6)
+    for k in range(3):
+        net.forward()
+        assert tuple(net.blobs["conv"].shape) == (1, 2, *SIZES[k])
+        assert tuple(net.blobs["fc"].shape) == (1, 4)
+    fixed = Net(head + pool.format(p="kernel_size: 2 stride: 2"), seed=1)
+    fixed.forward()   # 5x6 -> 3x3 cells: 18 inputs, what the weights were made for
+    with pytest.raises(Exception, match="bottom has 40 inputs per sample .* but the weights expect 18"):
+        fixed.forward()   # 7x9 -> 4x5: Caffe's InnerProduct Reshape check fails likewise

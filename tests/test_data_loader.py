@@ -84,3 +84,46 @@ def test_device_batch_maker_on_cpu_matches_cpu_pipeline(in_golden):
     # decode is identical (libjpeg-turbo); resize differs from OpenCV's fixed point by at most one level
     assert float((a - b).abs().max()) <= 1.0
     assert float((a - b).abs().mean()) < 0.2   # measured 0.11-0.12 on these photos
+
+
+@pytest.fixture
+def mixed_jpegs(tmp_path, monkeypatch):
+    """JPEGs of two sizes in a list file: batches of one take each image's own shape (Caffe's load_batch)."""
+    import cv2
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(1)
+    for name, (h, w) in zip("abc", [(16, 24), (20, 12), (16, 24)]):
+        smooth = cv2.resize(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), (w, h))
+        cv2.imwrite(f"{name}.jpg", smooth)
+    Path("list.txt").write_text("a.jpg 0\nb.jpg 1\nc.jpg 2\n")
+    return [(16, 24), (20, 12), (16, 24)]
+
+
+def mixed_layer(batch: int, **options):
+    text = ('layer { name: "d" type: "ImageData" top: "data" top: "label" image_data_param { source: "list.txt" '
+            f'batch_size: {batch} }} transform_param {{ mirror: true mean_value: 10 }} }}')
+    return build_layer(LayerSpec(read_net(text).layer[0], [], caffe_pb2.TRAIN, options=DataOptions(**options)))
+
+
+def test_workers_deliver_batches_of_changing_shape_in_order(mixed_jpegs):
+    sync = mixed_layer(1, seed=3)
+    expected = [[t.numpy().copy() for t in sync()] for _ in range(4)]
+    assert [e[0].shape[2:] for e in expected] == [mixed_jpegs[k % 3] for k in range(4)]
+    par = mixed_layer(1, seed=3, data_workers=2, prefetch=2)
+    for ref in expected:
+        for a, b in zip(par(), ref):
+            np.testing.assert_array_equal(a.numpy(), b)
+    par.feed.close()
+
+
+def test_device_batch_maker_takes_each_batch_shape_and_names_a_misfit(mixed_jpegs):
+    from vggproto.errors import DataError
+    cpu, dev = mixed_layer(1, seed=2), mixed_layer(1, seed=2, gpu_decode=True, device="cpu")
+    for k in range(3):
+        (a, la), (b, lb) = cpu(), dev()
+        assert tuple(b.shape) == (1, 3, *mixed_jpegs[k]) == tuple(a.shape)
+        np.testing.assert_array_equal(la.numpy(), lb.numpy())
+        assert float((a - b).abs().max()) <= 1.0   # OpenCV's and torchvision's JPEG decoders may differ by 1
+    with pytest.raises(DataError, match=r"^list.txt:2: transformed image is 3x20x12 but the batch is 3x16x24, "
+                                        r"the shape of its first record \(list.txt:1\)"):
+        mixed_layer(2, gpu_decode=True, device="cpu")()

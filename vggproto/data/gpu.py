@@ -18,6 +18,7 @@ from vggproto.data.transform import DataTransformer
 from vggproto.errors import DataError
 
 if TYPE_CHECKING:
+    from vggproto.data.batches import Batch
     from vggproto.data.sources import DBSource, ListSource, RecordStream
 
 
@@ -97,13 +98,13 @@ def decode_jpegs(jpegs: list[bytes], gray: bool, device: torch.device) -> list[t
 
 class DeviceBatchMaker:
     """Batches decoded and transformed on a torch device (option ``gpu_decode``): JPEG records are decoded there,
-    other records are decoded by the source on the CPU and uploaded; the random draws are the CPU path's."""
+    other records are decoded by the source on the CPU and uploaded; the random draws are the CPU path's.  As on
+    the CPU path, each batch takes the shape of its first record."""
 
     def __init__(self, source: DBSource | ListSource, stream: RecordStream, transformer: DataTransformer,
-                 batch_size: int, shape: tuple[int, int, int], seed: int, device: str | torch.device,
-                 with_label: bool = True):
+                 batch_size: int, seed: int, device: str | torch.device, with_label: bool = True):
         self.source, self.stream, self.t = source, stream, transformer
-        self.batch_size, self.shape, self.seed, self.with_label = batch_size, shape, seed, with_label
+        self.batch_size, self.seed, self.with_label = batch_size, seed, with_label
         self.device = torch.device(device)
         self.ops = TensorTransform(transformer, self.device)
         color = getattr(source, "color", None)
@@ -126,14 +127,18 @@ class DeviceBatchMaker:
             images.append(img)
         return images, [label for _, label in raw]
 
-    def __call__(self, start: int):
-        from vggproto.data.batches import Batch
+    def __call__(self, start: int) -> Batch:
+        from vggproto.data.batches import Batch, shape_mismatch
         indices = [self.stream.index(start + i) for i in range(self.batch_size)]
         images, labels = self._images(indices)
-        data = torch.stack([self.ops(img, np.random.default_rng([self.seed & 0xFFFFFFFF, start + k]))
-                            for k, img in enumerate(images)])
-        if tuple(data.shape[1:]) != self.shape:
-            raise DataError(f"{self.source.describe(indices[0])}: batch is {tuple(data.shape[1:])}, "
-                            f"expected {self.shape}")
+        outs = [self.ops(img, np.random.default_rng([self.seed & 0xFFFFFFFF, start + k]))
+                for k, img in enumerate(images)]
+        first = tuple(outs[0].shape)
+        for index, out in zip(indices[1:], outs[1:]):
+            if tuple(out.shape) != first:
+                # Caffe: src/caffe/layers/data_layer.cpp load_batch — the batch has its first datum's shape
+                raise shape_mismatch(self.source.describe(index), tuple(out.shape), first,
+                                     self.source.describe(indices[0]))
+        data = torch.stack(outs)
         label = torch.tensor(labels, dtype=torch.float32, device=self.device)
         return Batch(start, [data, label] if self.with_label else [data])

@@ -4,6 +4,10 @@ Thin wrappers: the work is in :mod:`vggproto.data`.  A data layer has no bottoms
 batch (float32 data, labels as float like Caffe's blobs) and advances a cursor that persists across forwards and
 test passes; ``cursor()`` / ``set_cursor(n)`` save and restore the position.  Source paths are relative to the
 working directory, as in Caffe.
+
+Data and ImageData reshape every batch to its first record, as Caffe's ``load_batch`` does, so with
+``batch_size: 1`` over images of different sizes the data top changes shape between forwards; ``top_shapes`` (what
+the net reports at construction) is the shape of the first record read at setup.
 """
 from __future__ import annotations
 
@@ -90,11 +94,13 @@ class _ImageLayer(FeedLayer):
             order = permutation_order(len(source), shuffle_seed) if shuffle else None
             stream = make_stream(len(source), opts, spec.train, rand_skip(limit_skip, len(source), seed, where),
                                  order)
+            # Caffe: src/caffe/layers/data_layer.cpp DataLayerSetUp — the setup shape is the first datum's; each
+            # batch is then reshaped to its own first datum (ImageBatchMaker), so the tops may change shape
             first = _first_image(source, stream, opts.skip_bad)
             c, h, w = transformer.output_shape(first.shape[2], first.shape[0], first.shape[1])
             with_label = len(spec.param.top) > 1
-            maker = device_maker(source, stream, transformer, batch, (c, h, w), seed, with_label, opts, where) or \
-                ImageBatchMaker(source, stream, transformer, batch, (c, h, w), seed, with_label=with_label,
+            maker = device_maker(source, stream, transformer, batch, seed, with_label, opts, where) or \
+                ImageBatchMaker(source, stream, transformer, batch, seed, with_label=with_label,
                                 skip_bad=opts.skip_bad)
             self.feed = make_feed(maker, batch, opts if not isinstance(maker, DeviceBatchMaker)
                                   else replace(opts, data_workers=0))
@@ -116,8 +122,7 @@ def _first_image(source, stream, skip_bad: bool) -> np.ndarray:
 
 
 def device_maker(source: DBSource | ListSource, stream: RecordStream, transformer: DataTransformer, batch: int,
-                 shape: tuple[int, int, int], seed: int, with_label: bool, opts: DataOptions,
-                 where: str) -> DeviceBatchMaker | None:
+                 seed: int, with_label: bool, opts: DataOptions, where: str) -> DeviceBatchMaker | None:
     """A DeviceBatchMaker when the ``gpu_decode`` option asks for it and CUDA is there (else None, CPU path)."""
     if not opts.gpu_decode:
         return None
@@ -125,8 +130,7 @@ def device_maker(source: DBSource | ListSource, stream: RecordStream, transforme
     if device.type == "cuda" and not torch.cuda.is_available():
         log.warning("%s: gpu_decode requested but CUDA is not available; decoding on the CPU", where)
         return None
-    return DeviceBatchMaker(source, stream, transformer, batch, shape, seed, device,
-                            with_label=with_label)
+    return DeviceBatchMaker(source, stream, transformer, batch, seed, device, with_label=with_label)
 
 
 def _warn_pitfalls(spec: LayerSpec, transformer: DataTransformer, where: str) -> None:

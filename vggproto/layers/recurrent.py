@@ -11,6 +11,10 @@ the final states.  Without ``expose_hidden`` the final state of one forward is t
 
 Parameter blobs, in Caffe's order: LSTM ``W_xc (4H, K), b_c (4H), [W_xc_static (4H, Ks)], W_hc (4H, H)`` with
 gates in the order i, f, o, g; RNN ``W_xh, b_h, [W_xh_static], W_hh, W_ho, b_o``.
+
+``LSTMUnit`` is the one LSTM step Caffe's unrolled LSTM net is made of, usable on its own (the LRCN examples):
+bottoms ``c_prev`` (1, N, D), gate inputs ``x`` (1, N, 4D) and ``cont`` (1, N); tops ``c`` and ``h`` (1, N, D).
+Its backward is Caffe's hand-written one (:class:`_LSTMUnitStep`), not autograd's.
 """
 from __future__ import annotations
 
@@ -20,10 +24,19 @@ from typing import Sequence
 import torch
 from torch.nn.functional import linear as _linear
 
+from vggproto.errors import NetError
 from vggproto.layers.common import blob, count, expect_bottoms, expect_tops
+from vggproto.layers.misc import needs_index_grad
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 log = logging.getLogger("vggproto.net.interpreter")
+
+
+def lstm_gates(gates: torch.Tensor, hidden: int) -> tuple[torch.Tensor, ...]:
+    """The activations σ(i'), σ(f'), σ(o'), tanh(g') of pre-activations laid out [i', f', o', g'] on the last
+    axis (Caffe's gate order), shared by LSTM and LSTMUnit."""
+    i, f, o = (torch.sigmoid(gates[..., j * hidden:(j + 1) * hidden]) for j in range(3))
+    return i, f, o, torch.tanh(gates[..., 3 * hidden:])
 
 
 class Recurrent(CaffeLayer):
@@ -114,9 +127,7 @@ class LSTM(Recurrent):
         outputs = []
         for t in range(self.t_steps):
             keep = cont[t].unsqueeze(1)
-            gates = gates_x[t] + _linear(keep * h, w_hc)
-            i, f, o = (torch.sigmoid(gates[:, j * n_h:(j + 1) * n_h]) for j in range(3))
-            g = torch.tanh(gates[:, 3 * n_h:])
+            i, f, o, g = lstm_gates(gates_x[t] + _linear(keep * h, w_hc), n_h)
             c = keep * f * c + i * g
             h = o * torch.tanh(c)
             outputs.append(h)
@@ -151,3 +162,67 @@ class RNN(Recurrent):
             h = torch.tanh(pre_x[t] + _linear(cont[t].unsqueeze(1) * h, w_hh))
             outputs.append(torch.tanh(_linear(h, w_ho, b_o)))
         return torch.stack(outputs), [h.unsqueeze(0)]
+
+
+class _LSTMUnitStep(torch.autograd.Function):
+    """One LSTM step with Caffe's forward and backward formulas.
+
+    A Function rather than autograd because Caffe's backward differentiates the forget gate as f·(1 − f) with the
+    cont-scaled f: the true derivative for cont ∈ {0, 1} only, so autograd would differ for a fractional cont.
+    """
+
+    @staticmethod
+    def forward(ctx, c_prev: torch.Tensor, x: torch.Tensor, cont: torch.Tensor,
+                refusal: NetError | None) -> tuple[torch.Tensor, torch.Tensor]:
+        i, f, o, g = lstm_gates(x, c_prev.shape[-1])
+        keep = cont.unsqueeze(-1).to(x.dtype)
+        # Caffe: src/caffe/layers/lstm_unit_layer.cpp Forward_cpu — f = (cont == 0) ? 0 : cont * sigmoid(f')
+        f = torch.where(keep == 0, torch.zeros_like(f), keep * f)
+        c = f * c_prev + i * g
+        tanh_c = torch.tanh(c)
+        ctx.save_for_backward(c_prev, i, f, o, g, tanh_c)
+        ctx.refusal = refusal
+        return c, o * tanh_c
+
+    @staticmethod
+    def backward(ctx, c_diff: torch.Tensor, h_diff: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.refusal is not None:   # Caffe: CHECK(!propagate_down[2]) "Cannot backpropagate to sequence indicators"
+            raise ctx.refusal
+        c_prev, i, f, o, g, tanh_c = ctx.saved_tensors
+        # Caffe: lstm_unit_layer.cpp Backward_cpu — the diffs w.r.t. the pre-activations, f_diff with f * (1 - f)
+        c_term = c_diff + h_diff * o * (1 - tanh_c * tanh_c)
+        x_diff = torch.cat([c_term * g * i * (1 - i), c_term * c_prev * f * (1 - f),
+                            h_diff * tanh_c * o * (1 - o), c_term * i * (1 - g * g)], dim=-1)
+        return c_term * f, x_diff, None, None
+
+
+@register("LSTMUnit")
+class LSTMUnit(CaffeLayer):
+    """Caffe: lstm_unit_layer.cpp — c = cont·σ(f')·c_prev + σ(i')·tanh(g'); h = σ(o')·tanh(c); no parameters."""
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        expect_bottoms(spec, 3)
+        expect_tops(spec, 2)
+        self._check([tuple(s) for s in spec.bottom_shapes])
+        self.top_shapes = [tuple(spec.bottom_shapes[0])] * 2
+
+    def _check(self, shapes: list[tuple[int, ...]]) -> None:
+        # Caffe: lstm_unit_layer.cpp Reshape — (1, N, D), (1, N, 4D), (1, N)
+        names = ("c_prev (1, N, D)", "the gate inputs (1, N, 4D)", "cont (1, N)")
+        n = shapes[0][1] if len(shapes[0]) > 1 else None
+        for index, (shape, name) in enumerate(zip(shapes, names)):
+            if len(shape) != (2 if index == 2 else 3) or shape[0] != 1 or shape[1] != n:
+                raise self.spec.error(f"bottom {index} must be {name}, got shape {shape} (bottom 0 is {shapes[0]})")
+        if shapes[1][2] != 4 * shapes[0][2]:
+            raise self.spec.error(f"bottom 1 (the gate inputs) has {shapes[1][2]} channels; it needs 4 x "
+                                  f"{shapes[0][2]} (gates i, f, o, g of each cell of bottom 0)")
+
+    def forward(self, c_prev: torch.Tensor, x: torch.Tensor, cont: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self._check([tuple(c_prev.shape), tuple(x.shape), tuple(cont.shape)])
+        refusal = None
+        if needs_index_grad(self.spec, cont, 2, c_prev.requires_grad or x.requires_grad):
+            refusal = self.spec.error(f"cannot backpropagate to the sequence continuation indicators (bottom 2, "
+                                      f"'{self.spec.param.bottom[2]}'), as in Caffe (lstm_unit_layer.cpp); give "
+                                      f"it propagate_down: false")
+        return _LSTMUnitStep.apply(c_prev, x, cont, refusal)
