@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Callable
 
 import click
 
-from vggproto.commands.options import IntList, ModelPair, gpus_option, preprocess_options
+from vggproto.commands.options import IntList, MeanValue, ModelPair, gpus_option, preprocess_options
 
 if TYPE_CHECKING:
     from vggproto.net.devices import Devices
@@ -100,4 +100,31 @@ def extract_command(model: str, weights: str, mean_value: tuple[float, ...], inp
                + (f"; skipped {len(features.bad)} bad images" if features.bad else ""))
 
 
-commands = [evaluate_command, classify_command, extract_command]
+@click.command("detect")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="SSD deploy prototxt (one Input, a DetectionOutput layer).")
+@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="caffemodel / .h5 / .pt / .safetensors weights.")
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Print boxes scoring at least this.")
+@click.option("--draw", type=click.Path(dir_okay=False), help="Write the image with the boxes drawn here (PNG).")
+@click.option("--mean-value", type=MeanValue(), default="104,117,123", show_default=True,
+              help="BGR mean pixel subtracted (VGG-SSD 104,117,123; MobileNet-SSD 127.5).")
+@click.option("--input-scale", type=float, default=1.0, show_default=True,
+              help="Multiplies (pixel - mean) (VGG-SSD 1; MobileNet-SSD 0.007843).")
+@click.option("--size", default=None, metavar="WxH", help="Resize the image to WxH [default: the net's input size].")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False),
+              help="Label names: one per line (label 0 first) or an SSD labelmap prototxt [default: numbers].")
+@gpus_option(help="GPU id, e.g. 0 (one device). Default: CPU.")
+def detect_command(image: str, model: str, weights: str, threshold: float, draw: str | None,
+                   mean_value: tuple[float, ...], input_scale: float, size: str | None, labels: str | None,
+                   gpus: Devices) -> None:
+    """Boxes an SSD net finds in IMAGE: one 'label score xmin ymin xmax ymax' line (pixels) per box."""
+    from vggproto.evaluation.detect import detect, parse_size
+    boxes = detect(image, model, weights, threshold=threshold, mean=mean_value, input_scale=input_scale,
+                   size=parse_size(size) if size else None, labels=labels, device=gpus.device, draw=draw)
+    for box in boxes:
+        click.echo(box.line())
+
+
+commands = [evaluate_command, classify_command, extract_command, detect_command]

@@ -103,7 +103,7 @@ LAYER_MODULES = (
     "vggproto.layers.input", "vggproto.layers.conv", "vggproto.layers.pool", "vggproto.layers.inner_product",
     "vggproto.layers.neuron", "vggproto.layers.norm", "vggproto.layers.shape", "vggproto.layers.loss",
     "vggproto.layers.arith", "vggproto.layers.softmax", "vggproto.layers.recurrent",
-    "vggproto.layers.data", "vggproto.layers.box_data",
+    "vggproto.layers.data", "vggproto.layers.box_data", "vggproto.layers.misc",
     # Caffe forks' layers (vggproto.caffe.dialects has their schemas)
     "vggproto.layers.detection", "vggproto.layers.segmentation", "vggproto.layers.rcnn", "vggproto.layers.mobile",
 )
