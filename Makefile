@@ -6,9 +6,9 @@ PIP := $(PY) -m pip
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo setup proto graphviz fashion-mnist clean
+.PHONY: test demo setup proto graphviz fashion-mnist clean wheel-check
 
-$(STAMP): setup.py pyproject.toml
+$(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
@@ -21,9 +21,15 @@ graphviz:
 	@command -v dot >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) \
 	  || echo "note: could not install graphviz (dot); drawing to .svg/.png needs it"; }
 
-test: setup graphviz
+test: setup graphviz wheel-check
 	$(VENV)/bin/ruff check vggproto tests tools
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile tests
+
+# Build the wheel and install it (not editable) into a clean venv: a packaging mistake fails `make test`.
+wheel-check: setup
+	rm -rf build/wheel
+	$(PIP) wheel -q --no-deps -w build/wheel .
+	TORCH="$(TORCH)" bash tests/wheel_smoke.sh
 
 # Debian's dataset-fashion-mnist: the full Fashion-MNIST (60,000 + 10,000 images) as idx files, offline.
 fashion-mnist:

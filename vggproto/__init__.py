@@ -10,7 +10,7 @@ import importlib
 from vggproto.caffe.prototxt import read_net, read_solver, write_net, write_solver  # noqa: F401
 from vggproto.errors import DataError, NetError, PrototxtError, SolverError, VGGProtoError, WeightsError  # noqa: F401
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name -> module that defines it (imported lazily)
 _LAZY = {
