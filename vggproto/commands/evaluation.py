@@ -1,4 +1,5 @@
-"""``vggproto evaluate``, ``classify`` and ``extract``: the paper's test-time procedures (issue #7)."""
+"""``vggproto evaluate``, ``classify``, ``extract`` and ``detect``: the paper's test-time procedures (issue #7) and
+SSD-style detection with a fork net (issue #16)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
