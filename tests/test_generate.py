@@ -443,3 +443,22 @@ def test_top5_accuracy_only_with_more_than_five_classes(classes, accuracies):
     param = build_net("A", "train_val", scale="none", crop_size=32, width_divisor=16, num_classes=classes,
                       data="hdf5")
     assert [layer.name for layer in param.layer if layer.type == "Accuracy"] == accuracies
+
+
+def test_run_length_flags_shorten_the_solver_without_editing_it(tmp_path):
+    """--max-iter/--test-iter/--test-interval/--snapshot: a small run from the generator itself; the lr steps
+    keep their place in the paper's schedule (370k/74 epochs scaled)."""
+    from click.testing import CliRunner
+
+    from vggproto.caffe.prototxt import read_solver
+    from vggproto.cli import main
+    result = CliRunner().invoke(main, ["generate", "--config", "A", "--out-dir", str(tmp_path), "--width-divisor", "8",
+                                       "--num-classes", "10", "--crop-size", "32", "--max-iter", "1000",
+                                       "--test-iter", "10", "--test-interval", "100", "--snapshot", "500"])
+    assert result.exit_code == 0, result.output
+    solver = read_solver(tmp_path / "solvers" / "A.prototxt", resolve_prefix=False)
+    paper = build_solver("A")
+    assert (solver.max_iter, list(solver.test_iter), solver.test_interval, solver.snapshot) == (1000, [10], 100, 500)
+    assert list(solver.stepvalue) == [round(v * 1000 / paper.max_iter) for v in paper.stepvalue]
+    bad = CliRunner().invoke(main, ["generate", "--config", "A", "--out-dir", str(tmp_path), "--max-iter", "-1"])
+    assert bad.exit_code == 1 and "--max-iter must be >= 0" in bad.output

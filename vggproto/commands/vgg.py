@@ -34,7 +34,9 @@ log = logging.getLogger("vggproto.vgg.generate")
 @click.option("--width-divisor", type=int, default=1, show_default=True,
               help="Divide every conv/FC width (not the classes) by N, for small CPU runs.")
 @click.option("--init", type=click.Choice(["gaussian", "xavier", "msra"]), default="gaussian", show_default=True,
-              help="Weight filler: gaussian std 0.01 (the paper's random init), or Caffe's xavier/msra (FAN_IN).")
+              help="Weight filler: gaussian std 0.01 (the paper's random init), or Caffe's xavier/msra (FAN_IN). "
+                   "msra expects unit-scale inputs: use it with --input-scale (e.g. 0.0167 for 0-255 pixels), "
+                   "else the first layers' activations are ~60x too large and training diverges.")
 @click.option("--scale", type=click.Choice(list(SCALES)), default="256", show_default=True,
               help="Training scale S (smallest side), fixed or jittered per image.")
 @click.option("--test-scale", type=int, default=0, help="Test scale Q [default: S, or (Smin+Smax)/2 if jittered].")
@@ -48,6 +50,11 @@ log = logging.getLogger("vggproto.vgg.generate")
               help="Localisation: single-class (4 outputs) or per-class (4 x classes) box regression.")
 @click.option("--finetune", type=click.Choice(["all", "fc"]), default="all", show_default=True,
               help="Localisation: fine-tune all layers, or only the FC layers (lr_mult 0 on the conv layers).")
+@click.option("--max-iter", type=int, default=None,
+              help="Solver max_iter for a short run (the lr steps scale with it) [default: the paper's 74 epochs].")
+@click.option("--test-iter", type=int, default=None, help="Solver test_iter [default: the 50,000 validation images].")
+@click.option("--test-interval", type=int, default=None, help="Solver test_interval [default: one epoch].")
+@click.option("--snapshot", type=int, default=None, help="Solver snapshot interval [default: 10,000].")
 @click.option("--chain/--no-chain", default=None,
               help="Also write the paper's S=384 and S=[256;512] stages [default: for C, D, E at S=256].")
 def generate_command(config: str, out_dir: str, mean_value: tuple[float, ...] | None, chain: bool | None,

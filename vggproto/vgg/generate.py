@@ -57,7 +57,10 @@ STAGES: dict[str, Stage] = {
     "256-512": Stage("_S256-512", "256-512", 0.001, (50_000, 100_000), 150_000, "384"),
 }
 
-_GENERATE_DEFAULTS = {"global_batch": GLOBAL_BATCH, "chain": None}
+#: Run-length overrides for small runs (None: the paper's recipe), applied to every solver written.
+RUN_LENGTH = ("max_iter", "test_iter", "test_interval", "snapshot")
+_GENERATE_DEFAULTS: dict[str, Any] = {"global_batch": GLOBAL_BATCH, "chain": None,
+                                      **{name: None for name in RUN_LENGTH}}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -125,7 +128,7 @@ def build_solver(config: str, stage: str | None = None, **options: Any) -> caffe
     if stage is not None:
         previous = STAGES[plan.init_from]
         solver.weights.append(f"snapshots/{config}{previous.suffix}_iter_{previous.max_iter}.caffemodel")
-    return solver
+    return _run_length(solver, extra)
 
 
 def loc_stem(config: str, opts: NetOptions) -> str:
@@ -148,6 +151,28 @@ def _localization_solver(config: str, opts: NetOptions, extra: dict[str, Any]) -
     if iter_size > 1:
         solver.iter_size = iter_size
     solver.weights.append(f"snapshots/{config}{init.suffix}_iter_{init.max_iter}.caffemodel")
+    return _run_length(solver, extra)
+
+
+def _run_length(solver: caffe_pb2.SolverParameter, extra: dict[str, Any]) -> caffe_pb2.SolverParameter:
+    """``--max-iter`` (the lr steps keep their place in the schedule: scaled by the same factor),
+    ``--test-iter``, ``--test-interval``, ``--snapshot``: a short run without editing a generated solver."""
+    for name in RUN_LENGTH:
+        value = extra[name]
+        if value is not None and int(value) < 0:
+            raise VGGProtoError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    if extra["max_iter"] is not None:
+        factor = int(extra["max_iter"]) / solver.max_iter
+        steps = [max(1, round(v * factor)) for v in solver.stepvalue]
+        del solver.stepvalue[:]
+        solver.stepvalue.extend(sorted(set(steps)))
+        solver.max_iter = int(extra["max_iter"])
+    if extra["test_iter"] is not None:
+        del solver.test_iter[:]
+        solver.test_iter.append(int(extra["test_iter"]))
+    for name in ("test_interval", "snapshot"):
+        if extra[name] is not None:
+            setattr(solver, name, int(extra[name]))
     return solver
 
 
