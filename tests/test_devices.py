@@ -89,3 +89,24 @@ def test_solver_test_and_caffe_test_share_one_loop(solver_workdir):
     assert solver.test(0) == scores.outputs
     assert dict((name, values) for name, values, _ in scores.outputs)["accuracy"] == [0.25]
     assert scores.loss == pytest.approx(1.76763, abs=1e-5)
+
+
+def test_usable_cpus_follows_affinity_quota_and_load(monkeypatch):
+    import os
+
+    from vggproto.net import devices
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/sys/fs/cgroup/cpu.max":
+            import io
+            return io.StringIO("200000 100000\n")
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert devices.usable_cpus() == 2                       # the quota caps the 4 CPUs of the mask
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 0.0, 0.0))
+    assert devices.usable_cpus() == 1                       # other work keeps most of them busy
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert devices.usable_cpus() == 1                       # never fewer than one

@@ -188,5 +188,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))
+    from vggproto.net.devices import usable_cpus
+    # threads from the CPUs really free (affinity, cgroup quota, load); passive waiting so that a busy machine
+    # does not make OpenMP threads spin against each other (README: "Threads")
+    os.environ.setdefault("OMP_NUM_THREADS", str(usable_cpus()))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     main()

@@ -101,3 +101,23 @@ def _seen(count: int) -> str:
     import torch
     names = ", ".join(f"{i} ({torch.cuda.get_device_name(i)})" for i in range(count))
     return f"torch sees {count} CUDA device{'s' if count > 1 else ''}: {names}"
+
+
+def usable_cpus() -> int:
+    """CPUs this process can really use for compute threads: its affinity mask, capped by a cgroup CPU quota
+    (``cpu.max``), less what other work keeps busy (the 1-minute load average).  On a loaded 2-core machine two
+    OpenMP threads that spin-wait on each other run many times slower than one, so this errs towards fewer."""
+    import math
+    import os
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.floor(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass                              # no cgroup v2 quota: the affinity mask decides
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cpus, math.floor(cpus - busy + 0.5)))
