@@ -7,7 +7,8 @@ rank ``i % world``), gradients summed then scaled by ``1/world`` after the iter_
 ``parallel.cpp`` on_gradients_ready), so one step equals the single-process step on the same global batch; every
 rank then runs the identical clip/normalise/decay/update.  Rank 0 broadcasts the initial state, tests, logs and
 snapshots.  A worker that fails takes the job down: the others are terminated and the launcher raises that worker's
-error (collectives also carry a timeout, so nothing hangs).
+error (collectives also carry a timeout, so nothing hangs).  The launcher takes the job's SIGINT/SIGHUP as the one
+Caffe process would and relays them to rank 0 (:mod:`vggproto.train.signals`); SIGTERM ends every worker.
 """
 from __future__ import annotations
 
@@ -212,13 +213,27 @@ def _join_torchrun(solver_path: str, options, resume: str | None, cuda: bool) ->
     device = f"cuda:{local}" if cuda else "cpu"
     if cuda:
         torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=_timeout())
+    _init_group("nccl" if cuda else "gloo", rank, world)
     if rank != 0:  # rank 0 logs; the others only warn
         logging.getLogger("vggproto").setLevel(logging.WARNING)
     try:
         _run(solver_path, replace(options, rank=rank, world_size=world, device=device), resume)
     finally:
         dist.destroy_process_group()
+
+
+def _init_group(backend: str, rank: int, world: int) -> None:
+    """Join the torchrun job's process group, or one line saying who never came (instead of a stack of c10d
+    errors): every peer must reach ``MASTER_ADDR:MASTER_PORT`` within the collective timeout."""
+    import torch.distributed as dist
+    timeout = _timeout()
+    try:
+        dist.init_process_group(backend, timeout=timeout)
+    except (RuntimeError, ValueError) as exc:  # DistStoreError / DistNetworkError are RuntimeErrors
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SolverError(f"torchrun job: rank {rank} of {world} could not join the process group at {where} "
+                          f"within {timeout.total_seconds():g} s ({TIMEOUT_ENV}): {reason[:200]}") from None
 
 
 def _free_port() -> int:
@@ -234,11 +249,18 @@ def _spawn(solver_path: str, options, resume: str | None, kind: str, ids: list[i
         log.info("Spawning %d workers (%s) on %s", len(ids), "nccl" if kind == "cuda" else "gloo",
                  ", ".join(f"{kind}:{i}" for i in ids))
         level = logging.getLogger().getEffectiveLevel()
-        # the workers handle SIGINT/SIGHUP (--sigint-effect) themselves and exit cleanly; the launcher waits
+        options = replace(options, relay_signals=True)
+        # ignored while the workers start (they inherit it), then relayed to rank 0 (train.signals)
         ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _job_signals()}
+        if ignored:
+            ignored[signal.SIGTERM] = signal.getsignal(signal.SIGTERM)
         try:
-            mp.start_processes(_worker, args=(solver_path, options, resume, kind, ids, port, errors, level),
-                               nprocs=len(ids), join=True, start_method=_start_method(kind))
+            context = mp.start_processes(_worker, args=(solver_path, options, resume, kind, ids, port, errors,
+                                                        level), nprocs=len(ids), join=False,
+                                         start_method=_start_method(kind))
+            _relay_signals(context)
+            while not context.join(timeout=1.0):
+                pass
         except Exception as exc:  # ProcessRaisedException / ProcessExitedException
             rank = getattr(exc, "error_index", None)
             message = _worker_error(errors, rank)
@@ -251,6 +273,26 @@ def _spawn(solver_path: str, options, resume: str | None, kind: str, ids: list[i
         finally:
             for sig, old in ignored.items():
                 signal.signal(sig, old)
+
+
+def _relay_signals(context) -> None:
+    """Make the launcher pass SIGINT/SIGHUP on to rank 0 as :data:`vggproto.train.signals.RELAYED`, so the
+    ``--sigint-effect``/``--sighup-effect`` act on the whole job as in one Caffe process (the all-reduce spreads
+    rank 0's request); SIGTERM terminates every worker, so none outlives the launcher."""
+    from vggproto.train.signals import RELAYED
+
+    def relay(signum: int, frame: object) -> None:
+        targets = context.processes if signum == signal.SIGTERM else context.processes[:1]
+        for process in targets:
+            try:
+                os.kill(process.pid, RELAYED.get(signum, signum))
+            except (ProcessLookupError, TypeError):  # already gone / never started
+                pass
+
+    for sig in _job_signals():
+        signal.signal(sig, relay)
+    if _job_signals():
+        signal.signal(signal.SIGTERM, relay)
 
 
 def _start_method(kind: str) -> str:
@@ -284,6 +326,8 @@ def _worker(index: int, solver_path: str, options, resume, kind: str, ids: list[
             errors: str, level: int) -> None:
     import torch.distributed as dist
     world = len(ids)
+    from vggproto.train.signals import defer_relayed
+    defer_relayed()  # the launcher relays SIGINT/SIGHUP to rank 0; record them until the solver polls
     logging.basicConfig(level=level if index == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
     if options.glog:
         from vggproto.caffe.glog import GlogFormatter

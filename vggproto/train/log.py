@@ -11,7 +11,7 @@ import csv
 import logging
 import os
 import sys
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from vggproto.caffe.glog import fmt
 
@@ -67,7 +67,9 @@ class CsvLog:
     """``<prefix>_log.csv``: one row per iteration (iter, loss, smoothed_loss, lr, train/lr_drops) plus one
     ``test/<output>`` column per test output, filled on the iterations where a test ran.
 
-    On resume the file is kept and rows from the resumed iteration on are dropped, so it reads as one run.
+    On resume the file is kept and rows from the resumed iteration on are dropped, so it reads as one run.  A full
+    disk (ENOSPC) ends training with one line naming the file and the free space (``last_snapshot``, set by the
+    solver, says which snapshot is intact); the file is then left alone.
     """
 
     FIXED = ("iter", "loss", "smoothed_loss", "lr", "train/lr_drops")
@@ -85,6 +87,8 @@ class CsvLog:
         for row in kept:
             self._writer.writerow(row)
         self._pending: dict = {}
+        self.last_snapshot: str | None = None
+        self._broken = False
 
     def add_tests(self, it: int, values: dict[str, float]) -> None:
         """Remember test outputs of iteration ``it`` (written with that iteration's training row)."""
@@ -104,14 +108,28 @@ class CsvLog:
             self.flush()
 
     def flush(self) -> None:
-        if self._pending:
-            self._writer.writerow(self._pending)
-            self._pending = {}
-        self._handle.flush()
+        if self._broken:
+            return
+        try:
+            if self._pending:
+                self._writer.writerow(self._pending)
+                self._pending = {}
+            self._handle.flush()
+        except OSError as exc:
+            self._broken = True
+            from vggproto.train.snapshot import disk_full_error, is_disk_full
+            if not is_disk_full(exc):
+                raise
+            raise disk_full_error(self.path, self.last_snapshot) from None
 
     def close(self) -> None:
-        self.flush()
-        self._handle.close()
+        try:
+            self.flush()
+        finally:
+            try:
+                self._handle.close()
+            except OSError:  # the buffer could not be written (the disk is full): already reported
+                pass
 
 
 def _int(text) -> int:
@@ -128,9 +146,12 @@ def _int(text) -> int:
 class Progress:
     """A tqdm bar with ETA and img/s when stderr is a terminal; a no-op otherwise (logs stay clean)."""
 
-    def __init__(self, total: int, initial: int, images_per_iter: int, enabled: bool | None = None):
+    def __init__(self, total: int, initial: int, images_per_iter: int | Callable[[], int],
+                 enabled: bool | None = None):
+        # a callable is asked at the first update: the net's blobs have their batch shape only after a forward
         self.bar = None
         self.images_per_iter = images_per_iter
+        self.initial = initial
         if enabled is None:
             enabled = sys.stderr.isatty()
         if enabled:
@@ -139,8 +160,12 @@ class Progress:
 
     def update(self, loss: float) -> None:
         if self.bar is not None:
+            if callable(self.images_per_iter):
+                self.images_per_iter = self.images_per_iter()
             self.bar.update(1)
-            rate = self.bar.format_dict.get("rate") or 0.0
+            info = self.bar.format_dict
+            # tqdm's smoothed rate exists only after its first redraw: until then, iterations done / time taken
+            rate = info.get("rate") or ((info["n"] - self.initial) / info["elapsed"] if info.get("elapsed") else 0.0)
             self.bar.set_postfix_str(f"loss={fmt(loss)} img/s={rate * self.images_per_iter:.1f}", refresh=False)
 
     def close(self) -> None:

@@ -234,3 +234,13 @@ def build_test_nets(p: caffe_pb2.SolverParameter, solver_path: str | None, seed:
         net.share_weights_from(train_net)
         nets.append(net)
     return nets
+
+
+def images_per_iter(solver: Solver) -> int:
+    """Images one iteration consumes over all processes (the progress bar's img/s): the first blob's batch ×
+    iter_size × processes.  Asked after the first forward: before it the blobs have no batch shape yet."""
+    try:
+        first = next(iter(solver.net.blobs.values()))
+        return int(first.shape[0]) * solver.param.iter_size * solver.world
+    except (StopIteration, AttributeError, IndexError, TypeError):
+        return 0

@@ -7,23 +7,29 @@ layers at record 0.  vggproto writes a small JSON sidecar ``<solverstate>.vggpro
 plateau-schedule state and the RNG state, which makes a vggproto→vggproto resume reproduce the straight run bitwise;
 a Caffe solverstate (no sidecar) resumes exactly as Caffe would.
 
-Every file is written to a temporary name beside the target and renamed into place, so a crash mid-write never
-destroys the previous snapshot.
+The caffemodel, sidecar and solverstate of one iteration are a pair (:func:`write_pair`): all are written to
+temporaries beside their targets first, then renamed caffemodel first and solverstate last, so a solverstate on disk
+always has its complete caffemodel and a crash (even ``kill -9``) mid-snapshot never destroys the previous
+snapshot.  Temporaries a killed run left behind are removed at the next start (:func:`remove_stale_temporaries`);
+a full disk ends training with one line naming the file and the free space (:func:`disk_full_error`).
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from vggproto.caffe.files import atomic_path, atomic_write_bytes
+from vggproto.caffe.files import atomic_path, atomic_write_bytes, temporary_path
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.errors import SolverError
+from vggproto.errors import SolverError, VGGProtoError
 
 log = logging.getLogger("vggproto.train.snapshot")
 
@@ -67,6 +73,109 @@ def check_write_permission(prefix: str) -> None:
 def is_hdf5_state(path: str) -> bool:
     """Caffe picks the HDF5 reader when the solverstate name ends in ``.h5``."""
     return str(path).endswith(".h5")  # Caffe: solver.cpp Restore
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The snapshot pair, stale temporaries, full disks
+# ------------------------------------------------------------------------------------------------------------------
+
+def pair_temporary(target: str) -> Path:
+    """The temporary a pair member is written to: the atomic writer's ``.NAME.PID.tmp``, plus ``.h5`` for HDF5
+    files (the writers pick the format from the suffix)."""
+    tmp = temporary_path(target)
+    return tmp.with_name(tmp.name + ".h5") if str(target).endswith(".h5") else tmp
+
+
+def write_pair(model_path: str, write_model: Callable[[str], None], state_path: str, state: SolverStateData,
+               side: dict | None, last_snapshot: str | None) -> None:
+    """Write one iteration's snapshot so that its files appear together or not at all.
+
+    Caffe (solver.cpp Snapshot) writes the caffemodel, then the solverstate, each in place: a crash between them
+    leaves a solverstate-less model or a truncated file.  Here every file goes to a temporary first; only when all
+    are complete are they renamed, the caffemodel first and the solverstate last, so a solverstate on disk means
+    its caffemodel (and sidecar) are complete.  On any failure the temporaries are removed and the previous
+    snapshot is untouched; a full disk becomes :func:`disk_full_error`.
+    """
+    jobs: list[tuple[str, Callable[[str], None]]] = [(model_path, write_model)]
+    if side is not None:
+        payload = json.dumps(side, indent=1, sort_keys=True).encode()
+        jobs.append((state_path + SIDECAR_SUFFIX, lambda tmp: atomic_write_bytes(tmp, payload)))
+    jobs.append((state_path, lambda tmp: write_solverstate(tmp, state)))
+    temps: list[tuple[Path, str]] = []
+    try:
+        for target, write in jobs:
+            tmp = pair_temporary(target)
+            temps.append((tmp, target))
+            try:
+                write(str(tmp))
+            except (OSError, VGGProtoError) as exc:
+                if is_disk_full(exc):
+                    raise disk_full_error(target, last_snapshot) from None
+                raise
+        for tmp, target in temps:  # the solverstate is the last job: renamed last
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """True when ``exc`` is, or was raised while handling, an ENOSPC OSError (the atomic writer turns OSErrors
+    into a one-line OutputError, keeping the original as its context)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def disk_full_error(path: str, last_snapshot: str | None) -> SolverError:
+    """One line for ENOSPC while writing ``path``: the file, the free space, and that the last snapshot is intact."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    kept = f"the previous snapshot {last_snapshot} is intact" if last_snapshot else "no earlier snapshot exists"
+    return SolverError(f"disk full writing {path} ({free} in {folder}); training stopped, {kept}")
+
+
+def remove_stale_temporaries(prefix: str) -> list[str]:
+    """Remove the temporaries (``.NAME.PID.tmp``) a killed run left beside ``<prefix>_iter_N.*`` / the CSV log,
+    skipping those of a process still alive (another run writing there now); returns the removed paths."""
+    folder, base = os.path.dirname(prefix) or ".", os.path.basename(prefix)
+    pattern = re.compile(rf"^\.+{re.escape(base)}_(iter_\d+\.|log\.csv).*\.(\d+)\.tmp(\.h5)?$")
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in sorted(names):
+        match = pattern.match(name)
+        if match is None or _alive(int(match.group(2))):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            os.remove(path)
+        except OSError:
+            continue
+        log.info("Removed %s, a temporary file left by an interrupted earlier run", path)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process has not started writing yet: anything with its id is older
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -165,8 +274,9 @@ def resolve_learned_net(state_path: str, learned_net: str) -> str:
     beside = Path(state_path).parent / Path(learned_net).name
     if beside.is_file():
         return str(beside)
-    raise SolverError(f"{state_path}: learned_net '{learned_net}' not found (looked in the current directory "
-                      f"and beside the solverstate)")
+    raise SolverError(f"{state_path}: incomplete snapshot: its caffemodel (learned_net '{learned_net}') is "
+                      f"missing (looked in the current directory and beside the solverstate); resume from a "
+                      f"snapshot whose .caffemodel and .solverstate are both present")
 
 
 def check_history(path: str, history: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]],
@@ -185,11 +295,6 @@ def check_history(path: str, history: Sequence[np.ndarray], shapes: Sequence[tup
 # ------------------------------------------------------------------------------------------------------------------
 # vggproto sidecar
 # ------------------------------------------------------------------------------------------------------------------
-
-def write_sidecar(state_path: str, payload: dict) -> None:
-    """Write the JSON sidecar of ``state_path`` atomically."""
-    atomic_write_bytes(state_path + SIDECAR_SUFFIX, json.dumps(payload, indent=1, sort_keys=True).encode())
-
 
 def read_sidecar(state_path: str) -> dict | None:
     """The sidecar of ``state_path``, or None (e.g. a solverstate written by Caffe)."""

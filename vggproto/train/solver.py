@@ -24,7 +24,7 @@ import torch
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.prototxt import message_to_text, read_solver
 from vggproto.data.options import DataOptions
-from vggproto.errors import SolverError
+from vggproto.errors import DataError, SolverError
 from vggproto.train import log as tl
 from vggproto.train import setup, updates
 from vggproto.train import snapshot as snap
@@ -56,6 +56,7 @@ class TrainOptions:
     csv: bool = True
     glog: bool = False                     # give worker processes glog's line prefix (the CLI's format)
     fault: str = ""                        # tests only: "kill:RANK:ITER" makes that rank SIGKILL itself
+    relay_signals: bool = False            # a launcher's worker: SIGINT/SIGHUP arrive relayed (train.signals)
     timeout_s: float | None = None         # collective timeout (default: VGGPROTO_COLLECTIVE_TIMEOUT_S or 1800)
     bucket_mb: float | None = None         # gradient all-reduce bucket (default: VGGPROTO_BUCKET_MB or 25)
 
@@ -88,7 +89,7 @@ class Solver:
             comm.attach([lp.param for lp in self.learnable])
         self.iter, self.current_step = 0, 0
         self.plateau = updates.Plateau(opts.plateau_patience, opts.plateau_max_drops)
-        self.signals = Signals(opts.sigint_effect, opts.sighup_effect)
+        self.signals = Signals(opts.sigint_effect, opts.sighup_effect, relayed=opts.relay_signals)
         self.smoothed_loss, self._losses = 0.0, []
         self.last_snapshot: str | None = None
         self.requested_early_exit = False
@@ -96,10 +97,11 @@ class Solver:
         self.callbacks: list = []  # called with the solver at the start of every iteration (Caffe: on_start)
         if self.root and (p.snapshot or p.snapshot_after_train):
             snap.check_write_permission(p.snapshot_prefix)
+            snap.remove_stale_temporaries(p.snapshot_prefix)
 
     def _checked_param(self, p: caffe_pb2.SolverParameter) -> caffe_pb2.SolverParameter:
         """The solver with ``--level``/``--stage`` applied, after Caffe's checks of its fields and of the flags."""
-        updates.check_solver(p, self.path)
+        updates.check_solver(p, self.path, warn=self.opts.rank == 0)
         check_effect(self.opts.sigint_effect, "sigint_effect")
         check_effect(self.opts.sighup_effect, "sighup_effect")
         if self.opts.level is not None:
@@ -163,7 +165,7 @@ class Solver:
         start_iter, stop_iter = self.iter, self.iter + iters
         self._losses, self.smoothed_loss = [], 0.0
         timer, iters_last = time.perf_counter(), self.iter
-        progress = tl.Progress(p.max_iter, self.iter, self._images_per_iter(), self.opts.progress) \
+        progress = tl.Progress(p.max_iter, self.iter, lambda: setup.images_per_iter(self), self.opts.progress) \
             if self.root else None
         try:
             while self.iter < stop_iter:
@@ -210,7 +212,10 @@ class Solver:
         for micro in range(self.param.iter_size):
             if self.comm is not None and micro == self.param.iter_size - 1:
                 self.comm.arm()  # overlap the all-reduce with the last backward
-            loss += self._forward_backward()
+            try:
+                loss += self._forward_backward()
+            except DataError as exc:  # a bad record (e.g. a NaN label): say when, as Caffe's log would
+                raise DataError(f"iteration {self.iter}: {exc}") from None
         return loss / self.param.iter_size
 
     def _forward_backward(self) -> float:
@@ -354,13 +359,6 @@ class Solver:
             named = averaged
         return [(name, values, weights.get(name, 0.0)) for name, values in named]
 
-    def _images_per_iter(self) -> int:
-        try:
-            first = next(iter(self.net.blobs.values()))
-            return int(first.shape[0]) * self.param.iter_size * self.world
-        except (StopIteration, AttributeError, IndexError):
-            return 0
-
     # ---------------------------------------------------------------------------------------------------------------
     # Snapshot / restore (Caffe: Solver::Snapshot, SGDSolver::SnapshotSolverState / RestoreSolverState)
     # ---------------------------------------------------------------------------------------------------------------
@@ -376,13 +374,15 @@ class Solver:
         model_path, state_path = snap.snapshot_paths(p.snapshot_prefix, self.iter, hdf5)
         model_line, state_line = tl.snapshot_lines(model_path, state_path, hdf5)
         log.info(model_line)
-        self.net.save_weights(model_path, with_diff=self.param.snapshot_diff)
         sgd_log.info(state_line)
         history = [h.detach().float().cpu().numpy() for h in self.history]
-        snap.write_solverstate(state_path, snap.SolverStateData(self.iter, model_path, self.current_step, history))
-        snap.write_sidecar(state_path, setup.sidecar(self, cursors if self.comm is not None else [cursors]))
+        # Caffe: solver.cpp Snapshot writes the model then the state; here both appear together (write_pair)
+        snap.write_pair(model_path, lambda tmp: self.net.save_weights(tmp, with_diff=self.param.snapshot_diff),
+                        state_path, snap.SolverStateData(self.iter, model_path, self.current_step, history),
+                        setup.sidecar(self, cursors if self.comm is not None else [cursors]), self.last_snapshot)
         self.last_snapshot = state_path
         if self.csv is not None:
+            self.csv.last_snapshot = state_path
             self.csv.flush()
 
     def restore(self, state_path: str) -> None:

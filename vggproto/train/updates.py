@@ -9,6 +9,7 @@ history, which ``torch.optim.SGD`` does not.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable, Sequence
 
@@ -17,6 +18,8 @@ import torch
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import SolverError
 
+log = logging.getLogger("vggproto.train.solver")
+
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 
 
@@ -24,8 +27,9 @@ SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 # Validation
 # ------------------------------------------------------------------------------------------------------------------
 
-def check_solver(param: caffe_pb2.SolverParameter, path: str | None = None) -> None:
-    """Refuse what Caffe refuses (its CHECKs), with a message naming the field and what is supported."""
+def check_solver(param: caffe_pb2.SolverParameter, path: str | None = None, warn: bool = True) -> None:
+    """Refuse what Caffe refuses (its CHECKs), with a message naming the field and what is supported; ``warn``:
+    also log :func:`warn_questionable` (the root process only, so a job warns once)."""
     where = f"{path}: " if path else ""
     if param.type not in SOLVER_TYPES:
         raise SolverError(f"{where}unknown solver type '{param.type}'; supported: {', '.join(SOLVER_TYPES)}")
@@ -49,6 +53,22 @@ def check_solver(param: caffe_pb2.SolverParameter, path: str | None = None) -> N
         raise SolverError(f"{where}iter_size must be >= 1 (got {param.iter_size})")
     if param.average_loss < 1:
         raise SolverError(f"{where}average_loss must be >= 1 (got {param.average_loss})")
+    if warn:
+        warn_questionable(param, where)
+
+
+def warn_questionable(param: caffe_pb2.SolverParameter, where: str = "") -> None:
+    """One warning per field Caffe accepts without a CHECK although it is probably a mistake: a negative
+    ``base_lr`` (gradient ascent) and ``stepvalue``s that do not increase (sgd_solver.cpp GetLearningRate then
+    takes one step per iteration from the first out-of-order value on).  Training goes on, as in Caffe."""
+    if param.base_lr < 0:
+        log.warning("%sbase_lr is negative (%g): the updates climb the loss; Caffe accepts it, training goes on",
+                    where, param.base_lr)
+    values = list(param.stepvalue)
+    bad = next((i for i in range(1, len(values)) if values[i] <= values[i - 1]), None)
+    if bad is not None:
+        log.warning("%sstepvalue is not increasing (stepvalue %d = %d after %d): Caffe accepts it and steps once "
+                    "per iteration from there; training goes on", where, bad, values[bad], values[bad - 1])
 
 
 # ------------------------------------------------------------------------------------------------------------------
