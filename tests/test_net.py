@@ -143,8 +143,11 @@ def test_errors_name_file_line_layer_and_supported_types(tmp_path):
     path.write_text(SMALL % (8, 8) + 'layer { name: "l" type: "TanH" bottom: "nothere" top: "f" }\n')
     with pytest.raises(NetError, match=r"bad.prototxt:11: layer 'l' \(TanH\): unknown bottom blob 'nothere'"):
         Net(str(path))
-    path.write_text(SMALL % (8, 8) + 'layer { name: "py" type: "Python" bottom: "fc" top: "f" }\n')
-    with pytest.raises(NetError, match="'Python' layers are not supported"):
+    path.write_text(SMALL % (8, 8) + 'layer { name: "py" type: "WindowData" top: "f" }\n')
+    with pytest.raises(NetError, match="'WindowData' layers are not supported"):
+        Net(str(path))
+    path.write_text(SMALL % (8, 8) + 'layer { name: "r" type: "Relu" bottom: "fc" top: "f" }\n')
+    with pytest.raises(NetError, match="unknown layer type 'Relu'; did you mean ReLU\\? Supported types"):
         Net(str(path))
 
 

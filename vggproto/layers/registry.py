@@ -12,7 +12,10 @@ The contract every layer class follows (see :class:`CaffeLayer`):
 """
 from __future__ import annotations
 
+import difflib
 import importlib
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Sequence
 
@@ -23,7 +26,7 @@ from torch import nn
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.shapes import Shape
 from vggproto.data.options import DataOptions
-from vggproto.errors import NetError
+from vggproto.errors import NetError, VGGProtoError
 
 
 @dataclass
@@ -86,6 +89,7 @@ class CaffeLayer(nn.Module):
                  learnable: bool = True) -> nn.Parameter:
         """Append a parameter blob of ``shape`` filled by ``filler`` (Caffe default: constant 0)."""
         from vggproto.layers.fillers import fill
+        check_blob_size(self.spec, shape, f"parameter blob {len(self.blobs)}")
         tensor = torch.empty(tuple(int(d) for d in shape), dtype=torch.float32)
         fill(tensor, filler if filler is not None else caffe_pb2.FillerParameter(), self.spec.generator)
         blob = nn.Parameter(tensor, requires_grad=learnable)
@@ -94,6 +98,61 @@ class CaffeLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.spec.type} '{self.spec.name}' tops={self.top_shapes}"
+
+
+MAX_BLOB_ENV = "VGGPROTO_MAX_BLOB_BYTES"
+
+
+def max_blob_bytes() -> int:
+    """The most bytes one blob may take: ``$VGGPROTO_MAX_BLOB_BYTES``, else the machine's physical memory (a
+    larger blob could never be allocated, and a meta-device build must not accept what a real one cannot)."""
+    text = os.environ.get(MAX_BLOB_ENV, "").strip()
+    if text:
+        try:
+            return int(float(text))
+        except ValueError:
+            raise VGGProtoError(f"${MAX_BLOB_ENV} must be a number of bytes, got '{text}'") from None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): 1 TiB
+        return 1 << 40
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.4g} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def _fields_with_value(message: Message, value: int, prefix: str = "") -> list[str]:
+    """Dotted names of the integer fields of ``message`` (nested) holding ``value``: what made a dimension."""
+    found = []
+    for desc, val in message.ListFields():
+        name = prefix + desc.name
+        values = list(val) if hasattr(val, "__len__") and not isinstance(val, (str, bytes, Message)) else [val]
+        if desc.message_type is not None:
+            for sub in values:
+                found += _fields_with_value(sub, value, name + ".")
+        elif any(isinstance(v, int) and not isinstance(v, bool) and v == value for v in values):
+            found.append(name)
+    return found
+
+
+def check_blob_size(spec: LayerSpec, shape: Sequence[int], what: str) -> None:
+    """Refuse, before anything is allocated, a blob with a negative dimension or more bytes than
+    :func:`max_blob_bytes`, naming the layer, the field whose value made it so large and the size needed."""
+    dims = [int(d) for d in shape]
+    if any(d < 0 for d in dims):
+        raise spec.error(f"{what} would have a negative dimension: shape {tuple(dims)}")
+    need, limit = math.prod(dims) * 4, max_blob_bytes()  # float32
+    if need <= limit:
+        return
+    fields = _fields_with_value(spec.param, max(dims)) if dims else []
+    cause = f" (from {', '.join(fields)} = {max(dims)})" if fields else ""
+    raise spec.error(f"{what} of shape {tuple(dims)}{cause} would need {_bytes(need)}, more than the "
+                     f"{_bytes(limit)} limit (the machine's memory, or ${MAX_BLOB_ENV})")
 
 
 _REGISTRY: dict[str, type[CaffeLayer]] = {}
@@ -106,6 +165,7 @@ LAYER_MODULES = (
     "vggproto.layers.data", "vggproto.layers.box_data", "vggproto.layers.misc",
     # Caffe forks' layers (vggproto.caffe.dialects has their schemas)
     "vggproto.layers.detection", "vggproto.layers.segmentation", "vggproto.layers.rcnn", "vggproto.layers.mobile",
+    "vggproto.layers.python",   # Caffe's Python layer: a user class run in the net
 )
 
 
@@ -140,10 +200,12 @@ def layer_class(spec: LayerSpec) -> type[CaffeLayer]:
     _load_layer_modules()
     cls = _REGISTRY.get(spec.type)
     if cls is None:
-        if spec.type in ("Python", "WindowData"):
+        if spec.type == "WindowData":
             hint = f"'{spec.type}' layers are not supported by vggproto. "
         else:
-            hint = f"unknown layer type '{spec.type}'. "
+            close = difflib.get_close_matches(spec.type.lower(), [t.lower() for t in _REGISTRY], n=1, cutoff=0.7)
+            match = [t for t in _REGISTRY if close and t.lower() == close[0]]
+            hint = f"unknown layer type '{spec.type}'" + (f"; did you mean {match[0]}? " if match else ". ")
         raise spec.error(hint + "Supported types: " + ", ".join(sorted(_REGISTRY)))
     return cls
 
