@@ -152,7 +152,8 @@ def im2col(x: torch.Tensor, axis: int, kernel: Sequence[int], stride: Sequence[i
     # Caffe: src/caffe/util/im2col.cpp im2col_cpu / im2col_nd_cpu — column channel c·K + k, k row-major
     """
     outer, channels, sizes = x.shape[:axis], x.shape[axis], x.shape[axis + 1:]
-    flat = x.reshape(count(outer), channels, *sizes)
+    # an ONNX trace would freeze count(outer), the batch; -1 keeps it dynamic (eagerly the same but for N = 0)
+    flat = x.reshape(-1 if torch.onnx.is_in_onnx_export() else count(outer), channels, *sizes)
     pads: list[int] = []
     for n, k, s, p, d, o in reversed(list(zip(sizes, kernel, stride, pad, dilation, out))):
         reach = (k - 1) * d + (o - 1) * s + 1          # the padded length the windows read
@@ -210,5 +211,7 @@ class Im2col(CaffeLayer):
         return out
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        out = self._out(tuple(x.shape))   # Caffe reshapes on every forward: the input may have changed size
+        # Caffe reshapes on every forward (the input may have changed size); plain ints for the spatial sizes,
+        # which a trace for ONNX would otherwise hand over as tensors
+        out = self._out(tuple(x.shape[:self.axis + 1]) + tuple(int(d) for d in x.shape[self.axis + 1:]))
         return (im2col(x, self.axis, self.kernel, self.stride, self.pad, self.dilation, out),)

@@ -77,6 +77,8 @@ class ELU(Neuron):
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         alpha = self.spec.param.elu_param.alpha
+        if torch.onnx.is_in_onnx_export():   # ONNX has no Expm1; exp − 1 differs by < 1 ulp of 1
+            return torch.where(x > 0, x, alpha * (torch.exp(torch.clamp(x, max=0)) - 1))
         return torch.where(x > 0, x, alpha * torch.expm1(torch.clamp(x, max=0)))
 
 

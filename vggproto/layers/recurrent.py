@@ -19,6 +19,7 @@ Its backward is Caffe's hand-written one (:class:`_LSTMUnitStep`), not autograd'
 from __future__ import annotations
 
 import logging
+import types
 from typing import Sequence
 
 import torch
@@ -225,4 +226,7 @@ class LSTMUnit(CaffeLayer):
             refusal = self.spec.error(f"cannot backpropagate to the sequence continuation indicators (bottom 2, "
                                       f"'{self.spec.param.bottom[2]}'), as in Caffe (lstm_unit_layer.cpp); give "
                                       f"it propagate_down: false")
+        if torch.onnx.is_in_onnx_export():   # the exporter cannot trace a custom Function; its forward is plain ops
+            return _LSTMUnitStep.forward(types.SimpleNamespace(save_for_backward=lambda *saved: None), c_prev, x,
+                                         cont, None)
         return _LSTMUnitStep.apply(c_prev, x, cont, refusal)

@@ -10,6 +10,8 @@ SegNet unpooling with repeated mask indices): small autograd Functions reproduce
 """
 from __future__ import annotations
 
+import types
+
 import torch
 import torch.nn.functional as F
 
@@ -267,6 +269,10 @@ class Upsample(CaffeLayer):
         n, c, h, w = x.shape
         out_h, out_w = self.top_shapes[0][2:]
         index = mask[0].detach().reshape(n * c, h * w).long()   # Caffe: static_cast<int>(mask)
+        if torch.onnx.is_in_onnx_export():   # the exporter cannot trace a custom Function; its forward is plain
+            ctx = types.SimpleNamespace(save_for_backward=lambda *saved: None)   # ops (ScatterElements max)
+            top = _Unpool.forward(ctx, x.reshape(n * c, h * w), index, out_h * out_w)
+            return (top.reshape(n, c, out_h, out_w),)
         bad = index[(index < 0) | (index >= out_h * out_w)]
         if bad.numel():
             # SegNet: src/caffe/layers/upsample_layer.cpp — an index outside the top plane is fatal

@@ -134,6 +134,9 @@ def _sorted_desc(x: torch.Tensor, dim: int, k: int) -> tuple[torch.Tensor, torch
     """The k largest values along ``dim`` and their indices; ties put the larger index first."""
     # Caffe: src/caffe/layers/argmax_layer.cpp — partial_sort of (value, index) pairs with std::greater
     n = x.shape[dim]
+    if torch.onnx.is_in_onnx_export():   # ONNX TopK (the exporter has no stable Sort): ties keep the lower
+        values, index = torch.topk(x.flip(dim), k, dim=dim)   # index of the flipped axis, as the sort does
+        return values, n - 1 - index
     values, index = torch.sort(x.flip(dim), dim=dim, descending=True, stable=True)
     return values.narrow(dim, 0, k), (n - 1 - index).narrow(dim, 0, k)
 
