@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import click
 
+from vggproto.commands.options import CaffeCommand
 
-@click.command("convert-imageset")
+
+@click.command("convert-imageset", cls=CaffeCommand)
 @click.argument("root", type=str)
 @click.argument("list_file", metavar="LIST", type=click.Path(dir_okay=False))
 @click.argument("db", type=click.Path())
@@ -18,19 +20,22 @@ import click
               help="Encoding of --encoded images (default: keep each file's own encoding).")
 @click.option("--check-size", is_flag=True, help="Require all raw images to have the same size.")
 @click.option("--skip-bad", is_flag=True, help="Count and report unreadable images instead of failing.")
+@click.option("--backend", type=click.Choice(["lmdb", "leveldb"]), default="lmdb", show_default=True,
+              help="Database to write (leveldb needs the plyvel package).")
 def convert_imageset_cmd(root: str, list_file: str, db: str, resize_height: int, resize_width: int, shuffle: bool,
                          seed: int, gray: bool, encoded: bool, encode_type: str | None, check_size: bool,
-                         skip_bad: bool) -> None:
+                         skip_bad: bool, backend: str) -> None:
     """Write the images of LIST (lines '<path> <label>', paths relative to ROOT) into a new LMDB DB that
-    Caffe reads: keys %08d_<path>, Datum BGR CHW uint8 (or encoded bytes)."""
+    Caffe reads: keys %08d_<path>, Datum BGR CHW uint8 (or encoded bytes); or a LevelDB (--backend)."""
     from vggproto.data.convert import convert_imageset
     report = convert_imageset(root, list_file, db, resize_height, resize_width, shuffle, gray,
-                              encoded or bool(encode_type), encode_type or "", check_size, skip_bad, seed)
+                              encoded or bool(encode_type), encode_type or "", check_size, skip_bad, seed,
+                              backend=backend)
     click.echo(f"wrote {report.written} images to {db}" + (f"; skipped {len(report.bad)} bad images"
                                                              if report.bad else ""))
 
 
-@click.command("compute-mean")
+@click.command("compute-mean", cls=CaffeCommand)
 @click.argument("db", type=click.Path())
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--backend", type=click.Choice(["lmdb", "leveldb"]), default="lmdb", show_default=True)

@@ -165,3 +165,53 @@ class LMDBWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class LevelDBWriter:
+    """Writes key/value pairs into a new LevelDB directory (``plyvel``) in batches of ``commit_every`` puts, with
+    Caffe's options (db_leveldb.cpp: error if it exists, 256 MB write buffer)."""
+
+    def __init__(self, path: str, commit_every: int = 1000):
+        try:
+            import plyvel
+        except ImportError:
+            raise DataError("--backend leveldb needs the 'plyvel' package (pip install 'vggproto[leveldb]'); "
+                            "or write LMDB (--backend lmdb)") from None
+        if os.path.exists(path):
+            raise DataError(f"database '{path}' already exists; remove it or choose another name")
+        try:
+            self._db = plyvel.DB(path, create_if_missing=True, error_if_exists=True, write_buffer_size=256 << 20)
+        except Exception as exc:
+            raise DataError(f"cannot create LevelDB '{path}': {exc}") from None
+        self.path, self.commit_every = path, commit_every
+        self._batch, self._pending = self._db.write_batch(), 0
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._batch.put(key, value)
+        self._pending += 1
+        if self._pending >= self.commit_every:
+            self.commit()
+
+    def commit(self) -> None:
+        self._batch.write()
+        self._batch, self._pending = self._db.write_batch(), 0
+
+    def close(self) -> None:
+        self._batch.write()
+        self._db.close()
+
+    def __enter__(self) -> "LevelDBWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_writer(path: str, backend: str = "lmdb", commit_every: int = 1000) -> LMDBWriter | LevelDBWriter:
+    """A new database of ``backend`` (lmdb or leveldb) to write records into, as Caffe's ``db::GetDB``."""
+    backend = backend.lower()
+    if backend == "lmdb":
+        return LMDBWriter(path, commit_every)
+    if backend == "leveldb":
+        return LevelDBWriter(path, commit_every)
+    raise DataError(f"unknown backend '{backend}'; supported: {', '.join(BACKENDS)}")
