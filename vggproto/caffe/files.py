@@ -5,14 +5,21 @@ behind: every writer writes a hidden temporary file beside the target and rename
 the whole file is written (``os.replace`` is atomic on POSIX and Windows within one directory).  Readers decide
 what a file is from its first bytes, never from its name alone, so a PNG passed as a prototxt or a .pt passed
 as a caffemodel gets one line saying what it really is.
+
+Every command that writes checks its output first with :func:`check_output` (the folder exists and is
+writable, the output is none of the inputs, an existing file of another kind is not replaced without
+``force``), so a bad output path is one line before any work is done and no input is ever lost.
 """
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from vggproto.errors import VGGProtoError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -29,6 +36,111 @@ _MAGIC: dict[bytes, tuple[str, str]] = {
 }
 
 
+class OutputError(VGGProtoError, OSError):
+    """An output path that cannot or must not be written (missing folder, read-only, full, an input, another
+    kind).  Also an OSError (with ``errno`` when the system gave one), so code that retries or reports failed
+    writes by catching OSError keeps working."""
+
+    def __init__(self, message: str, code: int | None = None, strerror: str | None = None,
+                 filename: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.errno, self.strerror, self.filename = code, strerror or message, filename
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# errors without a file name (write(), h5py) that are about the place written to
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """What an existing file is, for :func:`check_output`: a :func:`sniff` kind, 'pdf', 'text' (UTF-8 without
+    NUL bytes: prototxt, JSON, lists, SVG) or 'binary' (a caffemodel, binaryproto, solverstate...); None when it
+    does not exist or is empty."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return None
+    if not head:
+        return None
+    if head.startswith(b"%PDF"):
+        return "pdf"
+    kind = sniff(head[:16]) or ("hdf5" if is_hdf5(head) else None)
+    if kind is not None:
+        return kind
+    try:
+        head[:-4].decode("utf-8")   # the sample may cut a multi-byte character at its end
+    except UnicodeDecodeError:
+        return "binary"
+    return "binary" if b"\x00" in head else "text"
+
+
+def _same_file(a: Path, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+_SUFFIX_KINDS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".gif": "gif", ".pdf": "pdf", ".h5": "hdf5",
+                 ".hdf5": "hdf5", ".pt": "zip", ".pth": "zip", ".safetensors": "safetensors", ".npy": "npy",
+                 ".caffemodel": "binary", ".binaryproto": "binary", ".solverstate": "binary", ".pb": "binary",
+                 ".onnx": "binary"}
+
+
+def output_kind(path: str | os.PathLike) -> str:
+    """The :func:`file_kind` a writer makes of ``path``, from its extension (text when it names none)."""
+    return _SUFFIX_KINDS.get(Path(path).suffix.lower(), "text")
+
+
+def check_output(path: str | os.PathLike, inputs: tuple = (), kind: str | None = "auto",
+                 force: bool = False) -> Path:
+    """Refuse, before any work, an output that cannot be written or must not be: its folder missing, not a
+    folder or not writable; the path a folder; the same file as one of ``inputs`` (writing it would destroy
+    the input); or an existing file of another :func:`file_kind` than ``kind`` ('auto': from the extension,
+    None: any) unless ``force``."""
+    target = Path(path)
+    kind = output_kind(target) if kind == "auto" else kind
+    folder = target.parent
+    if target.is_dir():
+        raise OutputError(f"{target}: is a directory, expected an output file name")
+    if not folder.exists():
+        raise OutputError(f"{target}: the output directory {folder} does not exist")
+    if not folder.is_dir():
+        raise OutputError(f"{target}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{target}: the output directory {folder} is not writable")
+    for source in inputs:
+        if source is not None and os.path.exists(source) and _same_file(target, source):
+            raise OutputError(f"{target}: the output is also an input ({source}); choose another output name")
+    existing = file_kind(target) if kind is not None and not force else None
+    if existing is not None and existing != kind:
+        raise OutputError(f"{target}: exists and is {_what(existing)}, not overwritten with {_what(kind)} "
+                          f"(remove it first to replace it)")
+    return target
+
+
+def _what(kind: str) -> str:
+    return {"text": "a text file", "binary": "a binary file (a caffemodel or binaryproto?)",
+            "pdf": "a PDF"}.get(kind) or describe(kind)
+
+
+def write_error(exc: OSError, target: Path, tmp: Path) -> OutputError | None:
+    """The one-line error for an OSError met while writing ``target`` (via ``tmp``), None if it is not one."""
+    if isinstance(exc, OutputError):
+        return exc
+    names = {str(target), str(tmp), os.fspath(target.parent)}
+    anonymous = exc.filename is None and (exc.errno in _WRITE_ERRNOS or str(tmp) in str(exc))
+    if exc.filename not in names and not anonymous:   # an input that failed to read, say: not ours to rename
+        return None
+    # h5py's strerror is a paragraph naming the temporary file: the system's words for errno are enough
+    reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc)).split(" (")[0][:200]
+    return OutputError(f"{target}: cannot write: {reason}", exc.errno, reason, str(target))
+
+
 def temporary_path(path: str | os.PathLike) -> Path:
     """The hidden temporary name a write to ``path`` goes through (``.NAME.PID.tmp`` in the same folder)."""
     target = Path(path)
@@ -38,14 +150,21 @@ def temporary_path(path: str | os.PathLike) -> Path:
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write to; rename it over ``path`` when the block succeeds,
-    remove it when the block raises (the target is then untouched)."""
+    remove it when the block raises (the target is then untouched).  A folder that is missing, read-only or
+    full ends in one :class:`OutputError` naming the file; the clean-up never raises a second error."""
     target = Path(path)
     tmp = temporary_path(target)
     try:
         yield tmp
         os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        error = write_error(exc, target, tmp) if isinstance(exc, OSError) else None
+        if error is not None:
+            raise error from None
         raise
 
 

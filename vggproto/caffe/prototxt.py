@@ -79,7 +79,7 @@ def sniff_binary(content: bytes, path: str | None) -> bool:
 # --------------------------------------------------------------------------------------------------------------
 
 _FIELD_ERR = re.compile(r'has no field named "([^"]+)"')
-_ENUM_ERR = re.compile(r'Enum type "([^"]+)" has no value named (\w+)')
+_ENUM_ERR = re.compile(r'Enum type "([^"]+)" has no value (?:named|with number) (-?\w+)')
 _QUOTED_FIELD = re.compile(r"'(\w+): ")
 
 
@@ -89,31 +89,63 @@ def parse_text(text: str, message: pb_message.Message, path: str | None = None) 
         text_format.Parse(text, message, allow_unknown_extension=False)
     except text_format.ParseError as exc:
         line, col = exc.GetLine(), exc.GetColumn()
-        reason = _explain(str(exc), message)
+        lines = text.split("\n")
+        line_text = lines[line - 1] if line and 0 < line <= len(lines) else None
+        reason = _explain(str(exc), message, line_text, col)
         layer = layer_name_at_line(text, line) if line else None
         raise PrototxtError(reason, path=path, line=line, col=col, layer=layer) from None
     return message
 
 
-def _explain(raw: str, message: pb_message.Message) -> str:
-    reason = re.sub(r"^\d+:\d+ : ", "", raw)
+MAX_REASON = 200  # protobuf quotes the whole offending line: a 10 MB line of garbage must not be a 10 MB message
+
+
+def elide(text: str, limit: int = MAX_REASON) -> str:
+    """``text`` cut to about ``limit`` characters, its middle replaced by ``...`` (the start and end say most)."""
+    text = " ".join(text.split()) if "\n" in text else text
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]} ... {text[-keep:]}"
+
+
+def _strip_quoted_line(reason: str, line_text: str | None) -> str:
+    """Drop protobuf's ``'<the whole line>': `` prefix: the error already gives line and column."""
+    if line_text is not None and reason.startswith(f"'{line_text}': "):
+        return reason[len(line_text) + 4:]
+    return re.sub(r"^'.*?': (?=[A-Z]|Message type|Enum type|Expected|Couldn't|Invalid|Non-)", "", reason, count=1)
+
+
+def _field_before(line_text: str | None, col: int | None) -> str | None:
+    """The field whose value starts at ``col`` of ``line_text`` (the ``name:`` just before it), or None."""
+    if not line_text or not col:
+        return None
+    found = re.search(r"(\w+)\s*:?\s*$", line_text[:max(col - 1, 0)])
+    return found.group(1) if found else None
+
+
+def _explain(raw: str, message: pb_message.Message, line_text: str | None = None, col: int | None = None) -> str:
+    """protobuf's parse error made short and specific: no quoted line, the field named, the choices listed;
+    what comes from the file (a name, a value, protobuf's own text) is elided, our explanation never."""
+    reason = _strip_quoted_line(re.sub(r"^\d+:\d+ : ", "", raw), line_text)
     field = _FIELD_ERR.search(reason)
     if field:
         msg_type = re.search(r'Message type "([^"]+)"', reason)
-        name = field.group(1)
+        name = elide(field.group(1), 60)
         known = _field_names(msg_type.group(1)) if msg_type else []
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         where = msg_type.group(1) if msg_type else "this message"
         reason = f"unknown field '{name}' in {where}{hint} (not in BVLC Caffe's schema nor a known fork's)"
-        reason += _wrong_kind_hint(where, name)
+        return reason + _wrong_kind_hint(where, name)
     enum = _ENUM_ERR.search(reason)
     if enum:
         values = _enum_values(enum.group(1))
-        field_name = _QUOTED_FIELD.search(reason)
-        reason = (f"unknown value {enum.group(2)} for field '{field_name.group(1) if field_name else '?'}'; "
-                  f"supported: {', '.join(values)}")
-    return reason
+        quoted = _QUOTED_FIELD.search(raw)
+        field_name = _field_before(line_text, col) or (quoted.group(1) if quoted else None)
+        where = f"field '{field_name}' ({enum.group(1)})" if field_name else f"enum {enum.group(1)}"
+        return f"unknown value {elide(enum.group(2), 60)} for {where}; supported: {', '.join(values)}"
+    return elide(reason)
 
 
 def _wrong_kind_hint(where: str, name: str) -> str:
@@ -206,6 +238,8 @@ def parse_net(source: PathOrText, upgrade: bool = True, dialect: str | None = No
     if upgrade:
         from vggproto.caffe.upgrade import upgrade_net
         upgrade_net(net, path=path)
+    if path is not None and not net.layer and not net.layers and not net.input:
+        raise PrototxtError("no layers: an empty net (expected `layer { ... }` blocks)", path=path)
     return ParsedNet(net, path, text, chosen)
 
 
@@ -242,14 +276,18 @@ def _decode(content: bytes, path: str | None) -> str:
     try:
         return content.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PrototxtError(f"not UTF-8 text (byte {exc.start})", path=path) from None
+        line = content.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (content.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise PrototxtError(f"not UTF-8 text: byte 0x{content[exc.start]:02x} (offset {exc.start}) is not valid "
+                            f"UTF-8; strings and comments must be UTF-8", path=path, line=line, col=col) from None
 
 
 def _parse_binary(content: bytes, message: pb_message.Message, path: str | None, what: str) -> None:
     try:
         message.ParseFromString(content)
     except pb_message.DecodeError as exc:
-        raise PrototxtError(f"not a valid binary {what}: {exc} (truncated or corrupt?)", path=path) from None
+        raise PrototxtError(f"not a valid binary {what}: {elide(str(exc))} (truncated or corrupt?)",
+                            path=path) from None
 
 
 def message_to_text(message: pb_message.Message) -> str:

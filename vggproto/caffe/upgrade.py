@@ -177,7 +177,9 @@ def _v0_to_v1(v1_with_v0: caffe_pb2.V1LayerParameter, path: str | None) -> caffe
 
 def _is_repeated(message, field: str) -> bool:
     fd = message.DESCRIPTOR.fields_by_name[field]
-    return fd.is_repeated
+    if hasattr(fd, "is_repeated"):  # protobuf >= 6.31; older runtimes (4.21 on) only have ``label``
+        return fd.is_repeated
+    return fd.label == fd.LABEL_REPEATED
 
 
 # --- data transformation ----------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from vggproto.commands.options import NameList, gpus_option
+from vggproto.commands.options import CaffeCommand, NameList, gpus_option
 from vggproto.errors import SolverError
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def _solver_file(solver_arg: str | None, solver_opt: str | None) -> str:
     return solver_opt or solver_arg
 
 
-@click.command("train")
+@click.command("train", cls=CaffeCommand)
 @click.argument("solver_arg", required=False, metavar="SOLVER")
 @click.option("--solver", "solver_opt", help="The solver definition protocol buffer text file.")
 @click.option("--weights", type=NameList(), default="",
@@ -69,7 +69,7 @@ def train(solver_arg: str | None, solver_opt: str | None, weights: tuple[str, ..
     caffe_train(solver_path, options, snapshot=snapshot, gpus=gpus)
 
 
-@click.command("test")
+@click.command("test", cls=CaffeCommand)
 @click.option("--model", required=True, help="The model definition protocol buffer text file.")
 @click.option("--weights", required=True, help="Trained weights (comma-separated files, applied in order).")
 @click.option("--iterations", type=int, default=50, show_default=True, help="Number of batches to run.")
@@ -78,6 +78,8 @@ def train(solver_arg: str | None, solver_opt: str | None, weights: tuple[str, ..
 @click.option("--stage", type=NameList(), default="", help="Network stages, comma-separated.")
 def test(model: str, weights: str, iterations: int, gpus: Devices, level: int, stage: tuple[str, ...]) -> None:
     """Score a trained model: per-batch outputs, then their averages (Caffe's `caffe test`)."""
+    if iterations < 1:  # Caffe: CHECK_GT(FLAGS_iterations, 0); averaging 0 batches divides by zero
+        raise click.BadParameter(f"{iterations} is not a positive number of batches", param_hint="'--iterations'")
     from vggproto.train.run import use_glog_format
     from vggproto.train.scoring import caffe_test
     use_glog_format()

@@ -124,9 +124,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
             zip_crc: bool = False, dialect: str | None = None) -> ConversionResult:
     """Convert the weight file ``src`` into ``dst`` (see the module doc for shapes and the CLI for the options)."""
     fmt = output_format(dst, to)
-    parent = os.path.dirname(os.path.abspath(dst))
-    if not os.path.isdir(parent):
-        raise WeightsError(f"{dst}: the output directory {parent} does not exist")
+    from vggproto.caffe.files import check_output
+    kinds = {"torchvision": "zip", "pt": "zip", "safetensors": "safetensors", "h5": "hdf5"}
+    check_output(dst, inputs=(src, model if isinstance(model, (str, os.PathLike)) else None),
+                 kind=kinds.get(fmt, "binary"))
     if fc_to_conv_ and conv_to_fc_:
         raise WeightsError("--fc-to-conv and --conv-to-fc exclude each other")
     if fmt == "onnx" and model is None:

@@ -8,16 +8,21 @@ committing every 1000 records.  ``compute_mean`` is the per-pixel float32 mean o
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from vggproto.caffe.files import check_output
 from vggproto.data.datum import datum_to_image, encoded_datum, image_to_datum, mean_blob, opencv, parse_datum
-from vggproto.data.db import DBReader, LMDBWriter
+from vggproto.data.db import DBReader, open_writer
+from vggproto.data.progress import Progress
+from vggproto.data.progress import progress as progress_of
 from vggproto.data.sources import parse_list_file, read_image
 from vggproto.errors import DataError, VGGProtoError
 
 log = logging.getLogger("vggproto.data.convert")
+CAFFE_LINE = "Processed {n} files."   # Caffe: convert_imageset.cpp, every 1000 files
 
 
 @dataclass
@@ -50,17 +55,19 @@ def _datum_for(path: str, label: int, height: int, width: int, color: bool, enco
 def convert_imageset(root: str, list_file: str, db_path: str, resize_height: int = 0, resize_width: int = 0,
                      shuffle: bool = False, gray: bool = False, encoded: bool = False, encode_type: str = "",
                      check_size: bool = False, skip_bad: bool = False, seed: int = 0,
-                     progress: bool = True) -> ConvertReport:
-    """Write the images of ``list_file`` (paths relative to ``root``) into a new LMDB at ``db_path``."""
+                     progress: bool = True, backend: str = "lmdb") -> ConvertReport:
+    """Write the images of ``list_file`` (paths relative to ``root``) into a new LMDB (or LevelDB) at
+    ``db_path``; ``Processed N files.`` every 1000 written images in a log, a bar on a terminal."""
     if (resize_height > 0) != (resize_width > 0):
         raise DataError("--resize-height and --resize-width must be given together")
+    if not os.path.isdir(db_path):   # an existing database folder is the writer's to refuse
+        check_output(db_path, inputs=(list_file,), kind="lmdb")
     entries = parse_list_file(list_file)
     if shuffle:
         entries = [entries[i] for i in np.random.default_rng(seed).permutation(len(entries))]
     report, size = ConvertReport(), None
-    from tqdm import tqdm
-    with LMDBWriter(db_path) as db:
-        for index, (name, label, line) in enumerate(tqdm(entries, unit="img", disable=not progress)):
+    with open_writer(db_path, backend) as db, Progress(len(entries), "convert", 1000, CAFFE_LINE, progress) as bar:
+        for index, (name, label, line) in enumerate(entries):
             where = f"{list_file}:{line}"
             enc = encode_type.lower()
             if encoded and not enc:   # Caffe guesses the encoding from the file name
@@ -81,7 +88,10 @@ def convert_imageset(root: str, list_file: str, db_path: str, resize_height: int
                 continue
             db.put(f"{index:08d}_{name}".encode(), datum.SerializeToString())
             report.written += 1
-    log.info("Processed %d files.", report.written)
+            bar.update(1)
+        logged = bar.mode == "lines"
+    if not logged:   # in a log, Progress wrote the last count as Caffe does
+        log.info("Processed %d files.", report.written)
     if report.bad:
         log.warning("%d bad images skipped", len(report.bad))
     return report
@@ -91,8 +101,7 @@ def compute_mean(db_path: str, backend: str = "lmdb", progress: bool = True) -> 
     """Per-pixel mean (C, H, W float32) of every Datum of a database, accumulated in float32 like Caffe."""
     reader = DBReader(db_path, backend)
     total: np.ndarray | None = None
-    from tqdm import tqdm
-    for i in tqdm(range(len(reader)), unit="img", disable=not progress):
+    for i in progress_of(range(len(reader)), what="mean", every=10000, line=CAFFE_LINE, enabled=progress):
         where = f"database '{db_path}' key {reader.keys[i].decode(errors='replace')!r}"
         img = datum_to_image(parse_datum(reader.get(i), where), where)
         chw = img.transpose(2, 0, 1).astype(np.float32)
@@ -105,11 +114,15 @@ def compute_mean(db_path: str, backend: str = "lmdb", progress: bool = True) -> 
     return total / np.float32(len(reader))
 
 
-def compute_mean_file(db_path: str, out_path: str, backend: str = "lmdb") -> list[str]:
-    """Caffe's compute_image_mean: write the mean image of a database to ``out_path`` and return the lines the
-    tool logs (the channel count and each channel's mean, as ``mean_value`` entries for a prototxt)."""
+def compute_mean_file(db_path: str, out_path: str | None, backend: str = "lmdb") -> list[str]:
+    """Caffe's compute_image_mean: write the mean image of a database to ``out_path`` (None: only report, as the
+    tool does without OUTPUT_FILE) and return the lines the tool logs (the channel count and each channel's
+    mean, as ``mean_value`` entries for a prototxt)."""
+    if out_path:
+        check_output(out_path, inputs=(db_path,), kind="binary")
     mean = compute_mean(db_path, backend)
-    write_mean(mean, out_path)
+    if out_path:
+        write_mean(mean, out_path)
     channels = mean.reshape(mean.shape[0], -1).mean(axis=1, dtype=np.float64)
     return [f"Number of channels: {mean.shape[0]}",
             *(f"mean_value channel [{c}]: {float(value):g}" for c, value in enumerate(channels))]

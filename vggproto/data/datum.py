@@ -23,6 +23,9 @@ def opencv() -> ModuleType:
         import cv2
     except ImportError:
         raise DataError("image decoding/resizing needs OpenCV: pip install opencv-python-headless") from None
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is not None:  # vggproto names each undecodable image itself: no second, raw C++ line
+        logging.setLogLevel(logging.LOG_LEVEL_FATAL)
     return cv2
 
 

@@ -130,6 +130,12 @@ def read_list_lines(path: str, what: str) -> list[str]:
     except OSError as exc:
         raise DataError(f"{what} '{path}': {exc.strerror} (paths are relative to the working directory "
                         f"'{os.getcwd()}', as in Caffe)") from None
+    except UnicodeDecodeError as exc:  # a binary file given as a list, or a Latin-1 file name
+        with open(path, "rb") as f:
+            head = f.read(exc.start + 1)
+        line = head.count(b"\n") + 1
+        raise DataError(f"{path}:{line}: {what} is not UTF-8 text (byte 0x{head[-1]:02x} at offset "
+                        f"{exc.start})") from None
 
 
 def parse_list_file(path: str) -> list[tuple[str, int, int]]:

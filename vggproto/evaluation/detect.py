@@ -127,6 +127,9 @@ def detect(image: str | os.PathLike, model: str | os.PathLike, weights: str | os
            draw: str | os.PathLike | None = None) -> list[Box]:
     """The boxes the SSD net ``model`` finds in ``image`` scoring at least ``threshold``; drawn into ``draw``."""
     from vggproto.data.sources import read_image
+    if draw is not None:
+        from vggproto.caffe.files import check_output
+        check_output(draw, inputs=(image, model, weights, labels))
     img = read_image(os.fspath(image), True, where=os.fspath(image))
     net, input_blob, output, net_size = load_detector(model, weights, device)
     names = label_names(labels) if labels is not None else {}

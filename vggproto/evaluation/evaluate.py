@@ -309,8 +309,9 @@ def evaluate(models: Sequence[Model], list_path: str, options: EvalOptions, devi
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-    return tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True, desc="evaluate")
+    """A bar on a terminal, a line with rate and ETA every 500 images in a log (:mod:`vggproto.data.progress`)."""
+    from vggproto.data.progress import Progress
+    return Progress(total, "evaluate", every=500, enabled=enabled)
 
 
 def format_table(summary: dict) -> str:

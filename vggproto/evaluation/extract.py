@@ -78,8 +78,7 @@ def extract(model: str | os.PathLike, weights: str | os.PathLike, list_path: str
             mean: Sequence[float] = MEAN_BGR, device: str = "cpu", workers: int = 2, skip_bad: bool = False,
             progress: bool = True, input_scale: float = 1.0) -> Features:
     """Appendix B descriptors of every image of a Caffe list file (see the module doc)."""
-    from tqdm import tqdm
-
+    from vggproto.data.progress import progress as counted
     from vggproto.data.sources import parse_list_file
     from vggproto.evaluation.views import ImageListDataset, image_loader
     from vggproto.net.dense import load_dense
@@ -93,8 +92,8 @@ def extract(model: str | os.PathLike, weights: str | os.PathLike, list_path: str
     dataset = ImageListDataset(entries, list_path, root, scales, mean, input_scale)
     rows, labels, paths, bad = [], [], [], []
     with torch.inference_mode():
-        for index, label, views, error in tqdm(image_loader(dataset, workers), total=len(entries), unit="img",
-                                               disable=not progress, desc="extract"):
+        for index, label, views, error in counted(image_loader(dataset, workers), len(entries), "extract",
+                                                  every=500, enabled=progress):
             if error:
                 if not skip_bad:
                     raise DataError(f"{error} (use --skip-bad to leave unreadable images out)")

@@ -29,6 +29,9 @@ def evaluate_files(models: Sequence[tuple[str, str]], list_path: str, options: E
     ``json_path`` the summary is also written there (atomically, so a crash never leaves half a file)."""
     if options.grid < 1 or options.batch < 1:
         raise VGGProtoError("--grid and --batch must be positive")
+    if json_path:
+        from vggproto.caffe.files import check_output
+        check_output(json_path, inputs=(list_path, *(f for model in models for f in model)), kind="text")
     loaded = [load_model(deploy, weights, device) for deploy, weights in models]
     result = evaluate(loaded, list_path, options, device, limit)
     summary = result.as_dict(options, loaded)
@@ -43,6 +46,8 @@ def extract_files(model: str, weights: str, list_path: str, out: str, *, blob: s
                   scales: Sequence[int] = (256, 384, 512), how: str = "average", **options: Any) -> Features:
     """Appendix B descriptors of a list file's images (:func:`extract`) written to the HDF5 file ``out``, with
     the run's settings as attributes so a features file says how it was made."""
+    from vggproto.caffe.files import check_output
+    check_output(out, inputs=(model, weights, list_path), kind="hdf5")
     features = extract(model, weights, list_path, blob=blob, scales=scales, how=how, **options)
     write_features(out, features, {"model": os.fspath(model), "weights": os.fspath(weights), "blob": blob,
                                    "scales": list(scales), "aggregate": how})

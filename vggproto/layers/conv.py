@@ -37,8 +37,9 @@ class _BaseConv(CaffeLayer):
         self.stride = axis_values(spec, p.stride, opt(p, "stride_h"), opt(p, "stride_w"), n_sp, 1, "stride")
         self.pad = axis_values(spec, p.pad, opt(p, "pad_h"), opt(p, "pad_w"), n_sp, 0, "pad")
         self.dilation = axis_values(spec, p.dilation, None, None, n_sp, 1, "dilation")
-        if min(self.kernel) <= 0 or min(self.stride) <= 0 or min(self.dilation) <= 0:
-            raise spec.error("kernel size, stride and dilation must be positive")
+        for field, values in (("kernel_size", self.kernel), ("stride", self.stride), ("dilation", self.dilation)):
+            if min(values) <= 0:
+                raise spec.error(f"convolution_param.{field} must be positive, got {values}")
         channels, self.group, n_out = shape[self.axis], p.group, p.num_output
         if n_out <= 0:
             raise spec.error("convolution_param.num_output must be positive")
@@ -60,10 +61,21 @@ class _BaseConv(CaffeLayer):
         self.accelerated = None   # optional fast forward(layer, *bottoms), installed by vggproto.fast
         spatial = [self._out_size(shape[self.axis + 1 + i], i) for i in range(n_sp)]
         if min(spatial) <= 0:
-            raise spec.error(f"output would be empty: bottom {shape}, kernel {self.kernel}, stride {self.stride}, "
-                             f"pad {self.pad}, dilation {self.dilation}")
+            raise spec.error(self._empty_output(shape, spatial))
         out: Shape = (*shape[:self.axis], n_out, *spatial)
         self.top_shapes = [out] * len(spec.bottom_shapes)
+
+    def _empty_output(self, shape: Shape, spatial: list[int]) -> str:
+        """Which axis is too small for the kernel, with the sizes and Caffe's rule (a user fixes one number)."""
+        i = next(i for i, size in enumerate(spatial) if size <= 0)
+        axis = ("height", "width")[i] if len(spatial) == 2 else f"spatial axis {i}"
+        size, extent = shape[self.axis + 1 + i], self.dilation[i] * (self.kernel[i] - 1) + 1
+        if self.transposed:
+            return (f"output {axis} would be {spatial[i]}: input {size}, kernel {self.kernel[i]}, stride "
+                    f"{self.stride[i]}, pad {self.pad[i]}; rule: stride*(in-1) + dilation*(kernel-1) + 1 - 2*pad >= 1")
+        return (f"convolution_param.kernel_size {self.kernel[i]} (extent {extent} with dilation {self.dilation[i]}) "
+                f"is larger than the padded input {axis}: {size} + 2*pad {self.pad[i]} = {size + 2 * self.pad[i]}; "
+                f"rule: dilation*(kernel-1) + 1 <= input + 2*pad")
 
     def _out_size(self, size: int, i: int) -> int:
         # Caffe: conv_layer.cpp / deconv_layer.cpp compute_output_shape (written once, in vggproto.caffe.shapes)

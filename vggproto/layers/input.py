@@ -48,6 +48,9 @@ class Input(FedLayer):
             shapes = shapes * n_top
         if len(shapes) != n_top:
             raise spec.error(f"input_param.shape must be given once or once per top ({n_top}), got {len(shapes)}")
+        for shape in shapes:
+            if any(d < 0 for d in shape):  # Caffe: Blob::Reshape CHECK_GE(shape[i], 0)
+                raise spec.error(f"input_param.shape.dim must be >= 0 (Caffe's Blob::Reshape), got shape {shape}")
         self.top_shapes = shapes
 
 

@@ -53,7 +53,14 @@ def ignore_label(spec: LayerSpec) -> int | None:
 def class_labels(spec: LayerSpec, label: torch.Tensor, num_classes: int,
                  ignore: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer labels (ignored ones set to 0) and the mask of counted positions; a DataError for a bad label."""
-    lab = label.detach().reshape(-1).long()  # Caffe: static_cast<int>(label)
+    flat = label.detach().reshape(-1)
+    if flat.is_floating_point() and not bool(torch.isfinite(flat).all()):
+        # Caffe's static_cast<int>(NaN) is undefined (x86: INT_MIN); name the real cause instead
+        bad_value = flat[~torch.isfinite(flat)][0].item()
+        raise DataError(f"layer '{spec.name}' ({spec.type}): label {bad_value} (at position "
+                        f"{int((~torch.isfinite(flat)).nonzero()[0])}) is not a finite number; labels must be "
+                        f"class indices in [0, {num_classes - 1}]")
+    lab = flat.long()  # Caffe: static_cast<int>(label)
     valid = lab != ignore if ignore is not None else torch.ones_like(lab, dtype=torch.bool)
     bad = valid & ((lab < 0) | (lab >= num_classes))
     if bool(bad.any()):

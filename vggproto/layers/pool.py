@@ -41,6 +41,15 @@ def _ave_divisor(sizes, kernel, stride, pad, out, device) -> torch.Tensor:
     return h.view(-1, 1) * w.view(1, -1)
 
 
+def _window_sums(xp: torch.Tensor, kernel: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
+    """Σ of every (already padded) window.  Eagerly ``divisor_override=1``; in an ONNX export, which drops the
+    override (AveragePool divides by the window anyway), the mean times the window area — the same sums to
+    float rounding, so the exported graph computes Caffe's AVE/STOCHASTIC values (pooling_layer.cpp)."""
+    if torch.onnx.is_in_onnx_export():
+        return F.avg_pool2d(xp, kernel, stride) * float(kernel[0] * kernel[1])
+    return F.avg_pool2d(xp, kernel, stride, divisor_override=1)
+
+
 def pool2d(x: torch.Tensor, method: int, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
            out: Sequence[int], train: bool, mask: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pool the last two axes of a 4-D ``x`` to ``out`` cells; returns (top, mask or None)."""
@@ -54,7 +63,7 @@ def pool2d(x: torch.Tensor, method: int, kernel: Sequence[int], stride: Sequence
         return y, (rows * x.shape[-1] + cols).to(x.dtype)   # Caffe: index into the bottom's H×W plane
     if method == P.AVE:
         xp = _pad_to(x, kernel, stride, pad, out, 0.0)
-        sums = F.avg_pool2d(xp, kernel, stride, divisor_override=1)
+        sums = _window_sums(xp, kernel, stride)
         return sums / _ave_divisor(x.shape[-2:], kernel, stride, pad, out, x.device), None
     return _stochastic(x, kernel, stride, pad, out, train), None
 
@@ -63,8 +72,8 @@ def _stochastic(x: torch.Tensor, kernel, stride, pad, out, train: bool) -> torch
     xp = _pad_to(x, kernel, stride, pad, out, 0.0)
     if not train:
         # Caffe: pooling_layer.cu StoPoolForwardTest — Σx² / (FLT_MIN + Σx) over the window
-        sums = F.avg_pool2d(xp, kernel, stride, divisor_override=1)
-        squares = F.avg_pool2d(xp * xp, kernel, stride, divisor_override=1)
+        sums = _window_sums(xp, kernel, stride)
+        squares = _window_sums(xp * xp, kernel, stride)
         return squares / (sums + FLT_MIN)
     # Caffe: pooling_layer.cu StoPoolForwardTrain — pick a cell with probability x / Σx (inputs assumed ≥ 0)
     n, c = x.shape[:2]
@@ -102,8 +111,9 @@ class Pooling(CaffeLayer):
             has_hw = p.HasField("pad_h") or p.HasField("pad_w")
             self.pad = axis_values(spec, [p.pad], opt(p, "pad_h") if has_hw else None,
                                    opt(p, "pad_w") if has_hw else None, 2, 0, "pad")
-        if min(self.kernel) <= 0 or min(self.stride) <= 0:
-            raise spec.error(f"kernel {self.kernel} and stride {self.stride} must be positive")
+        for field, values in (("kernel_size", self.kernel), ("stride", self.stride)):
+            if min(values) <= 0:
+                raise spec.error(f"pooling_param.{field} must be positive, got {values}")
         if any(self.pad):
             if self.method not in (P.MAX, P.AVE):
                 raise spec.error("padding is implemented only for MAX and AVE pooling")
@@ -114,7 +124,11 @@ class Pooling(CaffeLayer):
         self.out = [pool_output_size(shape[2 + i], self.kernel[i], self.stride[i], self.pad[i], ceil,
                                      any(self.pad)) for i in range(2)]
         if min(self.out) <= 0:
-            raise spec.error(f"output would be empty: bottom {shape}, kernel {self.kernel}")
+            i = 0 if self.out[0] <= 0 else 1
+            size, axis = shape[2 + i], ("height", "width")[i]
+            raise spec.error(f"pooling_param.kernel_size {self.kernel[i]} is larger than the padded input {axis}: "
+                             f"{size} + 2*pad {self.pad[i]} = {size + 2 * self.pad[i]}; rule: output "
+                             f"ceil((input + 2*pad - kernel) / stride) + 1 must be >= 1")
         self.ceil = ceil
         top = (shape[0], shape[1], *self.out)
         self.top_shapes = [top] * len(spec.param.top)

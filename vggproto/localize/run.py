@@ -113,6 +113,10 @@ def localize_files(images: Sequence[str], list_path: str | None, loc_models: Seq
         raise VGGProtoError("give IMAGES or --list (not both)")
     if options.top < 1:
         raise VGGProtoError(f"--top must be at least 1, got {options.top}")
+    if json_path:
+        from vggproto.caffe.files import check_output
+        models = (f for model in (*loc_models, *cls_models) for f in model)
+        check_output(json_path, inputs=(list_path, labels, *images, *models), kind="text")
     locs = [load_loc_model(m, w, device) for m, w in loc_models]
     clss = [load_model(m, w, device) for m, w in cls_models]
     classes = clss[0].num_classes

@@ -23,7 +23,7 @@ from vggproto.caffe.prototxt import ParsedNet, layer_lines, parse_net
 from vggproto.caffe.shapes import Shape
 from vggproto.data.options import DataOptions
 from vggproto.errors import NetError, PrototxtError
-from vggproto.layers.registry import CaffeLayer, LayerSpec, build_layer
+from vggproto.layers.registry import CaffeLayer, LayerSpec, build_layer, check_blob_size
 from vggproto.net import debug as net_debug
 from vggproto.net import weights as net_weights
 from vggproto.net.params import LearnableParam, ParamOwner, setup_params
@@ -140,9 +140,10 @@ class Net(nn.Module):
         if len(layer.top_shapes) != len(param.top):
             raise self._error(param, line, f"produces {len(layer.top_shapes)} top(s) but {len(param.top)} "
                                            f"are named")
-        for top in param.top:
+        for top, shape in zip(param.top, layer.top_shapes):
             if top in self.blob_shapes and top not in param.bottom:
                 raise self._error(param, line, f"top blob '{top}' is produced by multiple sources")
+            check_blob_size(spec, shape, f"top blob '{top}'")
         self.blob_shapes.update(zip(param.top, (tuple(s) for s in layer.top_shapes)))
         self._check_loss_weights(param, line, layer)
         if param.propagate_down and len(param.propagate_down) != len(param.bottom):

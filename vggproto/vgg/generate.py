@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from vggproto.caffe.files import atomic_write_bytes
+from vggproto.caffe.files import atomic_write_bytes, check_output
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.prototxt import message_to_text
 from vggproto.caffe.shapes import count_params, infer_shapes  # noqa: F401 (re-export)
@@ -314,11 +314,14 @@ def generate(config: str, out_dir: str | os.PathLike = ".", **options: Any) -> l
     configs: Iterable[str] = CONFIGS if config == "all" else (config,)
     if config != "all" and config not in CONFIGS:
         raise VGGProtoError(f"unknown config '{config}'; supported: {', '.join(CONFIGS)}, all")
+    planned = [(Path(out_dir) / relative, text) for name in configs
+               for relative, text in generate_texts(name, **options).items()]
+    for path, _ in planned:  # every output is checked before the first is written: all or nothing is refused
+        if path.parent.is_dir():
+            check_output(path, kind="text")
     written: list[Path] = []
-    for name in configs:
-        for relative, text in generate_texts(name, **options).items():
-            path = Path(out_dir) / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, text.encode("utf-8"))
-            written.append(path)
+    for path, text in planned:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, text.encode("utf-8"))
+        written.append(path)
     return written

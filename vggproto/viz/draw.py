@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
-from vggproto.caffe.files import atomic_write_bytes
+from vggproto.caffe.files import atomic_write_bytes, check_output
 from vggproto.caffe.netstate import filter_net, merged_state
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.prototxt import parse_net
@@ -311,6 +311,7 @@ def write_graph(graph: "graphviz.Digraph", out: str | os.PathLike) -> str:
 
 def draw_net(source: str | os.PathLike | bytes, out: str | os.PathLike, options: DrawOptions | None = None) -> str:
     """Read a net (prototxt path/text, V1 upgraded) and draw it into ``out``; return the path written."""
+    check_output(out, inputs=(source,) if isinstance(source, (str, os.PathLike)) else ())
     net, path, _, _ = parse_net(source, dialect=(options or DrawOptions()).dialect)
     graph = build_graph(net, options, path)
     written = write_graph(graph, out)

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from vggproto.caffe.files import atomic_write_bytes
+from vggproto.caffe.files import atomic_write_bytes, check_output
 from vggproto.errors import VGGProtoError
 from vggproto.train.logparse import Series, TrainingLog, read_log
 
@@ -120,6 +120,7 @@ def _render(fig, fmt: str) -> bytes:
 
 def plot_file(log_path: str | os.PathLike, out: str | os.PathLike, smooth: int = 0) -> TrainingLog:
     """Parse ``log_path`` (Caffe/vggproto glog text or CSV) and plot it into ``out``; return the parsed log."""
+    check_output(out, inputs=(log_path,))
     parsed = read_log(log_path)
     plot_log(parsed, out, smooth=smooth)
     return parsed

@@ -11,7 +11,16 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from vggproto.caffe.prototxt import load_source, read_net, read_solver, sniff_binary, write_net, write_solver
+from vggproto.caffe.files import check_output
+from vggproto.caffe.prototxt import (
+    BINARY_SUFFIXES,
+    load_source,
+    read_net,
+    read_solver,
+    sniff_binary,
+    write_net,
+    write_solver,
+)
 from vggproto.errors import PrototxtError
 from vggproto.weights.caffemodel import read_caffemodel, upgrade_caffemodel
 
@@ -49,6 +58,7 @@ def upgrade_file(src: str | os.PathLike, dst: str | os.PathLike, kind: FileKind 
     verbatim (legacy dims and encodings kept, as Caffe's tool keeps them).  ``to_bvlc`` also rewrites a fork
     net into BVLC fields where an exact equivalent exists (:mod:`vggproto.caffe.to_bvlc`) and lists what has
     none."""
+    check_output(dst, inputs=(src,), kind="binary" if Path(dst).suffix.lower() in BINARY_SUFFIXES else "text")
     if kind == "solver" or (kind == "auto" and is_solver_file(src)):
         write_solver(read_solver(src, resolve_prefix=False, dialect=dialect), dst)
         return [f"Wrote upgraded solver to {dst}"]

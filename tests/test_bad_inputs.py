@@ -1,0 +1,398 @@
+"""Bad input never gives a traceback, is never silently accepted and never costs the user a file.
+
+Generated malformed inputs (prototxt, caffemodel, HDF5, solverstate, solver, LMDB/Datum, list files, images, mean
+files, command lines and output paths) each run through the CLI in-process.  Every one must end with exit
+status 1 (2 for usage errors), no traceback, at most 3 lines of output naming the offending file (or option),
+and every file that existed before the run unchanged.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import vggproto.cli
+from vggproto.caffe.proto import caffe_pb2
+
+INPUT = 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+FC = 'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 2 } }\n'
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(40)
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(40)
+
+
+@dataclass
+class Case:
+    """One malformed input: ``build(folder)`` writes the files and returns the command line."""
+
+    name: str
+    build: Callable[[Path], list[str]]
+    names: str            # what the output must mention (the offending file or option)
+    code: int | tuple[int, ...] = 1
+
+
+CASES: list[Case] = []
+
+
+def case(name: str, names: str, code: int = 1) -> Callable:
+    def add(build: Callable[[Path], list[str]]) -> Callable:
+        CASES.append(Case(name, build, names, code))
+        return build
+    return add
+
+
+def write(folder: Path, name: str, content: str | bytes) -> str:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return str(path)
+
+
+def small_caffemodel(count: int = 6, dims: tuple[int, ...] = (2, 3)) -> bytes:
+    net = caffe_pb2.NetParameter(name="n")
+    layer = net.layer.add(name="fc", type="InnerProduct")
+    blob = layer.blobs.add()
+    blob.shape.dim.extend(dims)
+    blob.data.extend([0.5] * count)
+    return net.SerializeToString()
+
+
+def datum(channels: int = 3, height: int = 4, width: int = 4, data: bytes | None = None, **more) -> bytes:
+    d = caffe_pb2.Datum(channels=channels, height=height, width=width, label=0, **more)
+    d.data = bytes(channels * height * width) if data is None else data
+    return d.SerializeToString()
+
+
+def lmdb_with(folder: Path, name: str, values: list[bytes]) -> str:
+    import lmdb
+    path = folder / name
+    env = lmdb.open(str(path), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for i, value in enumerate(values):
+            txn.put(f"{i:08d}".encode(), value)
+    env.close()
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# prototxt (info and draw)
+# ---------------------------------------------------------------------------------------------------------------
+
+_BIG = 2 ** 40
+PROTOTXTS: dict[str, str | bytes] = {
+    "empty": "",
+    "blank": "\n\n   \n",
+    "only_comment": "# nothing here\n",
+    "only_name": 'name: "x"\n',
+    "enum_maxx": INPUT + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n'
+                         '  pooling_param { pool: MAXX kernel_size: 2 } }\n',
+    "enum_number": INPUT + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: 7 } }\n',
+    "unknown_field": INPUT + 'layer { name: "f" type: "ReLU" bottom: "data" top: "data" frobnicate: 3 }\n',
+    "misspelled": INPUT + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+                          'convolution_param { num_outptu: 2 kernel_size: 3 } }\n',
+    "unterminated": 'name: "abc\n' + INPUT,
+    "garbage_10mb": 'name: "x"\n' + "garbage " * (10 * 1024 * 1024 // 8) + "\n",
+    "long_string": 'name: "' + "x" * 5_000_000 + "\n",
+    "long_token": "layer { name: " + "z" * 1_000_000 + " }\n",
+    "non_utf8_string": INPUT.encode() + b'layer { name: "bad\xff\xfe" type: "ReLU" bottom: "data" top: "data" }\n',
+    "non_utf8_comment": b"# caf\xe9 latin-1\n" + INPUT.encode(),
+    "nul_bytes": INPUT.encode() + b"\x00\x00\x00",
+    "conv_kernel_0": INPUT + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+                             'convolution_param { num_output: 2 kernel_size: 0 } }\n',
+    "conv_kernel_big": INPUT + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+                               'convolution_param { num_output: 2 kernel_size: 11 pad: 1 } }\n',
+    "conv_stride_0": INPUT + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+                             'convolution_param { num_output: 2 kernel_size: 3 stride: 0 } }\n',
+    "conv_group": INPUT + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+                          'convolution_param { num_output: 2 kernel_size: 3 group: 2 } }\n',
+    "conv_no_output": INPUT + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+                              'convolution_param { kernel_size: 3 } }\n',
+    "pool_kernel_big": INPUT + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
+                               'pooling_param { pool: MAX kernel_size: 11 } }\n',
+    "pool_kernel_0": INPUT + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
+                             'pooling_param { pool: MAX kernel_size: 0 } }\n',
+    "dim_minus_1": 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: -1 } } }\n',
+    "dim_2_40": 'layer { name: "data" type: "Input" top: "data" '
+                f'input_param {{ shape {{ dim: 1 dim: {_BIG} }} }} }}\n',
+    "num_output_2_31": INPUT + 'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+                               'inner_product_param { num_output: 2147483648 } }\n',
+    "num_output_neg": INPUT + 'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+                              'inner_product_param { num_output: -4 } }\n',
+    "num_output_text": INPUT + 'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+                               'inner_product_param { num_output: "ten" } }\n',
+    "num_output_huge": INPUT + 'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+                               'inner_product_param { num_output: 99999999999999999999999 } }\n',
+    "unknown_type": INPUT + 'layer { name: "x" type: "Frobnicate" bottom: "data" top: "x" }\n',
+    "missing_bottom": INPUT + 'layer { name: "r" type: "ReLU" bottom: "nothere" top: "r" }\n',
+    "two_sources": INPUT + INPUT,
+    "open_brace": INPUT + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r"\n',
+    "close_brace": INPUT + "}\n",
+    "solver_as_net": 'base_lr: 0.01\nmax_iter: 10\nnet: "x.prototxt"\n',
+    "eltwise_mismatch": INPUT + 'layer { name: "d2" type: "Input" top: "d2" input_param { shape { dim: 1 dim: 4 } } }\n'
+                                'layer { name: "e" type: "Eltwise" bottom: "data" bottom: "d2" top: "e" }\n',
+    "jpeg_named_prototxt": JPEG,
+    "png_named_prototxt": PNG,
+    "hdf5_named_prototxt": b"\x89HDF\r\n\x1a\n" + bytes(100),
+    "zip_named_prototxt": b"PK\x03\x04" + bytes(60),
+    "random_bytes": random.Random(7).randbytes(4096),
+}
+
+for _key, _text in PROTOTXTS.items():
+    case(f"prototxt-info-{_key}", f"{_key}.prototxt")(
+        lambda d, k=_key, t=_text: ["info", write(d, f"{k}.prototxt", t)])
+
+for _key in ("empty", "enum_maxx", "unterminated", "garbage_10mb", "jpeg_named_prototxt", "non_utf8_string"):
+    case(f"prototxt-draw-{_key}", f"{_key}.prototxt")(
+        lambda d, k=_key: ["draw", write(d, f"{k}.prototxt", PROTOTXTS[k]), str(d / "out.png")])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# caffemodel, HDF5, other weight files (info and convert)
+# ---------------------------------------------------------------------------------------------------------------
+
+CAFFEMODELS: dict[str, bytes] = {
+    "zero_length": b"",
+    "truncated": small_caffemodel()[:-7],
+    "random": random.Random(3).randbytes(2048),
+    "bad_wire_type": b"\x0f\xff\xff\xff",
+    "varint_overflow": b"\x08" + b"\xff" * 11,
+    "count_mismatch": small_caffemodel(count=5),
+    "huge_shape": small_caffemodel(count=0, dims=(2 ** 20, 2 ** 20)),
+    "jpeg": JPEG,
+    "text": (INPUT + FC).encode(),
+    "length_past_end": b"\x0a\xff\xff\xff\x0f" + bytes(10),
+}
+for _key, _data in CAFFEMODELS.items():
+    case(f"caffemodel-info-{_key}", f"{_key}.caffemodel")(
+        lambda d, k=_key, b=_data: ["info", write(d, f"{k}.caffemodel", b)])
+    case(f"caffemodel-convert-{_key}", f"{_key}.caffemodel")(
+        lambda d, k=_key, b=_data: ["convert", write(d, f"{k}.caffemodel", b), str(d / "out.h5")])
+
+
+def _h5(folder: Path, name: str, fill: Callable) -> str:
+    import h5py
+    path = folder / name
+    with h5py.File(path, "w") as f:
+        fill(f)
+    return str(path)
+
+
+HDF5S: dict[str, Callable[[Path], str]] = {
+    "no_data_group": lambda d: _h5(d, "no_data_group.h5", lambda f: f.create_dataset("x", data=np.zeros(3))),
+    "string_blob": lambda d: _h5(d, "string_blob.h5", lambda f: f.create_dataset("data/fc/0", data=b"abc")),
+    "data_is_dataset": lambda d: _h5(d, "data_is_dataset.h5", lambda f: f.create_dataset("data", data=np.ones(2))),
+    "truncated": lambda d: write(d, "truncated.h5", Path(HDF5S["no_data_group"](d)).read_bytes()[:300]),
+    "signature_only": lambda d: write(d, "signature_only.h5", b"\x89HDF\r\n\x1a\n" + bytes(64)),
+    "empty": lambda d: write(d, "empty.h5", b""),
+    "random": lambda d: write(d, "random.h5", random.Random(5).randbytes(1000)),
+}
+for _key, _make in HDF5S.items():
+    case(f"hdf5-convert-{_key}", f"{_key}.h5")(
+        lambda d, m=_make: ["convert", m(d), str(d / "out.caffemodel")])
+    case(f"hdf5-info-{_key}", f"{_key}.h5")(lambda d, m=_make: ["info", m(d)])
+
+for _suffix, _data in {".pt": b"PK\x03\x04" + bytes(30), ".safetensors": b"\xff" * 8 + b"{}",
+                       ".pth": b"\x80\x02garbage"}.items():
+    case(f"weights-convert-bad{_suffix}", f"bad{_suffix}")(
+        lambda d, s=_suffix, b=_data: ["convert", write(d, f"bad{s}", b), str(d / "out.caffemodel")])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# solver and solverstate (train)
+# ---------------------------------------------------------------------------------------------------------------
+
+TRAIN_NET = (INPUT + FC + 'layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 1 } } }\n'
+             'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }\n')
+
+SOLVERS: dict[str, str | bytes] = {
+    "unknown_field": 'net: "net.prototxt"\nbase_lr: 0.1\nlr_policy: "fixed"\nfrobnicate: 1\n',
+    "bad_policy": 'net: "net.prototxt"\nbase_lr: 0.1\nlr_policy: "sometimes"\nmax_iter: 1\n',
+    "base_lr_text": 'net: "net.prototxt"\nbase_lr: fast\n',
+    "no_net": "base_lr: 0.1\nmax_iter: 1\n",
+    "missing_net_file": 'net: "nothere.prototxt"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 1\n',
+    "solver_type_enum": 'net: "net.prototxt"\nbase_lr: 0.1\nsolver_type: SGDD\n',
+    "non_utf8": b'net: "net.prototxt"\n# \xff\xfe\n',
+    "net_as_solver": INPUT,
+    "empty": "",
+}
+for _key, _text in SOLVERS.items():
+    def _solver(d: Path, k: str = _key, t: str | bytes = _text) -> list[str]:
+        write(d, "net.prototxt", TRAIN_NET)
+        return ["train", write(d, f"solver_{k}.prototxt", t)]
+    case(f"solver-train-{_key}", "solver_" if _key != "missing_net_file" else "nothere.prototxt")(_solver)
+    if _key not in ("no_net", "missing_net_file", "bad_policy", "empty"):  # upgrade only parses, as Caffe's tool
+        case(f"solver-upgrade-{_key}", f"solver_{_key}")(
+            lambda d, k=_key, t=_text: ["upgrade", "--kind", "solver", write(d, f"solver_{k}.prototxt", t),
+                                        str(d / "up.prototxt")])
+
+for _key, _data in {"random": random.Random(11).randbytes(512), "empty": b"", "jpeg": JPEG,
+                    "truncated_h5": b"\x89HDF\r\n\x1a\n" + bytes(20)}.items():
+    _suffix = ".solverstate.h5" if _key == "truncated_h5" else ".solverstate"
+
+    def _state(d: Path, k: str = _key, b: bytes = _data, s: str = _suffix) -> list[str]:
+        write(d, "net.prototxt", TRAIN_NET)
+        solver = write(d, "solver.prototxt", 'net: "net.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 1\n'
+                                             f'snapshot_prefix: "{d}/snap"\n')
+        return ["train", solver, "--snapshot", write(d, f"state_{k}{s}", b)]
+    case(f"solverstate-{_key}", f"state_{_key}")(_state)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LMDB / Datum and mean files (compute-mean)
+# ---------------------------------------------------------------------------------------------------------------
+
+DBS: dict[str, Callable[[Path], str]] = {
+    "not_datum": lambda d: lmdb_with(d, "not_datum", [b"\xff\xff\xff\xff"]),
+    "short_data": lambda d: lmdb_with(d, "short_data", [datum(data=b"\x01\x02")]),
+    "shape_change": lambda d: lmdb_with(d, "shape_change", [datum(), datum(height=5)]),
+    "empty_db": lambda d: lmdb_with(d, "empty_db", []),
+    "bad_encoded": lambda d: lmdb_with(d, "bad_encoded", [datum(data=b"notajpeg", encoded=True)]),
+    "corrupt_file": lambda d: write(d, "corrupt_file/data.mdb", random.Random(1).randbytes(8192)),
+    "empty_folder": lambda d: (d / "empty_folder").mkdir() or str(d / "empty_folder"),
+    "zero_channels": lambda d: lmdb_with(d, "zero_channels", [datum(channels=0, data=b"")]),
+}
+for _key, _make in DBS.items():
+    case(f"lmdb-compute-mean-{_key}", _key)(lambda d, m=_make: ["compute-mean", m(d), str(d / "mean.binaryproto")])
+
+MEANS: dict[str, bytes] = {"random": random.Random(2).randbytes(100), "empty": b"", "jpeg": JPEG,
+                           "wrong_size": caffe_pb2.BlobProto(num=1, channels=3, height=2, width=2,
+                                                             data=[1.0] * 5).SerializeToString()}
+for _key, _data in MEANS.items():
+    def _mean(d: Path, k: str = _key, b: bytes = _data) -> list[str]:
+        db = lmdb_with(d, "db", [datum(), datum()])
+        mean = write(d, f"mean_{k}.binaryproto", b)
+        write(d, "net.prototxt", f'layer {{ name: "d" type: "Data" top: "data" top: "label" data_param {{ source: '
+                                 f'"{db}" batch_size: 1 }} transform_param {{ mean_file: "{mean}" }} }}\n')
+        write(d, "w.caffemodel", caffe_pb2.NetParameter(name="n").SerializeToString())
+        return ["test", "--model", str(d / "net.prototxt"), "--weights", str(d / "w.caffemodel"), "--iterations", "1"]
+    case(f"mean-file-{_key}", f"mean_{_key}")(_mean)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# list files and images (convert-imageset)
+# ---------------------------------------------------------------------------------------------------------------
+
+IMAGES: dict[str, bytes] = {"truncated.jpg": JPEG[:12], "empty.jpg": b"", "text.jpg": b"hello world\n",
+                            "badcrc.png": PNG, "random.jpg": random.Random(9).randbytes(300)}
+for _name, _data in IMAGES.items():
+    def _image(d: Path, n: str = _name, b: bytes = _data) -> list[str]:
+        write(d, f"img/{n}", b)
+        return ["convert-imageset", str(d / "img") + "/", write(d, "list.txt", f"{n} 0\n"), str(d / "db")]
+    case(f"image-convert-imageset-{_name}", _name)(_image)
+
+LISTS: dict[str, str | bytes] = {"missing_image": "nothere.jpg 0\n", "no_label": "a.jpg\n", "label_text": "a.jpg x\n",
+                                 "empty": "", "non_utf8": b"caf\xe9.jpg 0\n", "binary": JPEG,
+                                 "negative_label": "a.jpg -1x\n"}
+for _key, _text in LISTS.items():
+    case(f"list-convert-imageset-{_key}", "list_" if _key != "missing_image" else "nothere.jpg")(
+        lambda d, k=_key, t=_text: ["convert-imageset", str(d) + "/", write(d, f"list_{k}.txt", t), str(d / "db")])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# outputs: never over an input, never over a file of another kind, a missing folder is one line
+# ---------------------------------------------------------------------------------------------------------------
+
+def _model(d: Path) -> tuple[str, str]:
+    return write(d, "net.prototxt", INPUT + FC), write(d, "w.caffemodel", small_caffemodel())
+
+
+case("out-extract-over-list", "list.txt")(lambda d: ["extract", "--model", _model(d)[0], "--weights", _model(d)[1],
+                                                     "--list", write(d, "list.txt", "a.jpg 0\n"),
+                                                     "--out", str(d / "list.txt")])
+case("out-evaluate-json-over-list", "list.txt")(
+    lambda d: ["evaluate", "--model", _model(d)[0], "--weights", _model(d)[1],
+               "--list", write(d, "list.txt", "a.jpg 0\n"), "--json", str(d / "list.txt")])
+case("out-upgrade-over-itself", "net.prototxt")(lambda d: ["upgrade", _model(d)[0], str(d / "net.prototxt")])
+case("out-upgrade-prototxt-over-caffemodel", "old.prototxt")(
+    lambda d: ["upgrade", _model(d)[0], write(d, "old.prototxt", small_caffemodel())])
+case("out-upgrade-prototxt-over-jpeg", "photo.jpg")(
+    lambda d: ["upgrade", _model(d)[0], write(d, "photo.jpg", JPEG)])
+case("out-upgrade-over-jpeg-named-prototxt", "old.prototxt")(
+    lambda d: ["upgrade", _model(d)[0], write(d, "old.prototxt", JPEG)])
+case("out-upgrade-missing-folder", "nothere")(lambda d: ["upgrade", _model(d)[0], str(d / "nothere" / "x.prototxt")])
+case("out-draw-over-input", "net.prototxt")(lambda d: ["draw", _model(d)[0], str(d / "net.prototxt")])
+case("out-draw-missing-folder", "nothere")(lambda d: ["draw", _model(d)[0], str(d / "nothere" / "n.png")])
+case("out-draw-over-caffemodel", "w.caffemodel")(lambda d: ["draw", _model(d)[0], _model(d)[1]])
+case("out-convert-over-source", "w.caffemodel")(lambda d: ["convert", _model(d)[1], str(d / "w.caffemodel")])
+case("out-convert-missing-folder", "nothere")(lambda d: ["convert", _model(d)[1], str(d / "nothere" / "w.h5")])
+case("out-convert-h5-over-jpeg", "w.h5")(lambda d: ["convert", _model(d)[1], write(d, "w.h5", JPEG)])
+case("out-compute-mean-missing-folder", "nothere")(
+    lambda d: ["compute-mean", lmdb_with(d, "db", [datum()]), str(d / "nothere" / "m.binaryproto")])
+case("out-compute-mean-over-prototxt", "net.prototxt")(
+    lambda d: ["compute-mean", lmdb_with(d, "db", [datum()]), _model(d)[0]])
+case("out-plot-over-log", "train.log")(
+    lambda d: ["plot", write(d, "train.log", "I0101 00:00:00 solver.cpp:218] Iteration 0, loss = 1\n"),
+               "--out", str(d / "train.log")])
+case("out-plot-missing-folder", "nothere")(
+    lambda d: ["plot", write(d, "train.log", "I0101 00:00:00 solver.cpp:218] Iteration 0, loss = 1\n"),
+               "--out", str(d / "nothere" / "c.png")])
+case("out-convert-imageset-over-list", "list.txt")(
+    lambda d: ["convert-imageset", str(d) + "/", write(d, "list.txt", "a.jpg 0\n"), str(d / "list.txt")])
+case("out-detect-draw-over-image", "photo.jpg")(
+    lambda d: ["detect", write(d, "photo.jpg", JPEG), "--model", _model(d)[0], "--weights", _model(d)[1],
+               "--draw", str(d / "photo.jpg")])
+
+# ---------------------------------------------------------------------------------------------------------------
+# command lines (usage errors: exit 2)
+# ---------------------------------------------------------------------------------------------------------------
+
+USAGE: dict[str, Callable[[Path], list[str]]] = {
+    "test-iterations-0": lambda d: ["test", "--model", _model(d)[0], "--weights", _model(d)[1], "--iterations", "0"],
+    "test-iterations-neg": lambda d: ["test", "--model", _model(d)[0], "--weights", _model(d)[1],
+                                      "--iterations", "-1"],
+    "caffe-test-iterations-0": lambda d: ["caffe", "test", "--model", _model(d)[0], "--weights", _model(d)[1],
+                                          "--iterations", "0"],
+    "unknown-option": lambda d: ["info", _model(d)[0], "--frobnicate"],
+    "unknown-command": lambda d: ["frobnicate"],
+    "missing-argument": lambda d: ["upgrade", _model(d)[0]],
+    "missing-input-file": lambda d: ["draw", str(d / "nothere.prototxt"), str(d / "o.png")],
+    "bad-mean-value": lambda d: ["evaluate", "--model", _model(d)[0], "--weights", _model(d)[1],
+                                 "--list", write(d, "l.txt", "a.jpg 0\n"), "--mean-value", "a,b,c"],
+    "bad-scales": lambda d: ["extract", "--model", _model(d)[0], "--weights", _model(d)[1],
+                             "--list", write(d, "l.txt", "a.jpg 0\n"), "--out", str(d / "f.h5"), "--scales", "x"],
+    "bad-gpu": lambda d: ["test", "--model", _model(d)[0], "--weights", _model(d)[1], "--gpu", "banana"],
+    "bad-phase": lambda d: ["info", _model(d)[0], "--phase", "SOMETIMES"],
+    "time-iterations-0": lambda d: ["time", _model(d)[0], "--iterations", "0"],
+}
+_USAGE_NAMES = {"test-iterations-0": "--iterations", "test-iterations-neg": "--iterations",
+                "caffe-test-iterations-0": "--iterations", "unknown-option": "--frobnicate",
+                "unknown-command": "frobnicate", "missing-argument": "DST", "missing-input-file": "nothere.prototxt",
+                "bad-mean-value": "mean", "bad-scales": "scales", "bad-gpu": "banana", "bad-phase": "SOMETIMES",
+                "time-iterations-0": "iterations"}
+_VALUE_ERRORS = {"bad-mean-value", "bad-scales", "bad-gpu"}  # parsed by option types that may say exit 1
+for _key, _make in USAGE.items():
+    case(f"usage-{_key}", _USAGE_NAMES[_key], code=(1, 2) if _key in _VALUE_ERRORS else 2)(_make)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def _hashes(folder: Path) -> dict[Path, str]:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_there_are_at_least_100_cases():
+    assert len(CASES) >= 100, len(CASES)
+
+
+@pytest.mark.parametrize("bad", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_one_line_and_loses_nothing(bad: Case, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = bad.build(tmp_path)
+    before = _hashes(tmp_path)
+    result = CliRunner().invoke(vggproto.cli.main, args)
+    output = result.output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        f"{args}: raised {type(result.exception).__name__}: {result.exception}"
+    assert "Traceback" not in output
+    codes = bad.code if isinstance(bad.code, tuple) else (bad.code,)
+    assert result.exit_code in codes, f"{args}: exit {result.exit_code}: {output[:2000]}"
+    assert len(lines) <= 3, output[:2000]
+    assert len(output) < 2000, output[:2000]
+    assert bad.names in output, f"{bad.names!r} not named in {output[:2000]!r}"
+    assert _hashes(tmp_path).items() >= before.items(), "an input file was changed"
