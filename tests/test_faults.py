@@ -32,20 +32,9 @@ from vggproto.weights.caffemodel import read_weights
 
 torch.set_num_threads(1)
 
-SOLVER = """net: "train_val.prototxt"
-max_iter: {max_iter}
-display: {display}
-snapshot: {snapshot}
-snapshot_prefix: "{prefix}"
-random_seed: 1
-base_lr: 0.05
-momentum: 0.9
-weight_decay: 0.0005
-lr_policy: "multistep"
-stepvalue: 3
-stepvalue: 6
-gamma: 0.1
-{extra}"""
+from test_snapshot import SOLVER as _SNAPSHOT_SOLVER  # noqa: E402 (the one tiny-solver template)
+
+SOLVER = _SNAPSHOT_SOLVER.replace("display: 1", "display: {display}")
 
 
 @pytest.fixture

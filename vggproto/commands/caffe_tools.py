@@ -8,12 +8,12 @@ gflags' spellings (``-flag value``, ``-flag=value``, ``--flag value``, underscor
 """
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 import click
 
 from vggproto.commands.options import CaffeCommand, IntList, NameList, gpus_option
+from vggproto.commands.train import test as score_command
 from vggproto.errors import SolverError
 
 if TYPE_CHECKING:
@@ -49,22 +49,8 @@ def caffe_train(solver: str, gpus: Devices | None, weights: tuple[str, ...], sna
     train(solver, options, snapshot=snapshot, gpus=gpus)
 
 
-@caffe_group.command("test", cls=CaffeCommand)
-@click.option("--model", required=True, help="The model definition protocol buffer text file.")
-@click.option("--weights", required=True, help="Trained weights (comma-separated files, applied in order).")
-@click.option("--iterations", type=int, default=50, show_default=True, help="Number of batches to run.")
-@gpus_option("--gpu", help="Run on this GPU id. Default: CPU.")
-@click.option("--level", type=int, default=0, show_default=True)
-@click.option("--stage", type=NameList(), default="", help="Network stages, comma-separated.")
-def caffe_test(model: str, weights: str, iterations: int, gpus: Devices, level: int, stage: tuple[str, ...]) -> None:
-    """Score a model: per-batch outputs, then their averages, as `caffe test`."""
-    if iterations < 1:  # Caffe: CHECK_GT(FLAGS_iterations, 0); averaging 0 batches divides by zero
-        raise click.BadParameter(f"{iterations} is not a positive number of batches", param_hint="'--iterations'")
-    from vggproto.train.run import use_glog_format
-    from vggproto.train.scoring import caffe_test as score
-    use_glog_format()
-    score(model, weights, iterations, device=gpus.device, level=level, stages=stage)
-    sys.stderr.flush()
+# Caffe: tools/caffe.cpp test — the same flags as `vggproto test`, which already reads Caffe's spellings
+caffe_group.add_command(score_command, name="test")
 
 
 @caffe_group.command("time", cls=CaffeCommand)
