@@ -233,3 +233,22 @@ def test_training_log_has_caffes_setup_lines_and_source_tags(solver_workdir, cap
         assert line in theirs, line          # the reference really has it
         assert line in mine, line
     assert case.exists() and not [line for line in ours if " solver.py:" in line or " interpreter.py:" in line]
+
+
+def test_pt_and_safetensors_outputs_are_ordinary_files(tmp_path):
+    """.pt/.safetensors are written 0644 like every other output (umask permitting), and a .pt's zip records
+    are named 'archive/...' as torch.save names them, not after the temporary file."""
+    import os
+    import stat
+    import zipfile
+
+    from vggproto.weights.torch_files import save_safetensors, save_torch_state
+    state = {"conv.weight": np.ones((2, 3), np.float32)}
+    save_torch_state(tmp_path / "w.pt", state)
+    save_safetensors(tmp_path / "w.safetensors", state)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("w.pt", "w.safetensors"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o666 & ~umask
+    assert all(n.startswith("archive/") for n in zipfile.ZipFile(tmp_path / "w.pt").namelist())
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -170,7 +170,10 @@ def save_torch_state(path: str | os.PathLike, state: Mapping[str, np.ndarray], z
         if options:
             torch.serialization.set_crc32_options(zip_crc)
         try:
-            torch.save(tensors, tmp)
+            # through a file object: torch names the zip's records after a path it is given (the temporary's),
+            # and "archive/..." (what torch.save(obj, "x.pt") writes for x.pt) after a file object
+            with open(tmp, "wb") as handle:
+                torch.save(tensors, handle)
         finally:
             if options:
                 torch.serialization.set_crc32_options(previous)
