@@ -37,9 +37,17 @@ def vggproto(*args: str, cwd: Path | None = None) -> None:
     """Run one vggproto command, echoing it like a shell session; stop the demo if it fails."""
     shown = " ".join(shlex.quote(a) for a in args)
     print(f"\n$ {'cd ' + str(cwd) + ' && ' if cwd else ''}vggproto {shown}", flush=True)
-    result = subprocess.run([sys.executable, "-m", "vggproto.cli", *args], cwd=cwd)
-    if result.returncode != 0:
-        sys.exit(f"demo: `vggproto {shown}` failed with status {result.returncode}")
+    child = subprocess.Popen([sys.executable, "-m", "vggproto.cli", *args], cwd=cwd)
+    while True:
+        try:
+            result = child.wait()
+            break
+        except KeyboardInterrupt:   # Ctrl-C reached the child too: let it finish its SIGINT snapshot and exit
+            print("\ndemo: interrupted; waiting for vggproto to stop cleanly", file=sys.stderr, flush=True)
+    if result == -2 or result == 130:
+        sys.exit(f"demo: interrupted during `vggproto {shown}`")
+    if result != 0:
+        sys.exit(f"demo: `vggproto {shown}` failed with status {result}")
 
 
 def read_idx(name: str, offset: int) -> np.ndarray:
@@ -90,9 +98,11 @@ def shorten_solver(solver_path: Path, iterations: int, base_lr: float) -> None:
 
 def final_test_accuracy(csv_path: Path) -> float:
     import csv
-    rows = list(csv.DictReader(csv_path.open()))
-    column = next(c for c in rows[0] if "accuracy_top1" in c or c.endswith("accuracy"))
-    values = [float(r[column]) for r in rows if r.get(column)]
+    rows = list(csv.DictReader(csv_path.open())) if csv_path.exists() else []
+    column = next((c for c in (rows[0] if rows else {}) if "accuracy_top1" in c or c.endswith("accuracy")), None)
+    values = [float(r[column]) for r in rows if column and r.get(column)]
+    if not values:  # training stopped (Ctrl-C, --sigint-effect stop) before its first test
+        sys.exit(f"demo: {csv_path} has no test accuracy yet: training stopped before its first test")
     return values[-1]
 
 
@@ -193,4 +203,7 @@ if __name__ == "__main__":
     # does not make OpenMP threads spin against each other (README: "Threads")
     os.environ.setdefault("OMP_NUM_THREADS", str(usable_cpus()))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("demo: interrupted")
