@@ -255,3 +255,10 @@ def test_draw_accepts_caffes_display_lrm_spelling(tmp_path):
     result = CliRunner().invoke(main, ["draw", str(SMALL_V1), str(tmp_path / "n.dot"), "--display_lrm"])
     assert result.exit_code == 0, result.output
     assert "lr mult: " in (tmp_path / "n.dot").read_text()
+
+
+def test_auto_direction_draws_deep_chains_top_to_bottom():
+    deep = read_net(str(ROOT / "nets" / "D_deploy.prototxt"))
+    assert "rankdir=TB" in build_graph(deep, DrawOptions(shapes=False)).source
+    assert "rankdir=LR" in build_graph(read_net(str(SMALL_V1)), DrawOptions(shapes=False)).source
+    assert "rankdir=LR" in build_graph(deep, DrawOptions(rankdir="LR", shapes=False)).source

@@ -151,3 +151,18 @@ def test_vggproto_log_lines_parse():
     assert (parsed.loss.iters, parsed.loss.values) == ([0, 1], [2.5, 1.75])
     assert parsed.raw_loss.values == [2.5, 1.0] and parsed.lr.values == [0.01, 0.001]
     assert parsed.test["accuracy"].values == [0.5] and parsed.test["loss"].values == [1.25]
+
+
+def test_loss_axis_is_logarithmic_when_the_loss_spans_decades(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vggproto.viz.plot import _scale_loss_axis
+    fig, ax = plt.subplots()
+    _scale_loss_axis(ax, [80.0, 9.0, 2.0, 1.1, 0.9])
+    assert ax.get_yscale() == "log"
+    fig, ax = plt.subplots()
+    _scale_loss_axis(ax, [2.3, 1.9, 1.5, 1.2])
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] < 1.2 and ax.get_ylim()[1] > 1.9
+    plt.close("all")

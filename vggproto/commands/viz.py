@@ -9,8 +9,9 @@ from vggproto.commands.options import dialect_option
 @click.command("draw")
 @click.argument("net", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--rankdir", type=click.Choice(["LR", "TB", "BT", "RL"]), default="LR", show_default=True,
-              help="Direction of the graph (Caffe's draw_net --rankdir).")
+@click.option("--rankdir", type=click.Choice(["auto", "LR", "TB", "BT", "RL"]), default="auto", show_default=True,
+              help="Direction of the graph (Caffe's draw_net --rankdir); auto: TB for nets of over 12 layers, "
+                   "else LR.")
 @click.option("--phase", type=click.Choice(["ALL", "TRAIN", "TEST"], case_sensitive=False), default="ALL",
               show_default=True, help="Draw only the layers of this phase (NetStateRule filtering).")
 @click.option("--stage", "stages", multiple=True, metavar="S", help="A NetState stage (repeatable).")

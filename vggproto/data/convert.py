@@ -109,7 +109,8 @@ def compute_mean(db_path: str, backend: str = "lmdb", progress: bool = True) -> 
             total = np.zeros_like(chw)
         elif chw.shape != total.shape:
             raise DataError(f"{where}: image is {'x'.join(map(str, chw.shape))}, the first is "
-                            f"{'x'.join(map(str, total.shape))}; all images must have one size")
+                            f"{'x'.join(map(str, total.shape))}; all images must have one size (write the "
+                            "database with convert-imageset --resize-height H --resize-width W)")
         total += chw
     return total / np.float32(len(reader))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterable
 
 from vggproto.caffe.files import atomic_write_bytes, check_output
@@ -47,11 +47,16 @@ _DATA_FIELDS = {"Data": "data_param", "ImageData": "image_data_param", "HDF5Data
 _NUMBERED = re.compile(r"^([A-Za-z]+)(\d+)")
 
 
+#: Layers above which ``rankdir: auto`` draws top to bottom (a left-to-right strip of VGG-16 is 16.6:1).
+DEEP_CHAIN = 12
+
+
 @dataclass
 class DrawOptions:
     """How to draw: graph direction, which layers (phase/stages/level), and what to show."""
 
-    rankdir: str = "LR"
+    rankdir: str = "auto"          # "auto": top-to-bottom for deep chains (> 12 layers), else Caffe's LR
+    stacked_labels: bool = False   # label parts on separate lines whatever the direction (auto's TB)
     phase: str = "ALL"
     stages: tuple[str, ...] = ()
     level: int = 0
@@ -209,6 +214,10 @@ def build_graph(net: caffe_pb2.NetParameter, options: DrawOptions | None = None,
     import graphviz
 
     options = options or DrawOptions()
+    if options.rankdir == "auto":
+        # vggproto's choice, not Caffe's: a deep chain reads top to bottom, with labels stacked as in LR
+        options = replace(options, rankdir="TB", stacked_labels=True) if len(net.layer) > DEEP_CHAIN \
+            else replace(options, rankdir="LR")
     if options.rankdir not in RANKDIRS:
         raise VGGProtoError(f"unknown rankdir '{options.rankdir}'; supported: " + ", ".join(RANKDIRS))
     drawn = select_layers(net, options, path)
@@ -246,12 +255,13 @@ def _layout(drawn: caffe_pb2.NetParameter, options: DrawOptions,
     edges: list[tuple[str, str, str]] = []
     blob_group: dict[str, str | None] = {}
     seen: set[str] = set()
-    sep = _sep(options.rankdir)
+    label_dir = "LR" if options.stacked_labels else options.rankdir
+    sep = _sep(label_dir)
     for layer in drawn.layer:
         key = f"{layer.name}_{layer.type}"  # Caffe's node key; a train_val net's two 'data' layers get two nodes
         key = key if key not in seen else f"{key}_{len(seen)}"
         seen.add(key)
-        label = layer_label(layer, options.rankdir, options.display_lrm, _params(layer.name, shapes))
+        label = layer_label(layer, label_dir, options.display_lrm, _params(layer.name, shapes))
         if options.phase.upper() == "ALL" and _phase_tag(layer):
             label += f"{sep}[{_phase_tag(layer)}]"
         group = groups.get(layer.name)

@@ -59,7 +59,22 @@ def _loss_panel(ax, parsed: TrainingLog, smooth: int) -> None:
         if "loss" in name.lower():
             ax.plot(series.iters, series.values, "o-", color="#e6550d", markersize=3, label=f"test {name}")
     ax.set_ylabel("loss")
+    _scale_loss_axis(ax, [v for line in ax.get_lines() for v in line.get_ydata()])
     ax.legend(loc="upper right", fontsize="small")
+
+
+def _scale_loss_axis(ax, values: list[float]) -> None:
+    """A log axis when the loss spans over a decade (the first iterations would flatten a linear one), else a
+    linear axis clipped to the later values' range."""
+    finite = [float(v) for v in values if v == v and abs(float(v)) != float("inf")]
+    if not finite:
+        return
+    if min(finite) > 0 and max(finite) > 10 * min(finite):
+        ax.set_yscale("log")
+    else:
+        tail = sorted(finite)[: max(1, int(0.98 * len(finite)))]
+        low, high = min(finite), max(tail)
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.1 * (high - low) + 1e-12)
 
 
 def _accuracy_panel(ax, metrics: dict[str, Series]) -> None:
