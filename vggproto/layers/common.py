@@ -73,6 +73,21 @@ def axis_values(spec: LayerSpec, repeated: Sequence[int], h: int | None, w: int 
     return values
 
 
+def conv_geometry(spec: LayerSpec, p: Message, n_sp: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(kernel, stride, pad, dilation) per spatial axis from a ConvolutionParameter, for every layer that reads
+    one (Convolution, Deconvolution, Im2col, the forks' depthwise convolutions)."""
+    for name, repeated in (("kernel", p.kernel_size), ("stride", p.stride), ("pad", p.pad)):
+        # Caffe: base_conv_layer.cpp / im2col_layer.cpp — "Either kernel_size or kernel_h/w should be specified"
+        if (p.HasField(f"{name}_h") or p.HasField(f"{name}_w")) and len(repeated):
+            field = "kernel_size" if name == "kernel" else name
+            raise spec.error(f"either {field} or {name}_h/{name}_w may be given, not both")
+    kernel = axis_values(spec, p.kernel_size, opt(p, "kernel_h"), opt(p, "kernel_w"), n_sp, None, "kernel_size")
+    stride = axis_values(spec, p.stride, opt(p, "stride_h"), opt(p, "stride_w"), n_sp, 1, "stride")
+    pad = axis_values(spec, p.pad, opt(p, "pad_h"), opt(p, "pad_w"), n_sp, 0, "pad")
+    dilation = axis_values(spec, p.dilation, None, None, n_sp, 1, "dilation")
+    return kernel, stride, pad, dilation
+
+
 def opt(message: Message, name: str) -> Any:
     """The field's value if it is set, else None (to tell 'unset' from the proto2 default)."""
     return getattr(message, name) if message.HasField(name) else None

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vggproto.caffe.shapes import Shape, conv_output_size, deconv_output_size
-from vggproto.layers.common import axis_values, blob, canonical_axis, count, expect_bottoms, opt
+from vggproto.layers.common import blob, canonical_axis, conv_geometry, count, expect_bottoms
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -32,11 +32,7 @@ class _BaseConv(CaffeLayer):
         n_sp = len(shape) - self.axis - 1
         if n_sp not in _CONV:
             raise spec.error(f"supports 1 to 3 spatial axes, got {n_sp} (bottom shape {shape}, axis {self.axis})")
-        self.kernel = axis_values(spec, p.kernel_size, opt(p, "kernel_h"), opt(p, "kernel_w"), n_sp, None,
-                                  "kernel_size")
-        self.stride = axis_values(spec, p.stride, opt(p, "stride_h"), opt(p, "stride_w"), n_sp, 1, "stride")
-        self.pad = axis_values(spec, p.pad, opt(p, "pad_h"), opt(p, "pad_w"), n_sp, 0, "pad")
-        self.dilation = axis_values(spec, p.dilation, None, None, n_sp, 1, "dilation")
+        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(spec, p, n_sp)
         for field, values in (("kernel_size", self.kernel), ("stride", self.stride), ("dilation", self.dilation)):
             if min(values) <= 0:
                 raise spec.error(f"convolution_param.{field} must be positive, got {values}")

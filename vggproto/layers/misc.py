@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from vggproto.caffe.shapes import Shape
 from vggproto.errors import NetError
-from vggproto.layers.common import ANY, axis_values, canonical_axis, count, expect_bottoms, expect_tops, opt
+from vggproto.layers.common import ANY, canonical_axis, conv_geometry, count, expect_bottoms, expect_tops
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 
@@ -183,15 +183,7 @@ class Im2col(CaffeLayer):
         if n_sp < 1:
             # Caffe: im2col_layer.cpp LayerSetUp — CHECK_GE(num_spatial_axes_, 1)
             raise spec.error(f"needs at least one spatial axis after axis {self.axis}, bottom shape {shape}")
-        for name, repeated in (("kernel", p.kernel_size), ("stride", p.stride), ("pad", p.pad)):
-            if (p.HasField(f"{name}_h") or p.HasField(f"{name}_w")) and len(repeated):
-                field = "kernel_size" if name == "kernel" else name
-                raise spec.error(f"either {field} or {name}_h/{name}_w may be given, not both")
-        self.kernel = axis_values(spec, p.kernel_size, opt(p, "kernel_h"), opt(p, "kernel_w"), n_sp, None,
-                                  "kernel_size")
-        self.stride = axis_values(spec, p.stride, opt(p, "stride_h"), opt(p, "stride_w"), n_sp, 1, "stride")
-        self.pad = axis_values(spec, p.pad, opt(p, "pad_h"), opt(p, "pad_w"), n_sp, 0, "pad")
-        self.dilation = axis_values(spec, p.dilation, None, None, n_sp, 1, "dilation")
+        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(spec, p, n_sp)
         if min(self.kernel) <= 0 or min(self.stride) <= 0:
             # Caffe: im2col_layer.cpp LayerSetUp — CHECK_GT on kernel and stride (a dilation of 0 is accepted)
             raise spec.error(f"kernel size {self.kernel} and stride {self.stride} must be positive")
