@@ -892,3 +892,13 @@ def test_net_level_and_stages(tmp_path):
     assert caffe.Net(str(path), caffe.TEST).outputs == ["ip"]
     assert caffe.Net(str(path), caffe.TEST, stages=["deploy"]).outputs == ["prob"]
     assert caffe.Net(str(path), caffe.TEST, level=2).outputs == ["deep"]
+
+
+def test_caffe_shim_into_a_missing_folder_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from vggproto.cli import main
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(main, ["install-caffe-shim", "--target", str(tmp_path / "file" / "sub")])
+    assert result.exit_code == 1 and "cannot write the caffe shim" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

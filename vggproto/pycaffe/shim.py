@@ -15,6 +15,7 @@ import site
 import sys
 from pathlib import Path
 
+from vggproto.caffe.files import atomic_write_bytes
 from vggproto.errors import VGGProtoError
 
 MARKER = "# vggproto caffe shim"
@@ -54,8 +55,11 @@ def install_shim(target: str | os.PathLike | None = None) -> Path:
         raise VGGProtoError(f"a real 'caffe' module is importable ({found}); not shadowing it with the shim")
     folder = Path(target) if target is not None else Path(site.getsitepackages()[0])
     init = folder / "caffe" / "__init__.py"
-    init.parent.mkdir(parents=True, exist_ok=True)
-    init.write_text(SHIM, encoding="utf-8")
+    try:
+        init.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(init, SHIM.encode("utf-8"))
+    except OSError as exc:
+        raise VGGProtoError(f"{exc.filename or init}: cannot write the caffe shim: {exc.strerror}") from None
     return init
 
 

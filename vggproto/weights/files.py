@@ -45,9 +45,10 @@ def is_weights_file(path: str | os.PathLike) -> bool:
     if Path(path).suffix.lower() in WEIGHT_SUFFIXES:
         return True
     try:
-        content, _ = load_source(os.fspath(path))
-        return sniff_binary(content, os.fspath(path))
-    except PrototxtError:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)   # the sniff needs only the start: never read a whole caffemodel here
+        return sniff_binary(head, os.fspath(path))
+    except (PrototxtError, OSError):
         return True
 
 
