@@ -344,3 +344,14 @@ def test_progress_lines_carry_rate_and_eta(caplog, monkeypatch):
     with Progress(10, "extract", every=4, enabled=False) as bar:
         bar.update(10)
     assert bar.mode == "off" and not caplog.records and sys.stderr.getvalue() == ""
+
+
+def test_device_query_checks_gpu_ids_with_the_one_parser():
+    import torch
+    from click.testing import CliRunner
+
+    from vggproto.cli import main
+    if torch.cuda.device_count() > 5:
+        pytest.skip("this machine has a GPU 5")
+    result = CliRunner().invoke(main, ["caffe", "device_query", "-gpu", "5"])
+    assert result.exit_code == 1 and "-gpu 5: no such CUDA device" in result.output

@@ -42,6 +42,8 @@ def _depthwise(layer: caffe_pb2.LayerParameter) -> str | None:
 
 def _dropout(layer: caffe_pb2.LayerParameter) -> str | None:
     p = layer.dropout_param
+    if not p.HasField("scale_train") and not p.HasField("sample_weights_test"):
+        return None                                   # a plain BVLC Dropout: nothing to rewrite
     if (p.HasField("scale_train") and not p.scale_train) or p.sample_weights_test:
         return None
     p.ClearField("scale_train")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from vggproto.commands.options import CaffeCommand, IntList, NameList, gpus_option
+from vggproto.commands.options import CaffeCommand, NameList, gpus_option
 from vggproto.commands.train import test as score_command
 from vggproto.errors import SolverError
 
@@ -74,8 +74,9 @@ def caffe_time(model: str, iterations: int, weights: str | None, gpus: Devices, 
 
 def _device_query(gpu: str | None) -> None:
     """Print the CUDA devices (``gpu``: '0,1' or 'all'; default all) as ``vggproto doctor`` does."""
-    ids = None if gpu in (None, "", "all") else IntList().convert(gpu, None, None)
+    from vggproto.net.devices import parse_devices  # the one --gpu parser: unknown ids are one line
     from vggproto.net.doctor import device_lines
+    ids = None if gpu in (None, "") else list(parse_devices(gpu, flag="-gpu").ids)
     click.echo("\n".join(device_lines(ids)))
 
 
