@@ -11,7 +11,6 @@ from typing import Any, Sequence
 import torch
 from google.protobuf.message import Message
 
-from vggproto.caffe.shapes import Shape
 from vggproto.layers.registry import CaffeLayer, LayerSpec
 
 
@@ -100,8 +99,3 @@ def blob(layer: CaffeLayer, index: int) -> torch.Tensor:
     if shapes is not None and tuple(param.shape) != shapes[index]:
         return param.reshape(shapes[index])
     return param
-
-
-def broadcast_shape(outer: int, shape: Shape, inner: int) -> tuple[int, ...]:
-    """Shape that broadcasts a blob of ``shape`` against axes [axis, axis+len(shape)) of a larger blob."""
-    return (1,) * outer + tuple(shape) + (1,) * inner
