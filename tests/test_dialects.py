@@ -367,5 +367,6 @@ def test_dialect_flag_forces_a_dialect_in_every_command(tmp_path):
 def test_upgrade_to_bvlc_leaves_plain_bvlc_layers_unmentioned():
     from vggproto.caffe.to_bvlc import to_bvlc
     net = read_net(b'name: "b" input: "data" input_shape { dim: 1 dim: 2 } '
-                   b'layer { name: "d" type: "Dropout" bottom: "data" top: "data" dropout_param { dropout_ratio: 0.3 } }')
+                   b'layer { name: "d" type: "Dropout" bottom: "data" top: "data" '
+                   b'dropout_param { dropout_ratio: 0.3 } }')
     assert to_bvlc(net) == ([], [])
