@@ -140,6 +140,9 @@ PROTOTXTS: dict[str, str | bytes] = {
     "hdf5_named_prototxt": b"\x89HDF\r\n\x1a\n" + bytes(100),
     "zip_named_prototxt": b"PK\x03\x04" + bytes(60),
     "random_bytes": random.Random(7).randbytes(4096),
+    "long_layer_name": INPUT + 'layer { name: "%s" type: "Convolution" bottom: "data" top: "%s" '
+                               'convolution_param { num_output: 2 kernel_size: 20 } }\n' % ("L" * 5000, "T" * 5000),
+    "long_missing_bottom": INPUT + 'layer { name: "r" type: "ReLU" bottom: "%s" top: "r" }\n' % ("B" * 5000),
 }
 
 for _key, _text in PROTOTXTS.items():
@@ -364,9 +367,8 @@ _USAGE_NAMES = {"test-iterations-0": "--iterations", "test-iterations-neg": "--i
                 "unknown-command": "frobnicate", "missing-argument": "DST", "missing-input-file": "nothere.prototxt",
                 "bad-mean-value": "mean", "bad-scales": "scales", "bad-gpu": "banana", "bad-phase": "SOMETIMES",
                 "time-iterations-0": "iterations"}
-_VALUE_ERRORS = {"bad-mean-value", "bad-scales", "bad-gpu"}  # parsed by option types that may say exit 1
-for _key, _make in USAGE.items():
-    case(f"usage-{_key}", _USAGE_NAMES[_key], code=(1, 2) if _key in _VALUE_ERRORS else 2)(_make)
+for _key, _make in USAGE.items():   # a bad option value is a usage error, whichever type parses it
+    case(f"usage-{_key}", _USAGE_NAMES[_key], code=2)(_make)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -354,4 +354,4 @@ def test_device_query_checks_gpu_ids_with_the_one_parser():
     if torch.cuda.device_count() > 5:
         pytest.skip("this machine has a GPU 5")
     result = CliRunner().invoke(main, ["caffe", "device_query", "-gpu", "5"])
-    assert result.exit_code == 1 and "-gpu 5: no such CUDA device" in result.output
+    assert result.exit_code == 2 and "-gpu 5: no such CUDA device" in result.output

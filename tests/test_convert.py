@@ -1,8 +1,6 @@
 """vggproto convert: lossless round trips, state-dict naming, safetensors interop, fc<->conv, validation, CLI."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from vggproto.errors import WeightsError
 from vggproto.net.dense import conv_to_fc, fc_to_conv
 from vggproto.weights.caffemodel import read_weights
 from vggproto.weights.fit import fit_to_net
+from vggproto.weights.official_like import write_official_like
 from vggproto.weights.torch_files import (
     input_format,
     load_safetensors,
@@ -28,9 +27,8 @@ from vggproto.weights.torch_files import (
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _official_like(path: Path, *extra: str) -> Path:
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_official_like.py"), "--depth", "16", str(path),
-                    "--width-divisor", "16", "--seed", "3", *extra], check=True, capture_output=True)
+def _official_like(path: Path, v2: bool = False) -> Path:
+    write_official_like(path, 16, seed=3, v2=v2, width_divisor=16)
     return path
 
 
@@ -75,7 +73,7 @@ def test_round_trip_chain_is_bit_exact(official, tmp_path, keep_shapes):
 
 
 def test_v2_resave_converts_to_the_same_weights(official, tmp_path):
-    v2 = _official_like(tmp_path / "v2.caffemodel", "--v2")
+    v2 = _official_like(tmp_path / "v2.caffemodel", v2=True)
     assert _same(convert(v2, tmp_path / "v2.pt").weights, convert(official, tmp_path / "v1.pt").weights)
 
 

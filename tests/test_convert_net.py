@@ -1,12 +1,10 @@
 """vggproto convert with a net: --model fitting and errors, fc<->conv on the dense net, OpenCV and ONNX checks.
 
 Nets are the generator's VGG-16 deploy/dense nets with every width divided by 32 (fc8 keeps 1000 classes), and
-the weights come from tools/make_official_like.py at the same divisor, i.e. the official file layout.
+the weights come from vggproto.weights.official_like at the same divisor, i.e. the official file layout.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +19,8 @@ from vggproto.errors import VGGProtoError, WeightsError
 from vggproto.net.interpreter import Net
 from vggproto.vgg.generate import build_net
 from vggproto.weights.caffemodel import read_weights
+from vggproto.weights.official_like import write_official_like
 
-ROOT = Path(__file__).resolve().parent.parent
 DIVISOR = 32
 
 
@@ -43,8 +41,7 @@ def _small_net(kind: str, path: Path, batch: int = 1) -> Path:
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("convert_net")
     official = root / "vgg16.caffemodel"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_official_like.py"), "--depth", "16", str(official),
-                    "--width-divisor", str(DIVISOR), "--seed", "5"], check=True, capture_output=True)
+    write_official_like(official, 16, seed=5, width_divisor=DIVISOR)
     return {"official": official, "deploy": _small_net("deploy", root / "deploy.prototxt"),
             "dense": _small_net("dense", root / "dense.prototxt"), "root": root}
 

@@ -158,12 +158,9 @@ def test_round_trip_through_torchvision():
 
 
 def test_cli_writes_torchvision_state_dicts(tmp_path):
-    import subprocess
-    import sys
-    root = Path(__file__).resolve().parent.parent
+    from vggproto.weights.official_like import write_official_like
     small = tmp_path / "small.caffemodel"
-    subprocess.run([sys.executable, str(root / "tools" / "make_official_like.py"), "--depth", "16", str(small),
-                    "--width-divisor", "16"], check=True, capture_output=True)
+    write_official_like(small, 16, width_divisor=16)
     convert(small, tmp_path / "a.pth", to="torchvision")
     state = torch.load(tmp_path / "a.pth", weights_only=True)
     with torch.device("meta"):

@@ -73,8 +73,8 @@ def test_cli_device_errors_are_one_clean_line(solver_workdir, args, needle):
     model = ["--model", "train_val.prototxt", "--weights", "init.caffemodel"] if args[0] in ("test", "evaluate") \
         else ["train_val.prototxt"] if args[0] == "time" else []
     result = CliRunner().invoke(main, [*args, *model])
-    assert result.exit_code == 1, result.output
-    assert result.output.count("\n") == 1 and result.output.startswith("vggproto: error: ")
+    assert result.exit_code == 2, result.output   # a bad option value is a usage error, as click's own types'
+    assert result.output.count("\n") == 1 and result.output.startswith("vggproto: usage error: ")
     assert needle in result.output and "Traceback" not in result.output
 
 

@@ -265,4 +265,4 @@ def test_cli_evaluate_prints_table_and_writes_json(mini, tmp_path):
     assert "top-5 err (%)" in result.output and "fusion" in result.output
     bad = CliRunner().invoke(main, ["evaluate", "--model", str(model), "--weights", str(weights), "--list",
                                     str(images), "--fuse", "nocolon"])
-    assert bad.exit_code == 1 and "DEPLOY:WEIGHTS" in bad.output
+    assert bad.exit_code == 2 and "DEPLOY:WEIGHTS" in bad.output

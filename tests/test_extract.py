@@ -1,7 +1,6 @@
-"""``vggproto extract`` (Appendix B descriptors) and tools/svm_transfer.py."""
+"""``vggproto extract`` (Appendix B descriptors) and ``vggproto svm`` (vggproto.evaluation.svm)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -95,28 +94,27 @@ def test_cli_extract(setup, tmp_path):
     assert "wrote 3 x 6 features" in result.output and read_features(out).features.shape == (3, 6)
 
 
-def _svm_tool():
-    spec = importlib.util.spec_from_file_location("svm_transfer", ROOT / "tools" / "svm_transfer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_svm_transfer_metrics(tmp_path, capsys):
-    pytest.importorskip("sklearn")
-    svm = _svm_tool()
+def _separable_features(path: Path) -> None:
+    """30 descriptors of 3 well-separated classes, 10 each, as ``vggproto extract`` writes them."""
+    from vggproto.evaluation.extract import Features
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 1, size=(3, 16)) * 5
     labels = np.repeat(np.arange(3), 10)
     feats = l2_normalise(centres[labels] + rng.normal(0, 0.1, size=(30, 16)))
-    from vggproto.evaluation.extract import Features
-    write_features(tmp_path / "train.h5", Features(feats.astype(np.float32), labels, [f"{i}" for i in range(30)]))
-    assert svm.main([str(tmp_path / "train.h5"), "--json", str(tmp_path / "m.json")]) == 0
+    write_features(path, Features(feats.astype(np.float32), labels, [f"{i}" for i in range(30)]))
+
+
+def test_svm_metrics(tmp_path):
+    pytest.importorskip("sklearn")
+    from vggproto.evaluation import svm
+    _separable_features(tmp_path / "train.h5")
+    returned = svm.svm_files(tmp_path / "train.h5", json_path=tmp_path / "m.json")
     metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics == returned
     assert metrics["accuracy"] == 1.0 and metrics["mean_average_precision"] == pytest.approx(1.0)
     assert metrics["protocol"] == "5-fold cross-validation"
-    assert svm.main([str(tmp_path / "train.h5"), "--test", str(tmp_path / "train.h5")]) == 0
-    assert "mean class recall" in capsys.readouterr().out
+    held_out = svm.svm_files(tmp_path / "train.h5", test=tmp_path / "train.h5")
+    assert held_out["protocol"] == "train/test" and "mean class recall" in svm.format_metrics(held_out)
     # hand-made metrics: class 0 all right, class 1 half right -> mean class recall 0.75
     assert svm.mean_class_recall(np.array([0, 0, 1, 0]), np.array([0, 0, 1, 1])) == 0.75
     scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
@@ -126,3 +124,42 @@ def test_svm_transfer_metrics(tmp_path, capsys):
     expected = ((1 / 2 + 2 / 3) / 2 + (1 + 2 / 4) / 2) / 2
     assert svm.mean_average_precision(scores, np.array([0, 0, 1, 1]), np.array([0, 1])) == pytest.approx(
         expected)
+
+
+def test_svm_command(tmp_path):
+    pytest.importorskip("sklearn")
+    train = tmp_path / "train.h5"
+    _separable_features(train)
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(main, ["svm", str(train), "--folds", "3", "--C", "0.5", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["accuracy", "100.00", "%"]
+    assert lines[1].startswith("mean average precision") and lines[2].startswith("mean class recall")
+    assert lines[3].split() == ["images", "30", "(3-fold", "cross-validation)"]
+    assert json.loads(out.read_text())["protocol"] == "3-fold cross-validation"
+    held_out = CliRunner().invoke(main, ["svm", str(train), "--test", str(train)])
+    assert held_out.exit_code == 0 and "(train/test)" in held_out.output
+    # the JSON output is checked before any work: an input as output, or a JPEG without --force, is refused
+    same = CliRunner().invoke(main, ["svm", str(train), "--json", str(train)])
+    assert same.exit_code == 1 and "also an input" in same.output and read_features(train).features.shape == (30, 16)
+    jpeg = tmp_path / "photo.json"
+    jpeg.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 60)
+    refused = CliRunner().invoke(main, ["svm", str(train), "--json", str(jpeg)])
+    assert refused.exit_code == 1 and "--force" in refused.output and len(refused.output.strip().splitlines()) == 1
+    assert CliRunner().invoke(main, ["svm", str(train), "--json", str(jpeg), "--force"]).exit_code == 0
+    assert json.loads(jpeg.read_text())["images"] == 30
+    # one image per class cannot be cross-validated: one line, exit 1
+    from vggproto.evaluation.extract import Features
+    write_features(tmp_path / "tiny.h5", Features(np.eye(2, dtype=np.float32), np.array([0, 1]), ["a", "b"]))
+    tiny = CliRunner().invoke(main, ["svm", str(tmp_path / "tiny.h5")])
+    assert tiny.exit_code == 1 and "at least 2 images per class" in tiny.output
+
+
+def test_svm_without_sklearn_is_one_line(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "sklearn", None)     # `import sklearn` raises ImportError
+    _separable_features(tmp_path / "train.h5")
+    result = CliRunner().invoke(main, ["svm", str(tmp_path / "train.h5")])
+    assert result.exit_code == 1
+    assert result.output.strip() == "vggproto: error: vggproto svm needs scikit-learn: pip install 'vggproto[svm]'"

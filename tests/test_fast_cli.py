@@ -32,7 +32,7 @@ def test_time_inference_errors(tmp_path):
     path = tmp_path / "net.prototxt"
     path.write_text(NET)
     bad = CliRunner().invoke(main, ["time-inference", str(path), "--gpu", "7"])
-    assert bad.exit_code == 1 and "--gpu 7: no such CUDA device" in bad.output
+    assert bad.exit_code == 2 and "--gpu 7: no such CUDA device" in bad.output
     noinput = tmp_path / "noinput.prototxt"
     noinput.write_text('name: "x"\nlayer { name: "d" type: "DummyData" top: "d" dummy_data_param { shape { dim: 1 '
                        'dim: 2 } } }\n')

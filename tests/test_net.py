@@ -366,7 +366,7 @@ def test_time_command(tmp_path):
                  "Average Backward pass:", "Total Time:", "*** Benchmark ends ***"):
         assert line in result.output
     bad = CliRunner().invoke(main, ["time", str(tmp_path / "net.prototxt"), "--gpu", "7"])
-    assert bad.exit_code == 1 and "--gpu 7: no such CUDA device" in bad.output
+    assert bad.exit_code == 2 and "--gpu 7: no such CUDA device" in bad.output
 
 
 def test_v1_deploy_and_legacy_v1_caffemodel_reproduce_caffe():

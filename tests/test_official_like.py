@@ -1,33 +1,26 @@
-"""tools/make_official_like.py: the official VGG caffemodel layout (caffe-format.md D), at reduced width."""
+"""vggproto.weights.official_like and ``vggproto make-official-like``: the official VGG caffemodel layout
+(caffe-format.md D), at reduced width."""
 from __future__ import annotations
 
-import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.wire import part_size
+from vggproto.cli import main
+from vggproto.errors import WeightsError
 from vggproto.weights.caffemodel import read_caffemodel, read_weights, upgrade_caffemodel
 from vggproto.weights.fit import fit_blob
+from vggproto.weights.official_like import net_parts, official_net, write_official_like
 
-ROOT = Path(__file__).resolve().parent.parent
-TOOL = ROOT / "tools" / "make_official_like.py"
 V1 = caffe_pb2.V1LayerParameter
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("make_official_like", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _run(*args) -> None:
-    subprocess.run([sys.executable, str(TOOL), *map(str, args)], check=True, capture_output=True)
+def _run(out: Path, depth: int, seed: int = 0, v2: bool = False, width_divisor: int = 1) -> None:
+    write_official_like(out, depth, seed=seed, v2=v2, width_divisor=width_divisor)
 
 
 def _expected_names(depth: int) -> list[tuple[str, int]]:
@@ -44,9 +37,8 @@ def _expected_names(depth: int) -> list[tuple[str, int]]:
 
 @pytest.mark.parametrize("depth, size", [(16, 553_432_081), (19, 574_671_192)])
 def test_full_size_byte_count_equals_the_official_files(depth, size):
-    tool = _tool()
-    net, shapes = tool.official_net(depth)
-    parts = tool.net_parts(net, shapes, seed=0)     # sizes only: no weights are generated
+    net, shapes = official_net(depth)
+    parts = net_parts(net, shapes, seed=0)     # sizes only: no weights are generated
     assert sum(part_size(p) for p in parts) == size
     assert sum(int(np.prod(d)) for blobs in shapes.values() for d in blobs) == \
         (138_357_544 if depth == 16 else 143_667_240)
@@ -55,7 +47,7 @@ def test_full_size_byte_count_equals_the_official_files(depth, size):
 @pytest.mark.parametrize("depth", [16, 19])
 def test_reduced_width_file_has_the_official_layout(tmp_path, depth):
     path = tmp_path / "vgg.caffemodel"
-    _run("--depth", depth, path, "--seed", 3, "--width-divisor", 16)
+    _run(path, depth, seed=3, width_divisor=16)
     net = caffe_pb2.NetParameter.FromString(path.read_bytes())   # protobuf as the independent reader
     assert net.name == f"VGG_ILSVRC_{depth}_layers"
     assert list(net.input) == ["data"] and not net.input_dim and not net.input_shape and not net.layer
@@ -84,14 +76,14 @@ def test_reduced_width_file_has_the_official_layout(tmp_path, depth):
 
 def test_seed_is_deterministic_and_matters(tmp_path):
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        _run("--depth", 16, tmp_path / f"{name}.caffemodel", "--seed", seed, "--width-divisor", 32)
+        _run(tmp_path / f"{name}.caffemodel", 16, seed=seed, width_divisor=32)
     a, b, c = (read_weights(tmp_path / f"{n}.caffemodel")["conv1_1"][0] for n in "abc")
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
 def test_v2_resave_reads_equal_to_v1(tmp_path):
-    _run("--depth", 16, tmp_path / "v1.caffemodel", "--width-divisor", 16, "--seed", 5)
-    _run("--depth", 16, tmp_path / "v2.caffemodel", "--width-divisor", 16, "--seed", 5, "--v2")
+    _run(tmp_path / "v1.caffemodel", 16, seed=5, width_divisor=16)
+    _run(tmp_path / "v2.caffemodel", 16, seed=5, v2=True, width_divisor=16)
     raw = caffe_pb2.NetParameter.FromString((tmp_path / "v2.caffemodel").read_bytes())
     assert not raw.layers and not raw.input and raw.layer[0].type == "Convolution"
     v1_weights, v2_weights = read_weights(tmp_path / "v1.caffemodel"), read_weights(tmp_path / "v2.caffemodel")
@@ -105,7 +97,38 @@ def test_v2_resave_reads_equal_to_v1(tmp_path):
 
 
 def test_streamed_upgrade_of_v1_file_equals_the_v2_resave(tmp_path):
-    _run("--depth", 19, tmp_path / "v1.caffemodel", "--width-divisor", 16, "--seed", 9)
-    _run("--depth", 19, tmp_path / "v2.caffemodel", "--width-divisor", 16, "--seed", 9, "--v2")
+    _run(tmp_path / "v1.caffemodel", 19, seed=9, width_divisor=16)
+    _run(tmp_path / "v2.caffemodel", 19, seed=9, v2=True, width_divisor=16)
     upgrade_caffemodel(tmp_path / "v1.caffemodel", tmp_path / "up.caffemodel")
     assert (tmp_path / "up.caffemodel").read_bytes() == (tmp_path / "v2.caffemodel").read_bytes()
+
+
+def test_official_like_command(tmp_path):
+    out = tmp_path / "vgg.caffemodel"
+    result = CliRunner().invoke(main, ["make-official-like", "--depth", "16", str(out), "--width-divisor", "8",
+                                       "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    size = out.stat().st_size
+    assert result.output.strip() == f"wrote {out}: {size} bytes (V1, VGG-16, width/8, seed 4)"
+    assert size == write_official_like(tmp_path / "again.caffemodel", 16, seed=4, width_divisor=8)
+    assert out.read_bytes() == (tmp_path / "again.caffemodel").read_bytes()
+    jpeg = tmp_path / "photo.caffemodel"
+    jpeg.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 60)
+    args = ["make-official-like", "--depth", "19", str(jpeg), "--width-divisor", "16", "--v2"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1 and "--force" in refused.output and len(refused.output.strip().splitlines()) == 1
+    assert jpeg.read_bytes().startswith(b"\xff\xd8")
+    forced = CliRunner().invoke(main, [*args, "--force"])
+    assert forced.exit_code == 0 and "(V2, VGG-19, width/16, seed 0)" in forced.output
+    assert caffe_pb2.NetParameter.FromString(jpeg.read_bytes()).layer[0].type == "Convolution"
+    bad = CliRunner().invoke(main, ["make-official-like", "--depth", "16", str(tmp_path / "x.caffemodel"),
+                                    "--width-divisor", "3"])
+    assert bad.exit_code in (1, 2) and len(bad.output.strip().splitlines()) == 1 and "64" in bad.output
+    assert not (tmp_path / "x.caffemodel").exists()
+
+
+@pytest.mark.parametrize("depth, divisor", [(11, 1), (16, 0), (16, 3), (19, 128)])
+def test_bad_depth_or_divisor_is_a_weights_error(tmp_path, depth, divisor):
+    with pytest.raises(WeightsError):
+        write_official_like(tmp_path / "x.caffemodel", depth, width_divisor=divisor)
+    assert not (tmp_path / "x.caffemodel").exists()

@@ -2,7 +2,7 @@
 """Benchmark ``vggproto convert`` on a full-size VGG-16 caffemodel, and measure torchvision equivalence on photos.
 
 Speed (issue #8: caffemodel -> torchvision state dict <= 2 s, peak RSS <= 2x the file).  The official-layout
-file (553,432,081 bytes) is synthesised with tools/make_official_like.py in a temp dir and read once to warm the
+file (553,432,081 bytes) is synthesised with ``vggproto make-official-like`` in a temp dir and read once to warm the
 page cache.  Each case runs in a fresh subprocess; peak RSS growth = ``ru_maxrss`` at the end minus after imports.
 
 * ``naive-torchvision``  baseline: protobuf ``ParseFromString`` + ``np.array(blob.data)`` per blob, the same
@@ -83,8 +83,8 @@ def _run(case: str, path: str, out_dir: str) -> dict:
 def speed(repeat: int, cases: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "VGG_ILSVRC_16_layers.caffemodel")
-        subprocess.run([sys.executable, str(ROOT / "tools" / "make_official_like.py"), "--depth", "16", path],
-                       check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "vggproto", "make-official-like", "--depth", "16", path],
+                       check=True, capture_output=True, cwd=ROOT)
         size = os.path.getsize(path)
         with open(path, "rb") as handle:  # warm the page cache
             while handle.read(1 << 24):

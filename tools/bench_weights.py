@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark vggproto's caffemodel reader/writer against plain protobuf on a full-size VGG-16 file.
 
-The file is synthesised with tools/make_official_like.py (553,432,081 bytes, the official V1 layout) in a temp
+The file is synthesised with ``vggproto make-official-like`` (553,432,081 bytes, the official V1 layout) in a temp
 dir and read once to warm the page cache.  Every case runs in a fresh subprocess; peak RSS growth is
 ``ru_maxrss`` at the end minus ``ru_maxrss`` after the imports.  Cases:
 
@@ -126,8 +126,8 @@ def _same_file(a: str, b: str) -> bool:
 
 def _synthesise(directory: str) -> str:
     path = os.path.join(directory, "VGG_ILSVRC_16_layers.caffemodel")
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_official_like.py"), "--depth", "16", path,
-                    "--seed", "1"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "vggproto", "make-official-like", "--depth", "16", path, "--seed", "1"],
+                   check=True, capture_output=True, cwd=ROOT)
     with open(path, "rb") as handle:            # warm the page cache
         while handle.read(1 << 24):
             pass

@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from vggproto.errors import VGGProtoError
+from vggproto.errors import VGGProtoError, elide_words
 
 
 class _OneLineUsageError(click.UsageError):
@@ -52,7 +52,7 @@ class _Group(click.Group):
         except click.UsageError as exc:
             raise _one_line(exc) from None
         except VGGProtoError as exc:
-            click.echo(f"vggproto: error: {exc}", err=True)
+            click.echo(f"vggproto: error: {elide_words(str(exc))}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("vggproto: interrupted", err=True)
@@ -66,6 +66,9 @@ class _Group(click.Group):
 def main(verbose: bool, quiet: bool) -> None:
     """vggproto: Caffe-compatible toolchain for the VGG very deep ConvNets (Simonyan & Zisserman, 2015)."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    if callable(getattr(sys.stdout, "reconfigure", None)):
+        # results on stdout and log lines on stderr, sent to one file or pipe, must stay in the order they happened
+        sys.stdout.reconfigure(line_buffering=True)
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     if verbose or quiet:  # basicConfig does nothing where logging is already set up (an embedding app, pytest)
         logger = logging.getLogger("vggproto")

@@ -6,6 +6,27 @@ VGGProtoError whose message already says where (file, line, layer, field) and wh
 """
 from __future__ import annotations
 
+import re
+
+#: the longest run of characters without a space an error line shows whole (a 5,000-character layer name is a
+#: file's content, not something a user needs to read in full)
+MAX_WORD = 120
+
+
+def elide(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, its middle replaced by ``...`` (the start and end say most)."""
+    text = " ".join(text.split()) if "\n" in text else text
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]} ... {text[-keep:]}"
+
+
+def elide_words(message: str, limit: int = MAX_WORD) -> str:
+    """``message`` with every run of over ``limit`` non-space characters elided in its middle, so a huge name
+    or value from a file keeps an error to one readable line."""
+    return re.sub(r"\S{%d,}" % (limit + 1), lambda word: elide(word.group(0), limit), message)
+
 
 class VGGProtoError(Exception):
     """Base class: a user-facing error with a complete one-line message."""
@@ -31,7 +52,7 @@ class PrototxtError(VGGProtoError):
                 where += f":{self.col}"
         who = ""
         if self.layer is not None:
-            who = f" layer '{self.layer}'" + (f" ({self.layer_type})" if self.layer_type else "") + ":"
+            who = f" layer '{elide(self.layer, 60)}'" + (f" ({self.layer_type})" if self.layer_type else "") + ":"
         return f"{where}:{who} {self.reason}"
 
 

@@ -119,7 +119,7 @@ def check_output(path: str | os.PathLike, inputs: tuple = (), kind: str | None =
     existing = file_kind(target) if kind is not None and not force else None
     if existing is not None and existing != kind:
         raise OutputError(f"{target}: exists and is {_what(existing)}, not overwritten with {_what(kind)} "
-                          f"(remove it first to replace it)")
+                          f"(remove it or pass --force to replace it)")
     return target
 
 
@@ -166,6 +166,44 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if error is not None:
             raise error from None
         raise
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder name beside ``path`` (not yet created) to build a database in; rename it to
+    ``path`` when the block succeeds, remove it when the block raises, so a failed or interrupted write never
+    leaves half a database.  An existing ``path`` is refused unless ``replace`` (``--force``): then it is
+    swapped out only once the new one is complete."""
+    target = Path(path)
+    if (target.exists() or target.is_symlink()) and not replace:
+        raise OutputError(f"{target}: exists; remove it, choose another name or pass --force to replace it")
+    tmp = temporary_path(target)
+    _remove_tree(tmp)   # left by a killed run that had this process id
+    try:
+        yield tmp
+        old = target.with_name(f".{target.name}.{os.getpid()}.old")
+        if target.exists() or target.is_symlink():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _remove_tree(old)
+    except BaseException as exc:
+        _remove_tree(tmp)
+        error = write_error(exc, target, tmp) if isinstance(exc, OSError) else None
+        if error is not None:
+            raise error from None
+        raise
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a file or folder that may not exist, never raising (clean-up must not hide the first error)."""
+    import shutil
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

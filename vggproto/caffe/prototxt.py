@@ -20,7 +20,7 @@ from google.protobuf import text_format
 from vggproto.caffe import dialects, plugins
 from vggproto.caffe.files import atomic_write_bytes, describe, sniff
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.errors import PrototxtError, SolverError
+from vggproto.errors import PrototxtError, SolverError, elide
 
 PathOrText = Union[str, os.PathLike, bytes]
 TEXT_SUFFIXES = {".prototxt", ".pbtxt", ".txt", ".solver"}
@@ -100,15 +100,6 @@ def parse_text(text: str, message: pb_message.Message, path: str | None = None) 
 MAX_REASON = 200  # protobuf quotes the whole offending line: a 10 MB line of garbage must not be a 10 MB message
 
 
-def elide(text: str, limit: int = MAX_REASON) -> str:
-    """``text`` cut to about ``limit`` characters, its middle replaced by ``...`` (the start and end say most)."""
-    text = " ".join(text.split()) if "\n" in text else text
-    if len(text) <= limit:
-        return text
-    keep = (limit - 5) // 2
-    return f"{text[:keep]} ... {text[-keep:]}"
-
-
 def _strip_quoted_line(reason: str, line_text: str | None) -> str:
     """Drop protobuf's ``'<the whole line>': `` prefix: the error already gives line and column."""
     if line_text is not None and reason.startswith(f"'{line_text}': "):
@@ -145,7 +136,7 @@ def _explain(raw: str, message: pb_message.Message, line_text: str | None = None
         field_name = _field_before(line_text, col) or (quoted.group(1) if quoted else None)
         where = f"field '{field_name}' ({enum.group(1)})" if field_name else f"enum {enum.group(1)}"
         return f"unknown value {elide(enum.group(2), 60)} for {where}; supported: {', '.join(values)}"
-    return elide(reason)
+    return elide(reason, MAX_REASON)
 
 
 def _wrong_kind_hint(where: str, name: str) -> str:
@@ -286,7 +277,7 @@ def _parse_binary(content: bytes, message: pb_message.Message, path: str | None,
     try:
         message.ParseFromString(content)
     except pb_message.DecodeError as exc:
-        raise PrototxtError(f"not a valid binary {what}: {elide(str(exc))} (truncated or corrupt?)",
+        raise PrototxtError(f"not a valid binary {what}: {elide(str(exc), MAX_REASON)} (truncated or corrupt?)",
                             path=path) from None
 
 

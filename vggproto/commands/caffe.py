@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from vggproto.commands.options import dialect_option
+from vggproto.commands.options import dialect_option, force_option
 
 
 @click.command("upgrade")
@@ -14,14 +14,16 @@ from vggproto.commands.options import dialect_option
 @click.option("--to-bvlc", is_flag=True, help="Rewrite a fork net into BVLC fields where an exact equivalent "
               "exists (ceil_mode -> round_mode, ReLU6 -> Clip, ...); list the layers that have none.")
 @dialect_option
-def upgrade_command(src: str, dst: str, kind: str, to_bvlc: bool, dialect: str | None) -> None:
+@force_option
+def upgrade_command(src: str, dst: str, kind: str, to_bvlc: bool, dialect: str | None,
+                    force: bool) -> None:
     """Upgrade a Caffe net (text or binary, V0/V1 -> V2) or solver to the current format.
 
     Like Caffe's upgrade_net_proto_text, upgrade_net_proto_binary and upgrade_solver_proto_text. The output's
     format (text or binary) follows DST's extension.  Binary caffemodels keep their blobs (and legacy dims).
     """
     from vggproto.weights.files import upgrade_file
-    click.echo("\n".join(upgrade_file(src, dst, kind, dialect, to_bvlc)))  # type: ignore[arg-type]
+    click.echo("\n".join(upgrade_file(src, dst, kind, dialect, to_bvlc, force)))  # type: ignore[arg-type]
 
 
 @click.command("info")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from vggproto.commands.options import CaffeCommand, NameList, gpus_option
+from vggproto.commands.options import CaffeCommand, NameList, force_option, gpus_option
 from vggproto.commands.train import test as score_command
 from vggproto.errors import SolverError
 
@@ -74,9 +74,13 @@ def caffe_time(model: str, iterations: int, weights: str | None, gpus: Devices, 
 
 def _device_query(gpu: str | None) -> None:
     """Print the CUDA devices (``gpu``: '0,1' or 'all'; default all) as ``vggproto doctor`` does."""
+    from vggproto.errors import VGGProtoError
     from vggproto.net.devices import parse_devices  # the one --gpu parser: unknown ids are one line
     from vggproto.net.doctor import device_lines
-    ids = None if gpu in (None, "") else list(parse_devices(gpu, flag="-gpu").ids)
+    try:   # a bad -gpu value is a usage error, as for every option parsed by commands/options.py
+        ids = None if gpu in (None, "") else list(parse_devices(gpu, flag="-gpu").ids)
+    except VGGProtoError as exc:
+        raise click.UsageError(str(exc)) from None
     click.echo("\n".join(device_lines(ids)))
 
 
@@ -106,24 +110,25 @@ def device_query(gpu: str | None) -> None:
 @click.option("--check-size", is_flag=True, help="Check that all the datum have the same size.")
 @click.option("--encoded", is_flag=True, help="Store the encoded image in the datum.")
 @click.option("--encode-type", default="", help="Re-encode images as this type ('png', 'jpg', ...).")
+@force_option
 def convert_imageset_tool(root: str, list_file: str, db: str, gray: bool, shuffle: bool, backend: str,
                           resize_width: int, resize_height: int, check_size: bool, encoded: bool,
-                          encode_type: str) -> None:
+                          encode_type: str, force: bool) -> None:
     """Caffe's convert_imageset: the images of LISTFILE ('<path> <label>' lines) into a new database."""
     from vggproto.data.convert import convert_imageset
     convert_imageset(root, list_file, db, resize_height, resize_width, shuffle, gray, encoded or bool(encode_type),
-                     encode_type,
-                     check_size, backend=backend)
+                     encode_type, check_size, backend=backend, force=force)
 
 
 @click.command("compute_image_mean", cls=CaffeCommand)
 @click.argument("db", metavar="INPUT_DB", type=click.Path())
 @click.argument("out", metavar="[OUTPUT_FILE]", required=False, type=click.Path(dir_okay=False))
 @click.option("--backend", type=click.Choice(["lmdb", "leveldb"]), default="lmdb", show_default=True)
-def compute_image_mean_tool(db: str, out: str | None, backend: str) -> None:
+@force_option
+def compute_image_mean_tool(db: str, out: str | None, backend: str, force: bool) -> None:
     """Caffe's compute_image_mean: the mean image of INPUT_DB into OUTPUT_FILE (.binaryproto), channel means."""
     from vggproto.data.convert import compute_mean_file
-    click.echo("\n".join(compute_mean_file(db, out, backend)))
+    click.echo("\n".join(compute_mean_file(db, out, backend, force)))
 
 
 def _upgrade_tool(name: str, kind: str, what: str) -> click.Command:
@@ -131,9 +136,10 @@ def _upgrade_tool(name: str, kind: str, what: str) -> click.Command:
     @click.command(name, cls=CaffeCommand, help=f"Caffe's {name}: upgrade {what} IN into OUT.")
     @click.argument("src", metavar="IN", type=click.Path(exists=True, dir_okay=False))
     @click.argument("dst", metavar="OUT", type=click.Path(dir_okay=False))
-    def command(src: str, dst: str) -> None:
+    @force_option
+    def command(src: str, dst: str, force: bool) -> None:
         from vggproto.weights.files import upgrade_file
-        click.echo("\n".join(upgrade_file(src, dst, kind)))  # type: ignore[arg-type]
+        click.echo("\n".join(upgrade_file(src, dst, kind, force=force)))  # type: ignore[arg-type]
     return command
 
 

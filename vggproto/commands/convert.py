@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from vggproto.commands.options import dialect_option
+from vggproto.commands.options import dialect_option, force_option
 from vggproto.weights.torch_files import FORMATS
 
 
@@ -23,8 +23,10 @@ from vggproto.weights.torch_files import FORMATS
 @click.option("--phase", type=click.Choice(["TEST", "TRAIN"]), default="TEST", show_default=True,
               help="Phase the --model net is built in.")
 @dialect_option
+@force_option
 def convert_command(src: str, dst: str, model: str | None, to: str | None, fc_to_conv: bool, conv_to_fc: bool,
-                    allow_missing: bool, keep_shapes: bool, zip_crc: bool, phase: str, dialect: str | None) -> None:
+                    allow_missing: bool, keep_shapes: bool, zip_crc: bool, phase: str, dialect: str | None,
+                    force: bool) -> None:
     """Convert weights SRC (caffemodel V1/V2, Caffe HDF5, .pt, .safetensors, torchvision VGG) into DST.
 
     \b
@@ -35,7 +37,7 @@ def convert_command(src: str, dst: str, model: str | None, to: str | None, fc_to
     from vggproto.convert.convert import convert, summary
     result = convert(src, dst, to=to, model=model, fc_to_conv_=fc_to_conv, conv_to_fc_=conv_to_fc,
                      allow_missing=allow_missing, keep_shapes=keep_shapes, phase=phase, zip_crc=zip_crc,
-                     dialect=dialect)
+                     dialect=dialect, force=force)
     title = f"{src} ({result.source_format}) -> {dst} ({result.format})"
     if result.ignored:
         title += f"\nignored source layers: {', '.join(result.ignored)}"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from vggproto.commands.options import CaffeCommand
+from vggproto.commands.options import CaffeCommand, force_option
 
 
 @click.command("convert-imageset", cls=CaffeCommand)
@@ -22,15 +22,16 @@ from vggproto.commands.options import CaffeCommand
 @click.option("--skip-bad", is_flag=True, help="Count and report unreadable images instead of failing.")
 @click.option("--backend", type=click.Choice(["lmdb", "leveldb"]), default="lmdb", show_default=True,
               help="Database to write (leveldb needs the plyvel package).")
+@force_option
 def convert_imageset_cmd(root: str, list_file: str, db: str, resize_height: int, resize_width: int, shuffle: bool,
                          seed: int, gray: bool, encoded: bool, encode_type: str | None, check_size: bool,
-                         skip_bad: bool, backend: str) -> None:
+                         skip_bad: bool, backend: str, force: bool) -> None:
     """Write the images of LIST (lines '<path> <label>', paths relative to ROOT) into a new LMDB DB that
     Caffe reads: keys %08d_<path>, Datum BGR CHW uint8 (or encoded bytes); or a LevelDB (--backend)."""
     from vggproto.data.convert import convert_imageset
     report = convert_imageset(root, list_file, db, resize_height, resize_width, shuffle, gray,
                               encoded or bool(encode_type), encode_type or "", check_size, skip_bad, seed,
-                              backend=backend)
+                              backend=backend, force=force)
     click.echo(f"wrote {report.written} images to {db}" + (f"; skipped {len(report.bad)} bad images"
                                                              if report.bad else ""))
 
@@ -39,10 +40,11 @@ def convert_imageset_cmd(root: str, list_file: str, db: str, resize_height: int,
 @click.argument("db", type=click.Path())
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--backend", type=click.Choice(["lmdb", "leveldb"]), default="lmdb", show_default=True)
-def compute_mean_cmd(db: str, out: str, backend: str) -> None:
+@force_option
+def compute_mean_cmd(db: str, out: str, backend: str, force: bool) -> None:
     """Write the per-pixel mean image of DB as a 1xCxHxW BlobProto OUT (.binaryproto); print channel means."""
     from vggproto.data.convert import compute_mean_file
-    click.echo("\n".join(compute_mean_file(db, out, backend)))
+    click.echo("\n".join(compute_mean_file(db, out, backend, force)))
 
 
 commands = [convert_imageset_cmd, compute_mean_cmd]

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Callable
 
 import click
 
-from vggproto.commands.options import IntList, MeanValue, ModelPair, gpus_option, preprocess_options
+from vggproto.commands.options import IntList, MeanValue, ModelPair, force_option, gpus_option, preprocess_options
 
 if TYPE_CHECKING:
     from vggproto.net.devices import Devices
@@ -36,21 +36,25 @@ def _common(fn: Callable) -> Callable:
 @click.option("--crop-size", type=int, default=0, help="Crop size [default: the deploy net's input H/W].")
 @click.option("--fuse", "fuse", multiple=True, type=ModelPair(),
               help="Another model whose posteriors are averaged in (repeatable).")
-@click.option("--batch", type=int, default=50, show_default=True, help="Views per forward pass.")
+@click.option("--batch", type=int, default=50, show_default=True,
+              help="Crop-sized views per forward pass; a larger whole-image (dense) view counts by its pixels, so "
+                   "memory stays bounded in every mode.")
 @click.option("--workers", type=int, default=2, show_default=True, help="Image decoding processes (0: inline).")
 @click.option("--skip-bad", is_flag=True, help="Count and list unreadable images instead of failing.")
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N images of the list.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the summary as JSON.")
+@force_option
 def evaluate_command(model: str, weights: str, mean_value: tuple[float, ...], input_scale: float, gpus: Devices,
                      list_path: str, root: str, mode: str, scales: tuple[int, ...], flip: bool | None, grid: int,
                      crop_size: int, fuse: tuple[tuple[str, str], ...], batch: int, workers: int, skip_bad: bool,
-                     limit: int | None, json_path: str | None) -> None:
+                     limit: int | None, json_path: str | None, force: bool) -> None:
     """Top-1 / top-5 error (%) on a labelled image list, as in the paper's Tables 3-6."""
     from vggproto.evaluation.evaluate import EvalOptions, format_table
     from vggproto.evaluation.run import evaluate_files
     options = EvalOptions(mode=mode, scales=scales, flip=flip, grid=grid, crop_size=crop_size, mean=mean_value,
                           batch=batch, workers=workers, skip_bad=skip_bad, root=root, input_scale=input_scale)
-    run = evaluate_files([(model, weights), *fuse], list_path, options, gpus.device, limit, json_path)
+    run = evaluate_files([(model, weights), *fuse], list_path, options, gpus.device, limit, json_path,
+                       force)
     click.echo(format_table(run.summary))
     for bad in run.bad:
         click.echo(f"skipped: {bad}")
@@ -89,13 +93,14 @@ def classify_command(images: tuple[str, ...], model: str, weights: str, mean_val
 @click.option("--workers", type=int, default=2, show_default=True, help="Image decoding processes (0: inline).")
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out instead of failing.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output HDF5 file.")
+@force_option
 def extract_command(model: str, weights: str, mean_value: tuple[float, ...], input_scale: float, gpus: Devices,
                     list_path: str, root: str, blob: str, scales: tuple[int, ...], aggregate: str, workers: int,
-                    skip_bad: bool, out: str) -> None:
+                    skip_bad: bool, out: str, force: bool) -> None:
     """Appendix B image descriptors (dense net, global average pooling, flips, scales, L2) into an HDF5 file."""
     from vggproto.evaluation.run import extract_files
-    features = extract_files(model, weights, list_path, out, blob=blob, scales=scales, how=aggregate, root=root,
-                             mean=mean_value, device=gpus.device, workers=workers, skip_bad=skip_bad,
+    features = extract_files(model, weights, list_path, out, blob=blob, scales=scales, how=aggregate, force=force,
+                             root=root, mean=mean_value, device=gpus.device, workers=workers, skip_bad=skip_bad,
                              input_scale=input_scale)
     click.echo(f"wrote {features.features.shape[0]} x {features.features.shape[1]} features to {out}"
                + (f"; skipped {len(features.bad)} bad images" if features.bad else ""))
@@ -117,13 +122,15 @@ def extract_command(model: str, weights: str, mean_value: tuple[float, ...], inp
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False),
               help="Label names: one per line (label 0 first) or an SSD labelmap prototxt [default: numbers].")
 @gpus_option(help="GPU id, e.g. 0 (one device). Default: CPU.")
+@force_option
 def detect_command(image: str, model: str, weights: str, threshold: float, draw: str | None,
                    mean_value: tuple[float, ...], input_scale: float, size: str | None, labels: str | None,
-                   gpus: Devices) -> None:
+                   gpus: Devices, force: bool) -> None:
     """Boxes an SSD net finds in IMAGE: one 'label score xmin ymin xmax ymax' line (pixels) per box."""
     from vggproto.evaluation.detect import detect, parse_size
     boxes = detect(image, model, weights, threshold=threshold, mean=mean_value, input_scale=input_scale,
-                   size=parse_size(size) if size else None, labels=labels, device=gpus.device, draw=draw)
+                   size=parse_size(size) if size else None, labels=labels, device=gpus.device, draw=draw,
+                   force=force)
     for box in boxes:
         click.echo(box.line())
 

@@ -1,7 +1,7 @@
 """The click options and value types several commands share, so each flag is parsed (and fails) one way.
 
-Bad values raise :class:`vggproto.errors.VGGProtoError` (the CLI prints one ``vggproto: error:`` line and exits 1)
-rather than click's usage error, as every other user mistake does.  Importing this module never imports torch
+A bad value is a usage error, as it is for click's own types (``--batch abc``): the CLI prints one ``vggproto:
+usage error:`` line naming the flag and exits 2.  Importing this module never imports torch
 (the CLI imports every command module at start-up): ``--gpus`` values are handed to
 :func:`vggproto.net.devices.parse_devices` when a command that takes the flag parses its arguments.
 """
@@ -27,12 +27,26 @@ def _flag(param: click.Parameter | None, default: str) -> str:
     return param.opts[0] if param is not None and param.opts else default
 
 
-class IntList(click.ParamType):
+class _ValueType(click.ParamType):
+    """A click type whose :meth:`parse` raises :class:`VGGProtoError` for a bad value; click sees a usage error
+    (exit 2, one line) with that message, so every option value fails the way click's own types do."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return self.parse(value, param, ctx)
+        except VGGProtoError as exc:
+            raise click.UsageError(str(exc), ctx) from None
+
+    def parse(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        raise NotImplementedError
+
+
+class IntList(_ValueType):
     """``256,384,512`` -> ``(256, 384, 512)``."""
 
     name = "INTS"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
+    def parse(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
         if isinstance(value, tuple):
             return value
         what = _flag(param, "value")
@@ -45,12 +59,12 @@ class IntList(click.ParamType):
         return values
 
 
-class MeanValue(click.ParamType):
+class MeanValue(_ValueType):
     """``104,117,124`` (B,G,R) or one number for every channel -> a tuple of 1 or 3 floats."""
 
     name = "B,G,R"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+    def parse(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
         if isinstance(value, tuple):
             return value
         what = _flag(param, "--mean-value")
@@ -63,23 +77,23 @@ class MeanValue(click.ParamType):
         return values
 
 
-class NameList(click.ParamType):
+class NameList(_ValueType):
     """``a,b`` -> ``("a", "b")``: stages, or weight files applied in order (empty parts dropped)."""
 
     name = "A,B"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+    def parse(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
         if isinstance(value, tuple):
             return value
         return tuple(v for v in str(value).split(",") if v)
 
 
-class ModelPair(click.ParamType):
+class ModelPair(_ValueType):
     """``DEPLOY:WEIGHTS`` (split at the last colon) -> ``(deploy, weights)``, both existing files."""
 
     name = "DEPLOY:WEIGHTS"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, str]:
+    def parse(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, str]:
         if isinstance(value, tuple):
             return value
         what = _flag(param, "value")
@@ -92,7 +106,7 @@ class ModelPair(click.ParamType):
         return deploy, weights
 
 
-class GpusType(click.ParamType):
+class GpusType(_ValueType):
     """``--gpus`` / ``--gpu`` -> :class:`vggproto.net.devices.Devices`; ``one_device`` refuses lists."""
 
     name = "GPUS"
@@ -100,7 +114,7 @@ class GpusType(click.ParamType):
     def __init__(self, one_device: bool = False):
         self.one_device = one_device
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Devices:
+    def parse(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Devices:
         from vggproto.net.devices import Devices, parse_devices  # the net package imports torch
         if isinstance(value, Devices):
             return value
@@ -127,6 +141,14 @@ def preprocess_options(fn: Callable) -> Callable:
                       help="Multiplies (pixel - mean), like the training net's transform_param.scale.")(fn)
     return click.option("--mean-value", type=MeanValue(), default=MEAN_DEFAULT, show_default=True,
                         help="BGR mean pixel subtracted.")(fn)
+
+
+def force_option(fn: Callable) -> Callable:
+    """``--force``: replace an existing output of another kind (or an existing database); an output that is
+    also one of the command's inputs is refused even so, since writing it would destroy the input."""
+    return click.option("--force", is_flag=True,
+                        help="Replace an existing output of another kind, or an existing database (an output "
+                             "that is also an input is always refused).")(fn)
 
 
 def dialect_option(fn: Callable) -> Callable:

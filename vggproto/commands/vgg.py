@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from vggproto.commands.options import MeanValue
+from vggproto.commands.options import MeanValue, force_option
 from vggproto.errors import VGGProtoError
 from vggproto.vgg.configs import CONFIGS, SCALES
 
@@ -57,8 +57,9 @@ log = logging.getLogger("vggproto.vgg.generate")
 @click.option("--snapshot", type=int, default=None, help="Solver snapshot interval [default: 10,000].")
 @click.option("--chain/--no-chain", default=None,
               help="Also write the paper's S=384 and S=[256;512] stages [default: for C, D, E at S=256].")
+@force_option
 def generate_command(config: str, out_dir: str, mean_value: tuple[float, ...] | None, chain: bool | None,
-                     **options: Any) -> None:
+                     force: bool, **options: Any) -> None:
     """Write the VGG net(s) of Table 1 (train_val, deploy, dense) and solvers as Caffe prototxt.
 
     Solvers name their nets relative to OUT_DIR (Caffe resolves `net:` against the working directory), so
@@ -71,7 +72,7 @@ def generate_command(config: str, out_dir: str, mean_value: tuple[float, ...] | 
         options["chain"] = chain
     start = time.perf_counter()
     try:
-        paths = generate(config, out_dir, **options)
+        paths = generate(config, out_dir, force=force, **options)
     except OSError as exc:
         raise VGGProtoError(f"cannot write under {out_dir}: {exc.strerror}") from None
     for path in paths:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from vggproto.commands.options import dialect_option
+from vggproto.commands.options import dialect_option, force_option
 
 
 @click.command("draw")
@@ -21,8 +21,9 @@ from vggproto.commands.options import dialect_option
 @click.option("--no-shapes", is_flag=True, help="Do not build the net: no blob shapes or parameter counts.")
 @click.option("--no-clusters", is_flag=True, help="Do not group VGG blocks (conv<b>_*, fc<n>) into boxes.")
 @dialect_option
+@force_option
 def draw_command(net: str, out: str, rankdir: str, phase: str, stages: tuple[str, ...], level: int,
-                 display_lrm: bool, no_shapes: bool, no_clusters: bool, dialect: str | None) -> None:
+                 display_lrm: bool, no_shapes: bool, no_clusters: bool, dialect: str | None, force: bool) -> None:
     """Draw NET (prototxt, V1 or V2) into OUT (.svg, .png, .pdf, or .dot which needs no graphviz binary).
 
     Caffe's draw_net colours and labels, plus blob shapes, parameter counts and VGG block clusters.
@@ -30,7 +31,7 @@ def draw_command(net: str, out: str, rankdir: str, phase: str, stages: tuple[str
     from vggproto.viz.draw import DrawOptions, draw_net
     options = DrawOptions(rankdir=rankdir, phase=phase.upper(), stages=stages, level=level,
                           display_lrm=display_lrm, shapes=not no_shapes, clusters=not no_clusters, dialect=dialect)
-    click.echo(f"Drawing net to {draw_net(net, out, options)}")
+    click.echo(f"Drawing net to {draw_net(net, out, options, force)}")
 
 
 @click.command("plot")
@@ -39,13 +40,14 @@ def draw_command(net: str, out: str, rankdir: str, phase: str, stages: tuple[str
               help="Image to write (.png, .svg or .pdf).")
 @click.option("--smooth", type=int, default=0, show_default=True,
               help="Moving-average window for the loss when the log's loss is unsmoothed (0 = automatic).")
-def plot_command(log: str, out: str, smooth: int) -> None:
+@force_option
+def plot_command(log: str, out: str, smooth: int, force: bool) -> None:
     """Plot training loss (raw and smoothed), test accuracy and learning rate against iteration.
 
     LOG is a Caffe-format training log (from 'caffe train' or 'vggproto train') or vggproto's CSV log.
     """
     from vggproto.viz.plot import plot_file
-    parsed = plot_file(log, out, smooth=smooth)
+    parsed = plot_file(log, out, smooth=smooth, force=force)
     tests = ", ".join(parsed.test) or "none"
     click.echo(f"Plotted {len(parsed.loss) or len(parsed.raw_loss)} loss points up to iteration "
                f"{parsed.last_iter} (test outputs: {tests}) to {out}")

@@ -121,13 +121,13 @@ def load_caffe_weights(path: str | os.PathLike, keep_shapes: bool = False) -> tu
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = None,
             model: ModelSource | None = None, fc_to_conv_: bool = False, conv_to_fc_: bool = False,
             allow_missing: bool = False, keep_shapes: bool = False, phase: str = "TEST",
-            zip_crc: bool = False, dialect: str | None = None) -> ConversionResult:
+            zip_crc: bool = False, dialect: str | None = None, force: bool = False) -> ConversionResult:
     """Convert the weight file ``src`` into ``dst`` (see the module doc for shapes and the CLI for the options)."""
     fmt = output_format(dst, to)
     from vggproto.caffe.files import check_output
     kinds = {"torchvision": "zip", "pt": "zip", "safetensors": "safetensors", "h5": "hdf5"}
     check_output(dst, inputs=(src, model if isinstance(model, (str, os.PathLike)) else None),
-                 kind=kinds.get(fmt, "binary"))
+                 kind=kinds.get(fmt, "binary"), force=force)
     if fc_to_conv_ and conv_to_fc_:
         raise WeightsError("--fc-to-conv and --conv-to-fc exclude each other")
     if fmt == "onnx" and model is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vggproto.caffe.files import check_output
+from vggproto.caffe.files import atomic_directory, check_output
 from vggproto.data.datum import datum_to_image, encoded_datum, image_to_datum, mean_blob, opencv, parse_datum
 from vggproto.data.db import DBReader, open_writer
 from vggproto.data.progress import Progress
@@ -55,18 +55,22 @@ def _datum_for(path: str, label: int, height: int, width: int, color: bool, enco
 def convert_imageset(root: str, list_file: str, db_path: str, resize_height: int = 0, resize_width: int = 0,
                      shuffle: bool = False, gray: bool = False, encoded: bool = False, encode_type: str = "",
                      check_size: bool = False, skip_bad: bool = False, seed: int = 0,
-                     progress: bool = True, backend: str = "lmdb") -> ConvertReport:
+                     progress: bool = True, backend: str = "lmdb", force: bool = False) -> ConvertReport:
     """Write the images of ``list_file`` (paths relative to ``root``) into a new LMDB (or LevelDB) at
-    ``db_path``; ``Processed N files.`` every 1000 written images in a log, a bar on a terminal."""
+    ``db_path``; ``Processed N files.`` every 1000 written images in a log, a bar on a terminal.
+
+    The database is built under a temporary name and renamed into place when complete, so a bad image, a full
+    disk or Ctrl-C never leaves half a database behind; an existing one is replaced only with ``force``."""
     if (resize_height > 0) != (resize_width > 0):
         raise DataError("--resize-height and --resize-width must be given together")
-    if not os.path.isdir(db_path):   # an existing database folder is the writer's to refuse
-        check_output(db_path, inputs=(list_file,), kind="lmdb")
+    if not os.path.isdir(db_path):   # an existing database folder is atomic_directory's to refuse
+        check_output(db_path, inputs=(list_file,), kind="lmdb", force=force)
     entries = parse_list_file(list_file)
     if shuffle:
         entries = [entries[i] for i in np.random.default_rng(seed).permutation(len(entries))]
     report, size = ConvertReport(), None
-    with open_writer(db_path, backend) as db, Progress(len(entries), "convert", 1000, CAFFE_LINE, progress) as bar:
+    with atomic_directory(db_path, replace=force) as building, open_writer(os.fspath(building), backend) as db, \
+            Progress(len(entries), "convert", 1000, CAFFE_LINE, progress) as bar:
         for index, (name, label, line) in enumerate(entries):
             where = f"{list_file}:{line}"
             enc = encode_type.lower()
@@ -115,12 +119,12 @@ def compute_mean(db_path: str, backend: str = "lmdb", progress: bool = True) -> 
     return total / np.float32(len(reader))
 
 
-def compute_mean_file(db_path: str, out_path: str | None, backend: str = "lmdb") -> list[str]:
+def compute_mean_file(db_path: str, out_path: str | None, backend: str = "lmdb", force: bool = False) -> list[str]:
     """Caffe's compute_image_mean: write the mean image of a database to ``out_path`` (None: only report, as the
     tool does without OUTPUT_FILE) and return the lines the tool logs (the channel count and each channel's
     mean, as ``mean_value`` entries for a prototxt)."""
     if out_path:
-        check_output(out_path, inputs=(db_path,), kind="binary")
+        check_output(out_path, inputs=(db_path,), kind="binary", force=force)
     mean = compute_mean(db_path, backend)
     if out_path:
         write_mean(mean, out_path)

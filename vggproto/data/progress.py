@@ -33,14 +33,15 @@ def _clock(seconds: float) -> str:
 class Progress:
     """Counts finished items (``update``); shows them as a bar, as periodic lines, or not at all (``mode``)."""
 
-    def __init__(self, total: int | None, what: str, every: int = 1000, line: str = LINE, enabled: bool = True):
+    def __init__(self, total: int | None, what: str, every: int = 1000, line: str = LINE, enabled: bool = True,
+                 unit: str = "img"):
         self.total, self.what, self.every, self.line = total, what, max(1, every), line
         self.n, self.started, self.bar = 0, time.perf_counter(), None
         self.mode = ("off" if not enabled or not log.isEnabledFor(logging.INFO) else
                      "bar" if stderr_is_terminal() else "lines")
         if self.mode == "bar":
             from tqdm import tqdm
-            self.bar = tqdm(total=total, unit="img", desc=what, file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(total=total, unit=unit, desc=what, file=sys.stderr, dynamic_ncols=True)
 
     def update(self, n: int = 1) -> None:
         """``n`` more items done; in ``lines`` mode, one line each time the count passes a multiple of ``every``."""

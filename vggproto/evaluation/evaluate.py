@@ -10,7 +10,10 @@ Modes (per test scale Q, the image's smallest side isotropically rescaled to Q):
 * ``dense+crops``: the average of the dense and the crops posteriors (Table 5's "multi-crop & dense").
 
 Several scales: posteriors averaged over scales; ``fuse``: averaged over models (Table 6's ensembles).  Views of
-equal shape (all crops; whole images of equal size at one scale) share forward passes of up to ``batch`` views.
+equal shape (all crops; whole images of equal size at one scale) share forward passes.  A pass holds at most
+``batch`` crop-sized views' worth of pixels (a whole image at Q = 512 counts as about seven 224² views), so memory
+stays bounded whatever the mode and scales: activations grow with pixels, not with views.  Progress is counted in
+views (a dense+crops run at three scales has 156 per image), so a long run on a few images still moves.
 """
 from __future__ import annotations
 
@@ -83,10 +86,12 @@ class Model:
     num_classes: int
     label: str
 
-    def posteriors(self, views: torch.Tensor, batch: int) -> torch.Tensor:
-        """Per-view soft-max posteriors (N×K) of N views: score maps averaged over space, then soft-max."""
+    def posteriors(self, views: torch.Tensor, max_pixels: int) -> torch.Tensor:
+        """Per-view soft-max posteriors (N×K) of N views: score maps averaged over space, then soft-max; each
+        forward pass takes as many views as fit in ``max_pixels`` input pixels (at least one)."""
         out = []
-        for start in range(0, views.shape[0], max(batch, 1)):
+        batch = max(1, max_pixels // (views.shape[2] * views.shape[3]))
+        for start in range(0, views.shape[0], batch):
             try:
                 self.net.forward(**{self.input_blob: views[start:start + batch]})
             except RuntimeError as exc:   # e.g. a kernel larger than the input: the scale is too small
@@ -137,6 +142,11 @@ class EvalOptions:
 
     def flips(self) -> bool:
         return self.mode != "center" if self.flip is None else self.flip
+
+    def views_per_image(self) -> int:
+        """Forward-pass views of one image: per scale, 1 (dense, center) or g² (crops) per component, x2 flipped."""
+        per_scale = sum(self.grid ** 2 if c == "crops" else 1 for c in self.components())
+        return per_scale * len(self.scales) * (2 if self.flips() else 1)
 
 
 @dataclass
@@ -217,25 +227,27 @@ class _Accumulator:
 class _Packer:
     """Collects views of equal shape (one bucket per shape, e.g. per scale) and scores each bucket together.
 
-    A bucket is scored when it holds ``batch`` views; when all buckets together hold more than ``4 * batch``
-    views the oldest bucket is scored, so images of many different sizes do not pile up.
+    Sizes are counted in input pixels, ``max_pixels`` per forward pass (``--batch`` crop-sized views): a bucket
+    is scored when it holds that many; when all buckets together hold more than four passes' worth the oldest
+    bucket is scored, so whole images of many different sizes do not pile up.  ``views_done`` counts scored
+    views for the progress display.
     """
 
-    def __init__(self, models: Sequence[Model], batch: int, sink: _Accumulator, device: str):
-        self.models, self.batch, self.sink, self.device = models, batch, sink, device
+    def __init__(self, models: Sequence[Model], max_pixels: int, sink: _Accumulator, device: str):
+        self.models, self.max_pixels, self.sink, self.device = models, max_pixels, sink, device
         self.buckets: dict[tuple, tuple[list, list]] = {}   # view shape -> (items, view tensors), oldest first
-        self.pending = 0
-        self.finished = 0
+        self.pending = 0                                     # pixels waiting in all buckets
+        self.views_done = 0
 
     def add(self, index: int, label: int, component: str, views: torch.Tensor) -> None:
         shape = tuple(views.shape[1:])
         items, tensors = self.buckets.setdefault(shape, ([], []))
         items.append((index, label, component, views.shape[0]))
         tensors.append(views)
-        self.pending += views.shape[0]
-        if sum(v.shape[0] for v in tensors) >= self.batch:
+        self.pending += views.shape[0] * shape[-1] * shape[-2]
+        if sum(v.shape[0] for v in tensors) * shape[-1] * shape[-2] >= self.max_pixels:
             self._score(shape)
-        while self.pending > 4 * self.batch:
+        while self.pending > 4 * self.max_pixels:
             self._score(next(iter(self.buckets)))
 
     def flush(self) -> None:
@@ -246,12 +258,13 @@ class _Packer:
     def _score(self, shape: tuple) -> None:
         items, tensors = self.buckets.pop(shape)
         batch = torch.cat(tensors).to(self.device, non_blocking=True)
-        self.pending -= batch.shape[0]
-        posts = [model.posteriors(batch, self.batch).cpu().numpy() for model in self.models]
+        self.pending -= batch.shape[0] * shape[-1] * shape[-2]
+        self.views_done += batch.shape[0]
+        posts = [model.posteriors(batch, self.max_pixels).cpu().numpy() for model in self.models]
         start = 0
         for index, label, component, n in items:
             per_model = [p[start:start + n].mean(axis=0) for p in posts]
-            self.finished += self.sink.add(index, label, component, per_model)
+            self.sink.add(index, label, component, per_model)
             start += n
 
 
@@ -280,38 +293,38 @@ def evaluate(models: Sequence[Model], list_path: str, options: EvalOptions, devi
     entries = parse_list_file(list_path)[:limit]
     check_labels(entries, list_path, classes.pop())
     sink = _Accumulator(len(models), options)
-    packer = _Packer(models, options.batch, sink, device)
+    packer = _Packer(models, options.batch * crop * crop, sink, device)
     dataset = ImageListDataset(entries, list_path, options.root, options.scales, options.mean,
                              options.input_scale)
     started = time.perf_counter()
-    with torch.inference_mode(), _progress(len(entries), options.progress) as bar:
+    per_image = options.views_per_image()
+    with torch.inference_mode(), _progress(len(entries) * per_image, options.progress) as bar:
         for index, label, views, error in image_loader(dataset, options.workers):
             if error:
                 if not options.skip_bad:
                     raise DataError(f"{error} (use --skip-bad to skip unreadable images)")
                 log.warning("skipping bad image: %s", error)
                 sink.result.bad.append(error)
-                bar.update(1)
+                bar.update(per_image)
                 continue
             for q in options.scales:
                 for component in options.components():
                     packer.add(index, label, component, _views(views[q], component, options, crop))
-            done = packer.finished
-            if done:
-                packer.finished = 0
-                bar.update(done)
+                    bar.update(packer.views_done)
+                    packer.views_done = 0
         packer.flush()
-        bar.update(packer.finished)
+        bar.update(packer.views_done)
     sink.result.seconds = time.perf_counter() - started
     if not sink.result.counts["fused"].images:
         raise DataError(f"{list_path}: no readable image ({len(sink.result.bad)} skipped)")
     return sink.result
 
 
-def _progress(total: int, enabled: bool):
-    """A bar on a terminal, a line with rate and ETA every 500 images in a log (:mod:`vggproto.data.progress`)."""
+def _progress(total_views: int, enabled: bool):
+    """A bar on a terminal, a line with rate and ETA every 500 views in a log (:mod:`vggproto.data.progress`)."""
     from vggproto.data.progress import Progress
-    return Progress(total, "evaluate", every=500, enabled=enabled)
+    return Progress(total_views, "evaluate", every=500, enabled=enabled, unit="view",
+                    line="{what}: {n}/{total} views, {rate:.1f} views/s, ETA {eta}")
 
 
 def format_table(summary: dict) -> str:

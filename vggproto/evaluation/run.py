@@ -24,14 +24,15 @@ class Evaluation:
 
 
 def evaluate_files(models: Sequence[tuple[str, str]], list_path: str, options: EvalOptions, device: str = "cpu",
-                   limit: int | None = None, json_path: str | None = None) -> Evaluation:
+                   limit: int | None = None, json_path: str | None = None, force: bool = False) -> Evaluation:
     """Top-1/top-5 errors of the ``(deploy, weights)`` models (fused when several) on a Caffe list file; with
     ``json_path`` the summary is also written there (atomically, so a crash never leaves half a file)."""
     if options.grid < 1 or options.batch < 1:
         raise VGGProtoError("--grid and --batch must be positive")
     if json_path:
         from vggproto.caffe.files import check_output
-        check_output(json_path, inputs=(list_path, *(f for model in models for f in model)), kind="text")
+        check_output(json_path, inputs=(list_path, *(f for model in models for f in model)), kind="text",
+                     force=force)
     loaded = [load_model(deploy, weights, device) for deploy, weights in models]
     result = evaluate(loaded, list_path, options, device, limit)
     summary = result.as_dict(options, loaded)
@@ -43,11 +44,12 @@ def evaluate_files(models: Sequence[tuple[str, str]], list_path: str, options: E
 
 
 def extract_files(model: str, weights: str, list_path: str, out: str, *, blob: str = "fc7",
-                  scales: Sequence[int] = (256, 384, 512), how: str = "average", **options: Any) -> Features:
+                  scales: Sequence[int] = (256, 384, 512), how: str = "average", force: bool = False,
+                  **options: Any) -> Features:
     """Appendix B descriptors of a list file's images (:func:`extract`) written to the HDF5 file ``out``, with
     the run's settings as attributes so a features file says how it was made."""
     from vggproto.caffe.files import check_output
-    check_output(out, inputs=(model, weights, list_path), kind="hdf5")
+    check_output(out, inputs=(model, weights, list_path), kind="hdf5", force=force)
     features = extract(model, weights, list_path, blob=blob, scales=scales, how=how, **options)
     write_features(out, features, {"model": os.fspath(model), "weights": os.fspath(weights), "blob": blob,
                                    "scales": list(scales), "aggregate": how})

@@ -101,7 +101,7 @@ def check_classes(entries: Sequence[BoxEntry], classes: int, list_path: str) -> 
 def localize_files(images: Sequence[str], list_path: str | None, loc_models: Sequence[tuple[str, str]],
                    cls_models: Sequence[tuple[str, str]], options: LocalizeOptions, device: str = "cpu", *,
                    labels: str | None = None, root: str = "", draw_dir: str | None = None,
-                   json_path: str | None = None) -> tuple[RunResult, dict]:
+                   json_path: str | None = None, force: bool = False) -> tuple[RunResult, dict]:
     """``vggproto localize``: boxes for the top classes of ``images`` or of a box list (scored where it has
     ground truth), from the union of the ``(deploy, weights)`` localisation nets and the fused classifiers;
     optionally drawn into ``draw_dir`` and written to ``json_path``.  Returns the run and its JSON summary."""
@@ -116,7 +116,7 @@ def localize_files(images: Sequence[str], list_path: str | None, loc_models: Seq
     if json_path:
         from vggproto.caffe.files import check_output
         models = (f for model in (*loc_models, *cls_models) for f in model)
-        check_output(json_path, inputs=(list_path, labels, *images, *models), kind="text")
+        check_output(json_path, inputs=(list_path, labels, *images, *models), kind="text", force=force)
     locs = [load_loc_model(m, w, device) for m, w in loc_models]
     clss = [load_model(m, w, device) for m, w in cls_models]
     classes = clss[0].num_classes

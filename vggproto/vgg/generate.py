@@ -309,8 +309,9 @@ def _solver_text(config: str, stage: str | None, solver: caffe_pb2.SolverParamet
     return _comment(_header(config, what, options)) + message_to_text(solver)
 
 
-def generate(config: str, out_dir: str | os.PathLike = ".", **options: Any) -> list[Path]:
-    """Write the nets and solvers of ``config`` (or ``"all"``) under ``out_dir``; return the paths written."""
+def generate(config: str, out_dir: str | os.PathLike = ".", *, force: bool = False, **options: Any) -> list[Path]:
+    """Write the nets and solvers of ``config`` (or ``"all"``) under ``out_dir``; return the paths written
+    (existing prototxt files are regenerated; a file of another kind is replaced only with ``force``)."""
     configs: Iterable[str] = CONFIGS if config == "all" else (config,)
     if config != "all" and config not in CONFIGS:
         raise VGGProtoError(f"unknown config '{config}'; supported: {', '.join(CONFIGS)}, all")
@@ -318,7 +319,7 @@ def generate(config: str, out_dir: str | os.PathLike = ".", **options: Any) -> l
                for relative, text in generate_texts(name, **options).items()]
     for path, _ in planned:  # every output is checked before the first is written: all or nothing is refused
         if path.parent.is_dir():
-            check_output(path, kind="text")
+            check_output(path, kind="text", force=force)
     written: list[Path] = []
     for path, text in planned:
         path.parent.mkdir(parents=True, exist_ok=True)

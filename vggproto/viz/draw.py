@@ -319,11 +319,12 @@ def write_graph(graph: "graphviz.Digraph", out: str | os.PathLike) -> str:
     return out
 
 
-def draw_net(source: str | os.PathLike | bytes, out: str | os.PathLike, options: DrawOptions | None = None) -> str:
+def draw_net(source: str | os.PathLike | bytes, out: str | os.PathLike, options: DrawOptions | None = None,
+             force: bool = False) -> str:
     """Read a net (prototxt path/text, V1 upgraded) and draw it into ``out``; return the path written."""
-    check_output(out, inputs=(source,) if isinstance(source, (str, os.PathLike)) else ())
+    check_output(out, inputs=(source,) if isinstance(source, (str, os.PathLike)) else (), force=force)
     net, path, _, _ = parse_net(source, dialect=(options or DrawOptions()).dialect)
     graph = build_graph(net, options, path)
     written = write_graph(graph, out)
-    log.info("Wrote %s", written)
+    log.debug("Wrote %s", written)   # the command prints Caffe's "Drawing net to" line
     return written

@@ -133,9 +133,10 @@ def _render(fig, fmt: str) -> bytes:
     return stream.getvalue()
 
 
-def plot_file(log_path: str | os.PathLike, out: str | os.PathLike, smooth: int = 0) -> TrainingLog:
+def plot_file(log_path: str | os.PathLike, out: str | os.PathLike, smooth: int = 0,
+              force: bool = False) -> TrainingLog:
     """Parse ``log_path`` (Caffe/vggproto glog text or CSV) and plot it into ``out``; return the parsed log."""
-    check_output(out, inputs=(log_path,))
+    check_output(out, inputs=(log_path,), force=force)
     parsed = read_log(log_path)
     plot_log(parsed, out, smooth=smooth)
     return parsed

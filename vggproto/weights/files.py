@@ -53,13 +53,14 @@ def is_weights_file(path: str | os.PathLike) -> bool:
 
 
 def upgrade_file(src: str | os.PathLike, dst: str | os.PathLike, kind: FileKind = "auto",
-                 dialect: str | None = None, to_bvlc: bool = False) -> list[str]:
+                 dialect: str | None = None, to_bvlc: bool = False, force: bool = False) -> list[str]:
     """Upgrade a net (text or binary, V0/V1 -> V2) or a solver from ``src`` into ``dst`` (text or binary by
     ``dst``'s extension); return the lines the command prints.  caffemodel -> caffemodel streams the blobs
     verbatim (legacy dims and encodings kept, as Caffe's tool keeps them).  ``to_bvlc`` also rewrites a fork
     net into BVLC fields where an exact equivalent exists (:mod:`vggproto.caffe.to_bvlc`) and lists what has
     none."""
-    check_output(dst, inputs=(src,), kind="binary" if Path(dst).suffix.lower() in BINARY_SUFFIXES else "text")
+    check_output(dst, inputs=(src,), kind="binary" if Path(dst).suffix.lower() in BINARY_SUFFIXES else "text",
+                 force=force)
     if kind == "solver" or (kind == "auto" and is_solver_file(src)):
         write_solver(read_solver(src, resolve_prefix=False, dialect=dialect), dst)
         return [f"Wrote upgraded solver to {dst}"]

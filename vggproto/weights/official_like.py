@@ -1,30 +1,32 @@
-#!/usr/bin/env python3
 """Write a caffemodel with exactly the layout of the released VGG-16/19 weights, filled with seeded random values.
+
+The tests and benchmarks need files that look byte for byte like the official release (which is too big to ship
+and not ours to redistribute), so every reader path the real files take is exercised on a file made here.
 
 Layout (caffe-format.md section D): NetParameter ``name: "VGG_ILSVRC_<depth>_layers"``, V1 ``layers`` with enum
 types in deploy order (conv/relu per block, MAX pool 2/2, fc6/relu6/drop6, fc7/relu7/drop7, fc8, prob), field
 order bottom, top, name, type, *_param, blobs with legacy num/channels/height/width only (fc weights 1x1xNxK,
 biases 1x1x1xN), and a bare ``input: "data"`` without dims.  At full width the files are 553,432,081 (16) and
-574,671,192 (19) bytes, the sizes of the official files.  ``--v2`` writes what Caffe's upgrade_net_proto_binary
-makes of it instead (V2 ``layer`` entries, string types, legacy blob dims kept, input stripped).
-``--width-divisor D`` divides every width (conv channels, fc6/fc7 outputs) for small test files.
+574,671,192 (19) bytes, the sizes of the official files.  ``v2`` (``--v2``) writes what Caffe's
+upgrade_net_proto_binary makes of it instead (V2 ``layer`` entries, string types, legacy blob dims kept, input
+stripped).  ``width_divisor`` (``--width-divisor D``) divides every width (conv channels, fc6/fc7 outputs) for
+small test files.  Blobs are generated while they are written, so a full-size file never sits in memory.
 
-Usage: tools/make_official_like.py --depth 16|19 OUT [--seed N] [--v2] [--width-divisor D]
+Command line: ``vggproto make-official-like --depth 16|19 OUT [--seed N] [--v2] [--width-divisor D] [--force]``.
 """
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
+import os
+from typing import Callable
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from vggproto.caffe.proto import caffe_pb2  # noqa: E402
-from vggproto.caffe.upgrade import upgrade_net  # noqa: E402
-from vggproto.caffe.wire import Field, LazyArray, split_message  # noqa: E402
-from vggproto.weights.caffemodel import write_parts  # noqa: E402
+from vggproto.caffe.files import check_output
+from vggproto.caffe.proto import caffe_pb2
+from vggproto.caffe.upgrade import upgrade_net
+from vggproto.caffe.wire import Field, LazyArray, split_message
+from vggproto.errors import WeightsError
+from vggproto.weights.caffemodel import write_parts
 
 V1 = caffe_pb2.V1LayerParameter
 CONVS_PER_BLOCK = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
@@ -36,8 +38,17 @@ def _layer(bottom: str, top: str, name: str, kind: int) -> caffe_pb2.V1LayerPara
     return V1(bottom=[bottom], top=[top], name=name, type=kind)
 
 
+def _check(depth: int, divisor: int) -> None:
+    """Refuse a depth the release does not have, or a divisor that would leave a fractional width."""
+    if depth not in CONVS_PER_BLOCK:
+        raise WeightsError(f"VGG depth {depth}: the released weights are VGG-16 and VGG-19 (depth 16 or 19)")
+    if not isinstance(divisor, int) or divisor < 1 or 64 % divisor:
+        raise WeightsError(f"width divisor {divisor}: must divide 64 (1, 2, 4, 8, 16, 32 or 64)")
+
+
 def official_net(depth: int, divisor: int = 1) -> tuple[caffe_pb2.NetParameter, dict[str, list[tuple]]]:
     """The release's NetParameter structure (no blobs) and each layer's legacy 4-D blob dims."""
+    _check(depth, divisor)
     net = caffe_pb2.NetParameter(name=f"VGG_ILSVRC_{depth}_layers", input=["data"])
     shapes: dict[str, list[tuple]] = {}
     bottom, channels = "data", 3
@@ -73,7 +84,7 @@ def official_net(depth: int, divisor: int = 1) -> tuple[caffe_pb2.NetParameter, 
     return net, shapes
 
 
-def _random_blob(rng: np.random.Generator, dims: tuple, std: float):
+def _random_blob(rng: np.random.Generator, dims: tuple, std: float) -> Callable[[], np.ndarray]:
     def make() -> np.ndarray:
         values = rng.standard_normal(int(np.prod(dims)), dtype=np.float32)
         values *= np.float32(std)
@@ -106,24 +117,15 @@ def net_parts(net: caffe_pb2.NetParameter, shapes: dict[str, list[tuple]], seed:
     return parts
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--depth", type=int, choices=(16, 19), required=True)
-    parser.add_argument("out")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--v2", action="store_true", help="write Caffe's V2 re-save of the same file")
-    parser.add_argument("--width-divisor", type=int, default=1, help="divide all widths (small test files)")
-    args = parser.parse_args(argv)
-    if args.width_divisor < 1 or 64 % args.width_divisor:
-        parser.error("--width-divisor must divide 64")
-    net, shapes = official_net(args.depth, args.width_divisor)
-    if args.v2:
+def write_official_like(out: str | os.PathLike, depth: int, seed: int = 0, v2: bool = False,
+                        width_divisor: int = 1, force: bool = False) -> int:
+    """Write the VGG-``depth`` release layout to ``out`` (atomically); return the bytes written.
+
+    ``out`` is checked first (an existing file of another kind is kept unless ``force``), so a bad name costs
+    nothing; ``seed`` fixes the weights, so two files with one seed are byte-identical.
+    """
+    check_output(out, kind="binary", force=force)
+    net, shapes = official_net(depth, width_divisor)
+    if v2:
         upgrade_net(net)  # Caffe: tools/upgrade_net_proto_binary.cpp — UpgradeNetAsNeeded, blobs kept as stored
-    size = write_parts(args.out, net_parts(net, shapes, args.seed))
-    print(f"wrote {args.out}: {size} bytes ({'V2' if args.v2 else 'V1'}, VGG-{args.depth}, "
-          f"width/{args.width_divisor}, seed {args.seed})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return write_parts(out, net_parts(net, shapes, seed))
