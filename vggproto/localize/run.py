@@ -65,13 +65,12 @@ def localize_entries(entries: Sequence[BoxEntry], loc_models: Sequence[LocModel]
                      options: LocalizeOptions, names: Sequence[str] | None = None, root: str = "",
                      progress: bool = False) -> RunResult:
     """Localise every entry (:class:`vggproto.data.boxes.BoxEntry`); entries with ground truth are scored."""
-    from tqdm import tqdm
-
+    from vggproto.data.progress import progress as progress_of
     from vggproto.data.sources import read_image
     count, results = LocErrorCount(), []
     started = time.perf_counter()
     with torch.inference_mode():
-        for entry in tqdm(entries, unit="img", disable=not progress, desc="localize"):
+        for entry in progress_of(entries, what="localize", every=100, enabled=progress):
             path = os.path.join(root, entry.path) if root else entry.path
             img = read_image(path, True, where=path)
             dets = localize_image(img, loc_models, cls_models, options, names)

@@ -339,7 +339,8 @@ def _worker(index: int, solver_path: str, options, resume, kind: str, ids: list[
         torch.cuda.set_device(ids[index])
         device = f"cuda:{ids[index]}"
     else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        from vggproto.net.devices import usable_cpus  # affinity, cgroup quota and load, shared by the workers
+        torch.set_num_threads(max(1, usable_cpus() // world))
         device = "cpu"
     try:
         dist.init_process_group("nccl" if kind == "cuda" else "gloo", rank=index, world_size=world,

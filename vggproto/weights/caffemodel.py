@@ -17,7 +17,7 @@ import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -266,13 +266,18 @@ def upgrade_caffemodel(src: str | os.PathLike, dst: str | os.PathLike) -> caffe_
 # Writing
 # --------------------------------------------------------------------------------------------------------------
 
-def write_parts(path: str | os.PathLike, parts: Iterable[Part]) -> int:
-    """Stream top-level message ``parts`` to a temp file beside ``path``, then rename; return bytes written."""
+def write_parts(path: str | os.PathLike, parts: Iterable[Part],
+                on_part: Callable[[int], None] | None = None) -> int:
+    """Stream top-level message ``parts`` to a temp file beside ``path``, then rename; return bytes written.
+
+    ``on_part(i)`` is called once part ``i``'s bytes have been written (lazy arrays are made just before)."""
     total = 0
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        for part in parts:
+        for index, part in enumerate(parts):
             write_part(handle, part)
             total += part_size(part)
+            if on_part is not None:
+                on_part(index)
     return total
 
 
@@ -282,7 +287,11 @@ def _wire(message: caffe_pb2.NetParameter | caffe_pb2.LayerParameter, dialect: s
 
 
 def _net_parts(weights: Mapping[str, Sequence], net_param: caffe_pb2.NetParameter | None,
-               diffs: Mapping[str, Sequence] | None = None, dialect: str = dialects.BVLC) -> list[Part]:
+               diffs: Mapping[str, Sequence] | None = None,
+               dialect: str = dialects.BVLC) -> tuple[list[Part], list[str | None]]:
+    """The NetParameter's top-level parts, and beside each the ``weights`` layer whose blobs it carries (None for
+    the net's own fields and layers without weights; a repeated name counts at its first layer), so that a
+    writer can tell when each layer's bytes are out."""
     head = caffe_pb2.NetParameter()
     layers: list[caffe_pb2.LayerParameter] = []
     if net_param is not None:
@@ -299,19 +308,25 @@ def _net_parts(weights: Mapping[str, Sequence], net_param: caffe_pb2.NetParamete
     layers += [caffe_pb2.LayerParameter(name=name) for name in extra]
     before, _, after = split_message(_wire(head, dialect), 100)
     parts: list[Part] = [before]
+    names: list[str | None] = [None]
+    seen: set[str] = set()
     for layer in layers:
         layer.ClearField("blobs")
         lo, _, hi = split_message(_wire(layer, dialect), 7)
         layer_diffs = (diffs or {}).get(layer.name) or [None] * len(weights.get(layer.name, ()))
         blobs = [blob_part(array, 7, diff) for array, diff in zip(weights.get(layer.name, ()), layer_diffs)]
         parts.append(Field(100, [lo, *blobs, hi]))
+        names.append(layer.name if layer.name in weights and layer.name not in seen else None)
+        seen.add(layer.name)
     parts.append(after)
-    return parts
+    names.append(None)
+    return parts, names
 
 
 def write_weights(path: str | os.PathLike, weights: Mapping[str, Sequence],
                   net_param: caffe_pb2.NetParameter | None = None,
-                  diffs: Mapping[str, Sequence] | None = None, dialect: str | None = None) -> None:
+                  diffs: Mapping[str, Sequence] | None = None, dialect: str | None = None, *,
+                  on_layer: Callable[[str], None] | None = None) -> None:
     """Write ``weights`` as Caffe HDF5 (``.h5``) or a V2 caffemodel.
 
     The caffemodel carries ``net_param``'s fields and every one of its layers (blobs replaced by ``weights``),
@@ -320,16 +335,22 @@ def write_weights(path: str | os.PathLike, weights: Mapping[str, Sequence],
     and packed float ``data``, and packed ``diff`` where ``diffs`` (same layout as ``weights``) gives one: what
     Caffe's solver writes with ``snapshot_diff: true`` (HDF5: datasets ``/diff/<layer>/<i>`` beside ``/data``).
     Each blob is streamed from its array (float32 arrays are not copied); the file appears atomically.
+    ``on_layer`` is called once per ``weights`` layer, after its blobs are written (progress for large files).
     """
     if diffs:
         _check_diff_shapes(weights, diffs)
     if Path(path).suffix.lower() == ".h5":
         from vggproto.weights.hdf5 import write_hdf5_weights
         names = [layer.name for layer in net_param.layer] if net_param is not None else []
-        write_hdf5_weights(path, weights, names, diffs)
+        write_hdf5_weights(path, weights, names, diffs, on_layer=on_layer)
         return
     chosen = dialects.detect(net_param, dialect, warn=False) if net_param is not None else dialects.BVLC
-    size = write_parts(path, _net_parts(weights, net_param, diffs, chosen))
+    parts, names = _net_parts(weights, net_param, diffs, chosen)
+
+    def written(index: int) -> None:
+        if names[index] is not None:
+            on_layer(names[index])
+    size = write_parts(path, parts, written if on_layer is not None else None)
     log.info("Wrote %d bytes of weights to %s", size, os.fspath(path))
 
 

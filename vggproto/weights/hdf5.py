@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -71,22 +71,27 @@ def read_hdf5_weights(path: str, buf: mmap.mmap | None = None) -> dict[str, list
 
 
 def write_hdf5_weights(path: str | os.PathLike, weights: Mapping[str, Sequence], names: Sequence[str] = (),
-                       diffs: Mapping[str, Sequence] | None = None) -> None:
+                       diffs: Mapping[str, Sequence] | None = None, *,
+                       on_layer: Callable[[str], None] | None = None) -> None:
     """Write Caffe's HDF5 layout: a group per layer (``names`` first, as Caffe creates one for every layer of
     the net, then any other weights entry), dataset ``i`` per blob; with ``diffs`` the same under ``/diff``
-    (Caffe: src/caffe/net.cpp ToHDF5 with write_diff); atomically via a temp file."""
+    (Caffe: src/caffe/net.cpp ToHDF5 with write_diff); atomically via a temp file.  ``on_layer`` is called
+    after each ``weights`` layer's datasets are written (progress for large conversions; not for ``/diff``)."""
     import h5py
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         listed = set(names)
         order = [*names, *(n for n in weights if n not in listed)]
-        _write_group(handle.create_group("data"), order, weights)
+        _write_group(handle.create_group("data"), order, weights, on_layer)
         if diffs:
             _write_group(handle.create_group("diff"), order, diffs)
 
 
-def _write_group(top, order: Sequence[str], arrays: Mapping[str, Sequence]) -> None:
+def _write_group(top, order: Sequence[str], arrays: Mapping[str, Sequence],
+                 on_layer: Callable[[str], None] | None = None) -> None:
     for name in order:
         group = top.require_group(name)
         for index, array in enumerate(arrays.get(name, ())):
             if array is not None:
                 group.create_dataset(str(index), data=np.asarray(array, dtype="<f4", order="C"))
+        if on_layer is not None and name in arrays:
+            on_layer(name)
