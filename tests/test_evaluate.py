@@ -197,6 +197,47 @@ def test_batching_across_images_and_scales_does_not_change_results(mini):
     np.testing.assert_allclose(crops1, crops5, rtol=1e-5, atol=1e-8)
 
 
+def test_forward_passes_stay_within_the_pixel_budget(mini, monkeypatch):
+    """--batch bounds the pixels of every pass (memory grows with pixels), whatever the mode and scales: a whole
+    image at a large scale counts by its pixels, and only a single view larger than the budget goes alone."""
+    _, model, weights, images = mini
+    m = load_model(str(model), str(weights))
+    passes = []
+    real = m.net.forward
+
+    def record(**blobs):
+        passes.append(tuple(blobs[m.input_blob].shape))
+        return real(**blobs)
+    monkeypatch.setattr(m.net, "forward", record)
+    batch, crop = 6, m.crop_size
+    _posteriors([m], images, mode="dense+crops", scales=(224, 320), grid=2, batch=batch)
+    for n, _, h, w in passes:
+        assert n * h * w <= batch * crop * crop or n == 1, (n, h, w)
+    dense_320 = [p for p in passes if p[2] * p[3] > crop * crop]
+    assert dense_320 and all(n <= batch * crop * crop // (h * w) or n == 1 for n, _, h, w in dense_320)
+    crops = [n for n, _, h, w in passes if (h, w) == (crop, crop)]
+    # 4 images x 2 scales x (4 crops + flips), and the dense views of the two square images at Q = 224 (+ flips)
+    assert max(crops) == batch and sum(crops) == 4 * 2 * 8 + 2 * 2
+
+
+def test_progress_counts_views(mini, monkeypatch):
+    from vggproto.data import progress
+    counted = []
+    monkeypatch.setattr(progress.Progress, "update", lambda self, n=1: counted.append(n) if n > 0 else None)
+    totals = []
+    real_init = progress.Progress.__init__
+
+    def init(self, total, *args, **kwargs):
+        totals.append(total)
+        real_init(self, total, *args, **kwargs)
+    monkeypatch.setattr(progress.Progress, "__init__", init)
+    _, model, weights, images = mini
+    m = load_model(str(model), str(weights))
+    options = EvalOptions(mode="dense+crops", scales=(224, 256), grid=2, workers=0, progress=True)
+    evaluate([m], str(images), options)
+    assert options.views_per_image() == 2 * (4 + 1) * 2 and totals == [4 * 20] and sum(counted) == 80
+
+
 # ------------------------------------------------------------------------------------------ bad inputs
 
 def test_labels_out_of_range_name_the_line(mini, tmp_path):

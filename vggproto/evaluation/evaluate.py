@@ -228,9 +228,11 @@ class _Packer:
     """Collects views of equal shape (one bucket per shape, e.g. per scale) and scores each bucket together.
 
     Sizes are counted in input pixels, ``max_pixels`` per forward pass (``--batch`` crop-sized views): a bucket
-    is scored when it holds that many; when all buckets together hold more than four passes' worth the oldest
-    bucket is scored, so whole images of many different sizes do not pile up.  ``views_done`` counts scored
-    views for the progress display.
+    is scored as soon as one more item like the last would not fit in a pass, so passes are as full as whole items
+    allow and never split into a full pass and a small remainder (18-view crop sets at ``--batch 50``: passes of
+    36, not 50 + 4); an item larger than a pass alone is split by :meth:`Model.posteriors`.  When all buckets
+    together hold more than four passes' worth the oldest bucket is scored, so whole images of many different
+    sizes do not pile up.  ``views_done`` counts scored views for the progress display.
     """
 
     def __init__(self, models: Sequence[Model], max_pixels: int, sink: _Accumulator, device: str):
@@ -244,8 +246,9 @@ class _Packer:
         items, tensors = self.buckets.setdefault(shape, ([], []))
         items.append((index, label, component, views.shape[0]))
         tensors.append(views)
-        self.pending += views.shape[0] * shape[-1] * shape[-2]
-        if sum(v.shape[0] for v in tensors) * shape[-1] * shape[-2] >= self.max_pixels:
+        item_pixels = views.shape[0] * shape[-1] * shape[-2]
+        self.pending += item_pixels
+        if sum(v.shape[0] for v in tensors) * shape[-1] * shape[-2] + item_pixels > self.max_pixels:
             self._score(shape)
         while self.pending > 4 * self.max_pixels:
             self._score(next(iter(self.buckets)))
