@@ -199,3 +199,23 @@ def test_cli_refuses_weights_with_snapshot(case):
                                        "--snapshot", "resume8_iter_8.solverstate"])
     assert result.exit_code == 1
     assert "not both" in result.output
+
+
+def test_channels_last_training_reproduces_caffe(case, caplog):
+    """--channels-last changes the memory layout only: the golden Caffe run is reproduced to the same tolerance,
+    and its snapshots (written from NHWC tensors) resume the run as the plain layout's do."""
+    lines = run("sgd_step_solver.prototxt", caplog, weights=("init.caffemodel",), prefix="cl", channels_last=True)
+    compare_weights("cl_iter_20.caffemodel", "sgd_step_iter_20.caffemodel")
+    ref = parse((case / "sgd_step.log").read_text().splitlines())
+    for it, value in ref["loss"].items():
+        assert parse(lines)["loss"][it] == pytest.approx(value, rel=2e-5, abs=1e-6), it
+    for x, y in zip(read_solverstate("cl_iter_20.solverstate").history,
+                    read_solverstate("sgd_step_iter_20.solverstate").history, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    run("resume8_part2_solver.prototxt", caplog, resume="resume8_iter_8.solverstate", prefix="clr",
+        channels_last=True)
+    compare_weights("clr_iter_20.caffemodel", "resume8_iter_20.caffemodel")
+    solver = Solver("sgd_step_solver.prototxt", TrainOptions(channels_last=True, progress=False))
+    weight = solver.learnable[0].param
+    assert weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last)
+    assert not weight.is_contiguous()
