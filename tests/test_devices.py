@@ -96,7 +96,8 @@ def test_usable_cpus_follows_affinity_quota_and_load(monkeypatch):
 
     from vggproto.net import devices
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    busy = {"now": 0.0}
+    monkeypatch.setattr(devices, "busy_cpus", lambda mask, window_s=0.3: busy["now"])
     real_open = open
 
     def fake_open(path, *args, **kwargs):
@@ -106,7 +107,22 @@ def test_usable_cpus_follows_affinity_quota_and_load(monkeypatch):
         return real_open(path, *args, **kwargs)
     monkeypatch.setattr("builtins.open", fake_open)
     assert devices.usable_cpus() == 2                       # the quota caps the 4 CPUs of the mask
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 0.0, 0.0))
+    busy["now"] = 1.6
     assert devices.usable_cpus() == 1                       # other work keeps most of them busy
-    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    busy["now"] = 9.0
     assert devices.usable_cpus() == 1                       # never fewer than one
+
+
+def test_busy_cpus_samples_proc_stat_now_not_the_load_average(monkeypatch):
+    """Two /proc/stat samples: cpu0 busy 3/4 of the window, cpu1 idle, cpu2 (outside the mask) ignored."""
+    import io
+    import os
+
+    from vggproto.net import devices
+    samples = iter(["cpu  0 0 0 0 0 0 0 0\ncpu0 100 0 0 100 0 0 0 0\ncpu1 0 0 0 200 0 0 0 0\ncpu2 0 0 0 0 0 0 0 0\n",
+                    "cpu  0 0 0 0 0 0 0 0\ncpu0 160 0 15 125 0 0 0 0\ncpu1 0 0 0 300 0 0 0 0\ncpu2 99 0 0 0 0 0 0 0\n"])
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: io.StringIO(next(samples)) if path == "/proc/stat"
+                        else real_open(path, *a, **k))
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.0, 7.0, 7.0))   # a lagging load average is not consulted
+    assert devices.busy_cpus([0, 1], window_s=0.0) == pytest.approx(2 * 75 / 200)

@@ -12,7 +12,7 @@ from eval_helpers import mini_deploy, random_weights, write_images, write_model
 
 from vggproto.cli import main
 from vggproto.errors import DataError, NetError, VGGProtoError
-from vggproto.evaluation.evaluate import ErrorCount, EvalOptions, evaluate, fuse, load_model, topk_hits
+from vggproto.evaluation.evaluate import BATCH_VIEW_SIDE, ErrorCount, EvalOptions, evaluate, fuse, load_model, topk_hits
 from vggproto.evaluation.views import preprocess
 from vggproto.net.dense import load_dense, make_dense
 from vggproto.net.interpreter import Net
@@ -210,6 +210,7 @@ def test_forward_passes_stay_within_the_pixel_budget(mini, monkeypatch):
         return real(**blobs)
     monkeypatch.setattr(m.net, "forward", record)
     batch, crop = 6, m.crop_size
+    assert crop == BATCH_VIEW_SIDE   # --batch counts 224x224 views: here, crops
     _posteriors([m], images, mode="dense+crops", scales=(224, 320), grid=2, batch=batch)
     for n, _, h, w in passes:
         assert n * h * w <= batch * crop * crop or n == 1, (n, h, w)
@@ -219,6 +220,14 @@ def test_forward_passes_stay_within_the_pixel_budget(mini, monkeypatch):
     # 4 images x 2 scales x (4 crops + flips), and the dense views of the two square images at Q = 224 (+ flips)
     assert max(crops) == batch and sum(crops) == 4 * 2 * 8 + 2 * 2
 
+
+def test_channels_last_models_give_the_same_posteriors(mini):
+    _, model, weights, images = mini
+    plain = _posteriors([load_model(str(model), str(weights))], images, mode="dense+crops", scales=(224,), grid=2)[1]
+    nhwc = load_model(str(model), str(weights), channels_last=True)
+    assert next(p for p in nhwc.net.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    fast = _posteriors([nhwc], images, mode="dense+crops", scales=(224,), grid=2)[1]
+    np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-7)
 
 def test_progress_counts_views(mini, monkeypatch):
     from vggproto.data import progress

@@ -11,8 +11,9 @@ Modes (per test scale Q, the image's smallest side isotropically rescaled to Q):
 
 Several scales: posteriors averaged over scales; ``fuse``: averaged over models (Table 6's ensembles).  Views of
 equal shape (all crops; whole images of equal size at one scale) share forward passes.  A pass holds at most
-``batch`` crop-sized views' worth of pixels (a whole image at Q = 512 counts as about seven 224² views), so memory
-stays bounded whatever the mode and scales: activations grow with pixels, not with views.  Progress is counted in
+``batch`` 224×224 views' worth of pixels (a whole image at Q = 512 counts as about seven), so memory stays bounded
+whatever the mode and scales: activations grow with pixels, not with views (a net of 28×28 crops passes 64 of
+them where a VGG passes one 224² crop).  Progress is counted in
 views (a dense+crops run at three scales has 156 per image), so a long run on a few images still moves.
 """
 from __future__ import annotations
@@ -33,6 +34,8 @@ from vggproto.vgg.configs import MEAN_BGR
 log = logging.getLogger("vggproto.evaluation.evaluate")
 
 MODES: tuple[str, ...] = ("center", "dense", "crops", "dense+crops")
+#: ``--batch`` counts views of this side's square of pixels: the VGG crop, whatever the net's own crop size
+BATCH_VIEW_SIDE = 224
 
 
 # ------------------------------------------------------------------------------------------------ error arithmetic
@@ -107,10 +110,13 @@ class Model:
         return torch.cat(out)
 
 
-def load_model(model_path: str, weights: str, device: str = "cpu") -> Model:
-    """The dense version of a deploy net (or a given dense net) with classification or dense weights."""
+def load_model(model_path: str, weights: str, device: str = "cpu", channels_last: bool = False) -> Model:
+    """The dense version of a deploy net (or a given dense net) with classification or dense weights;
+    ``channels_last`` keeps its 4-D weights (so its activations) in NHWC memory: same scores, faster passes."""
     from vggproto.net.dense import load_dense
     net, dense = load_dense(model_path, weights, device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
     shapes = net.blob_shapes
     crop = int(dense.input_shape[-1]) if len(dense.input_shape) == 4 else 0
     classes = int(shapes[dense.score_blob][1]) if len(shapes[dense.score_blob]) > 1 else 0
@@ -136,6 +142,7 @@ class EvalOptions:
     root: str = ""
     progress: bool = True
     keep_posteriors: bool = False       # keep each image's final (fused) posterior in EvalResult.posteriors
+    channels_last: bool = False         # models in NHWC memory (load_model)
 
     def components(self) -> list[str]:
         return ["dense", "crops"] if self.mode == "dense+crops" else [self.mode]
@@ -296,7 +303,7 @@ def evaluate(models: Sequence[Model], list_path: str, options: EvalOptions, devi
     entries = parse_list_file(list_path)[:limit]
     check_labels(entries, list_path, classes.pop())
     sink = _Accumulator(len(models), options)
-    packer = _Packer(models, options.batch * crop * crop, sink, device)
+    packer = _Packer(models, options.batch * BATCH_VIEW_SIDE ** 2, sink, device)
     dataset = ImageListDataset(entries, list_path, options.root, options.scales, options.mean,
                              options.input_scale)
     started = time.perf_counter()

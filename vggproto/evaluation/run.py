@@ -33,7 +33,7 @@ def evaluate_files(models: Sequence[tuple[str, str]], list_path: str, options: E
         from vggproto.caffe.files import check_output
         check_output(json_path, inputs=(list_path, *(f for model in models for f in model)), kind="text",
                      force=force)
-    loaded = [load_model(deploy, weights, device) for deploy, weights in models]
+    loaded = [load_model(deploy, weights, device, options.channels_last) for deploy, weights in models]
     result = evaluate(loaded, list_path, options, device, limit)
     summary = result.as_dict(options, loaded)
     summary["device"] = device

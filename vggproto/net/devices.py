@@ -105,19 +105,51 @@ def _seen(count: int) -> str:
 
 def usable_cpus() -> int:
     """CPUs this process can really use for compute threads: its affinity mask, capped by a cgroup CPU quota
-    (``cpu.max``), less what other work keeps busy (the 1-minute load average).  On a loaded 2-core machine two
+    (``cpu.max``), less what other work keeps busy right now (:func:`busy_cpus`).  On a loaded 2-core machine two
     OpenMP threads that spin-wait on each other run many times slower than one, so this errs towards fewer."""
     import math
     import os
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    mask = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cpus = len(mask)
     try:
         quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
         if quota != "max":
             cpus = min(cpus, max(1, math.floor(int(quota) / int(period))))
     except (OSError, ValueError):
         pass                              # no cgroup v2 quota: the affinity mask decides
+    return max(1, min(cpus, math.floor(cpus - busy_cpus(mask) + 0.5)))
+
+
+def busy_cpus(mask: list[int], window_s: float = 0.3) -> float:
+    """How many of the CPUs in ``mask`` other work keeps busy now: their non-idle time in ``/proc/stat`` over
+    ``window_s`` seconds (Linux).  Not the load average, which lags by minutes: right after a pip install or an
+    earlier training run it still reports the machine busy and would halve the threads of an idle machine.
+    Elsewhere, the 1-minute load average."""
+    import os
+    import time
     try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cpus, math.floor(cpus - busy + 0.5)))
+        before = _cpu_times(mask)
+        time.sleep(window_s)
+        after = _cpu_times(mask)
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except OSError:
+            return 0.0
+    total = sum(a[0] - b[0] for a, b in zip(after, before))
+    idle = sum(a[1] - b[1] for a, b in zip(after, before))
+    return len(mask) * (total - idle) / total if total > 0 else 0.0
+
+
+def _cpu_times(mask: list[int]) -> list[tuple[int, int]]:
+    """(all jiffies, idle + iowait jiffies) of each CPU in ``mask``, from ``/proc/stat``'s ``cpuN`` lines."""
+    wanted, found = {f"cpu{i}" for i in mask}, {}
+    with open("/proc/stat") as stat:
+        for line in stat:
+            name, *fields = line.split()
+            if name in wanted:
+                ticks = [int(v) for v in fields[:8]]   # user nice system idle iowait irq softirq steal
+                found[name] = (sum(ticks), ticks[3] + ticks[4])
+    if len(found) != len(wanted):
+        raise ValueError("/proc/stat does not list every CPU of the affinity mask")
+    return [found[f"cpu{i}"] for i in mask]
