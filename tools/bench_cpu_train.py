@@ -47,7 +47,7 @@ def make_run(folder: Path, args: argparse.Namespace) -> Path:
                     "--scale", "none", "--batch-size", str(args.batch), "--global-batch", str(args.batch),
                     "--test-batch-size", "100", "--init", "msra", "--input-scale", "0.0125", "--mean-value",
                     "73,73,73", "--train-source", str(folder / "train_lmdb"), "--val-source",
-                    str(folder / "train_lmdb"), "--no-chain"], check=True)
+                    str(folder / "train_lmdb"), "--no-chain"], check=True, stdout=subprocess.DEVNULL)
     import vggproto
     solver = vggproto.read_solver(folder / "solvers" / "A.prototxt", resolve_prefix=False)
     solver.max_iter, solver.display, solver.test_interval = args.iterations, args.display, 10 ** 9
