@@ -184,9 +184,12 @@ def apply_sidecar(solver: Solver, side: dict | None, state_path: str) -> None:
 
 
 def build_train_net(p: caffe_pb2.SolverParameter, solver_path: str | None, options: DataOptions,
-                    device: torch.device, weights: tuple[str, ...], init_layers: tuple[str, ...] | None) -> Net:
+                    device: torch.device, weights: tuple[str, ...], init_layers: tuple[str, ...] | None,
+                    channels_last: bool = False) -> Net:
     """Caffe: Solver::InitTrainNet — the TRAIN net on ``device``, finetuned from ``weights`` (``--weights``, else
-    the solver's own ``weights:`` entries, as tools/caffe.cpp does)."""
+    the solver's own ``weights:`` entries, as tools/caffe.cpp does).  ``channels_last`` is a memory layout, not
+    a semantic: convolutions given NHWC weights produce NHWC activations, which oneDNN (CPU) and cuDNN convolve
+    and pool faster; every value is the same up to float rounding."""
     from vggproto.net.interpreter import Net
     from vggproto.net.setup_log import log_setup
     source = train_net_source(p, solver_path)
@@ -197,6 +200,8 @@ def build_train_net(p: caffe_pb2.SolverParameter, solver_path: str | None, optio
     to_device(net, device)
     for path in weights or tuple(f for entry in p.weights for f in entry.split(",") if f):
         finetune(net, path, init_layers)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
     return net
 
 

@@ -79,11 +79,8 @@ class Solver:
             torch.manual_seed(p.random_seed + self.rank)
         seed = p.random_seed + self.rank if p.random_seed >= 0 else None
         data = DataOptions(rank=self.rank, world_size=self.world, per_gpu_batch=opts.per_gpu_batch, seed=seed)
-        self.net = setup.build_train_net(p, self.path, data, self.device, opts.weights, opts.init_layers)
-        if opts.channels_last:
-            # a memory layout, not a semantic: convolutions given NHWC weights produce NHWC activations, which
-            # oneDNN (CPU) and cuDNN convolve and pool faster; every value is the same up to float rounding
-            self.net.to(memory_format=torch.channels_last)
+        self.net = setup.build_train_net(p, self.path, data, self.device, opts.weights, opts.init_layers,
+                                         opts.channels_last)
         # only the root process tests (Caffe: Solver::InitTestNets runs on the root solver)
         self.test_nets = setup.build_test_nets(p, self.path, seed, self.device, self.net) if self.root else []
         self.learnable = list(self.net.learnable_params)
