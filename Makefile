@@ -39,7 +39,7 @@ fashion-mnist:
 demo: setup graphviz fashion-mnist
 	$(VENV)/bin/python tools/demo.py
 
-# The long run: 8,000 iterations with the paper's step schedule (about 13 minutes on 2 cores).
+# The long run: 8,000 iterations with the paper's step schedule (about 8 minutes on 2 cores).
 demo-full: setup graphviz fashion-mnist
 	$(VENV)/bin/python tools/demo.py --full --work demo-run-full
 

@@ -110,6 +110,20 @@ def test_pre_relu_activations_are_freed_unless_diffs_are_tracked():
                 net.diff("conv1")
 
 
+def test_a_forward_lets_the_last_pass_blobs_go_before_computing_its_own():
+    """Inference memory: while pass 2 runs, pass 1's activations are no longer held by the net (they would be
+    overwritten in place in Caffe), so a loop of forwards peaks at one pass of activations, not two."""
+    import weakref
+    net = small()
+    with torch.inference_mode():
+        net(data=torch.randn(2, 3, 8, 8))
+        old = weakref.ref(net.blobs["pool1"])
+        alive_during = []
+        net.layer_dict["conv1"].register_forward_hook(lambda mod, args, out: alive_during.append(old() is not None))
+        net(data=torch.randn(2, 3, 8, 8))
+    assert alive_during == [False] and set(net.blobs) >= {"data", "conv1", "pool1", "fc"}
+
+
 def test_outputs_are_sorted_like_caffe():
     net = Net("""layer { name: "in" type: "Input" top: "z" top: "a" input_param { shape { dim: 2 } } }
                  layer { name: "t" type: "TanH" bottom: "z" top: "m" }""")

@@ -8,7 +8,7 @@ Steps (each one a `vggproto` command, echoed as it runs, so the log doubles as a
      train it with the paper's SGD (momentum 0.9, weight decay 5e-4, dropout 0.5, random crops and mirrors) with
      `vggproto train`, one gloo process per free CPU (`--gpus cpu:N`): 4,000 iterations at batch 64 with the lr
      falling linearly from 0.02 (fits in 5 minutes on 2 cores); `--full` (`make demo-full`) trains 8,000 with the
-     paper's lr 0.01 divided by 10 twice (13 minutes);
+     paper's lr 0.01 divided by 10 twice (8 minutes);
   4. evaluate it in centre and multi-crop + flip modes (the paper's test top-1 is the multi-crop one: the target is
      90%), classify a few test images, plot the training curves, and convert the weights to a caffemodel that
      OpenCV's Caffe importer loads (checked against the interpreter).

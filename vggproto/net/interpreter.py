@@ -256,6 +256,9 @@ class Net(nn.Module):
             raise NetError(f"{len(positional)} positional inputs for {len(self.input_names)} input blob(s) "
                            f"({', '.join(self.input_names) or 'none'})", path=self.path)
         inputs = {**dict(zip(self.input_names, positional)), **inputs}
+        # the last pass's blobs are overwritten by this one (as Caffe overwrites its blobs in place): let them go
+        # now, not after this pass, or inference loops hold two passes of activations (2x the memory)
+        self.blobs, self._first = {}, {}
         blobs: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
         self._debug_records = []
