@@ -1,11 +1,24 @@
 """Fixtures shared by several test files."""
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 SOLVER_GOLDEN = Path(__file__).parent / "data" / "golden" / "solver"
 SOLVER_CASE_FILES = ("train.h5", "train_h5.txt", "train_val.prototxt", "init.caffemodel")
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_thread_count():
+    """A test that changes torch's thread count does not change it for the tests after it in the same xdist
+    worker (the bitwise-resume tests compare in-process runs with one-thread subprocesses).  torch is not imported
+    here: a torch-free test stays torch-free."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    if torch is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture
