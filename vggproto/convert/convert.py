@@ -193,13 +193,13 @@ def _write(fmt: str, dst: str | os.PathLike, weights: Weights, structure: caffe_
     """Write ``weights`` as ``fmt`` (every format but ONNX, which needs the net), with ``progress`` counting
     the layers as the writer calls back (see the module doc); the bytes written are the same either way."""
     layers, write = _writer(fmt, dst, weights, structure, zip_crc)
-    if progress and fmt in ("pt", "torchvision") and not os.fspath(dst).lower().endswith(".safetensors"):
-        import torch  # noqa: F401  (torch.save's; imported before the clock starts, so the rate is the writing's)
     if not progress:
         write(None)
         return
-    every = max(1, -(-layers // PROGRESS_LINES))
-    with Progress(layers, "convert", every=every, line=PROGRESS_LINE, unit="layer") as bar:
+    if fmt in ("pt", "torchvision"):
+        import torch  # noqa: F401  (torch.save's; imported before the clock starts, so the rate is the writing's)
+    with Progress(layers, "convert", every=max(1, -(-layers // PROGRESS_LINES)), line=PROGRESS_LINE,
+                  unit="layer") as bar:
         write(lambda layer: bar.update(1))
 
 
@@ -207,21 +207,16 @@ def _writer(fmt: str, dst: str | os.PathLike, weights: Weights, structure: caffe
             zip_crc: bool) -> tuple[int, Callable[[OnLayer | None], None]]:
     """``(layers the writer will report, write(on_layer))`` for ``fmt``; state dicts are built up front (views,
     no copies) so that their layer count is known before the first byte."""
-    if fmt in ("torchvision", "pt", "safetensors"):
-        if fmt == "torchvision":
-            from vggproto.weights.torchvision import caffe_to_torchvision
-            state = caffe_to_torchvision(weights)
-        else:
-            state = weights_to_state_dict(weights)
-
-        def write_dict(on_layer: OnLayer | None) -> None:
-            if fmt == "torchvision":
-                write_state(dst, state, zip_crc, on_layer=on_layer)
-            elif fmt == "pt":
-                save_torch_state(dst, state, zip_crc, on_layer=on_layer)
-            else:
-                save_safetensors(dst, state, on_layer=on_layer)
-        return len(layer_ends(state)), write_dict
+    if fmt == "torchvision":
+        from vggproto.weights.torchvision import caffe_to_torchvision
+        state = caffe_to_torchvision(weights)
+        return len(layer_ends(state)), lambda on_layer: write_state(dst, state, zip_crc, on_layer=on_layer)
+    if fmt == "pt":
+        state = weights_to_state_dict(weights)
+        return len(layer_ends(state)), lambda on_layer: save_torch_state(dst, state, zip_crc, on_layer=on_layer)
+    if fmt == "safetensors":
+        state = weights_to_state_dict(weights)
+        return len(layer_ends(state)), lambda on_layer: save_safetensors(dst, state, on_layer=on_layer)
     if fmt == "h5":
         from vggproto.weights.hdf5 import write_hdf5_weights
         return len(weights), lambda on_layer: write_hdf5_weights(dst, weights, list(weights), on_layer=on_layer)

@@ -203,7 +203,7 @@ class _Accumulator:
         keys = [_key(m, c) for m in range(n_models) for c in [None, *self.components]] + ["fused"]
         self.result.counts = {k: ErrorCount() for k in keys}
 
-    def add(self, index: int, label: int, component: str, posts: list[np.ndarray]) -> bool:
+    def add(self, index: int, label: int, component: str, posts: list[np.ndarray]) -> None:
         _, sums, seen = self.pending.get(index, (label, {}, 0))
         for m, post in enumerate(posts):
             key = (m, component)
@@ -211,10 +211,9 @@ class _Accumulator:
         seen += 1
         if seen < self.expected:
             self.pending[index] = (label, sums, seen)
-            return False
+            return
         self.pending.pop(index, None)
         self._finish(index, label, sums)
-        return True
 
     def _finish(self, index: int, label: int, sums: dict) -> None:
         per_model = []
@@ -234,10 +233,10 @@ class _Accumulator:
 class _Packer:
     """Collects views of equal shape (one bucket per shape, e.g. per scale) and scores each bucket together.
 
-    Sizes are counted in input pixels, ``max_pixels`` per forward pass (``--batch`` crop-sized views): a bucket
-    is scored as soon as one more item like the last would not fit in a pass, so passes are as full as whole items
-    allow and never split into a full pass and a small remainder (18-view crop sets at ``--batch 50``: passes of
-    36, not 50 + 4); an item larger than a pass alone is split by :meth:`Model.posteriors`.  When all buckets
+    Sizes are counted in input pixels, ``max_pixels`` per forward pass (``--batch`` 224² views): a bucket is
+    scored as soon as one more item like the last would not fit in a pass, so passes are as full as whole items
+    allow and never split into a full pass and a small remainder (VGG's 18-view crop sets at ``--batch 50``:
+    passes of 36, not 50 + 4); an item larger than a pass alone is split by :meth:`Model.posteriors`.  When all buckets
     together hold more than four passes' worth the oldest bucket is scored, so whole images of many different
     sizes do not pile up.  ``views_done`` counts scored views for the progress display.
     """

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from vggproto.errors import SolverError, VGGProtoError
-from vggproto.net.devices import CPU, Devices
+from vggproto.net.devices import CPU, Devices, usable_cpus
 
 if TYPE_CHECKING:
     from vggproto.train.solver import TrainOptions
@@ -250,13 +250,15 @@ def _spawn(solver_path: str, options, resume: str | None, kind: str, ids: list[i
                  ", ".join(f"{kind}:{i}" for i in ids))
         level = logging.getLogger().getEffectiveLevel()
         options = replace(options, relay_signals=True)
+        # measured once, here: workers that measured as they start would count each other's start-up as busy
+        threads = max(1, usable_cpus() // len(ids)) if kind == "cpu" else 0
         # ignored while the workers start (they inherit it), then relayed to rank 0 (train.signals)
         ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _job_signals()}
         if ignored:
             ignored[signal.SIGTERM] = signal.getsignal(signal.SIGTERM)
         try:
             context = mp.start_processes(_worker, args=(solver_path, options, resume, kind, ids, port, errors,
-                                                        level), nprocs=len(ids), join=False,
+                                                        level, threads), nprocs=len(ids), join=False,
                                          start_method=_start_method(kind))
             _relay_signals(context)
             while not context.join(timeout=1.0):
@@ -323,7 +325,7 @@ def _worker_error(folder: str, rank: int | None) -> str | None:
 
 
 def _worker(index: int, solver_path: str, options, resume, kind: str, ids: list[int], port: int,
-            errors: str, level: int) -> None:
+            errors: str, level: int, threads: int) -> None:
     import torch.distributed as dist
     world = len(ids)
     from vggproto.train.signals import defer_relayed
@@ -339,8 +341,7 @@ def _worker(index: int, solver_path: str, options, resume, kind: str, ids: list[
         torch.cuda.set_device(ids[index])
         device = f"cuda:{ids[index]}"
     else:
-        from vggproto.net.devices import usable_cpus  # affinity, cgroup quota and load, shared by the workers
-        torch.set_num_threads(max(1, usable_cpus() // world))
+        torch.set_num_threads(threads)   # the launcher's share of the free CPUs
         device = "cpu"
     try:
         dist.init_process_group("nccl" if kind == "cuda" else "gloo", rank=index, world_size=world,
