@@ -142,3 +142,21 @@ def test_stdout_and_stderr_keep_their_order_in_one_log(tmp_path):
     lines = run.stdout.splitlines()
     assert run.returncode == 0 and lines[-1].startswith("Drawing net to"), lines
     assert any("drawing without blob shapes" in line for line in lines[:-1]), lines
+
+
+def test_an_lmdb_write_error_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """A full disk (LMDB's own error when the last commit syncs) is one line naming the database, and no half
+    database stays."""
+    import lmdb
+
+    from vggproto.data import db as dbmod
+    listing = images(tmp_path, 3)
+
+    def full_disk(self):
+        with self._errors():
+            raise lmdb.DiskError("mdb_env_sync: No space left on device")
+    monkeypatch.setattr(dbmod.LMDBWriter, "close", full_disk)
+    result = run("convert-imageset", f"{tmp_path}/", listing, str(tmp_path / "db"))
+    assert result.exit_code == 1 and "cannot write: mdb_env_sync: No space left on device" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "db").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

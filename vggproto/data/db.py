@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from vggproto.errors import DataError
 
@@ -145,20 +147,32 @@ class LMDBWriter:
         self._pending = 0
 
     def put(self, key: bytes, value: bytes) -> None:
-        self._txn.put(key, value)
+        with self._errors():
+            self._txn.put(key, value)
         self._pending += 1
         if self._pending >= self.commit_every:
             self.commit()
 
     def commit(self) -> None:
-        self._txn.commit()
-        self._txn = self._env.begin(write=True)
+        with self._errors():
+            self._txn.commit()
+            self._txn = self._env.begin(write=True)
         self._pending = 0
 
     def close(self) -> None:
-        self._txn.commit()
-        self._env.sync()
-        self._env.close()
+        with self._errors():
+            self._txn.commit()
+            self._env.sync()
+            self._env.close()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """LMDB's own errors (a full disk, a full map) as one line naming the database, not a traceback."""
+        import lmdb
+        try:
+            yield
+        except lmdb.Error as exc:
+            raise DataError(f"database '{self.path}': cannot write: {exc}") from None
 
     def __enter__(self) -> "LMDBWriter":
         return self
