@@ -314,7 +314,20 @@ class Net(nn.Module):
         del layer.input_param.shape[:]
         for tensor in fed:
             layer.input_param.shape.add().dim.extend(tensor.shape)
-        meta_net(reshaped, self.phase, dialect=self.dialect)
+        shapes = ", ".join(f"{top} {tuple(t.shape)}" for top, t in zip(param.top, fed))
+        try:
+            rebuilt = meta_net(reshaped, self.phase, dialect=self.dialect)
+        except NetError as exc:   # located in this net's file, with the shapes that caused it
+            raise NetError(f"{exc.reason} (after reshaping {shapes})", path=self.path,
+                           line=self.layer_lines.get(exc.layer or ""), layer=exc.layer,
+                           layer_type=exc.layer_type) from None
+        for name, layer in rebuilt.layer_dict.items():   # Caffe: e.g. base_conv_layer.cpp Reshape CHECKs the
+            need = [tuple(b.shape) for b in layer.blobs]   # bottoms against the layer's existing weights
+            have = [tuple(b.shape) for b in self.layer_dict[name].blobs]
+            if need != have:
+                raise self._error(layer.spec.param, self.layer_lines.get(name),
+                                  f"parameters of shapes {have} do not fit the bottoms after reshaping {shapes} "
+                                  f"(they would need {need})")
 
     def log_backward_debug(self) -> None:
         """After a backward pass with ``debug_info`` on: Caffe's ``[Backward]`` lines (Net.backward calls it;
