@@ -232,3 +232,29 @@ def test_reshape_that_the_net_cannot_take_is_one_located_error(tmp_path):
     conv.blobs["data"].reshape(1, 8, 8)         # N=1, C=8, one spatial axis: the weights have 1 channel
     with pytest.raises(NetError, match=r"conv.prototxt:3: layer 'c' .*they would need \[\(2, 8, 2\)"):
         conv.forward()
+
+
+TWO_INPUTS = """name: "two"
+layer { name: "a" type: "Input" top: "a" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "b" type: "Input" top: "b" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }
+"""
+
+
+def test_inputs_reshaped_together_are_checked_together_once(tmp_path, monkeypatch):
+    from vggproto.net import shapes
+    builds = []
+    real = shapes.meta_net
+    monkeypatch.setattr(shapes, "meta_net", lambda *args, **kw: builds.append(args) or real(*args, **kw))
+    net = caffe.Net(_write(tmp_path, "two.prototxt", TWO_INPUTS), caffe.TEST)
+    net.blobs["a"].reshape(2, 3, 4)
+    net.blobs["b"].reshape(2, 3, 4)            # Eltwise needs both of one shape: checked as a pair
+    net.blobs["a"].data[...] = 1
+    net.blobs["b"].data[...] = 2
+    assert np.allclose(net.forward()["sum"], 3) and net.blobs["sum"].data.shape == (2, 3, 4)
+    net.forward()
+    assert len(builds) == 1                    # the same new shapes are not checked again
+    net.blobs["b"].reshape(2, 3, 5)
+    with pytest.raises(NetError, match=r"two.prototxt:4: layer 'sum' \(Eltwise\): .*after reshaping a \(2, 3, 4\), "
+                                       r"b \(2, 3, 5\)"):
+        net.forward()

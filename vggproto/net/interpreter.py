@@ -103,6 +103,7 @@ class Net(nn.Module):
         self.track_diffs = False
         self.debug_info = self.net_param.debug_info   # Caffe's per-layer data/diff lines (vggproto.net.debug)
         self._debug_records: list[net_debug.LayerRecord] = []
+        self._reshaped: dict[str, Shape] = {}   # Input shapes of another rank last found to fit (_check_reshaped)
         if weights:
             self.load_weights(weights)
 
@@ -276,14 +277,18 @@ class Net(nn.Module):
         blobs: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
         self._debug_records = []
+        fed: dict[str, Shape] = {}   # the Input tops' shapes, checked before the first layer that reads them
         for param, layer, propagate in zip(self.net_param.layer[:last + 1], self.layer_list[:last + 1],
                                            self._propagate):
             bottoms = []
             if layer.feeds:
-                fed = self._fed_tops(param, layer, inputs)
-                self._check_reshaped(param, fed)
-                tops = layer(*fed)
+                tops = layer(*self._fed_tops(param, layer, inputs))
+                if param.type == "Input":
+                    fed.update(zip(param.top, (tuple(t.shape) for t in tops)))
             else:
+                if fed:
+                    self._check_reshaped(fed)
+                    fed = {}
                 bottoms = [blobs[b] if keep else blobs[b].detach() for b, keep in zip(param.bottom, propagate)]
                 tops = layer(*bottoms)
             if self.debug_info:
@@ -298,23 +303,23 @@ class Net(nn.Module):
         self.loss = self._total_loss(blobs)
         return blobs
 
-    def _check_reshaped(self, param: caffe_pb2.LayerParameter, fed: list[torch.Tensor]) -> None:
-        """An input fed with another number of axes than the net was built for (pycaffe's ``blob.reshape``):
+    def _check_reshaped(self, fed: dict[str, Shape]) -> None:
+        """Inputs fed with another number of axes than the net was built for (pycaffe's ``blob.reshape``):
         Caffe's Net::Reshape re-runs every layer's shape checks, here a shapes-only build of the net with the
-        Input layer's new shapes (so a net that cannot take them fails, located, before running)."""
-        built = [self.blob_shapes[top] for top in param.top]
-        if param.type != "Input" or all(t.dim() == len(s) for t, s in zip(fed, built)):
+        Input layers' new shapes (so a net that cannot take them fails, located, before running), once per new
+        set of shapes."""
+        if all(len(shape) == len(self.blob_shapes[top]) for top, shape in fed.items()) or fed == self._reshaped:
             return
         from vggproto.net.shapes import meta_net
         reshaped = caffe_pb2.NetParameter()
         reshaped.CopyFrom(self.net_param)
-        for kept in reshaped.layer:   # already filtered for this net's state
-            del kept.include[:], kept.exclude[:]
-        layer = next(p for p in reshaped.layer if p.name == param.name and list(p.top) == list(param.top))
-        del layer.input_param.shape[:]
-        for tensor in fed:
-            layer.input_param.shape.add().dim.extend(tensor.shape)
-        shapes = ", ".join(f"{top} {tuple(t.shape)}" for top, t in zip(param.top, fed))
+        for layer in reshaped.layer:   # already filtered for this net's state
+            del layer.include[:], layer.exclude[:]
+            if layer.type == "Input":
+                del layer.input_param.shape[:]
+                for top in layer.top:
+                    layer.input_param.shape.add().dim.extend(fed.get(top, self.blob_shapes[top]))
+        shapes = ", ".join(f"{top} {shape}" for top, shape in fed.items())
         try:
             rebuilt = meta_net(reshaped, self.phase, dialect=self.dialect)
         except NetError as exc:   # located in this net's file, with the shapes that caused it
@@ -322,12 +327,15 @@ class Net(nn.Module):
                            line=self.layer_lines.get(exc.layer or ""), layer=exc.layer,
                            layer_type=exc.layer_type) from None
         for name, layer in rebuilt.layer_dict.items():   # Caffe: e.g. base_conv_layer.cpp Reshape CHECKs the
-            need = [tuple(b.shape) for b in layer.blobs]   # bottoms against the layer's existing weights
+            if layer.shapes_unknown:                       # bottoms against the layer's existing weights
+                continue                                   # (a Python layer checks in its own reshape)
+            need = [tuple(b.shape) for b in layer.blobs]
             have = [tuple(b.shape) for b in self.layer_dict[name].blobs]
             if need != have:
                 raise self._error(layer.spec.param, self.layer_lines.get(name),
                                   f"parameters of shapes {have} do not fit the bottoms after reshaping {shapes} "
                                   f"(they would need {need})")
+        self._reshaped = dict(fed)
 
     def log_backward_debug(self) -> None:
         """After a backward pass with ``debug_info`` on: Caffe's ``[Backward]`` lines (Net.backward calls it;
