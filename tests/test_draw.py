@@ -140,11 +140,11 @@ def test_all_phases_show_both_shapes_and_phase_tags():
 
 
 def test_unbuildable_net_draws_without_shapes(caplog):
-    net = read_net('name: "p" layer { name: "py" type: "Python" top: "x" } '
+    net = read_net('name: "p" layer { name: "py" type: "NoSuchLayerType" top: "x" } '
                    'layer { name: "r" type: "ReLU" bottom: "x" top: "x" }')
     with caplog.at_level(logging.WARNING, logger="vggproto"):
         source = build_graph(net).source
-    assert "py_Python" in source and 'x_blob [label=x ' in source and "total parameters" not in source
+    assert "py_NoSuchLayerType" in source and 'x_blob [label=x ' in source and "total parameters" not in source
     assert "without blob shapes" in caplog.text
 
 

@@ -435,7 +435,7 @@ def test_python_layer_errors(tmp_path, py_module):
     path.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 } } }\n'
                     'layer { name: "p" type: "Python" bottom: "data" top: "p" python_param { module: "nowhere_x" '
                     'layer: "L" } }\n')
-    with pytest.raises(caffe.net.NetError, match="cannot import python_param.module 'nowhere_x'"):
+    with pytest.raises(caffe.net.NetError, match="python_param.module 'nowhere_x' is not importable: set PYTHONPATH"):
         caffe.Net(str(path), caffe.TEST)
 
 

@@ -150,6 +150,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
         raise WeightsError("--to onnx needs --model NET: ONNX holds the network, not just its weights")
     weights, source_net, source_fmt = load_caffe_weights(src, keep_shapes)
     net_param, target, sites = _net_target(model, phase, dialect) if model is not None else (None, None, None)
+    if target is not None:
+        target = _known_shapes(target, weights)
     if fc_to_conv_ or conv_to_fc_:
         weights = _reshape_fc(weights, fc_to_conv_, target)
     ignored, missing = [], []
@@ -169,8 +171,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
     return ConversionResult(os.fspath(dst), fmt, weights, source_fmt, ignored, missing)
 
 
-def _net_target(model: ModelSource, phase: str,
-                dialect: str | None) -> tuple[caffe_pb2.NetParameter, dict[str, list[Shape]], dict[str, Site]]:
+def _net_target(model: ModelSource, phase: str, dialect: str | None
+                ) -> tuple[caffe_pb2.NetParameter, dict[str, list[Shape] | None], dict[str, Site]]:
     """What ``--model`` says about the output: its unfiltered NetParameter (the caffemodel's structure), the blob
     shapes of its layers with parameters for ``phase`` (built once on the meta device) and where each layer is
     defined, so that a mismatch names ``path:line``."""
@@ -178,7 +180,19 @@ def _net_target(model: ModelSource, phase: str,
     from vggproto.net.shapes import meta_net, param_shapes
     net = meta_net(model, phase, dialect=dialect)  # a path is built from the file: layers carry their lines
     net_param = model if isinstance(model, caffe_pb2.NetParameter) else read_net(os.fspath(model), dialect=dialect)
-    return net_param, param_shapes(net), {name: Site(net.path, line) for name, line in net.layer_lines.items()}
+    # a layer of unknown shape (a Python layer's code is not run here, nor what it feeds) keeps the blob shapes
+    # the file has: None marks it for _fit_unknown
+    known = param_shapes(net)
+    target = {name: (known.get(name) if not layer.shapes_unknown else None)
+              for name, layer in net.layer_dict.items() if len(layer.blobs) or layer.shapes_unknown}
+    return net_param, target, {name: Site(net.path, line) for name, line in net.layer_lines.items()}
+
+
+def _known_shapes(target: Mapping[str, list[Shape] | None], weights: Weights) -> dict[str, list[Shape]]:
+    """``target`` with each layer of unknown shape taking the file's own blob shapes (left out if the file
+    lacks it: a net layer after a Python layer may have no parameters at all)."""
+    return {name: (shapes if shapes is not None else [tuple(a.shape) for a in weights[name]])
+            for name, shapes in target.items() if shapes is not None or name in weights}
 
 
 def _reshape_fc(weights: Weights, to_conv: bool, target: Mapping[str, list[Shape]] | None) -> Weights:

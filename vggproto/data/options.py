@@ -17,7 +17,7 @@ class DataOptions:
     world_size: int = 1
     per_gpu_batch: bool = False     # BVLC semantics: the prototxt batch is per rank (default: global, split)
     seed: int | None = None         # random_seed + rank; None (or < 0) = unseeded, like Caffe's -1
-    dry_run: bool = False           # shapes only: open no data source, draw no filler (meta-device builds)
+    dry_run: bool = False           # shapes only: open no data source, draw no filler, import no Python layer
     skip_bad: bool = False          # skip unreadable records (reported) instead of stopping
     data_workers: int = 0           # loader worker processes (0: load in this process)
     prefetch: int = 2               # batches in flight per worker

@@ -20,6 +20,8 @@ class FedLayer(CaffeLayer):
 
     feeds: ClassVar[bool] = True
     is_data = True
+    #: whether a fed top must keep the declared number of axes (the interpreter re-checks an Input's new ones)
+    fixed_rank: ClassVar[bool] = True
 
     def next_batch(self) -> tuple[torch.Tensor, ...] | None:
         """Tops the layer supplies itself when the caller feeds none (MemoryData after ``set_arrays``)."""
@@ -27,7 +29,7 @@ class FedLayer(CaffeLayer):
 
     def forward(self, *tops: torch.Tensor) -> tuple[torch.Tensor, ...]:
         for name, tensor, shape in zip(self.spec.param.top, tops, self.top_shapes):
-            if tensor.dim() != len(shape):
+            if self.fixed_rank and tensor.dim() != len(shape):
                 raise self.spec.error(f"input '{name}' must have {len(shape)} axes like {shape}, "
                                       f"got shape {tuple(tensor.shape)}")
         return tuple(tops)
@@ -36,6 +38,8 @@ class FedLayer(CaffeLayer):
 @register("Input")
 class Input(FedLayer):
     """Caffe: src/caffe/layers/input_layer.cpp — one shape per top, or one shape shared by all tops."""
+
+    fixed_rank = False   # Caffe: input_layer.hpp — Reshape is a no-op, a reshaped blob keeps any shape
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

@@ -1,18 +1,18 @@
 """Caffe's ``Python`` layer: a user class (``python_param { module layer param_str }``) run inside the net.
 
-Caffe: src/caffe/layers/python_layer.hpp.  The user's module is imported (from ``sys.path``, i.e. PYTHONPATH, with
-the working directory tried too, as pycaffe processes have it), the class is built with the LayerParameter, gets
-``param_str`` and ``phase``, then ``setup(bottom, top)`` and ``reshape(bottom, top)`` with pycaffe-style lists of
-:class:`Blob`.  Every forward calls ``reshape`` then ``forward`` on numpy copies of the bottoms; the autograd
-graph goes through :class:`_PythonFunction`, whose backward hands the tops' gradients to the user's ``backward``,
-so nets with Python layers train.  :class:`Blob` lives here (not in :mod:`vggproto.pycaffe`) because the layers
-package ranks below it; pycaffe reuses it as its own blob type.
+Caffe: src/caffe/layers/python_layer.hpp.  The user's module is imported from ``sys.path`` (PYTHONPATH; for a
+pycaffe script also its own folder, which Python puts there), never implicitly from the working directory, and
+only by nets that run: a shapes-only build (``DataOptions.dry_run``) leaves the tops' shapes unknown.  The class
+is built with the LayerParameter, gets ``param_str`` and ``phase``, then ``setup(bottom, top)`` and
+``reshape(bottom, top)`` with pycaffe-style lists of :class:`Blob`.  Every forward calls ``reshape`` then
+``forward`` on numpy copies of the bottoms; the autograd graph goes through :class:`_PythonFunction`, whose
+backward hands the tops' gradients to the user's ``backward``, so nets with Python layers train.  :class:`Blob`
+lives here (not in :mod:`vggproto.pycaffe`) because the layers package ranks below it; pycaffe reuses it as its
+own blob type.
 """
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -119,21 +119,18 @@ class Layer:
 
 
 def import_layer_class(spec: LayerSpec) -> type:
-    """The class ``python_param.layer`` of module ``python_param.module`` (cwd tried after ``sys.path``)."""
+    """The class ``python_param.layer`` of module ``python_param.module``, imported from ``sys.path`` only:
+    Caffe's embedded Python has no working directory on it, so a stray ``.py`` beside a model is never run."""
     p = spec.param.python_param
     if not p.module or not p.layer:
         raise spec.error("python_param needs both 'module' and 'layer'")
     try:
         module = importlib.import_module(p.module)
     except ModuleNotFoundError as exc:
-        if exc.name != p.module or os.getcwd() in sys.path:
+        if exc.name is None or not (p.module == exc.name or p.module.startswith(exc.name + ".")):
             raise spec.error(f"cannot import python_param.module '{p.module}': {exc}") from None
-        sys.path.append(os.getcwd())
-        try:
-            module = importlib.import_module(p.module)
-        except ModuleNotFoundError as again:
-            raise spec.error(f"cannot import python_param.module '{p.module}' (from PYTHONPATH or the working "
-                             f"directory): {again}") from None
+        raise spec.error(f"python_param.module '{p.module}' is not importable: set PYTHONPATH to the folder that "
+                         f"holds it (the working directory is not searched, as in Caffe)") from None
     cls = getattr(module, p.layer, None)
     if cls is None:
         raise spec.error(f"module '{p.module}' has no class '{p.layer}'")
@@ -189,6 +186,11 @@ class PythonLayer(CaffeLayer):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
+        if spec.options.dry_run:   # a shapes-only build (info, draw, convert): never import or run the user's code
+            self.py = None
+            self.top_shapes = [None] * len(spec.param.top)
+            self.shapes_unknown = "Python layer: its code runs only in commands that run the net"
+            return
         self.py = _instantiate(import_layer_class(spec), spec)
         self.bottom = [Blob(shape) for shape in spec.bottom_shapes]
         self.top = [Blob() for _ in spec.param.top]

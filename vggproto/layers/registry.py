@@ -78,6 +78,9 @@ class CaffeLayer(nn.Module):
     #: Set by the Net: this in-place layer may overwrite its bottom's memory when no autograd graph is built
     #: (the bottom is a fresh Convolution/InnerProduct output that nothing else has read).
     may_overwrite: bool = False
+    #: Why this layer's top shapes are unknown (None entries in ``top_shapes``) in a shapes-only build: a Python
+    #: layer's code is not run there, and layers fed by it cannot be built.
+    shapes_unknown: str = ""
 
     def __init__(self, spec: LayerSpec):
         super().__init__()
@@ -98,6 +101,19 @@ class CaffeLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.spec.type} '{self.spec.name}' tops={self.top_shapes}"
+
+
+class UnknownShapes(CaffeLayer):
+    """Stands, in a shapes-only build (``DataOptions.dry_run``: info, draw, convert), for a layer fed by a blob of
+    unknown shape: it cannot be built, so its tops are unknown too; it has no parameters and never runs."""
+
+    def __init__(self, spec: LayerSpec, reason: str):
+        super().__init__(spec)
+        self.top_shapes = [None] * len(spec.param.top)
+        self.shapes_unknown = reason
+
+    def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        raise self.spec.error(f"not built ({self.shapes_unknown}): a shapes-only net cannot run")
 
 
 MAX_BLOB_ENV = "VGGPROTO_MAX_BLOB_BYTES"

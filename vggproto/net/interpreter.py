@@ -23,7 +23,7 @@ from vggproto.caffe.prototxt import ParsedNet, layer_lines, parse_net
 from vggproto.caffe.shapes import Shape
 from vggproto.data.options import DataOptions
 from vggproto.errors import NetError, PrototxtError
-from vggproto.layers.registry import CaffeLayer, LayerSpec, build_layer, check_blob_size
+from vggproto.layers.registry import CaffeLayer, LayerSpec, UnknownShapes, build_layer, check_blob_size
 from vggproto.net import debug as net_debug
 from vggproto.net import weights as net_weights
 from vggproto.net.params import LearnableParam, ParamOwner, setup_params
@@ -80,7 +80,7 @@ class Net(nn.Module):
         self.layer_names: list[str] = []
         self.layer_lines: dict[str, int | None] = {}
         self.layer_dict: dict[str, CaffeLayer] = {}
-        self.blob_shapes: dict[str, Shape] = {}
+        self.blob_shapes: dict[str, Shape | None] = {}   # None: unknown in a shapes-only build (Python layers)
         self._owners: list[ParamOwner] = []
         self._loss_weights: list[tuple[str, float]] = []
         self._propagate: list[list[bool]] = []
@@ -103,6 +103,7 @@ class Net(nn.Module):
         self.track_diffs = False
         self.debug_info = self.net_param.debug_info   # Caffe's per-layer data/diff lines (vggproto.net.debug)
         self._debug_records: list[net_debug.LayerRecord] = []
+        self._reshaped: dict[str, Shape] = {}   # Input shapes of another rank last found to fit (_check_reshaped)
         if weights:
             self.load_weights(weights)
 
@@ -131,8 +132,10 @@ class Net(nn.Module):
         spec = LayerSpec(param=param, bottom_shapes=[self.blob_shapes[b] for b in param.bottom],
                          phase=param.phase if param.HasField("phase") else self.phase, path=self.path, line=line,
                          generator=generator, options=self.options, dialect=self.dialect)
+        unknown = [b for b in param.bottom if self.blob_shapes[b] is None]   # after a dry-run Python layer
         try:
-            layer = build_layer(spec)
+            layer = UnknownShapes(spec, f"bottom '{unknown[0]}' has an unknown shape") if unknown \
+                else build_layer(spec)
         except NetError:
             raise
         except PrototxtError as exc:   # a filler or parameter error without a location: locate it here
@@ -143,8 +146,9 @@ class Net(nn.Module):
         for top, shape in zip(param.top, layer.top_shapes):
             if top in self.blob_shapes and top not in param.bottom:
                 raise self._error(param, line, f"top blob '{top}' is produced by multiple sources")
-            check_blob_size(spec, shape, f"top blob '{top}'")
-        self.blob_shapes.update(zip(param.top, (tuple(s) for s in layer.top_shapes)))
+            if shape is not None:
+                check_blob_size(spec, shape, f"top blob '{top}'")
+        self.blob_shapes.update(zip(param.top, (None if s is None else tuple(s) for s in layer.top_shapes)))
         self._check_loss_weights(param, line, layer)
         if param.propagate_down and len(param.propagate_down) != len(param.bottom):
             raise self._error(param, line, f"propagate_down must be given once per bottom ({len(param.bottom)})")
@@ -155,8 +159,9 @@ class Net(nn.Module):
             producer, readers = self._sources.get(bottom, ("", 0))
             self._sources[bottom] = (producer, readers + 1)
         self._sources.update((top, (param.type, 0)) for top in param.top)
-        setup_params(param, layer, len(self.layer_list), shared, self._owners, self.force_backward,
-                     lambda message: self._error(param, line, message), self.layer_list)
+        if not layer.shapes_unknown:
+            setup_params(param, layer, len(self.layer_list), shared, self._owners, self.force_backward,
+                         lambda message: self._error(param, line, message), self.layer_list)
         self.layer_list.append(layer)
         self.layer_names.append(param.name)
         self.layer_lines[param.name] = line
@@ -255,18 +260,35 @@ class Net(nn.Module):
         if len(positional) > len(self.input_names):
             raise NetError(f"{len(positional)} positional inputs for {len(self.input_names)} input blob(s) "
                            f"({', '.join(self.input_names) or 'none'})", path=self.path)
-        inputs = {**dict(zip(self.input_names, positional)), **inputs}
+        blobs = self.forward_to(len(self.layer_list) - 1, **dict(zip(self.input_names, positional)), **inputs)
+        return {name: blobs[name] for name in self.output_names}
+
+    def forward_to(self, last: int, **inputs: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Caffe's ForwardTo: layers 0..``last`` only (a later layer is neither run nor reshaped, so it may not
+        fit the inputs); returns the blobs computed, also in ``self.blobs`` (loss: of the losses computed)."""
+        unknown = sorted(set(inputs) - set(self.input_names))
+        if unknown:
+            raise NetError(f"unknown input(s) {', '.join(unknown)}; the net is fed through: "
+                           f"{', '.join(self.input_names) or 'nothing (it has no Input/MemoryData layer)'}",
+                           path=self.path)
         # the last pass's blobs are overwritten by this one (as Caffe overwrites its blobs in place): let them go
         # now, not after this pass, or inference loops hold two passes of activations (2x the memory)
         self.blobs, self._first = {}, {}
         blobs: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
         self._debug_records = []
-        for param, layer, propagate in zip(self.net_param.layer, self.layer_list, self._propagate):
+        fed: dict[str, Shape] = {}   # the Input tops' shapes, checked before the first layer that reads them
+        for param, layer, propagate in zip(self.net_param.layer[:last + 1], self.layer_list[:last + 1],
+                                           self._propagate):
             bottoms = []
             if layer.feeds:
                 tops = layer(*self._fed_tops(param, layer, inputs))
+                if param.type == "Input":
+                    fed.update(zip(param.top, (tuple(t.shape) for t in tops)))
             else:
+                if fed:
+                    self._check_reshaped(fed)
+                    fed = {}
                 bottoms = [blobs[b] if keep else blobs[b].detach() for b, keep in zip(param.bottom, propagate)]
                 tops = layer(*bottoms)
             if self.debug_info:
@@ -277,14 +299,43 @@ class Net(nn.Module):
                     first[name] = tensor                      # activation alive until the next forward
                     if tensor.requires_grad:
                         tensor.retain_grad()
-        if inputs:
-            raise NetError(f"unknown input(s) {', '.join(sorted(inputs))}; the net is fed through: "
-                           f"{', '.join(self.input_names) or 'nothing (it has no Input/MemoryData layer)'}",
-                           path=self.path)
         self.blobs, self._first = blobs, first
         self.loss = self._total_loss(blobs)
-        return {name: blobs[name] for name in self.output_names}
+        return blobs
 
+    def _check_reshaped(self, fed: dict[str, Shape]) -> None:
+        """Inputs fed with another number of axes than the net was built for (pycaffe's ``blob.reshape``):
+        Caffe's Net::Reshape re-runs every layer's shape checks, here a shapes-only build of the net with the
+        Input layers' new shapes (so a net that cannot take them fails, located, before running), once per new
+        set of shapes."""
+        if all(len(shape) == len(self.blob_shapes[top]) for top, shape in fed.items()) or fed == self._reshaped:
+            return
+        from vggproto.net.shapes import meta_net
+        reshaped = caffe_pb2.NetParameter()
+        reshaped.CopyFrom(self.net_param)
+        for layer in reshaped.layer:   # already filtered for this net's state
+            del layer.include[:], layer.exclude[:]
+            if layer.type == "Input":
+                del layer.input_param.shape[:]
+                for top in layer.top:
+                    layer.input_param.shape.add().dim.extend(fed.get(top, self.blob_shapes[top]))
+        shapes = ", ".join(f"{top} {shape}" for top, shape in fed.items())
+        try:
+            rebuilt = meta_net(reshaped, self.phase, dialect=self.dialect)
+        except NetError as exc:   # located in this net's file, with the shapes that caused it
+            raise NetError(f"{exc.reason} (after reshaping {shapes})", path=self.path,
+                           line=self.layer_lines.get(exc.layer or ""), layer=exc.layer,
+                           layer_type=exc.layer_type) from None
+        for name, layer in rebuilt.layer_dict.items():   # Caffe: e.g. base_conv_layer.cpp Reshape CHECKs the
+            if layer.shapes_unknown:                       # bottoms against the layer's existing weights
+                continue                                   # (a Python layer checks in its own reshape)
+            need = [tuple(b.shape) for b in layer.blobs]
+            have = [tuple(b.shape) for b in self.layer_dict[name].blobs]
+            if need != have:
+                raise self._error(layer.spec.param, self.layer_lines.get(name),
+                                  f"parameters of shapes {have} do not fit the bottoms after reshaping {shapes} "
+                                  f"(they would need {need})")
+        self._reshaped = dict(fed)
 
     def log_backward_debug(self) -> None:
         """After a backward pass with ``debug_info`` on: Caffe's ``[Backward]`` lines (Net.backward calls it;
@@ -296,7 +347,8 @@ class Net(nn.Module):
         # Caffe: net.cpp ForwardFromTo — loss = Σ loss_weight · Σ top elements
         total = torch.zeros((), dtype=self.dtype, device=self.device)
         for name, weight in self._loss_weights:
-            total = total + weight * blobs[name].sum()
+            if name in blobs:   # a forward_to that stopped before this loss
+                total = total + weight * blobs[name].sum()
         return total
 
     def backward(self, **top_diffs: np.ndarray | torch.Tensor) -> None:

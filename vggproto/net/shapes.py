@@ -31,19 +31,22 @@ log = logging.getLogger("vggproto.net.shapes")
 
 @dataclass
 class NetShapes:
-    """Shape of every blob (its last producer's top shape), parameter count of every layer (``params``, shared
-    blobs included) and of the blobs each layer owns (``owned``: shared blobs counted at their first owner)."""
+    """Shape of every blob (its last producer's top shape; None when unknown), parameter count of every layer
+    (``params``, shared blobs included) and of the blobs each layer owns (``owned``: shared blobs counted at their
+    first owner)."""
 
-    blobs: dict[str, Shape] = field(default_factory=dict)
+    blobs: dict[str, Shape | None] = field(default_factory=dict)
     params: dict[str, int] = field(default_factory=dict)
     owned: dict[str, int] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)   # layers whose shapes are unknown (a Python layer's code
+                                                       # is not run for shapes, nor what it feeds built)
 
     @property
     def total(self) -> int:
         return sum(self.owned.values())
 
 
-def meta_net(model: ModelSource, phase: str = "TEST", level: int = 0, stages: tuple[str, ...] = (),
+def meta_net(model: ModelSource, phase: str | int = "TEST", level: int = 0, stages: tuple[str, ...] = (),
              dialect: str | None = None) -> Net:
     """The interpreter's Net for ``model`` (prototxt path, text or NetParameter) built on the meta device: every
     blob shape, layer line and parameter shape, no weight memory.  The one such build (drawing, dense nets,
@@ -90,6 +93,9 @@ def interpreter_shapes(net: caffe_pb2.NetParameter, phase: str = "TEST", level: 
     built = meta_net(model, phase, level, tuple(stages), dialect)
     result = NetShapes(blobs=dict(built.blob_shapes))
     for name, layer in built.layer_dict.items():
+        if layer.shapes_unknown:
+            result.unknown.append(name)
+            continue
         result.params[name] = sum(int(blob.numel()) for blob in layer.blobs)
         result.owned.setdefault(name, 0)
     for learnable in built.learnable_params:

@@ -31,10 +31,14 @@ def shape_table(net: Net) -> str:
         tops = list(param.top) or ["-"]
         for i, top in enumerate(tops):
             shape = net.blob_shapes.get(top)
-            shape_text = f"{' '.join(map(str, shape))} ({count(shape)})".lstrip() if shape is not None else "-"
+            if shape is not None:
+                shape_text = f"{' '.join(map(str, shape))} ({count(shape)})".lstrip()
+            else:   # a shapes-only build does not run a Python layer's code, nor build what it feeds
+                shape_text = f"unknown: {layer.shapes_unknown}" if layer.shapes_unknown and top != "-" else "-"
             rows.append((param.name if i == 0 else "", param.type if i == 0 else "", top, shape_text,
                          f"{n_params:,}" if i == 0 and n_params else ""))
     widths = [max(len(row[c]) for row in rows) for c in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.append(f"Total params: {total:,}")
+    unknown = any(layer.shapes_unknown for layer in net.layer_list)
+    lines.append(f"Total params: {total:,}" + (" (layers of unknown shape not counted)" if unknown else ""))
     return "\n".join(lines)

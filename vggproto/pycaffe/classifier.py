@@ -95,8 +95,19 @@ class Detector(Net):
         return detections
 
     def detect_selective_search(self, image_fnames: Sequence[str]) -> list[dict]:
-        raise NotImplementedError("selective search proposals need the external selective_search_ijcv_with_python "
-                                  "tool; compute windows yourself and call detect_windows")
+        """pycaffe's R-CNN flow: windows from the external ``selective_search_ijcv_with_python`` module (its
+        ``get_windows`` runs MATLAB, hence absolute paths), then :meth:`detect_windows` on them."""
+        try:
+            import selective_search_ijcv_with_python as selective_search
+        except ModuleNotFoundError as exc:
+            if exc.name != "selective_search_ijcv_with_python":
+                raise
+            raise ModuleNotFoundError("detect_selective_search needs the selective_search_ijcv_with_python module "
+                                      "on PYTHONPATH (github.com/sergeyk/selective_search_ijcv_with_python); or "
+                                      "compute windows yourself and call detect_windows", name=exc.name) from None
+        image_fnames = [os.path.abspath(name) for name in image_fnames]
+        windows_list = selective_search.get_windows(image_fnames, cmd="selective_search_rcnn")
+        return self.detect_windows(list(zip(image_fnames, windows_list)))
 
     def configure_crop(self, context_pad: int | None) -> None:
         """The crop size (H x W x K) and, with context padding, the mean colour filling outside the image."""

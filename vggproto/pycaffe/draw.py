@@ -19,9 +19,10 @@ def _options(rankdir: str, phase: int | None, display_lrm: bool) -> viz_draw.Dra
 
 def draw_net_to_file(caffe_net: caffe_pb2.NetParameter, filename: str, rankdir: str = "LR",
                      phase: int | None = None, display_lrm: bool = False) -> str:
-    """Draw ``caffe_net`` into ``filename`` (the format follows the extension); returns the path written."""
+    """Draw ``caffe_net`` into ``filename`` (the format follows the extension, any that graphviz writes, as in
+    pycaffe); returns the path written."""
     source = message_to_text(caffe_net).encode("utf-8")
-    return viz_draw.draw_net(source, filename, _options(rankdir, phase, display_lrm))
+    return viz_draw.draw_net(source, filename, _options(rankdir, phase, display_lrm), any_format=True)
 
 
 def draw_net(caffe_net: caffe_pb2.NetParameter, rankdir: str = "LR", ext: str = "png", phase: int | None = None,

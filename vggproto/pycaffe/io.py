@@ -116,7 +116,9 @@ class Transformer:
             decaf_in = decaf_in[np.argsort(self.channel_swap[in_]), :, :]
         if self.transpose.get(in_) is not None:
             decaf_in = decaf_in.transpose(np.argsort(self.transpose[in_]))
-        return decaf_in
+        # pycaffe's result is float32 (its blobs are): float64 arithmetic gives 1.0000000126 where float32 gives
+        # 1.0, which skimage.img_as_ubyte refuses
+        return decaf_in.astype(np.float32, copy=False)
 
     def set_transpose(self, in_: str, order: tuple[int, ...]) -> None:
         self._check(in_)
@@ -135,20 +137,26 @@ class Transformer:
         self.raw_scale[in_] = scale
 
     def set_mean(self, in_: str, mean: np.ndarray) -> None:
-        """A per-channel (K,) mean, or a K x H x W (or H x W) mean image matching the input."""
+        """A per-channel (K,) mean, or a K x H x W (or H x W) mean image; an image of another size than the input
+        is resized to it, as current pycaffe does (``classify.py``'s 256 x 256 mean on a 227 input)."""
         self._check(in_)
         mean = np.asarray(mean)
+        channels, in_dims = self.inputs[in_][1], tuple(self.inputs[in_][2:])
         if mean.ndim == 1:
-            if mean.shape[0] != self.inputs[in_][1]:
+            if mean.shape[0] != channels:
                 raise ValueError("Mean channels incompatible with input.")
             mean = mean[:, np.newaxis, np.newaxis]
         else:
-            shape = mean.shape if mean.ndim != 2 else (1, *mean.shape)
-            if len(shape) != 3:
+            mean = mean.reshape((1, *mean.shape)) if mean.ndim == 2 else mean
+            if mean.ndim != 3:
                 raise ValueError("Mean shape invalid")
-            if tuple(shape) != tuple(self.inputs[in_][1:]):
+            if mean.shape[0] != channels:
                 raise ValueError("Mean shape incompatible with input shape.")
-            mean = mean.reshape(shape)
+            if mean.shape[1:] != in_dims:
+                # pycaffe rescales to [0, 1] around skimage's resize and back; bilinear resizing commutes with
+                # that affine map, so resizing directly gives its values (and a constant mean stays constant
+                # where pycaffe's 0/0 gives NaN)
+                mean = resize_image(mean.transpose(1, 2, 0), in_dims).transpose(2, 0, 1)
         self.mean[in_] = mean
 
     def set_input_scale(self, in_: str, scale: float) -> None:

@@ -128,17 +128,22 @@ class Net:
                     target.copy_(torch.from_numpy(array).reshape(target.shape))
         self._mirrors.clear()
 
-    def _feeding_forward(self, *positional: torch.Tensor, **inputs: Any) -> dict[str, torch.Tensor]:
+    def _feed(self, positional: tuple, inputs: dict[str, Any]) -> None:
+        """Put the Input blobs' buffers into ``inputs`` (those not given), after writing parameter mirrors back."""
         self._push_mirrors()
         stale = self._net.blobs is not self._seen
-        if not positional:
-            for name in self._input_tops:
-                last = self._net.blobs.get(name)
-                if stale and last is not None:   # only the inputs: a solver's step must not copy every blob
-                    self.blobs[name].store(last.detach().to("cpu", torch.float32).numpy(), None)
-                if name not in inputs:
-                    tensor = torch.from_numpy(self.blobs[name].buffer.copy())
-                    inputs[name] = tensor.requires_grad_(bool(self._net.force_backward))
+        if positional:
+            return
+        for name in self._input_tops:
+            last = self._net.blobs.get(name)
+            if stale and last is not None:   # only the inputs: a solver's step must not copy every blob
+                self.blobs[name].store(last.detach().to("cpu", torch.float32).numpy(), None)
+            if name not in inputs:
+                tensor = torch.from_numpy(self.blobs[name].buffer.copy())
+                inputs[name] = tensor.requires_grad_(bool(self._net.force_backward))
+
+    def _feeding_forward(self, *positional: torch.Tensor, **inputs: Any) -> dict[str, torch.Tensor]:
+        self._feed(positional, inputs)
         return type(self._net).forward(self._net, *positional, **inputs)
 
     # ------------------------------------------------------------------------------------------ pycaffe's views
@@ -213,7 +218,8 @@ class Net:
         """pycaffe's forward: ``kwargs`` fill input blobs; returns the outputs (or ``end``'s tops) and ``blobs``.
 
         With ``start`` past the data layers, only layers ``start``..``end`` run, on the blobs' current contents
-        (Caffe's ForwardFromTo); otherwise the whole net runs and ``end`` only chooses what is returned."""
+        (Caffe's ForwardFromTo); otherwise layers from the first up to ``end`` run (Caffe's ForwardTo: later
+        layers are neither run nor reshaped)."""
         outputs = list(self.top_names[end]) if end is not None else self.outputs
         outputs = list(dict.fromkeys([*outputs, *(blobs or [])]))
         unknown = [k for k in kwargs if k not in self._input_tops]
@@ -224,8 +230,13 @@ class Net:
         layers = self._net.layer_list
         if first > 0 and not any(layer.feeds or layer.is_data for layer in layers[first:]):
             self._forward_range(first, self._index(end, len(layers) - 1))
-        else:
+        elif end is None:
             self._net.forward()
+            self._fresh = {}
+        else:
+            inputs: dict[str, Any] = {}
+            self._feed((), inputs)
+            self._net.forward_to(self._index(end, len(layers) - 1), **inputs)
             self._fresh = {}
         self.refresh()
         return {name: self.blobs[name].data for name in outputs}
@@ -325,8 +336,10 @@ class Net:
     # ------------------------------------------------------------------------------------------ weights
 
     def copy_from(self, path: str | os.PathLike) -> None:
+        """Caffe's CopyTrainedLayersFrom of one file: the name is never split on commas (that list is only the
+        command line's ``--weights a,b`` convention), so ``'weights.pretrained, end-to-end.caffemodel'`` works."""
         self._push_mirrors()
-        self._net.load_weights(path)
+        self._net.load_weights([os.fspath(path)])
 
     def share_with(self, other: "Net") -> None:
         self._net.share_weights_from(other.torch_net)

@@ -182,7 +182,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 
 def blob_label(blob: str, shapes: dict[str, NetShapes]) -> str:
     """Blob name and its shape; ``TEST: ...`` / ``TRAIN: ...`` when the phases disagree (train_val nets)."""
-    found = {phase: s.blobs[blob] for phase, s in shapes.items() if blob in s.blobs}
+    found = {phase: s.blobs[blob] for phase, s in shapes.items() if s.blobs.get(blob) is not None}
     if not found:
         return blob
     if len(set(found.values())) == 1:
@@ -200,7 +200,7 @@ def _params(layer: str, shapes: dict[str, NetShapes]) -> str:
 
 def total_params(shapes: dict[str, NetShapes]) -> int | None:
     """Learnable parameters of the net (a layer counted once even if it exists in both phases)."""
-    if not shapes:
+    if not shapes or any(s.unknown for s in shapes.values()):   # layers after a Python layer: no count
         return None
     merged: dict[str, int] = {}
     for phase_shapes_ in shapes.values():
@@ -230,6 +230,8 @@ def build_graph(net: caffe_pb2.NetParameter, options: DrawOptions | None = None,
     title = net.name or (os.path.basename(path) if path else "net")
     if total is not None:
         title += f"\\ntotal parameters: {total:,}" + (f" ({total / 1e6:.1f}M)" if total >= 100_000 else "")
+    elif any(s.unknown for s in shapes.values()):
+        title += "\\nno shapes from Python layers on (their code runs only when the net runs)"
     graph.attr(label=title, fontsize="20")
     members, edges = _layout(drawn, options, shapes)
     _emit(graph, members, edges)
@@ -297,14 +299,17 @@ def _emit(graph: "graphviz.Digraph", members: dict, edges: list[tuple[str, str, 
         graph.edge(src, dst, label=label) if label else graph.edge(src, dst)
 
 
-def write_graph(graph: "graphviz.Digraph", out: str | os.PathLike) -> str:
-    """Write ``graph`` to ``out`` in the format its extension names; ``.dot``/``.gv`` need no graphviz binary."""
+def write_graph(graph: "graphviz.Digraph", out: str | os.PathLike, any_format: bool = False) -> str:
+    """Write ``graph`` to ``out`` in the format its extension names; ``.dot``/``.gv`` need no graphviz binary.
+    ``any_format`` hands any other extension graphviz knows (``.jpg``, ``.gif``...) to it, as pycaffe does."""
     import graphviz
 
     out = os.fspath(out)
     fmt = os.path.splitext(out)[1].lower().lstrip(".")
-    if fmt not in FORMATS:
-        raise VGGProtoError(f"{out}: cannot draw to '.{fmt}'; supported: " + ", ".join(f".{f}" for f in FORMATS))
+    known = graphviz.FORMATS if any_format else FORMATS
+    if fmt not in known:
+        raise VGGProtoError(f"{out}: cannot draw to '.{fmt}'; supported: " + ", ".join(f".{f}" for f in FORMATS)
+                            + (" and graphviz's other output formats" if any_format else ""))
     if fmt in ("dot", "gv"):
         data = graph.source.encode("utf-8")
     else:
@@ -320,11 +325,12 @@ def write_graph(graph: "graphviz.Digraph", out: str | os.PathLike) -> str:
 
 
 def draw_net(source: str | os.PathLike | bytes, out: str | os.PathLike, options: DrawOptions | None = None,
-             force: bool = False) -> str:
-    """Read a net (prototxt path/text, V1 upgraded) and draw it into ``out``; return the path written."""
+             force: bool = False, any_format: bool = False) -> str:
+    """Read a net (prototxt path/text, V1 upgraded) and draw it into ``out`` (``any_format``: see
+    :func:`write_graph`); return the path written."""
     check_output(out, inputs=(source,) if isinstance(source, (str, os.PathLike)) else (), force=force)
     net, path, _, _ = parse_net(source, dialect=(options or DrawOptions()).dialect)
     graph = build_graph(net, options, path)
-    written = write_graph(graph, out)
+    written = write_graph(graph, out, any_format)
     log.debug("Wrote %s", written)   # the command prints Caffe's "Drawing net to" line
     return written
