@@ -103,7 +103,7 @@ class Solver:
 
     def _checked_param(self, p: caffe_pb2.SolverParameter) -> caffe_pb2.SolverParameter:
         """The solver with ``--level``/``--stage`` applied, after Caffe's checks of its fields and of the flags."""
-        updates.check_solver(p, self.path, warn=self.opts.rank == 0)
+        updates.check_solver(p, self.path)
         check_effect(self.opts.sigint_effect, "sigint_effect")
         check_effect(self.opts.sighup_effect, "sighup_effect")
         if self.opts.level is not None:
