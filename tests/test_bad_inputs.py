@@ -204,6 +204,11 @@ for _key, _data in CAFFEMODELS.items():
         lambda d, k=_key, b=_data: ["convert", write(d, f"{k}.caffemodel", b), str(d / "out.h5")])
 
 
+case("caffemodel-convert-torchvision-not-vgg", "lenet.caffemodel",
+     says="lenet.caffemodel: layers ['fc'] have no torchvision VGG counterpart")(
+    lambda d: ["convert", write(d, "lenet.caffemodel", small_caffemodel()), str(d / "out.pt"), "--to", "torchvision"])
+
+
 def _h5(folder: Path, name: str, fill: Callable) -> str:
     import h5py
     path = folder / name
