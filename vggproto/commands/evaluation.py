@@ -86,7 +86,8 @@ def classify_command(images: tuple[str, ...], model: str, weights: str, mean_val
 @click.command("extract")
 @_common
 @click.option("--list", "list_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Caffe list file: '<image path> <label>' per line.")
+              help="Caffe list file: '<image path> <label>' per line, or plain image paths (descriptors need "
+                   "no labels; they are stored as -1).")
 @click.option("--root", default="", help="Folder the list's paths are relative to.")
 @click.option("--blob", default="fc7", show_default=True, help="Blob to pool (fc7 is fc7-conv in a _dense net).")
 @click.option("--scales", type=IntList(), default="256,384,512", show_default=True,
