@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -350,6 +351,13 @@ def test_values_caffe_accepts_but_nobody_means_are_refused_at_their_line(case, o
         train(path)
     assert str(error.value).startswith(f"{path}:{line}: {says}")
     assert "Caffe would have accepted it" in str(error.value)
+
+
+def test_a_run_shorter_than_display_logs_its_last_iteration(case, caplog):
+    caplog.set_level(logging.INFO, logger="vggproto")
+    train(write_solver("a.prototxt", max_iter=3, display=20))
+    iterations = [m for m in caplog.messages if re.match(r"Iteration \d+(,| \()", m) and "loss" in m]
+    assert [m.split()[1].rstrip(",") for m in iterations] == ["0", "3"], iterations
 
 
 def test_progress_bar_shows_the_real_image_rate(case, monkeypatch):

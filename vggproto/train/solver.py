@@ -141,7 +141,9 @@ class Solver:
                 if self.requested_early_exit:
                     log.info("Optimization stopped early.")
                     return
-                if p.display and self.iter % p.display == 0:
+                # Caffe: solver.cpp Solve displays only when iter % display == 0; a run shorter than display (or
+                # ending between two) would not show where it ended, so the final loss is always logged
+                if p.display:
                     with torch.no_grad():
                         loss = self._all_mean(self._forward_loss())
                     self._update_smoothed_loss(loss, start_iter)
