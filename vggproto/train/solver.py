@@ -141,9 +141,7 @@ class Solver:
                 if self.requested_early_exit:
                     log.info("Optimization stopped early.")
                     return
-                # Caffe: solver.cpp Solve displays only when iter % display == 0; a run shorter than display (or
-                # ending between two) would not show where it ended, so the final loss is always logged
-                if p.display:
+                if p.display:   # Caffe: solver.cpp Solve, only at iter % display == 0; here a short run too
                     with torch.no_grad():
                         loss = self._all_mean(self._forward_loss())
                     self._update_smoothed_loss(loss, start_iter)
