@@ -34,14 +34,15 @@ class Case:
     build: Callable[[Path], list[str]]
     names: str            # what the output must mention (the offending file or option)
     code: int | tuple[int, ...] = 1
+    says: str = ""        # what the message must say besides (the field, the range...), when it matters
 
 
 CASES: list[Case] = []
 
 
-def case(name: str, names: str, code: int = 1) -> Callable:
+def case(name: str, names: str, code: int = 1, says: str = "") -> Callable:
     def add(build: Callable[[Path], list[str]]) -> Callable:
-        CASES.append(Case(name, build, names, code))
+        CASES.append(Case(name, build, names, code, says))
         return build
     return add
 
@@ -127,6 +128,18 @@ PROTOTXTS: dict[str, str | bytes] = {
                                'inner_product_param { num_output: "ten" } }\n',
     "num_output_huge": INPUT + 'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
                                'inner_product_param { num_output: 99999999999999999999999 } }\n',
+    "num_output_four": INPUT + 'layer { name: "conv1" type: "Convolution" bottom: "data" top: "c"\n'
+                               '  convolution_param { num_output: four kernel_size: 3 } }\n',
+    "bias_term_maybe": INPUT + 'layer { name: "conv1" type: "Convolution" bottom: "data" top: "c"\n'
+                               '  convolution_param { num_output: 2 bias_term: maybe kernel_size: 3 } }\n',
+    "missing_colon": INPUT + 'layer { name: "conv1" type: "Convolution" bottom: "data" top: "c"\n'
+                             '  convolution_param { num_output 2 kernel_size: 3 } }\n',
+    "pad_minus_1": INPUT + 'layer { name: "conv1" type: "Convolution" bottom: "data" top: "c"\n'
+                           '  convolution_param { num_output: 2 kernel_size: 3 pad: -1 } }\n',
+    "axis_huge": INPUT + 'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"\n'
+                         '  inner_product_param { num_output: 2 axis: 99999999999 } }\n',
+    "std_beyond_float": INPUT + 'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"\n'
+                                '  inner_product_param { num_output: 2 weight_filler { std: 1e39 } } }\n',
     "unknown_type": INPUT + 'layer { name: "x" type: "Frobnicate" bottom: "data" top: "x" }\n',
     "missing_bottom": INPUT + 'layer { name: "r" type: "ReLU" bottom: "nothere" top: "r" }\n',
     "two_sources": INPUT + INPUT,
@@ -145,8 +158,22 @@ PROTOTXTS: dict[str, str | bytes] = {
     "long_missing_bottom": INPUT + 'layer { name: "r" type: "ReLU" bottom: "%s" top: "r" }\n' % ("B" * 5000),
 }
 
+#: what the one line must say besides the file: the field with its message, and for numbers the field's range
+PROTOTXT_SAYS = {
+    "num_output_neg": "inner_product_param.num_output: -4 is out of range for a uint32 (0 to 4294967295)",
+    "num_output_text": 'inner_product_param.num_output: expected an integer, got the string "ten"',
+    "num_output_huge": "inner_product_param.num_output: 99999999999999999999999 is out of range for a uint32",
+    "num_output_four": ":3:35: layer 'conv1': convolution_param.num_output: expected an integer, got \"four\"",
+    "bias_term_maybe": ":3:48: layer 'conv1': convolution_param.bias_term: expected true or false, got \"maybe\"",
+    "missing_colon": "layer 'conv1': convolution_param.num_output: expected \":\" after the field name, got \"2\"",
+    "pad_minus_1": "layer 'conv1': convolution_param.pad: -1 is out of range for a uint32 (0 to 4294967295)",
+    "axis_huge": "inner_product_param.axis: 99999999999 is out of range for an int32 (-2147483648 to 2147483647)",
+    "std_beyond_float": "inner_product_param.weight_filler.std: 1e39 is out of range for a float (magnitude up to "
+                        "3.402823e+38, or inf); Caffe would read it as infinity",
+}
+
 for _key, _text in PROTOTXTS.items():
-    case(f"prototxt-info-{_key}", f"{_key}.prototxt")(
+    case(f"prototxt-info-{_key}", f"{_key}.prototxt", says=PROTOTXT_SAYS.get(_key, ""))(
         lambda d, k=_key, t=_text: ["info", write(d, f"{k}.prototxt", t)])
 
 for _key in ("empty", "enum_maxx", "unterminated", "garbage_10mb", "jpeg_named_prototxt", "non_utf8_string"):
@@ -175,6 +202,11 @@ for _key, _data in CAFFEMODELS.items():
         lambda d, k=_key, b=_data: ["info", write(d, f"{k}.caffemodel", b)])
     case(f"caffemodel-convert-{_key}", f"{_key}.caffemodel")(
         lambda d, k=_key, b=_data: ["convert", write(d, f"{k}.caffemodel", b), str(d / "out.h5")])
+
+
+case("caffemodel-convert-torchvision-not-vgg", "lenet.caffemodel",
+     says="lenet.caffemodel: layers ['fc'] have no torchvision VGG counterpart")(
+    lambda d: ["convert", write(d, "lenet.caffemodel", small_caffemodel()), str(d / "out.pt"), "--to", "torchvision"])
 
 
 def _h5(folder: Path, name: str, fill: Callable) -> str:
@@ -222,13 +254,28 @@ SOLVERS: dict[str, str | bytes] = {
     "non_utf8": b'net: "net.prototxt"\n# \xff\xfe\n',
     "net_as_solver": INPUT,
     "empty": "",
+    "base_lr_negative": 'net: "net.prototxt"\nlr_policy: "fixed"\nbase_lr: -0.01\nmax_iter: 1\n',
+    "stepvalue_down": 'net: "net.prototxt"\nbase_lr: 0.1\nlr_policy: "multistep"\ngamma: 0.1\n'
+                      'stepvalue: 5\nstepvalue: 3\nmax_iter: 1\n',
+    "max_iter_huge": 'net: "net.prototxt"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 9999999999\n',
+    "momentum_maybe": 'net: "net.prototxt"\nbase_lr: 0.1\nmomentum 0.9\n',
 }
+SOLVER_SAYS = {
+    "base_lr_text": ':2:10: base_lr: expected a number, got "fast"',
+    "base_lr_negative": ":3: base_lr: -0.01 is negative, so the updates would climb the loss; Caffe would have "
+                        "accepted it",
+    "stepvalue_down": ":6: stepvalue: 3 does not increase (it follows 5)",
+    "max_iter_huge": ":4:11: max_iter: 9999999999 is out of range for an int32 (-2147483648 to 2147483647)",
+    "momentum_maybe": ':3:10: momentum: expected ":" after the field name, got "0.9"',
+}
+_CAFFE_ACCEPTS = ("no_net", "missing_net_file", "bad_policy", "empty", "base_lr_negative", "stepvalue_down")
 for _key, _text in SOLVERS.items():
     def _solver(d: Path, k: str = _key, t: str | bytes = _text) -> list[str]:
         write(d, "net.prototxt", TRAIN_NET)
         return ["train", write(d, f"solver_{k}.prototxt", t)]
-    case(f"solver-train-{_key}", "solver_" if _key != "missing_net_file" else "nothere.prototxt")(_solver)
-    if _key not in ("no_net", "missing_net_file", "bad_policy", "empty"):  # upgrade only parses, as Caffe's tool
+    case(f"solver-train-{_key}", "solver_" if _key != "missing_net_file" else "nothere.prototxt",
+         says=SOLVER_SAYS.get(_key, ""))(_solver)
+    if _key not in _CAFFE_ACCEPTS:  # upgrade only parses, as Caffe's tool
         case(f"solver-upgrade-{_key}", f"solver_{_key}")(
             lambda d, k=_key, t=_text: ["upgrade", "--kind", "solver", write(d, f"solver_{k}.prototxt", t),
                                         str(d / "up.prototxt")])
@@ -397,4 +444,5 @@ def test_bad_input_is_one_line_and_loses_nothing(bad: Case, tmp_path: Path, monk
     assert len(lines) <= 3, output[:2000]
     assert len(output) < 2000, output[:2000]
     assert bad.names in output, f"{bad.names!r} not named in {output[:2000]!r}"
+    assert bad.says in output, f"{bad.says!r} not said in {output[:2000]!r}"
     assert _hashes(tmp_path).items() >= before.items(), "an input file was changed"

@@ -41,17 +41,25 @@ def test_classify_a_photo_returns_sorted_probabilities(photo, tmp_path):
     everything = classify([str(photo), str(photo)], model, weights, top=8)
     assert sum(p.probability for p in everything[0]) == pytest.approx(1.0)
     assert [p.index for p in everything[0][:3]] == [p.index for p in top]
-    # reference: smallest side -> 224 with cv2, centre crop, mean pixel, the deploy net's prob output
+    # reference: the paper's Q = 256 (smallest side, cv2), centre 224 crop, mean pixel, the deploy net's prob
+    for q, got in ((256, everything[0]), (300, classify([str(photo)], model, weights, top=8, scale=300)[0])):
+        prob = _reference(photo, model, weights, q)
+        for p in got:
+            assert p.probability == pytest.approx(float(prob[p.index]), rel=1e-4, abs=1e-7)
+            assert p.name == f"class {p.index}"
+    at_224 = _reference(photo, model, weights, 224)   # the old default (Q = crop) gives other probabilities
+    assert max(abs(p.probability - float(at_224[p.index])) for p in everything[0]) > 1e-4
+
+
+def _reference(photo, model, weights, q: int) -> np.ndarray:
     img = cv2.imread(str(photo))
     h, w = img.shape[:2]
-    resized = cv2.resize(img, (round(w * 224 / h), 224), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-    x0 = (resized.shape[1] - 224) // 2
-    crop = (resized[:, x0:x0 + 224] - MEAN).transpose(2, 0, 1)[None]
+    size = (q, round(h * q / w)) if w < h else (round(w * q / h), q)
+    resized = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    y0, x0 = (resized.shape[0] - 224) // 2, (resized.shape[1] - 224) // 2
+    crop = (resized[y0:y0 + 224, x0:x0 + 224] - MEAN).transpose(2, 0, 1)[None]
     with torch.no_grad():
-        prob = Net(str(model), str(weights)).forward(data=torch.from_numpy(np.ascontiguousarray(crop)))["prob"][0]
-    for p in everything[0]:
-        assert p.probability == pytest.approx(float(prob[p.index]), rel=1e-4, abs=1e-7)
-        assert p.name == f"class {p.index}"
+        return Net(str(model), str(weights)).forward(data=torch.from_numpy(np.ascontiguousarray(crop)))["prob"][0]
 
 
 def test_labels_file_and_errors(photo, tmp_path):
@@ -75,3 +83,5 @@ def test_cli_classify(photo, tmp_path):
     lines = result.output.strip().splitlines()
     assert lines[0] == str(photo) and lines[1].startswith("  1. ") and lines[2].startswith("  2. ")
     assert lines[1].split("  ", 2)[-1] in synset_words()
+    helped = CliRunner().invoke(main, ["classify", "--help"], terminal_width=200).output
+    assert "the paper's Q = 256 for a 224 input" in " ".join(helped.split())

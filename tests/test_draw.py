@@ -262,3 +262,40 @@ def test_auto_direction_draws_deep_chains_top_to_bottom():
     assert "rankdir=TB" in build_graph(deep, DrawOptions(shapes=False)).source
     assert "rankdir=LR" in build_graph(read_net(str(SMALL_V1)), DrawOptions(shapes=False)).source
     assert "rankdir=LR" in build_graph(deep, DrawOptions(rankdir="LR", shapes=False)).source
+
+
+_TRAIN_VAL = """name: "tv"
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { %s mean_value: 104 } data_param { source: "train_lmdb" backend: LMDB batch_size: 4 } }
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TEST }
+  transform_param { %s mean_value: 104 } data_param { source: "val_lmdb" backend: LMDB batch_size: 2 } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "fc" type: "InnerProduct" bottom: "conv1" top: "fc" inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+
+@pytest.mark.parametrize("crop", ["crop_size: 8", ""])
+def test_info_and_draw_of_a_train_val_net_read_no_data(tmp_path, monkeypatch, caplog, crop):
+    import lmdb
+    for name in ("train_lmdb", "val_lmdb"):   # real databases, so that nothing fails for want of one
+        lmdb.open(str(tmp_path / name), map_size=1 << 20).close()
+
+    def opened(*args, **kwargs):
+        raise AssertionError(f"a shapes-only command opened a database: {args}")
+    monkeypatch.setattr(lmdb, "open", opened)
+    monkeypatch.chdir(tmp_path)
+    Path("tv.prototxt").write_text(_TRAIN_VAL % (crop, crop))
+    caplog.set_level(logging.INFO, logger="vggproto")
+    info = CliRunner().invoke(main, ["info", "tv.prototxt"])
+    assert info.exit_code == 0, info.output
+    if crop:   # the shape is in the prototxt: the full table
+        assert re.search(r"data +Data +data +2 3 8 8 \(384\)", info.output) and "fc" in info.output
+    else:      # only the data would tell: the layer list, and why there are no shapes
+        assert "net 'tv': 5 layers" in info.output
+        assert ("blob shapes unknown: tv.prototxt:4: layer 'data' (Data): data shape unknown: without "
+                "transform_param.crop_size it is the first record's in 'val_lmdb'") in info.output
+    assert CliRunner().invoke(main, ["draw", "tv.prototxt", "tv.dot"]).exit_code == 0
+    assert Path("tv.dot").is_file()
+    assert not [m for m in caplog.messages if "output data size" in m or "Opened" in m]

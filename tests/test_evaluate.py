@@ -229,7 +229,9 @@ def test_channels_last_models_give_the_same_posteriors(mini):
     fast = _posteriors([nhwc], images, mode="dense+crops", scales=(224,), grid=2)[1]
     np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-7)
 
-def test_progress_counts_views(mini, monkeypatch):
+
+@pytest.mark.parametrize("fused", [1, 2])
+def test_progress_counts_views(mini, monkeypatch, fused):
     from vggproto.data import progress
     counted = []
     monkeypatch.setattr(progress.Progress, "update", lambda self, n=1: counted.append(n) if n > 0 else None)
@@ -243,8 +245,9 @@ def test_progress_counts_views(mini, monkeypatch):
     _, model, weights, images = mini
     m = load_model(str(model), str(weights))
     options = EvalOptions(mode="dense+crops", scales=(224, 256), grid=2, workers=0, progress=True)
-    evaluate([m], str(images), options)
-    assert options.views_per_image() == 2 * (4 + 1) * 2 and totals == [4 * 20] and sum(counted) == 80
+    evaluate([m] * fused, str(images), options)   # --fuse: each model runs every view
+    assert options.views_per_image() == 2 * (4 + 1) * 2
+    assert totals == [4 * 20 * fused] and sum(counted) == 80 * fused
 
 
 # ------------------------------------------------------------------------------------------ bad inputs

@@ -163,3 +163,23 @@ def test_svm_without_sklearn_is_one_line(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["svm", str(tmp_path / "train.h5")])
     assert result.exit_code == 1
     assert result.output.strip() == "vggproto: error: vggproto svm needs scikit-learn: pip install 'vggproto[svm]'"
+
+
+def test_a_list_of_plain_paths_needs_no_labels(setup, tmp_path):
+    _, model, weights, images = setup
+    plain = tmp_path / "plain.txt"
+    plain.write_text("".join(line.rsplit(" ", 1)[0] + "\n" for line in images.read_text().splitlines()))
+    labelled = extract(model, weights, str(images), scales=(224,), workers=0, progress=False)
+    unlabelled = extract(model, weights, str(plain), scales=(224,), workers=0, progress=False)
+    assert unlabelled.labels.tolist() == [-1, -1, -1] and unlabelled.paths == labelled.paths
+    np.testing.assert_array_equal(unlabelled.features, labelled.features)
+    out = tmp_path / "plain.h5"
+    result = CliRunner().invoke(main, ["extract", "--model", str(model), "--weights", str(weights), "--list",
+                                       str(plain), "--out", str(out), "--scales", "224", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["svm", str(out)])
+    assert result.exit_code == 1 and "plain.h5: extracted from a list of plain image paths" in result.output
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text(images.read_text() + "photo.jpg\n")
+    with pytest.raises(DataError, match=r"mixed.txt:4: expected '<image path> <integer label>'.*first line has a"):
+        extract(model, weights, str(mixed), scales=(224,), workers=0, progress=False)

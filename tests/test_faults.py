@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -337,16 +338,26 @@ def test_a_sigkilled_worker_ends_the_cli_job_nonzero_within_60s_leaving_no_proce
 # Warnings, progress bar
 # ------------------------------------------------------------------------------------------------------------------
 
-def test_questionable_fields_caffe_accepts_warn_once_each(case, caplog):
+@pytest.mark.parametrize("old, new, says", [
+    ("base_lr: 0.05", "base_lr: -0.01", "base_lr: -0.01 is negative"),
+    ("stepvalue: 6", "stepvalue: 2", "stepvalue: 2 does not increase (it follows 3)")])
+def test_values_caffe_accepts_but_nobody_means_are_refused_at_their_line(case, old, new, says):
     path = write_solver("a.prototxt")
-    Path(path).write_text(Path(path).read_text().replace("base_lr: 0.05", "base_lr: -0.01")
-                          .replace("stepvalue: 6", "stepvalue: 2"))
-    with caplog.at_level(logging.WARNING, logger="vggproto"):
-        s = train(path)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len([w for w in warnings if "base_lr is negative (-0.01)" in w]) == 1
-    assert len([w for w in warnings if "stepvalue is not increasing (stepvalue 1 = 2 after 3)" in w]) == 1
-    assert s.iter == 6  # accepted, as Caffe does
+    text = Path(path).read_text()
+    assert old in text
+    Path(path).write_text(text.replace(old, new))
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if row.strip() == old)
+    with pytest.raises(SolverError) as error:
+        train(path)
+    assert str(error.value).startswith(f"{path}:{line}: {says}")
+    assert "Caffe would have accepted it" in str(error.value)
+
+
+def test_a_run_shorter_than_display_logs_its_last_iteration(case, caplog):
+    caplog.set_level(logging.INFO, logger="vggproto")
+    train(write_solver("a.prototxt", max_iter=3, display=20))
+    iterations = [m for m in caplog.messages if re.match(r"Iteration \d+(,| \()", m) and "loss" in m]
+    assert [m.split()[1].rstrip(",") for m in iterations] == ["0", "3"], iterations
 
 
 def test_progress_bar_shows_the_real_image_rate(case, monkeypatch):

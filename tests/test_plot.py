@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,6 +125,16 @@ def test_plot_command(tmp_path):
     assert result.exit_code == 0, result.output
     assert "up to iteration 4" in result.output and "accuracy_top5" in result.output
     assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plot_command_prints_one_line(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text(SYNTHETIC)
+    run = subprocess.run([sys.executable, "-m", "vggproto", "plot", str(log), "--out", str(tmp_path / "c.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Plotted "), lines
 
 
 def test_log_without_iterations_is_a_clear_error(tmp_path):

@@ -1,7 +1,9 @@
 """Snapshots: bitwise resume, Caffe-style resume without the sidecar, atomic writes, signals, NaN, errors."""
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -118,7 +120,6 @@ def test_sigint_snapshot_effect_snapshots_and_continues(case):
 
 
 def test_sigint_stop_effect_stops_with_final_snapshot(case, caplog):
-    import logging
     caplog.set_level(logging.INFO, logger="vggproto")
     s = Solver(write_solver("a.prototxt", max_iter=10, prefix="a"),
                TrainOptions(weights=("init.caffemodel",), progress=False))  # Caffe default: stop
@@ -190,7 +191,6 @@ def test_binary_solverstate_is_a_valid_caffe_message(tmp_path):
 
 
 def test_sigint_during_test_interrupts_like_caffe(case, caplog):
-    import logging
     caplog.set_level(logging.INFO, logger="vggproto")
     extra = "test_iter: 3\ntest_interval: 2\n"
     s = Solver(write_solver("a.prototxt", max_iter=10, prefix="a", extra=extra),
@@ -246,3 +246,16 @@ def _diffs(path: str) -> dict[str, list[np.ndarray]]:
     net = caffe_pb2.NetParameter.FromString(Path(path).read_bytes())
     return {layer.name: [np.array(b.diff, np.float32).reshape(tuple(b.shape.dim)) for b in layer.blobs]
             for layer in net.layer if any(len(b.diff) for b in layer.blobs)}
+
+
+@pytest.mark.parametrize("fmt, suffix", [("BINARYPROTO", ".caffemodel"), ("HDF5", ".caffemodel.h5")])
+def test_snapshot_log_lines_name_the_files_written_not_the_temporaries(case, caplog, fmt, suffix):
+    caplog.set_level(logging.INFO, logger="vggproto")
+    os.makedirs("snaps")
+    train(write_solver("a.prototxt", max_iter=2, snapshot=2, prefix="snaps/D", extra=f"snapshot_format: {fmt}\n"))
+    assert Path(f"snaps/D_iter_2{suffix}").is_file()
+    assert not [m for m in caplog.messages if ".tmp" in m]
+    assert any(m.startswith("Snapshotting to") and m.endswith(f"snaps/D_iter_2{suffix}") for m in caplog.messages)
+    if fmt == "BINARYPROTO":
+        assert any(re.fullmatch(r"Wrote \d+ bytes of weights to snaps/D_iter_2\.caffemodel", m)
+                   for m in caplog.messages)

@@ -70,3 +70,8 @@ class SolverError(VGGProtoError):
 
 class DataError(VGGProtoError):
     """Training or test data that is missing, undecodable or inconsistent."""
+
+
+class DataShapeUnknown(DataError):
+    """A data layer whose top shapes the prototxt does not give: only its data would tell, and a shapes-only
+    build (``info``, ``draw``: Caffe's draw_net reads no data either) reads none."""

@@ -17,7 +17,7 @@ from typing import NamedTuple, Union
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
-from vggproto.caffe import dialects, plugins
+from vggproto.caffe import dialects, plugins, textpos
 from vggproto.caffe.files import atomic_write_bytes, describe, sniff
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import PrototxtError, SolverError, elide
@@ -93,8 +93,60 @@ def parse_text(text: str, message: pb_message.Message, path: str | None = None) 
         line_text = lines[line - 1] if line and 0 < line <= len(lines) else None
         reason = _explain(str(exc), message, line_text, col)
         layer = layer_name_at_line(text, line) if line else None
+        if line and col and not _FIELD_ERR.search(str(exc)) and not _ENUM_ERR.search(str(exc)):
+            reason = _name_the_field(reason, text, (line, col), message, layer is not None)
         raise PrototxtError(reason, path=path, line=line, col=col, layer=layer) from None
+    _refuse_float_overflow(text, message, path)
     return message
+
+
+_PARSE_INT = re.compile(r"^Couldn't parse integer: (.*)$", re.S)
+_PARSE_FLOAT = re.compile(r"^Couldn't parse float: (.*)$", re.S)
+_OUT_OF_RANGE = re.compile(r"^Value out of range: (.*)$", re.S)
+
+
+def _name_the_field(reason: str, text: str, where: tuple[int, int], message: pb_message.Message,
+                    in_layer: bool) -> str:
+    """protobuf's terse reason (``Couldn't parse integer: four``) said in the words of the field it is about:
+    ``convolution_param.num_output: expected an integer, got "four"``; out-of-range values give the field's range."""
+    path, token = textpos.path_at(text, *where)
+    if not path or not path[-1]:
+        return reason
+    field = textpos.resolve(message.DESCRIPTOR, path)
+    got = _quoted(token.text) if token is not None else "nothing"
+    if _PARSE_INT.match(reason):
+        reason = f"expected an integer, got {_quoted(_PARSE_INT.match(reason).group(1))}"
+    elif _PARSE_FLOAT.match(reason):
+        reason = f"expected a number, got {_quoted(_PARSE_FLOAT.match(reason).group(1))}"
+    elif _OUT_OF_RANGE.match(reason):
+        reason = f"{elide(_OUT_OF_RANGE.match(reason).group(1), 60)} is out of range for {textpos.field_range(field)}"
+    elif reason.startswith('Expected "true" or "false"'):
+        reason = f"expected true or false, got {got}"
+    elif reason.startswith('Expected ":"'):
+        reason = f'expected ":" after the field name, got {got}'
+    shown = path[1:] if in_layer and path[0] in ("layer", "layers") and len(path) > 1 else path
+    return f"{elide('.'.join(shown), 120)}: {reason}"
+
+
+def _quoted(value: str) -> str:
+    """A value from the file for an error: elided, in double quotes unless it is already a quoted string."""
+    value = elide(value, 60)
+    return f"the string {value}" if value[:1] in "\"'" and len(value) > 1 else f'"{value}"'
+
+
+def _refuse_float_overflow(text: str, message: pb_message.Message, path: str | None) -> None:
+    """A finite number too large for its float field: protobuf (Python, and Caffe's C++) reads it as infinity
+    without a word, which is never what a user who wrote 1e39 meant."""
+    found = textpos.float_overflow(text, message.DESCRIPTOR)
+    if found is None:
+        return
+    tok, field_path = found
+    layer = layer_name_at_line(text, tok.line)
+    shown = field_path[1:] if layer is not None and field_path[0] in ("layer", "layers") else field_path
+    field = textpos.resolve(message.DESCRIPTOR, field_path)
+    raise PrototxtError(f"{'.'.join(shown)}: {elide(tok.text, 60)} is out of range for {textpos.field_range(field)}"
+                        f"; Caffe would read it as infinity (write inf if that is meant)",
+                        path=path, line=tok.line, col=tok.col, layer=layer)
 
 
 MAX_REASON = 200  # protobuf quotes the whole offending line: a 10 MB line of garbage must not be a 10 MB message

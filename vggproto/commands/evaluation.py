@@ -69,11 +69,14 @@ def evaluate_command(model: str, weights: str, mean_value: tuple[float, ...], in
 @click.option("--top", type=int, default=5, show_default=True, help="How many classes to print.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False),
               help="Class names, one per line [default: ILSVRC-2012 synset words for 1000 classes].")
-@click.option("--scale", type=int, default=0, help="Rescale the smallest side to this before the centre crop "
-                                                   "[default: the net's input size].")
+@click.option("--scale", type=int, default=0, help="Test scale Q: rescale the smallest side to this before the "
+                                                   "centre crop [default: the paper's Q = 256 for a 224 input, as "
+                                                   "torchvision's Resize(256) + CenterCrop(224); the same 256/224 "
+                                                   "ratio for other input sizes].")
 def classify_command(images: tuple[str, ...], model: str, weights: str, mean_value: tuple[float, ...],
                      input_scale: float, gpus: Devices, top: int, labels: str | None, scale: int) -> None:
-    """Top-k classes of IMAGE... with their probabilities."""
+    """Top-k classes of IMAGE... with their probabilities: each image rescaled to the paper's test scale
+    (Q = 256 for a 224 net, --scale to choose another) and centre-cropped."""
     from vggproto.evaluation.classify import classify
     results = classify(list(images), model, weights, top=top, labels=labels, scale=scale, mean=mean_value,
                        device=gpus.device, input_scale=input_scale)
@@ -86,7 +89,8 @@ def classify_command(images: tuple[str, ...], model: str, weights: str, mean_val
 @click.command("extract")
 @_common
 @click.option("--list", "list_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Caffe list file: '<image path> <label>' per line.")
+              help="Caffe list file: '<image path> <label>' per line, or plain image paths (descriptors need "
+                   "no labels; they are stored as -1).")
 @click.option("--root", default="", help="Folder the list's paths are relative to.")
 @click.option("--blob", default="fc7", show_default=True, help="Blob to pool (fc7 is fc7-conv in a _dense net).")
 @click.option("--scales", type=IntList(), default="256,384,512", show_default=True,

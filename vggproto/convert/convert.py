@@ -128,7 +128,7 @@ def load_caffe_weights(path: str | os.PathLike, keep_shapes: bool = False) -> tu
     weights, net_param, fmt = read_any(path)
     if fmt == "torchvision":
         from vggproto.weights.torchvision import torchvision_to_caffe
-        weights = torchvision_to_caffe(weights)
+        weights = torchvision_to_caffe(weights, source=path)
     elif not keep_shapes and net_param is not None:
         weights = normalize_by_type(weights, layer_types(net_param))
     return weights, net_param, fmt
@@ -167,7 +167,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
         export_onnx(model, weights, dst, phase=phase)
     else:
         structure = net_param if net_param is not None else _matching_structure(source_net, weights)
-        _write(fmt, dst, weights, structure, zip_crc, progress=large)
+        _write(fmt, dst, weights, structure, zip_crc, progress=large, source=src)
     return ConversionResult(os.fspath(dst), fmt, weights, source_fmt, ignored, missing)
 
 
@@ -203,10 +203,11 @@ def _reshape_fc(weights: Weights, to_conv: bool, target: Mapping[str, list[Shape
 
 
 def _write(fmt: str, dst: str | os.PathLike, weights: Weights, structure: caffe_pb2.NetParameter | None,
-           zip_crc: bool, progress: bool = False) -> None:
-    """Write ``weights`` as ``fmt`` (every format but ONNX, which needs the net), with ``progress`` counting
-    the layers as the writer calls back (see the module doc); the bytes written are the same either way."""
-    layers, write = _writer(fmt, dst, weights, structure, zip_crc)
+           zip_crc: bool, progress: bool = False, source: str | os.PathLike | None = None) -> None:
+    """Write ``weights`` (read from ``source``) as ``fmt`` (every format but ONNX, which needs the net), with
+    ``progress`` counting the layers as the writer calls back (see the module doc); the bytes written are the
+    same either way."""
+    layers, write = _writer(fmt, dst, weights, structure, zip_crc, source)
     if not progress:
         write(None)
         return
@@ -218,12 +219,12 @@ def _write(fmt: str, dst: str | os.PathLike, weights: Weights, structure: caffe_
 
 
 def _writer(fmt: str, dst: str | os.PathLike, weights: Weights, structure: caffe_pb2.NetParameter | None,
-            zip_crc: bool) -> tuple[int, Callable[[OnLayer | None], None]]:
+            zip_crc: bool, source: str | os.PathLike | None) -> tuple[int, Callable[[OnLayer | None], None]]:
     """``(layers the writer will report, write(on_layer))`` for ``fmt``; state dicts are built up front (views,
-    no copies) so that their layer count is known before the first byte."""
+    no copies) so that their layer count is known before the first byte; a layout refused names ``source``."""
     if fmt == "torchvision":
         from vggproto.weights.torchvision import caffe_to_torchvision
-        state = caffe_to_torchvision(weights)
+        state = caffe_to_torchvision(weights, source=source)
         return len(layer_ends(state)), lambda on_layer: write_state(dst, state, zip_crc, on_layer=on_layer)
     if fmt == "pt":
         state = weights_to_state_dict(weights)

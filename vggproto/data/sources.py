@@ -138,26 +138,45 @@ def read_list_lines(path: str, what: str) -> list[str]:
                         f"{exc.start})") from None
 
 
-def parse_list_file(path: str) -> list[tuple[str, int, int]]:
+#: the label of an image listed without one (``parse_list_file(..., labelled=False)``: descriptors need none)
+UNLABELLED = -1
+
+
+def parse_list_file(path: str, labelled: bool = True) -> list[tuple[str, int, int]]:
     """``(image path, label, line number)`` per non-blank line of a Caffe list file.
 
     # Caffe: src/caffe/layers/image_data_layer.cpp — split at the LAST space, label = integer after it.
+    With ``labelled=False`` a list of plain paths is accepted too (whole lines, label :data:`UNLABELLED`), as
+    the first line decides: a list is either all ``<path> <label>`` or all paths.
     """
-    entries = []
+    entries, plain = [], None
     for number, line in enumerate(read_list_lines(path, "list file"), 1):
         line = line.rstrip("\r")
         if not line.strip():
             continue
         name, sep, label = line.rpartition(" ")
+        if plain is None:   # the first line decides
+            plain = not labelled and not (sep and name and _is_integer(label))
+        if plain:
+            entries.append((line, UNLABELLED, number))
+            continue
         if not sep or not name:
-            raise DataError(f"{path}:{number}: expected '<image path> <integer label>', got {line!r}")
-        try:
-            entries.append((name, int(label), number))
-        except ValueError:
-            raise DataError(f"{path}:{number}: label {label!r} is not an integer") from None
+            raise DataError(f"{path}:{number}: expected '<image path> <integer label>', got {line!r}"
+                            + (" (the first line has a label, so every line needs one)" if not labelled else ""))
+        if not _is_integer(label):
+            raise DataError(f"{path}:{number}: label {label!r} is not an integer")
+        entries.append((name, int(label), number))
     if not entries:
         raise DataError(f"list file '{path}' lists no images")
     return entries
+
+
+def _is_integer(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_image(path: str, color: bool, new_height: int = 0, new_width: int = 0, where: str = "") -> np.ndarray:

@@ -1,7 +1,8 @@
 """``vggproto classify``: top-k classes of single images with a deploy net (the release's preprocessing).
 
-Each image is read as BGR 0-255 (``cv2.imread``), its smallest side rescaled to ``scale`` (default: the net's input
-size), centre-cropped to the input size and the mean pixel subtracted, as the official release's readme asks.
+Each image is read as BGR 0-255 (``cv2.imread``), its smallest side rescaled to ``scale``, centre-cropped to the
+input size and the mean pixel subtracted.  The default scale is the paper's test scale Q = 256 for the 224 crop
+(torchvision's ``Resize(256)`` + ``CenterCrop(224)`` too), the same 256/224 ratio for nets of other input sizes.
 The ILSVRC-2012 class names ship as ``vggproto/data/synset_words.txt`` (Caffe's ``synset_words.txt`` order).
 """
 from __future__ import annotations
@@ -66,6 +67,15 @@ def _read(path: str, scale: int, crop: int, mean: Sequence[float], input_scale: 
     return chw[:, y:y + crop, x:x + crop]
 
 
+#: the paper's test scale for its 224 x 224 crop (Sec. 3.2, Q = S = 256 for single-scale nets)
+PAPER_Q, PAPER_CROP = 256, 224
+
+
+def default_scale(crop: int) -> int:
+    """Q for a net of input size ``crop`` when none is asked for: 256 for 224, the same ratio otherwise."""
+    return round(crop * PAPER_Q / PAPER_CROP)
+
+
 def load_classifier(model: str | os.PathLike, weights: str | os.PathLike,
                     device: str = "cpu") -> tuple[Net, str, str, int]:
     """``(net, input blob, score blob, input size)`` for a deploy net with weights."""
@@ -87,7 +97,8 @@ def classify(images: Sequence[str | os.PathLike], model: str | os.PathLike, weig
              top: int = 5, labels: str | os.PathLike | None = None, scale: int = 0,
              mean: Sequence[float] = MEAN_BGR, device: str = "cpu", batch: int = 10,
              input_scale: float = 1.0) -> list[list[Prediction]]:
-    """Top-``top`` predictions (highest probability first) for each image."""
+    """Top-``top`` predictions (highest probability first) for each image, rescaled to ``scale`` (0: the
+    paper's Q, :func:`default_scale`) and centre-cropped."""
     if top < 1:
         raise VGGProtoError("--top must be positive")
     net, input_blob, scores_name, crop = load_classifier(model, weights, device)
@@ -95,7 +106,8 @@ def classify(images: Sequence[str | os.PathLike], model: str | os.PathLike, weig
     names: list[str] | None = None
     with torch.inference_mode():
         for start in range(0, len(images), batch):
-            chunk = np.stack([_read(p, scale or crop, crop, mean, input_scale) for p in images[start:start + batch]])
+            chunk = np.stack([_read(p, scale or default_scale(crop), crop, mean, input_scale)
+                              for p in images[start:start + batch]])
             net.forward(**{input_blob: torch.from_numpy(chunk).to(device)})
             scores = net.blobs[scores_name].reshape(chunk.shape[0], -1).double()
             probs = torch.softmax(scores, dim=1).cpu().numpy()

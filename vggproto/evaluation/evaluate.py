@@ -238,7 +238,7 @@ class _Packer:
     allow and never split into a full pass and a small remainder (VGG's 18-view crop sets at ``--batch 50``:
     passes of 36, not 50 + 4); an item larger than a pass alone is split by :meth:`Model.posteriors`.  When all buckets
     together hold more than four passes' worth the oldest bucket is scored, so whole images of many different
-    sizes do not pile up.  ``views_done`` counts scored views for the progress display.
+    sizes do not pile up.  ``views_done`` counts the views run for the progress display: each one once per model.
     """
 
     def __init__(self, models: Sequence[Model], max_pixels: int, sink: _Accumulator, device: str):
@@ -268,7 +268,7 @@ class _Packer:
         items, tensors = self.buckets.pop(shape)
         batch = torch.cat(tensors).to(self.device, non_blocking=True)
         self.pending -= batch.shape[0] * shape[-1] * shape[-2]
-        self.views_done += batch.shape[0]
+        self.views_done += batch.shape[0] * len(self.models)
         posts = [model.posteriors(batch, self.max_pixels).cpu().numpy() for model in self.models]
         start = 0
         for index, label, component, n in items:
@@ -306,7 +306,7 @@ def evaluate(models: Sequence[Model], list_path: str, options: EvalOptions, devi
     dataset = ImageListDataset(entries, list_path, options.root, options.scales, options.mean,
                              options.input_scale)
     started = time.perf_counter()
-    per_image = options.views_per_image()
+    per_image = options.views_per_image() * len(models)   # views run: each fused model scores every view
     with torch.inference_mode(), _progress(len(entries) * per_image, options.progress) as bar:
         for index, label, views, error in image_loader(dataset, options.workers):
             if error:

@@ -5,8 +5,8 @@ to the image rescaled to smallest side Q; the chosen blob (default ``fc7``, the 
 after ReLU) is globally average-pooled, then averaged with the descriptor of the horizontally flipped image.
 Scales are aggregated by stacking (concatenation, D·|Q| dims) or averaging (D dims), and the result is
 L2-normalised ("The resulting image descriptor is L2-normalised").  Output datasets: ``features`` (N×D float32),
-``labels`` (N int64), ``paths`` (N strings), in list order; unreadable images (``skip_bad``) are left out and named
-in the ``bad`` attribute (a JSON list).
+``labels`` (N int64, -1 for a list of plain paths), ``paths`` (N strings), in list order; unreadable images
+(``skip_bad``) are left out and named in the ``bad`` attribute (a JSON list).
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def extract(model: str | os.PathLike, weights: str | os.PathLike, list_path: str
         raise VGGProtoError(f"--scales must be positive integers, got {list(scales)}")
     net, dense = load_dense(model, weights, device)
     name = resolve_blob(net.blob_shapes, blob, os.fspath(model))
-    entries = parse_list_file(list_path)
+    entries = parse_list_file(list_path, labelled=False)   # descriptors need no labels
     dataset = ImageListDataset(entries, list_path, root, scales, mean, input_scale)
     rows, labels, paths, bad = [], [], [], []
     with torch.inference_mode():

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vggproto.caffe.files import atomic_write_bytes, check_output
 from vggproto.errors import VGGProtoError
+
+if TYPE_CHECKING:
+    from vggproto.evaluation.extract import Features
 
 #: the metrics :func:`report` computes, in the order they are printed
 METRICS = ("accuracy", "mean_average_precision", "mean_class_recall")
@@ -85,6 +88,14 @@ def report(predicted: np.ndarray, scores: np.ndarray, classes: np.ndarray, label
             "mean_class_recall": mean_class_recall(predicted, labels)}
 
 
+def _labelled(found: Features, path: str | os.PathLike) -> Features:
+    """The features of ``path`` if every image has a label (extract of a list of plain paths stores -1)."""
+    if found.labels.size and found.labels.min() < 0:
+        raise VGGProtoError(f"{os.fspath(path)}: extracted from a list of plain image paths (labels -1); the SVM needs "
+                            f"a '<image path> <label>' list at extract time")
+    return found
+
+
 def svm_files(features: str | os.PathLike, test: str | os.PathLike | None = None, c: float = 1.0, folds: int = 5,
               json_path: str | os.PathLike | None = None, force: bool = False) -> dict:
     """``vggproto svm`` as one call: train on ``features``, score on ``test`` (or cross-validate with at most
@@ -96,9 +107,9 @@ def svm_files(features: str | os.PathLike, test: str | os.PathLike | None = None
         check_output(json_path, inputs=(features, test), kind="text", force=force)
     require_sklearn()
     from vggproto.evaluation.extract import read_features
-    train = read_features(features)
+    train = _labelled(read_features(features), features)
     if test is not None:
-        scored = read_features(test)
+        scored = _labelled(read_features(test), test)
         predicted, scores, classes = evaluate_svm(train.features, train.labels, scored.features, scored.labels, c)
         metrics = report(predicted, scores, classes, scored.labels)
         metrics["protocol"] = "train/test"

@@ -58,7 +58,8 @@ class BoxDataLayer(FeedLayer):
             maker = BoxBatchMaker(source, stream, transformer, batch, shape, seed, len(spec.param.top) == 3)
             self.feed = make_feed(maker, batch, opts)
         self.top_shapes = [(batch, *shape)] + [(batch,)] * (len(spec.param.top) - 2) + [(batch, 4)]
-        log.info("output data size: %d,%d,%d,%d", batch, *shape)
+        if not opts.dry_run:   # a shapes-only build read no data: no data size to report
+            log.info("output data size: %d,%d,%d,%d", batch, *shape)
 
 
 @register("ClassBox")

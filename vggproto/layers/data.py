@@ -12,7 +12,6 @@ the net reports at construction) is the shape of the first record read at setup.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import replace
 
 import numpy as np
@@ -25,7 +24,7 @@ from vggproto.data.gpu import DeviceBatchMaker
 from vggproto.data.options import DataOptions
 from vggproto.data.sources import DBSource, HDF5Source, ListSource, RecordStream, file_shuffle_order, permutation_order
 from vggproto.data.transform import DataTransformer
-from vggproto.errors import DataError
+from vggproto.errors import DataError, DataShapeUnknown
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 log = logging.getLogger("vggproto.layers.data")
@@ -105,7 +104,8 @@ class _ImageLayer(FeedLayer):
             self.feed = make_feed(maker, batch, opts if not isinstance(maker, DeviceBatchMaker)
                                   else replace(opts, data_workers=0))
         self.top_shapes = [(batch, c, h, w)] + [(batch,)] * (len(spec.param.top) - 1)
-        log.info("output data size: %d,%d,%d,%d", batch, c, h, w)   # Caffe's setup log line
+        if not opts.dry_run:   # a shapes-only build read no data: it has no data size to report
+            log.info("output data size: %d,%d,%d,%d", batch, c, h, w)   # Caffe's setup log line
 
 
 
@@ -170,11 +170,8 @@ class DataLayer(_ImageLayer):
         def dry_shape(transformer: DataTransformer) -> tuple[int, int, int]:
             if transformer.crop:
                 return _dry_channels(True, transformer), transformer.crop, transformer.crop
-            if os.path.exists(p.source):   # peek at the first record for its shape
-                src = source(transformer)
-                img, _ = src.read(0)
-                return transformer.output_shape(img.shape[2], img.shape[0], img.shape[1])
-            raise DataError(f"{where}: cannot know the data shape without reading '{p.source}' (no crop_size)")
+            raise DataShapeUnknown(f"{where}: data shape unknown: without transform_param.crop_size it is the "
+                                   f"first record's in '{p.source}', and a shapes-only build reads no data")
 
         self._setup(source, p.batch_size, p.rand_skip, False, dry_shape)
 
@@ -202,11 +199,9 @@ class ImageDataLayer(_ImageLayer):
                 return c, transformer.crop, transformer.crop
             if p.new_height > 0:
                 return c, p.new_height, p.new_width
-            if os.path.exists(p.source):   # peek at the first image for its shape
-                img, _ = source(transformer).read(0)
-                return transformer.output_shape(img.shape[2], img.shape[0], img.shape[1])
-            raise DataError(f"{where}: cannot know the data shape without reading images (set crop_size or "
-                            f"new_height/new_width)")
+            raise DataShapeUnknown(f"{where}: data shape unknown: without transform_param.crop_size or "
+                                   f"new_height/new_width it is the first image's of '{p.source}', and a "
+                                   f"shapes-only build reads no data")
 
         self._setup(source, p.batch_size, p.rand_skip, bool(p.shuffle), dry_shape)
 
@@ -222,19 +217,19 @@ class HDF5DataLayer(FeedLayer):
         self._check_tops(1, None)
         batch = rank_batch(p.batch_size, opts, spec.train, where)
         self.feed = None
-        if opts.dry_run and not os.path.exists(p.source):
-            raise DataError(f"{where}: cannot know the top shapes without the HDF5 files listed in '{p.source}'")
+        if opts.dry_run:
+            raise DataShapeUnknown(f"{where}: top shapes unknown: they are the datasets' in the HDF5 files listed "
+                                   f"in '{p.source}', and a shapes-only build reads no data")
         try:
             source = HDF5Source(require_file(p.source, "hdf5_data_param.source", where), list(spec.param.top))
         except DataError as exc:
             raise located(exc, where) from None
         log.info("Number of HDF5 files: %d (%d rows)", len(source.files), len(source))
         self.top_shapes = [(batch,) + tuple(source.row_shapes[t]) for t in spec.param.top]
-        if not opts.dry_run:
-            _, shuffle_seed = seeds(opts)
-            order = file_shuffle_order(tuple(source.sizes), shuffle_seed) if p.shuffle else None
-            stream = make_stream(len(source), opts, spec.train, 0, order)
-            self.feed = make_feed(HDF5BatchMaker(source, stream, batch), batch, opts)
+        _, shuffle_seed = seeds(opts)
+        order = file_shuffle_order(tuple(source.sizes), shuffle_seed) if p.shuffle else None
+        stream = make_stream(len(source), opts, spec.train, 0, order)
+        self.feed = make_feed(HDF5BatchMaker(source, stream, batch), batch, opts)
 
 
 @register("HDF5Output")

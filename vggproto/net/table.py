@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import os
 
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.prototxt import read_net
+from vggproto.errors import DataShapeUnknown
 from vggproto.layers.common import count
 from vggproto.net.interpreter import Net
 
 
 def describe_net(path: str | os.PathLike, phase: str = "TEST", shapes: bool = True, dialect: str | None = None) -> str:
-    """The shape table of the net built on the meta device (``shapes``), else the layer list of the prototxt."""
+    """The shape table of the net built on the meta device (``shapes``), else the layer list of the prototxt.
+
+    No data is read (Caffe's draw_net reads none either): a data layer whose shape only its data would tell makes
+    the shapes unknown, and the layer list is shown with the reason."""
     if shapes:
         from vggproto.net.shapes import meta_net
-        return shape_table(meta_net(path, phase, dialect=dialect))
-    net = read_net(path, dialect=dialect)
+        try:
+            return shape_table(meta_net(path, phase, dialect=dialect))
+        except DataShapeUnknown as exc:
+            return f"{layer_list(read_net(path, dialect=dialect))}\nblob shapes unknown: {exc}"
+    return layer_list(read_net(path, dialect=dialect))
+
+
+def layer_list(net: caffe_pb2.NetParameter) -> str:
+    """Each layer's name, type, bottoms and tops, as the prototxt gives them."""
     lines = [f"net '{net.name}': {len(net.layer)} layers"]
     lines += [f"  {layer.name:<20} {layer.type:<18} {','.join(layer.bottom) or '-':<20} -> {','.join(layer.top)}"
               for layer in net.layer]

@@ -103,7 +103,7 @@ class Solver:
 
     def _checked_param(self, p: caffe_pb2.SolverParameter) -> caffe_pb2.SolverParameter:
         """The solver with ``--level``/``--stage`` applied, after Caffe's checks of its fields and of the flags."""
-        updates.check_solver(p, self.path, warn=self.opts.rank == 0)
+        updates.check_solver(p, self.path)
         check_effect(self.opts.sigint_effect, "sigint_effect")
         check_effect(self.opts.sighup_effect, "sighup_effect")
         if self.opts.level is not None:
@@ -141,7 +141,7 @@ class Solver:
                 if self.requested_early_exit:
                     log.info("Optimization stopped early.")
                     return
-                if p.display and self.iter % p.display == 0:
+                if p.display:   # Caffe: solver.cpp Solve, only at iter % display == 0; here a short run too
                     with torch.no_grad():
                         loss = self._all_mean(self._forward_loss())
                     self._update_smoothed_loss(loss, start_iter)

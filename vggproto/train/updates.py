@@ -9,16 +9,15 @@ history, which ``torch.optim.SGD`` does not.
 """
 from __future__ import annotations
 
-import logging
 import math
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
+from vggproto.caffe import textpos
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import SolverError
-
-log = logging.getLogger("vggproto.train.solver")
 
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 
@@ -27,9 +26,9 @@ SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 # Validation
 # ------------------------------------------------------------------------------------------------------------------
 
-def check_solver(param: caffe_pb2.SolverParameter, path: str | None = None, warn: bool = True) -> None:
-    """Refuse what Caffe refuses (its CHECKs), with a message naming the field and what is supported; ``warn``:
-    also log :func:`warn_questionable` (the root process only, so a job warns once)."""
+def check_solver(param: caffe_pb2.SolverParameter, path: str | None = None) -> None:
+    """Refuse what Caffe refuses (its CHECKs), with a message naming the field and what is supported, and
+    :func:`refuse_unmeant` what Caffe accepts although nobody means it."""
     where = f"{path}: " if path else ""
     if param.type not in SOLVER_TYPES:
         raise SolverError(f"{where}unknown solver type '{param.type}'; supported: {', '.join(SOLVER_TYPES)}")
@@ -53,22 +52,35 @@ def check_solver(param: caffe_pb2.SolverParameter, path: str | None = None, warn
         raise SolverError(f"{where}iter_size must be >= 1 (got {param.iter_size})")
     if param.average_loss < 1:
         raise SolverError(f"{where}average_loss must be >= 1 (got {param.average_loss})")
-    if warn:
-        warn_questionable(param, where)
+    refuse_unmeant(param, path)
 
 
-def warn_questionable(param: caffe_pb2.SolverParameter, where: str = "") -> None:
-    """One warning per field Caffe accepts without a CHECK although it is probably a mistake: a negative
-    ``base_lr`` (gradient ascent) and ``stepvalue``s that do not increase (sgd_solver.cpp GetLearningRate then
-    takes one step per iteration from the first out-of-order value on).  Training goes on, as in Caffe."""
+def refuse_unmeant(param: caffe_pb2.SolverParameter, path: str | None = None) -> None:
+    """Refuse the values Caffe accepts without a CHECK but that are never meant: a negative ``base_lr`` (the
+    updates climb the loss) and ``stepvalue``s that do not increase (sgd_solver.cpp GetLearningRate advances one
+    step per iteration from the first out-of-order value on, so the schedule is not the one written)."""
     if param.base_lr < 0:
-        log.warning("%sbase_lr is negative (%g): the updates climb the loss; Caffe accepts it, training goes on",
-                    where, param.base_lr)
+        raise SolverError(f"{_field_at(path, 'base_lr', -1)}base_lr: {param.base_lr:g} is negative, so the updates "
+                          f"would climb the loss; Caffe would have accepted it, vggproto refuses it "
+                          f"(give a positive base_lr)")
     values = list(param.stepvalue)
     bad = next((i for i in range(1, len(values)) if values[i] <= values[i - 1]), None)
     if bad is not None:
-        log.warning("%sstepvalue is not increasing (stepvalue %d = %d after %d): Caffe accepts it and steps once "
-                    "per iteration from there; training goes on", where, bad, values[bad], values[bad - 1])
+        raise SolverError(f"{_field_at(path, 'stepvalue', bad)}stepvalue: {values[bad]} does not increase (it follows "
+                          f"{values[bad - 1]}), so the steps would not come where written; Caffe would have accepted "
+                          f"it, vggproto refuses it (list the stepvalues in increasing order)")
+
+
+def _field_at(path: str | None, field: str, index: int) -> str:
+    """``solver.prototxt:7: ``: where the ``index``-th value of a top-level ``field`` is written (the file alone
+    when it is binary or unreadable, nothing for a solver given as a message)."""
+    if path is None:
+        return ""
+    try:
+        found = textpos.values_of(Path(path).read_text(encoding="utf-8"), (field,))
+    except (OSError, UnicodeDecodeError):
+        found = []
+    return f"{path}:{found[index].line}: " if -len(found) <= index < len(found) else f"{path}: "
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ function serves a 20-iteration Caffe log without tests and a full VGG run.
 """
 from __future__ import annotations
 
-import logging
 import os
 
 import numpy as np
@@ -13,8 +12,6 @@ import numpy as np
 from vggproto.caffe.files import atomic_write_bytes, check_output
 from vggproto.errors import VGGProtoError
 from vggproto.train.logparse import Series, TrainingLog, read_log
-
-log = logging.getLogger("vggproto.viz.plot")
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -121,8 +118,7 @@ def plot_log(parsed: TrainingLog, out: str | os.PathLike, smooth: int = 0, title
     fig.suptitle(title or os.path.basename(parsed.source))
     fig.tight_layout()
     buffer = _render(fig, fmt)
-    atomic_write_bytes(out, buffer)
-    log.info("Wrote %s (%s)", out, ", ".join(panels))
+    atomic_write_bytes(out, buffer)   # the command says what it wrote, in its one line
     return out
 
 

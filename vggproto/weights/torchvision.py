@@ -21,6 +21,7 @@ The folding is computed in float64 and rounded once to float32.
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Iterable, Mapping
 
@@ -140,11 +141,25 @@ def fold_torchvision_to_caffe_input(weight: np.ndarray, bias: np.ndarray) -> tup
     return np.ascontiguousarray(w_bgr, dtype=np.float32), new_bias.astype(np.float32)
 
 
-def caffe_to_torchvision(weights: Mapping[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
-    """Official-layout Caffe VGG weights -> a ``torchvision.models.vggNN`` state dict (numpy arrays).
+def _naming(source: str | os.PathLike | None, exc: WeightsError) -> WeightsError:
+    """``exc`` with the file the weights came from in front (a layout refused must say whose layout it is)."""
+    return WeightsError(f"{os.fspath(source)}: {exc}") if source is not None else exc
+
+
+def caffe_to_torchvision(weights: Mapping[str, list[np.ndarray]],
+                         source: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Official-layout Caffe VGG weights -> a ``torchvision.models.vggNN`` state dict (numpy arrays); a refusal
+    names ``source``, the file the weights were read from.
 
     Arrays other than conv1_1's are passed through without copying (legacy shapes are reshaped views).
     """
+    try:
+        return _caffe_to_torchvision(weights)
+    except WeightsError as exc:
+        raise _naming(source, exc) from None
+
+
+def _caffe_to_torchvision(weights: Mapping[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
     order = caffe_layer_order(weights)
     names = _torchvision_names(order)
     state: dict[str, np.ndarray] = {}
@@ -157,8 +172,16 @@ def caffe_to_torchvision(weights: Mapping[str, list[np.ndarray]]) -> dict[str, n
     return state
 
 
-def torchvision_to_caffe(state: Mapping[str, np.ndarray]) -> Weights:
-    """A torchvision VGG (no batch norm) state dict -> Caffe VGG weights for BGR, 0-255, mean-pixel input."""
+def torchvision_to_caffe(state: Mapping[str, np.ndarray], source: str | os.PathLike | None = None) -> Weights:
+    """A torchvision VGG (no batch norm) state dict -> Caffe VGG weights for BGR, 0-255, mean-pixel input; a
+    refusal names ``source``, the file the state dict was read from."""
+    try:
+        return _torchvision_to_caffe(state)
+    except WeightsError as exc:
+        raise _naming(source, exc) from None
+
+
+def _torchvision_to_caffe(state: Mapping[str, np.ndarray]) -> Weights:
     bad = [k for k in state if not _TV_KEY.match(k)]
     if bad:
         hint = " (batch-norm variants such as vgg16_bn are not supported)" if any("running" in k for k in bad) else ""
