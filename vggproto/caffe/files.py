@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -147,15 +146,6 @@ def temporary_path(path: str | os.PathLike) -> Path:
     target = Path(path)
     return target.with_name(f".{target.name}.{os.getpid()}.tmp")
 
-
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.\d+\.tmp(?:\.h5)?$")
-
-
-def final_name(path: str | os.PathLike) -> str:
-    """The file a write to ``path`` ends up as: the target of a temporary (``.NAME.PID.tmp``, ``.h5`` allowed
-    after it), else ``path`` itself.  Log lines name it: the user looks for the file, never the temporary."""
-    found = _TEMPORARY.match(Path(path).name)
-    return os.fspath(Path(path).with_name(found.group("name"))) if found else os.fspath(path)
 
 
 @contextmanager

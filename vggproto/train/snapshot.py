@@ -114,6 +114,7 @@ def write_pair(model_path: str, write_model: Callable[[str], None], state_path: 
                 raise
         for tmp, target in temps:  # the solverstate is the last job: renamed last
             os.replace(tmp, target)
+        log.info("Wrote %d bytes of weights to %s", os.path.getsize(model_path), model_path)
     except BaseException:
         for tmp, _ in temps:
             tmp.unlink(missing_ok=True)

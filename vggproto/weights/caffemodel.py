@@ -23,7 +23,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from vggproto.caffe import dialects
-from vggproto.caffe.files import atomic_path, describe, final_name, is_hdf5, sniff
+from vggproto.caffe.files import atomic_path, describe, is_hdf5, sniff
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.wire import (
     LENGTH,
@@ -351,7 +351,7 @@ def write_weights(path: str | os.PathLike, weights: Mapping[str, Sequence],
         if names[index] is not None:
             on_layer(names[index])
     size = write_parts(path, parts, written if on_layer is not None else None)
-    log.info("Wrote %d bytes of weights to %s", size, final_name(path))
+    log.debug("Wrote %d bytes of weights to %s", size, os.fspath(path))   # callers name the final file
 
 
 def _check_diff_shapes(weights: Mapping[str, Sequence], diffs: Mapping[str, Sequence]) -> None:
