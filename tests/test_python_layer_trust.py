@@ -8,6 +8,7 @@ from where; the CLI runs in a subprocess (``python -m vggproto``, whose ``-m`` p
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,8 +87,9 @@ def test_commands_that_do_not_run_the_net_never_import_it(model, args):
     assert _marks(marks) == []
     if args[0] == "info":
         table = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()}
-        assert "y     unknown: Python layer: its code runs only in commands that run the net" in table["py"]
-        assert "unknown: bottom 'y' has an unknown shape" in table["conv"]
+        assert re.search(r"y +unknown \[1\]", table["py"]) and "unknown [2]" in table["conv"]
+        assert "[1] Python layer: its code runs only in commands that run the net" in result.stdout
+        assert "[2] bottom 'y' has an unknown shape" in result.stdout
         assert "2 3 5 5 (150)" in table["data"]
     if args[0] == "draw":
         assert "py_Python" in (work / "net.dot").read_text()

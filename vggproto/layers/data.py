@@ -67,6 +67,12 @@ class FeedLayer(CaffeLayer):
         if self.feed is not None:
             self.feed.set_cursor(n)
 
+    def _shapes_unknown(self, reason: str) -> None:
+        """A shapes-only build (info, draw, convert; Caffe's draw_net reads no data either) of a layer whose top
+        shapes only its data would tell: the tops are unknown, as after a Python layer, and the net says why."""
+        self.top_shapes = [None] * len(self.spec.param.top)
+        self.shapes_unknown = reason
+
     @property
     def bad_records(self) -> int:
         """Records skipped as unreadable (only with the ``skip_bad`` option)."""
@@ -86,7 +92,11 @@ class _ImageLayer(FeedLayer):
         _warn_pitfalls(spec, transformer, where)
         self.feed = None
         if opts.dry_run:
-            c, h, w = dry_shape(transformer)
+            try:
+                c, h, w = dry_shape(transformer)
+            except DataShapeUnknown as exc:   # only the data would tell: the tops (and what reads them) unknown
+                self._shapes_unknown(str(exc))
+                return
         else:
             source = source_factory(transformer)
             seed, shuffle_seed = seeds(opts)
@@ -170,8 +180,8 @@ class DataLayer(_ImageLayer):
         def dry_shape(transformer: DataTransformer) -> tuple[int, int, int]:
             if transformer.crop:
                 return _dry_channels(True, transformer), transformer.crop, transformer.crop
-            raise DataShapeUnknown(f"{where}: data shape unknown: without transform_param.crop_size it is the "
-                                   f"first record's in '{p.source}', and a shapes-only build reads no data")
+            raise DataShapeUnknown(f"data shape unknown: without transform_param.crop_size it is the first "
+                                   f"record's in '{p.source}', and a shapes-only build reads no data")
 
         self._setup(source, p.batch_size, p.rand_skip, False, dry_shape)
 
@@ -199,9 +209,9 @@ class ImageDataLayer(_ImageLayer):
                 return c, transformer.crop, transformer.crop
             if p.new_height > 0:
                 return c, p.new_height, p.new_width
-            raise DataShapeUnknown(f"{where}: data shape unknown: without transform_param.crop_size or "
-                                   f"new_height/new_width it is the first image's of '{p.source}', and a "
-                                   f"shapes-only build reads no data")
+            raise DataShapeUnknown(f"data shape unknown: without transform_param.crop_size or new_height/"
+                                   f"new_width it is the first image's of '{p.source}', and a shapes-only "
+                                   f"build reads no data")
 
         self._setup(source, p.batch_size, p.rand_skip, bool(p.shuffle), dry_shape)
 
@@ -218,8 +228,9 @@ class HDF5DataLayer(FeedLayer):
         batch = rank_batch(p.batch_size, opts, spec.train, where)
         self.feed = None
         if opts.dry_run:
-            raise DataShapeUnknown(f"{where}: top shapes unknown: they are the datasets' in the HDF5 files listed "
-                                   f"in '{p.source}', and a shapes-only build reads no data")
+            self._shapes_unknown(f"top shapes unknown: they are the datasets' in the HDF5 files listed in "
+                                 f"'{p.source}', and a shapes-only build reads no data")
+            return
         try:
             source = HDF5Source(require_file(p.source, "hdf5_data_param.source", where), list(spec.param.top))
         except DataError as exc:
