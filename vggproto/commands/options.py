@@ -154,7 +154,7 @@ def force_option(fn: Callable) -> Callable:
 
 def dialect_option(fn: Callable) -> Callable:
     """``--dialect NAME``: read the net in a Caffe fork's schema (default: BVLC, or the fork whose fields it uses)."""
-    from vggproto.caffe.dialects import DIALECTS
+    from vggproto.caffe.dialect_table import DIALECTS
     return click.option("--dialect", type=click.Choice(list(DIALECTS)), default=None,
                         help="Schema of the Caffe fork the files follow (default: BVLC, or the fork whose fields "
                              "the net uses, with a warning).")(fn)
