@@ -58,9 +58,9 @@ def train(solver_arg: str | None, solver_opt: str | None, weights: tuple[str, ..
           per_gpu_batch: bool, plateau_patience: int, plateau_max_drops: int, plateau_output: str | None,
           init_layers: str, channels_last: bool) -> None:
     """Train a net from a Caffe solver file, exactly as `caffe train` does."""
+    from vggproto.train.options import TrainOptions
     from vggproto.train.run import train as caffe_train
     from vggproto.train.run import use_glog_format
-    from vggproto.train.solver import TrainOptions
     from vggproto.vgg.configs import PAPER_INIT_LAYERS
     solver_path = _solver_file(solver_arg, solver_opt)
     use_glog_format()

@@ -197,6 +197,15 @@ class Net(nn.Module):
         """Non-zero loss weight of each top (explicit ``loss_weight``, else 1 on a loss layer's first top)."""
         return dict(self._loss_weights)
 
+    def producer(self, blob: str) -> str | None:
+        """The first layer with ``blob`` among its tops (an error names where a bad value was made), or None."""
+        return next((p.name for p in self.net_param.layer if blob in p.top), None)
+
+    @property
+    def first_accuracy_top(self) -> str | None:
+        """The first top of the first Accuracy layer: the output a test is usually judged by."""
+        return next((p.top[0] for p in self.net_param.layer if p.type == "Accuracy" and p.top), None)
+
     @property
     def input_names(self) -> list[str]:
         """Tops the caller feeds through ``forward(**inputs)`` (Input and MemoryData layers)."""
