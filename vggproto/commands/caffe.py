@@ -9,10 +9,10 @@ from vggproto.commands.options import dialect_option, force_option
 
 
 @click.command("upgrade", cls=CaffeCommand)
-@click.argument("src", metavar="IN", type=click.Path(exists=True, dir_okay=False))
-@click.argument("dst", metavar="OUT", type=click.Path(dir_okay=False))
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False))
 @click.option("--kind", type=click.Choice(["auto", "net", "solver"]), default="auto", show_default=True,
-              help="What IN holds; auto looks at the file.")
+              help="What SRC holds; auto looks at the file.")
 @click.option("--to-bvlc", is_flag=True, help="Rewrite a fork net into BVLC fields where an exact equivalent "
               "exists (ceil_mode -> round_mode, ReLU6 -> Clip, ...); list the layers that have none.")
 @dialect_option
@@ -22,7 +22,7 @@ def upgrade_command(src: str, dst: str, kind: str, to_bvlc: bool, dialect: str |
     """Upgrade a Caffe net (text or binary, V0/V1 -> V2) or solver to the current format.
 
     Like Caffe's upgrade_net_proto_text, upgrade_net_proto_binary and upgrade_solver_proto_text. The output's
-    format (text or binary) follows OUT's extension.  Binary caffemodels keep their blobs (and legacy dims).
+    format (text or binary) follows DST's extension.  Binary caffemodels keep their blobs (and legacy dims).
     """
     from vggproto.weights.files import upgrade_file
     click.echo("\n".join(upgrade_file(src, dst, kind, dialect, to_bvlc, force)))  # type: ignore[arg-type]

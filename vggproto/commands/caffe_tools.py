@@ -34,8 +34,8 @@ caffe_group.add_command(device_query, name="device_query")
 
 
 def _upgrade_tool(name: str, kind: str, what: str) -> click.Command:
-    """``upgrade`` as one of Caffe's upgrade_* tools: IN OUT, reading ``kind``."""
-    return with_defaults(upgrade_command, name, f"Caffe's {name}: upgrade {what} IN into OUT.", kind=kind)
+    """``upgrade`` as one of Caffe's upgrade_* tools (Caffe's IN OUT are SRC DST), reading ``kind``."""
+    return with_defaults(upgrade_command, name, f"Caffe's {name}: upgrade {what} SRC into DST.", kind=kind)
 
 
 commands = [caffe_group,
