@@ -23,7 +23,8 @@ from vggproto.caffe.prototxt import ParsedNet, layer_lines, parse_net
 from vggproto.caffe.shapes import Shape
 from vggproto.data.options import DataOptions
 from vggproto.errors import NetError, PrototxtError
-from vggproto.layers.registry import CaffeLayer, LayerSpec, build_layer, check_blob_size
+from vggproto.layers.base import check_blob_size
+from vggproto.layers.registry import CaffeLayer, LayerSpec, build_layer
 from vggproto.net import debug as net_debug
 from vggproto.net import weights as net_weights
 from vggproto.net.params import LearnableParam, ParamOwner, setup_params
