@@ -18,8 +18,8 @@ import vggproto
 import vggproto.train.run as train_run
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.cli import main
-from vggproto.commands.caffe_tools import convert_imageset_tool
-from vggproto.commands.options import gflags_args
+from vggproto.commands.data import convert_imageset_cmd as convert_imageset_tool
+from vggproto.commands.gflags import gflags_args
 from vggproto.data.convert import convert_imageset
 from vggproto.data.db import DBReader
 from vggproto.data.progress import Progress
@@ -63,6 +63,67 @@ def test_gflags_booleans_values_and_passthrough():
         gflags_args(cmd, ["-gray=maybe"])
     with pytest.raises(click.NoSuchOption, match="-grey"):
         gflags_args(cmd, ["-grey"])
+
+
+# ------------------------------------------------------------------- each tool defined once, Caffe's spellings
+
+ALIASES = [(("caffe", "train"), ("train",)), (("caffe", "test"), ("test",)), (("caffe", "time"), ("time",)),
+           (("caffe", "device_query"), ("device_query",)), (("convert_imageset",), ("convert-imageset",)),
+           (("compute_image_mean",), ("compute-mean",)), (("upgrade_net_proto_text",), ("upgrade",)),
+           (("upgrade_net_proto_binary",), ("upgrade",)), (("upgrade_solver_proto_text",), ("upgrade",))]
+
+
+def _command(path: tuple[str, ...]) -> click.Command:
+    command = main
+    for name in path:
+        command = command.get_command(click.Context(command), name)
+    return command
+
+
+def _defaults(command: click.Command) -> dict:
+    return {p.name: p.default for p in command.params}
+
+
+@pytest.mark.parametrize("caffe, ours", ALIASES)
+def test_every_caffe_spelling_is_the_vggproto_command(caffe, ours):
+    alias, command = _command(caffe), _command(ours)
+    assert alias.callback is command.callback and type(alias) is type(command)
+    assert [p.name for p in alias.params] == [p.name for p in command.params]
+    differ = {k for k, v in _defaults(alias).items() if _defaults(command)[k] != v}
+    # the only declared differences: the level `vggproto train` keeps from the solver, the upgrade tools' kind
+    assert differ == {"train": {"level"}, "upgrade": {"kind"}}.get(ours[0], set())
+
+
+@pytest.mark.parametrize("tool, kind", [("upgrade_net_proto_text", "net"), ("upgrade_net_proto_binary", "net"),
+                                        ("upgrade_solver_proto_text", "solver")])
+def test_upgrade_tools_read_their_kind(tool, kind):
+    assert _defaults(_command((tool,)))["kind"] == kind and _defaults(_command(("upgrade",)))["kind"] == "auto"
+
+
+@pytest.mark.parametrize("args, level", [(["caffe", "train", "-solver", "sgd_step_solver.prototxt"], 0),
+                                         (["train", "sgd_step_solver.prototxt"], None),
+                                         (["train", "sgd_step_solver.prototxt", "-level", "0"], 0)])
+def test_level_default_per_spelling(case, monkeypatch, args, level):
+    """Caffe's tools/caffe.cpp overwrites train_state.level with -level (0); `vggproto train` keeps the solver's."""
+    seen = {}
+    monkeypatch.setattr(train_run, "train", lambda solver, options, snapshot=None, gpus=None: seen.update(
+        level=options.level))
+    assert invoke(*args).exit_code == 0 and seen == {"level": level}
+
+
+@pytest.mark.parametrize("args", [["train"], ["caffe", "train"], ["train", "-gpu", "cpu"]])
+def test_a_missing_solver_is_a_usage_error_in_both_spellings(args):
+    result = invoke(*args)
+    assert result.exit_code == 2 and "--solver SOLVER" in result.output
+
+
+@pytest.mark.parametrize("name", ["compute-mean", "compute_image_mean"])
+def test_compute_mean_without_output_only_reports_in_both_spellings(tmp_path, name):
+    db = tmp_path / "db"
+    assert invoke("convert-imageset", "--resize-height=8", "--resize-width=8", ROOT, str(DATA / "list.txt"),
+                  str(db)).exit_code == 0
+    result = invoke(name, str(db))
+    assert result.exit_code == 0 and "Number of channels: 3" in result.output and list(tmp_path.iterdir()) == [db]
 
 
 # ---------------------------------------------------------------------------------------------- caffe train/test
@@ -111,6 +172,7 @@ def test_caffe_train_snapshot_flag_and_caffe_checks(case, monkeypatch):
         snapshot=snapshot, gpus=gpus))
     assert invoke("caffe", "train", "-solver", "sgd_step_solver.prototxt", "-snapshot", "x.solverstate").exit_code == 0
     assert seen == {"snapshot": "x.solverstate", "gpus": None}
+    monkeypatch.undo()   # Caffe's resume-or-finetune check is train.run.train's, for both spellings
     both = invoke("caffe", "train", "-solver", "s", "-weights", "w", "-snapshot", "x")
     assert both.exit_code == 1 and "not both" in both.output
     missing = invoke("caffe", "train", "-gpu", "cpu")

@@ -370,3 +370,35 @@ def test_upgrade_to_bvlc_leaves_plain_bvlc_layers_unmentioned():
                    b'layer { name: "d" type: "Dropout" bottom: "data" top: "data" '
                    b'dropout_param { dropout_ratio: 0.3 } }')
     assert to_bvlc(net) == ([], [])
+
+
+# ---------------------------------------------------------------------------------------------- the table as data
+
+def test_every_dialects_layer_types_are_registered_layers():
+    from vggproto.layers.registry import supported_types
+    registered = set(supported_types())
+    missing = {d.name: sorted(set(d.layer_types) - registered) for d in DIALECTS.values()}
+    assert {name: types for name, types in missing.items() if types} == {}
+    # a type implemented later moves from schema_only to layer_types, so the table says what runs
+    assert {t for d in DIALECTS.values() for t in d.schema_only} & registered == set()
+
+
+def test_the_messages_bvlc_lacks_are_derived_and_reached_only_through_fork_fields():
+    from vggproto.caffe.dialect_table import EXTRA_MESSAGES, OWN_FIELD, OWN_MESSAGE
+    extra = set(EXTRA_MESSAGES)
+    assert {OWN_MESSAGE, "PriorBoxParameter", "NormalizedBBox", "BNParameter", "ReLU6Parameter"} <= extra
+    assert not extra & {"PoolingParameter", "LossParameter", "LayerParameter", "BatchNormParameter"}
+    fork_fields = {(f.message, f.name) for d in DIALECTS.values() for f in d.fields}
+    for message in caffe_pb2.DESCRIPTOR.message_types_by_name.values():
+        if message.name in extra:
+            continue
+        for field in message.fields:   # a BVLC message holds a fork message only in a fork's (or our) field
+            if field.message_type is not None and field.message_type.name in extra:
+                assert (message.name, field.name) in fork_fields | {OWN_FIELD}, (message.name, field.name)
+
+
+def test_a_table_entry_that_is_not_in_the_superset_schema_is_refused():
+    from vggproto.caffe.dialect_table import Moved, fields
+    with pytest.raises(RuntimeError, match="PoolingParameter.ceil_mode is not field 13"):
+        fields("PoolingParameter", ceil_mode=13)
+    assert fields("PoolingParameter", ceil_mode=Moved(13, 1013))[0].number == 13

@@ -214,7 +214,7 @@ def check_snapshots_complete(folder: Path) -> list[Path]:
         model = read_weights(snap.resolve_learned_net(str(state), data.learned_net))
         assert data.iter == int(state.stem.split("_")[-1])
         assert [h.size for h in data.history] == [b.size for blobs in model.values() for b in blobs]  # SGD: N
-        assert snap.read_sidecar(str(state))["iter"] == data.iter
+        assert snap.read_sidecar(str(state)).iter == data.iter
     return states
 
 

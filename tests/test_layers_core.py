@@ -457,3 +457,45 @@ def test_lrn_across_channels_with_fewer_channels_than_local_size():
     y = net.double().forward(x=x)["y"]
     expected = x * (2 + 0.5 / 5 * (x * x).sum(1, keepdim=True)) ** -0.75  # both channels are in every window
     assert torch.allclose(y, expected)
+
+
+# --------------------------------------------------------------------------- the base class and the registry
+
+@pytest.mark.parametrize("layer, shapes, message", [
+    ('layer { name: "r" type: "ReLU" bottom: "x0" bottom: "x1" top: "r" }', [(2, 3), (2, 3)],
+     "layer 'r' (ReLU): needs 1 bottom blob(s), got 2"),
+    ('layer { name: "r" type: "ReLU" bottom: "x0" top: "r" top: "s" }', [(2, 3)],
+     "layer 'r' (ReLU): needs 1 top blob(s), got 2"),
+    ('layer { name: "e" type: "Eltwise" bottom: "x0" top: "e" }', [(2, 3)],
+     "layer 'e' (Eltwise): needs at least 2 bottom blob(s), got 1"),
+    ('layer { name: "u" type: "Upsample" bottom: "x0" bottom: "x0" bottom: "x0" top: "u" }', [(1, 1, 2, 2)],
+     "layer 'u' (Upsample): needs 1 to 2 bottom blob(s), got 3"),
+    ('layer { name: "p" type: "Pooling" bottom: "x0" top: "p" pooling_param { kernel_size: 2 } }', [(2, 3, 4)],
+     "layer 'p' (Pooling): needs a 4-D bottom (N, C, H, W), got shape (2, 3, 4)"),
+])
+def test_declared_arity_and_rank_are_checked_once_by_the_base_class(layer, shapes, message):
+    with pytest.raises(NetError) as info:
+        single(layer, *shapes)
+    assert message in str(info.value)
+
+
+def test_every_layer_module_is_found_by_walking_the_package():
+    from pathlib import Path
+
+    import vggproto.layers as package
+    from vggproto.layers.registry import layer_modules, supported_types
+    files = {p.stem for p in Path(package.__path__[0]).glob("*.py") if p.stem != "__init__"}
+    assert layer_modules() == sorted(f"vggproto.layers.{name}" for name in files)
+    assert {"Python", "ROIPooling", "Interp", "LSTM", "Data", "Softmax"} <= set(supported_types())
+
+
+def test_a_layer_module_that_fails_to_import_is_an_error(tmp_path, monkeypatch):
+    import sys
+
+    import vggproto.layers as package
+    from vggproto.layers.registry import supported_types
+    (tmp_path / "zz_broken.py").write_text("import no_such_dependency_of_a_layer\n")
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "vggproto.layers.zz_broken", raising=False)
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_of_a_layer"):
+        supported_types()

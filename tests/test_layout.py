@@ -86,6 +86,50 @@ def violations(root: Path) -> list[str]:
     return problems
 
 
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> the package modules it imports, every import counted (lazy ones in functions and those under
+    ``if TYPE_CHECKING:`` too: a cycle through them is still two modules that need each other).  ``from p import
+    m`` names the module ``p.m`` where there is one, else ``p``; a parent package is not counted implicitly."""
+    paths = {module_name(p, root): p for p in sorted((root / "vggproto").rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        edges = set()
+        for _, target, names in imports_of(path, module):
+            subs = [f"{target}.{n}" for n in names if f"{target}.{n}" in paths]
+            edges |= set(subs) if subs and len(subs) == len(names) else {*subs, target}
+        graph[module] = {e for e in edges if e in paths and e != module}
+    return graph
+
+
+def import_cycles(root: Path) -> list[list[str]]:
+    """Every set of modules that import each other (directly or round a longer loop), each sorted: the strongly
+    connected components of :func:`import_graph` with more than one module (Tarjan's algorithm)."""
+    graph, index, low, stack, on_stack, found = import_graph(root), {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while not component or component[-1] != node:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
 def over_budget(root: Path) -> list[str]:
     """Modules over :data:`MAX_MODULE_LINES` lines and functions over :data:`MAX_FUNCTION_LINES` lines."""
     problems = []
@@ -137,6 +181,17 @@ def unannotated(root: Path) -> list[str]:
 
 def test_imports_follow_the_layering():
     assert violations(ROOT) == []
+
+
+#: The import cycles left for issue #27's second wave (after the parallel pycaffe work merges); each entry is
+#: removed when its cycle is untied, and any other cycle (or a module joining one of these) fails the test.
+ALLOWED_CYCLES = [
+    ["vggproto.pycaffe.batches", "vggproto.pycaffe.blob", "vggproto.pycaffe.net"],   # wave 2: the blob store
+]
+
+
+def test_no_import_cycles():
+    assert [c for c in import_cycles(ROOT) if c not in ALLOWED_CYCLES] == []
 
 
 def test_modules_and_functions_stay_within_budget():
@@ -222,3 +277,22 @@ def test_checker_enforces_budgets(tmp_path):
     root = _tree(tmp_path, {"a.py": long_function, "b.py": "x = 1\n" * 401})
     assert over_budget(root) == ["vggproto/a.py:1: f() is 51 lines (budget 50)",
                                  "vggproto/b.py: 401 lines (budget 400)"]
+
+
+def test_checker_finds_cycles_through_lazy_and_type_checking_imports(tmp_path):
+    root = _tree(tmp_path, {
+        "__init__.py": "", "train/__init__.py": "",
+        "train/a.py": "from vggproto.train import b\n",
+        "train/b.py": "def f():\n    from vggproto.train.c import g\n",          # lazy
+        "train/c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from vggproto.train.a import A\n",
+        "train/d.py": "from vggproto.train.a import A\nfrom . import e\n",        # into the cycle, not back
+        "train/e.py": "from .f import F\n", "train/f.py": "from vggproto.train import e\n"})   # relative
+    assert import_cycles(root) == [["vggproto.train.a", "vggproto.train.b", "vggproto.train.c"],
+                                   ["vggproto.train.e", "vggproto.train.f"]]
+
+
+def test_checker_sees_no_cycle_in_a_chain_or_through_a_package_name(tmp_path):
+    root = _tree(tmp_path, {"__init__.py": "", "net/__init__.py": "from vggproto.net.core import Net\n",
+                            "net/core.py": "from vggproto.net import util\n", "net/util.py": "X = 1\n",
+                            "net/other.py": "from vggproto.net import Net\n"})
+    assert import_cycles(root) == []

@@ -184,6 +184,18 @@ layer { name: "aux" type: "TanH" bottom: "fc" top: "aux" loss_weight: 0.5 }
         Net(text.replace("loss_weight: 0.5", "loss_weight: 0.5 loss_weight: 1"))
 
 
+def test_facts_a_net_answers_producer_and_first_accuracy_top():
+    net = small()
+    assert (net.producer("conv1"), net.producer("pool1"), net.producer("nothing")) == ("conv1", "pool1", None)
+    assert net.first_accuracy_top is None
+    text = SMALL % (4, 4) + """
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 2 } } }
+layer { name: "top5" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc5" accuracy_param { top_k: 5 } }
+layer { name: "top1" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc1" }
+"""
+    assert Net(text).first_accuracy_top == "acc5"
+
+
 SHARED = """force_backward: true
 layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 3 dim: 6 } } }
 layer { name: "a" type: "InnerProduct" bottom: "x" top: "ya" param { name: "w" lr_mult: 2 } param { lr_mult: 0 }

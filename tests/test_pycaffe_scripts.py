@@ -218,7 +218,7 @@ def test_reshape_to_another_number_of_axes(tmp_path, monkeypatch):
 def test_reshape_that_the_net_cannot_take_is_one_located_error(tmp_path):
     net = caffe.Net(_write(tmp_path, "partial.prototxt", PARTIAL), caffe.TEST)
     net.blobs["data"].reshape(1, 1, 8, 8, 8)   # 3 spatial axes: Caffe's pooling is 2-D only
-    with pytest.raises(NetError, match=r"partial.prototxt:5: layer 'pool' \(Pooling\): pooling needs a 4-D bottom "
+    with pytest.raises(NetError, match=r"partial.prototxt:5: layer 'pool' \(Pooling\): needs a 4-D bottom "
                                        r".* \(after reshaping data \(1, 1, 8, 8, 8\)\)"):
         net.forward()
     net.blobs["data"].reshape(2, 1, 9, 9)       # the declared number of axes again: runs
@@ -242,10 +242,11 @@ layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }
 
 
 def test_inputs_reshaped_together_are_checked_together_once(tmp_path, monkeypatch):
-    from vggproto.net import shapes
+    from vggproto.net.interpreter import Net
     builds = []
-    real = shapes.meta_net
-    monkeypatch.setattr(shapes, "meta_net", lambda *args, **kw: builds.append(args) or real(*args, **kw))
+    real = Net.shapes_only
+    monkeypatch.setattr(Net, "shapes_only", classmethod(lambda cls, *args, **kw: builds.append(args) or
+                                                        real(*args, **kw)))
     net = caffe.Net(_write(tmp_path, "two.prototxt", TWO_INPUTS), caffe.TEST)
     net.blobs["a"].reshape(2, 3, 4)
     net.blobs["b"].reshape(2, 3, 4)            # Eltwise needs both of one shape: checked as a pair

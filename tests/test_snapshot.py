@@ -68,7 +68,7 @@ def test_without_sidecar_data_restarts_at_zero_like_caffe(case):
     os.remove("a_iter_5.solverstate" + snap.SIDECAR_SUFFIX)
     s = train(write_solver("b.prototxt", prefix="b"), resume="a_iter_5.solverstate")
     # 5 iterations after the restart consumed rows 0..39 (+1 display batch): cursor 48; the straight run: 88
-    cursor = list(snap.read_sidecar("b_iter_10.solverstate")["train_cursors"][0].values())[0]
+    cursor = list(snap.read_sidecar("b_iter_10.solverstate").train_cursors[0].values())[0]
     assert cursor == 40
     a = snap.read_solverstate("a_iter_10.solverstate")
     b = snap.read_solverstate("b_iter_10.solverstate")
@@ -259,3 +259,16 @@ def test_snapshot_log_lines_name_the_files_written_not_the_temporaries(case, cap
     if fmt == "BINARYPROTO":
         assert any(re.fullmatch(r"Wrote \d+ bytes of weights to snaps/D_iter_2\.caffemodel", m)
                    for m in caplog.messages)
+
+
+def test_sidecar_reads_older_files_and_refuses_a_changed_process_count(tmp_path, caplog):
+    state = tmp_path / "x.solverstate"
+    (tmp_path / ("x.solverstate" + snap.SIDECAR_SUFFIX)).write_text('{"iter": 4, "train_cursors": [{"d": 8}], '
+                                                                       '"plateau": null, "extra": 1}')
+    side = snap.read_sidecar(str(state))
+    assert side == snap.Sidecar(iter=4, train_cursors=[{"d": 8}])
+    assert side.cursors_of(0, 1) == {"d": 8} and side.cursors_of(0, 2) == {}
+    assert "taken with 1 processes, this run has 2" in caplog.text
+    (tmp_path / ("x.solverstate" + snap.SIDECAR_SUFFIX)).write_text("[1, 2]")
+    with pytest.raises(SolverError, match="unreadable vggproto sidecar"):
+        snap.read_sidecar(str(state))

@@ -61,7 +61,7 @@ def test_plateau_divides_lr_logs_and_resumes(case, caplog, monkeypatch):
     rows = list(csv.DictReader(open("p_log.csv")))
     assert [r["train/lr_drops"] for r in rows[:3]] == ["0", "1", "2"]
     side = snap.read_sidecar("p_iter_4.solverstate")
-    assert side["plateau"]["drops"] == 2
+    assert side.plateau["drops"] == 2
     # resume: the drop count comes back from the sidecar
     caplog.clear()
     Path("r.prototxt").write_text(SOLVER.format(max_iter=6, snapshot=0, prefix="r"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from vggproto.caffe.dialects import DIALECTS
+from vggproto.caffe.dialect_table import DIALECTS
 from vggproto.caffe.proto import caffe_pb2
 
 P = caffe_pb2.PoolingParameter
@@ -55,7 +55,7 @@ def _dropout(layer: caffe_pb2.LayerParameter) -> str | None:
 _REWRITES: dict[str, Callable[[caffe_pb2.LayerParameter], str | None]] = {
     "Pooling": _pooling, "ReLU6": _relu6, "DepthwiseConvolution": _depthwise, "Dropout": _dropout,
 }
-_FORK_TYPES = frozenset(t for d in DIALECTS.values() for t in d.layer_types)
+_FORK_TYPES = frozenset(t for d in DIALECTS.values() for t in d.every_layer_type)
 
 
 def _fork_fields_left(layer: caffe_pb2.LayerParameter) -> list[str]:

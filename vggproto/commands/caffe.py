@@ -1,12 +1,14 @@
-"""Format commands: ``upgrade`` (Caffe's upgrade_net_proto_text/_binary, upgrade_solver_proto_text) and ``info``."""
+"""Format commands: ``upgrade`` (also registered as Caffe's upgrade_net_proto_text/_binary and
+upgrade_solver_proto_text, commands/caffe_tools.py) and ``info``."""
 from __future__ import annotations
 
 import click
 
+from vggproto.commands.gflags import CaffeCommand
 from vggproto.commands.options import dialect_option, force_option
 
 
-@click.command("upgrade")
+@click.command("upgrade", cls=CaffeCommand)
 @click.argument("src", type=click.Path(exists=True, dir_okay=False))
 @click.argument("dst", type=click.Path(dir_okay=False))
 @click.option("--kind", type=click.Choice(["auto", "net", "solver"]), default="auto", show_default=True,

@@ -1,11 +1,13 @@
-"""Net commands: ``time`` (Caffe's ``caffe time``: per-layer forward/backward benchmark)."""
+"""Net commands: ``time`` (Caffe's ``caffe time``, also registered under that spelling: per-layer forward/backward
+benchmark)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import click
 
-from vggproto.commands.options import CaffeCommand, NameList, dialect_option, gpus_option
+from vggproto.commands.gflags import CaffeCommand
+from vggproto.commands.options import dialect_option, gpus_option, level_option, stage_option
 from vggproto.errors import VGGProtoError
 
 if TYPE_CHECKING:
@@ -20,8 +22,8 @@ if TYPE_CHECKING:
 @gpus_option("--gpu", "--gpus", help="CUDA device index (default: CPU).")
 @click.option("--phase", type=click.Choice(["TRAIN", "TEST"]), default="TRAIN", show_default=True,
               help="Phase the net is built for (Caffe's default is TRAIN).")
-@click.option("--level", default=0, show_default=True, help="Net state level.")
-@click.option("--stage", type=NameList(), default="", help="Comma-separated net state stages.")
+@level_option
+@stage_option
 @click.option("--weights", default=None, help="Caffemodel(s) to load first (comma-separated).")
 @dialect_option
 def time_command(model_arg: str | None, model: str | None, iterations: int, gpus: Devices, phase: str,

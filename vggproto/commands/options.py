@@ -7,6 +7,7 @@ usage error:`` line naming the flag and exits 2.  Importing this module never im
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -153,82 +154,37 @@ def force_option(fn: Callable) -> Callable:
 
 def dialect_option(fn: Callable) -> Callable:
     """``--dialect NAME``: read the net in a Caffe fork's schema (default: BVLC, or the fork whose fields it uses)."""
-    from vggproto.caffe.dialects import DIALECTS
+    from vggproto.caffe.dialect_table import DIALECTS
     return click.option("--dialect", type=click.Choice(list(DIALECTS)), default=None,
                         help="Schema of the Caffe fork the files follow (default: BVLC, or the fork whose fields "
                              "the net uses, with a warning).")(fn)
 
 
-# ------------------------------------------------------------------------------ Caffe's (gflags) flag spellings
-
-_TRUE, _FALSE = ("true", "t", "yes", "y", "1"), ("false", "f", "no", "n", "0")
-
-
-def _long_options(command: click.Command, ctx: click.Context | None) -> dict[str, click.Option]:
-    """Every long option of ``command`` (``--help`` too, given ``ctx``) by its name, dashes and underscores alike."""
-    found: dict[str, click.Option] = {}
-    for param in (command.get_params(ctx) if ctx is not None else command.params):
-        if isinstance(param, click.Option):
-            for opt in (*param.opts, *param.secondary_opts):
-                if opt.startswith("--"):
-                    found[opt[2:].replace("_", "-")] = param
-    return found
+def level_option(fn: Callable) -> Callable:
+    """``--level``: the net state's level (NetState.level), 0 unless given, as Caffe's ``-level``."""
+    # Caffe: tools/caffe.cpp DEFINE_int32(level, 0, ...)
+    return click.option("--level", type=int, default=0, show_default=True,
+                        help="Network level (NetState.level; train_state.level for training).")(fn)
 
 
-def _flag_off(param: click.Option) -> list[str]:
-    """A boolean flag set false: its ``--no-x`` spelling, or nothing (a plain flag's default is off)."""
-    return [param.secondary_opts[0]] if param.secondary_opts else []
+def stage_option(fn: Callable) -> Callable:
+    """``--stage a,b``: the net state's stages (NetState.stage), as Caffe's ``-stage``."""
+    return click.option("--stage", type=NameList(), default="",
+                        help="Network stages, comma-separated (NetState.stage).")(fn)
 
 
-def _gflag(token: str, options: dict[str, click.Option]) -> tuple[list[str], bool]:
-    """One token rewritten into click's spelling, and whether the next token is this option's value."""
-    name, sep, value = token.lstrip("-").partition("=")
-    key = name.replace("_", "-")
-    param = options.get(key)
-    if param is None and key.startswith("no") and getattr(options.get(key[2:]), "is_flag", False):
-        return _flag_off(options[key[2:]]), False            # gflags' -noflag
-    if param is None:   # said as the user spelled it (click would read -bogus as -b -o -g ...)
-        import difflib
-        near = difflib.get_close_matches(key, list(options), n=3)
-        raise click.NoSuchOption(token, possibilities=[f"-{n.replace('-', '_')}" for n in near])
-    if param.is_flag:
-        if not sep or value.lower() in _TRUE:
-            return [f"--{key}"], False
-        if value.lower() in _FALSE:
-            return _flag_off(param), False
-        raise click.UsageError(f"-{name} is a boolean flag (true or false), got '{value}'")
-    return ([f"--{key}={value}"], False) if sep else ([f"--{key}"], True)
-
-
-def gflags_args(command: click.Command, args: list[str], ctx: click.Context | None = None) -> list[str]:
-    """Caffe's gflags spellings -> click's: ``-flag value``, ``-flag=value``, ``--flag=value``, ``--flag value``,
-    ``flag_name`` or ``flag-name``, booleans as ``-gray``, ``-gray=true``, ``-nogray``.
-
-    Caffe users' scripts pass single-dash long flags, which click would split into short options; rewriting them
-    before click parses keeps one parser (and its messages) for both spellings.  Tokens that are values, short
-    options (``-h``) and everything after ``--`` pass through unchanged; an unknown flag is a usage error.
-    """
-    options, out, takes_value = _long_options(command, ctx), [], False
-    for i, token in enumerate(args):
-        if token == "--":
-            return out + args[i:]
-        if takes_value or not token.startswith("-") or len(token) < 3 and not token.startswith("--"):
-            out.append(token)
-            takes_value = False
-            continue
-        rewritten, takes_value = _gflag(token, options)
-        out += rewritten
-    return out
-
-
-class CaffeCommand(click.Command):
-    """A click command that also reads Caffe's gflags spellings (:func:`gflags_args`), for the commands that
-    mirror a Caffe tool so a Caffe user's script changes one word."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            args = gflags_args(self, list(args), ctx)
-        except click.UsageError as exc:
-            exc.ctx = exc.ctx or ctx
-            raise
-        return super().parse_args(ctx, args)
+def with_defaults(command: click.Command, name: str | None = None, help: str | None = None,
+                  **defaults: Any) -> click.Command:
+    """``command`` registered again (as ``name``, with ``help``) with other defaults for the options named in
+    ``defaults``: one definition of a tool serves both its spellings, and a spelling that must differ says where."""
+    alias = copy.copy(command)
+    alias.params = []
+    for param in command.params:
+        if param.name in defaults:
+            param = copy.copy(param)
+            param.default = defaults.pop(param.name)
+        alias.params.append(param)
+    if defaults:
+        raise TypeError(f"{command.name} has no options {sorted(defaults)}")
+    alias.name, alias.help = name or command.name, help or command.help
+    return alias

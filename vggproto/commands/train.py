@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from vggproto.commands.options import CaffeCommand, NameList, gpus_option
+from vggproto.commands.gflags import CaffeCommand
+from vggproto.commands.options import NameList, gpus_option, level_option, stage_option, with_defaults
 from vggproto.errors import SolverError
 
 if TYPE_CHECKING:
@@ -20,8 +21,8 @@ if TYPE_CHECKING:
 
 def _solver_file(solver_arg: str | None, solver_opt: str | None) -> str:
     """The solver file, given as the argument (``caffe train`` style) or as ``--solver`` (Caffe's flag)."""
-    if not (solver_opt or solver_arg):
-        raise SolverError("train needs a solver file: vggproto train SOLVER (or --solver SOLVER)")
+    if not (solver_opt or solver_arg):   # Caffe: tools/caffe.cpp CHECK_GT(FLAGS_solver.size(), 0): a usage error
+        raise click.UsageError("train needs a solver file: SOLVER or --solver SOLVER")
     if solver_opt and solver_arg and solver_opt != solver_arg:
         raise SolverError(f"two solver files given ({solver_arg} and --solver {solver_opt}); give one")
     return solver_opt or solver_arg
@@ -34,9 +35,8 @@ def _solver_file(solver_arg: str | None, solver_opt: str | None) -> str:
               help="Pretrained weights to finetune from (comma-separated files, applied in order).")
 @click.option("--snapshot", help="A .solverstate or .solverstate.h5 to resume training from.")
 @gpus_option(one_device=False, help="GPU ids '0,1', 'all', or 'cpu:N' for N CPU workers (gloo).")
-@click.option("--level", type=int, default=None, help="Optional; network level (train_state.level).")
-@click.option("--stage", type=NameList(), default="",
-              help="Optional; network stages, comma-separated (train_state.stage).")
+@level_option
+@stage_option
 @click.option("--sigint-effect", "--sigint_effect", "sigint", default="stop",
               type=click.Choice(["stop", "snapshot", "none"]), show_default=True)
 @click.option("--sighup-effect", "--sighup_effect", "sighup", default="snapshot",
@@ -58,9 +58,9 @@ def train(solver_arg: str | None, solver_opt: str | None, weights: tuple[str, ..
           per_gpu_batch: bool, plateau_patience: int, plateau_max_drops: int, plateau_output: str | None,
           init_layers: str, channels_last: bool) -> None:
     """Train a net from a Caffe solver file, exactly as `caffe train` does."""
+    from vggproto.train.options import TrainOptions
     from vggproto.train.run import train as caffe_train
     from vggproto.train.run import use_glog_format
-    from vggproto.train.solver import TrainOptions
     from vggproto.vgg.configs import PAPER_INIT_LAYERS
     solver_path = _solver_file(solver_arg, solver_opt)
     use_glog_format()
@@ -77,8 +77,8 @@ def train(solver_arg: str | None, solver_opt: str | None, weights: tuple[str, ..
 @click.option("--weights", required=True, help="Trained weights (comma-separated files, applied in order).")
 @click.option("--iterations", type=int, default=50, show_default=True, help="Number of batches to run.")
 @gpus_option(help="Run on this GPU id (one device). Default: CPU.")
-@click.option("--level", type=int, default=0)
-@click.option("--stage", type=NameList(), default="", help="Network stages, comma-separated.")
+@level_option
+@stage_option
 def test(model: str, weights: str, iterations: int, gpus: Devices, level: int, stage: tuple[str, ...]) -> None:
     """Score a trained model: per-batch outputs, then their averages (Caffe's `caffe test`)."""
     if iterations < 1:  # Caffe: CHECK_GT(FLAGS_iterations, 0); averaging 0 batches divides by zero
@@ -90,4 +90,6 @@ def test(model: str, weights: str, iterations: int, gpus: Devices, level: int, s
     sys.stderr.flush()
 
 
-commands = [train, test]
+#: ``vggproto train`` keeps the solver file's own train_state.level unless --level is given; Caffe's spelling
+#: (``caffe train``, commands/caffe_tools.py) is ``train`` itself: tools/caffe.cpp overwrites the level with -level, 0
+commands = [with_defaults(train, level=None), test]

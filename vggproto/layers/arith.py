@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import DataError
 from vggproto.layers.axes import canonical_axis, count, legacy_dim
-from vggproto.layers.common import ANY, expect_bottoms
+from vggproto.layers.base import ANY
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 _ELT = caffe_pb2.EltwiseParameter
@@ -40,9 +40,10 @@ class _UnstableProd(torch.autograd.Function):
 class Eltwise(CaffeLayer):
     """Element-wise SUM (with per-bottom ``coeff``), PROD or MAX of equally shaped bottoms."""
 
+    n_bottoms = (2, ANY)
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 2, ANY)
         p = spec.param.eltwise_param
         shapes = [tuple(s) for s in spec.bottom_shapes]
         for i, shape in enumerate(shapes[1:], start=1):
@@ -93,9 +94,10 @@ class Eltwise(CaffeLayer):
 class Reduction(CaffeLayer):
     """Reduce all axes from ``axis`` on with SUM, ASUM, SUMSQ or MEAN, times ``coeff``."""
 
+    n_bottoms = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1, 1)
         p = spec.param.reduction_param
         shape = tuple(spec.bottom_shapes[0])
         # Caffe: src/caffe/layers/reduction_layer.cpp — top shape = bottom shape[:axis] (a scalar for axis 0)
@@ -140,9 +142,10 @@ class _MVNFn(torch.autograd.Function):
 class MVN(CaffeLayer):
     """Mean-variance normalisation per (sample, channel), or per sample with ``across_channels``."""
 
+    n_bottoms = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1, 1)
         p = spec.param.mvn_param
         self.normalize_variance, self.across_channels, self.eps = p.normalize_variance, p.across_channels, p.eps
         self.top_shapes = [tuple(spec.bottom_shapes[0])]
@@ -164,9 +167,10 @@ class MVN(CaffeLayer):
 class Embed(CaffeLayer):
     """Look up row ``index`` of a (input_dim, num_output) table for every bottom element (+ bias)."""
 
+    n_bottoms = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1, 1)
         p = spec.param.embed_param
         if p.input_dim < 1 or p.num_output < 1:
             raise spec.error(f"embed_param.input_dim ({p.input_dim}) and num_output ({p.num_output}) must both "

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import torch
 from google.protobuf.message import Message
 
-from vggproto.layers.registry import CaffeLayer, LayerSpec
+from vggproto.layers.base import CaffeLayer, LayerSpec, check_count
 
 
 def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
@@ -29,25 +29,15 @@ def canonical_axis(spec: LayerSpec, axis: int, shape: Sequence[int], field: str)
     return axis + n if axis < 0 else axis
 
 
-ANY = math.inf  # no upper bound on a blob count: expect_bottoms(spec, 2, ANY)
-
-
 def expect_bottoms(spec: LayerSpec, low: int, high: float | None = None) -> None:
-    """Check the number of bottoms is in [low, high] (``high`` None: exactly ``low``; ANY: at least ``low``)."""
-    high = low if high is None else high
-    n = len(spec.bottom_shapes)
-    if not low <= n <= high:
-        want = str(low) if low == high else f"at least {low}" if high == ANY else f"{low} to {high}"
-        raise spec.error(f"needs {want} bottom blob(s), got {n}")
+    """Check the number of bottoms is in [low, high] (``high`` None: exactly ``low``; ANY: at least ``low``), for a
+    layer whose count depends on its parameters (the others declare ``CaffeLayer.n_bottoms``)."""
+    check_count(spec, "bottom", len(spec.bottom_shapes), (low, low if high is None else high))
 
 
 def expect_tops(spec: LayerSpec, low: int, high: int | None = None) -> None:
-    """Check the number of tops is in [low, high]."""
-    high = low if high is None else high
-    n = len(spec.param.top)
-    if not low <= n <= high:
-        want = str(low) if low == high else f"{low} to {high}"
-        raise spec.error(f"needs {want} top blob(s), got {n}")
+    """Check the number of tops is in [low, high] (the others declare ``CaffeLayer.n_tops``)."""
+    check_count(spec, "top", len(spec.param.top), (low, low if high is None else high))
 
 
 def axis_values(spec: LayerSpec, repeated: Sequence[int], h: int | None, w: int | None, n_axes: int,

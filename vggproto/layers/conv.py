@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vggproto.caffe.shapes import Shape, conv_output_size, deconv_output_size
-from vggproto.layers.common import blob, canonical_axis, conv_geometry, count, expect_bottoms
+from vggproto.layers.common import blob, canonical_axis, conv_geometry, count
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -18,11 +18,11 @@ _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 class _BaseConv(CaffeLayer):
+    n_bottoms = (1, 64)
     transposed = False
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1, 64)
         if len(spec.param.top) != len(spec.bottom_shapes):
             raise spec.error(f"needs as many tops as bottoms, got {len(spec.param.top)} tops "
                              f"and {len(spec.bottom_shapes)} bottoms")

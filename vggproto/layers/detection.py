@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.layers.common import blob, count, expect_bottoms, expect_tops
+from vggproto.layers.common import blob, count
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 log = logging.getLogger("vggproto.layers.detection")
@@ -34,10 +34,11 @@ OPENCV = "opencv"
 class Normalize(CaffeLayer):
     """L2-normalise each sample over (C, H, W) (``across_spatial``) or each position over C, times a learned scale."""
 
+    n_bottoms = 1
+    n_tops = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1)
-        expect_tops(spec, 1)
         p = spec.param.norm_param
         shape = tuple(spec.bottom_shapes[0])
         if len(shape) < 2:
@@ -64,10 +65,11 @@ class Normalize(CaffeLayer):
 class Permute(CaffeLayer):
     """Top axis i is bottom axis ``order[i]``; the axes ``order`` leaves out follow in increasing order."""
 
+    n_bottoms = 1
+    n_tops = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1)
-        expect_tops(spec, 1)
         shape = tuple(spec.bottom_shapes[0])
         order: list[int] = []
         for axis in spec.param.permute_param.order:
@@ -167,10 +169,11 @@ def _variance(spec: LayerSpec, p: caffe_pb2.PriorBoxParameter, opencv: bool) -> 
 class PriorBox(CaffeLayer):
     """The default boxes of one feature map: ``[1, 2, H·W·num_priors·4]``, the boxes then their variances."""
 
+    n_bottoms = 2
+    n_tops = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 2)
-        expect_tops(spec, 1)
         p, opencv = spec.param.prior_box_param, spec.dialect == OPENCV
         feature, image = (tuple(s) for s in spec.bottom_shapes)
         if len(feature) != 4 or len(image) != 4:
@@ -234,10 +237,11 @@ class DetectionOutput(CaffeLayer):
     """Decode the boxes, NMS per class, keep_top_k: ``[1, 1, num_kept, 7]`` rows ``[image, label, score, xmin,
     ymin, xmax, ymax]`` by image, label ascending, score descending; one −1 row per image if nothing is kept."""
 
+    n_bottoms = (3, 4)
+    n_tops = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 3, 4)
-        expect_tops(spec, 1)
         p, self.opencv = spec.param.detection_output_param, spec.dialect == OPENCV
         if not p.HasField("num_classes") or p.num_classes < 1:
             raise spec.error("detection_output_param.num_classes is required (a positive number of classes)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vggproto.layers.common import blob, canonical_axis, count, expect_bottoms, expect_tops
+from vggproto.layers.common import blob, canonical_axis, count
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 
@@ -18,10 +18,11 @@ from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 class InnerProduct(CaffeLayer):
     """y = x·Wᵀ + b over the flattened trailing axes."""
 
+    n_bottoms = 1
+    n_tops = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1)
-        expect_tops(spec, 1)
         p = spec.param.inner_product_param
         shape = spec.bottom_shapes[0]
         if p.num_output <= 0:

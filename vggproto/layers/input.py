@@ -10,7 +10,7 @@ from typing import ClassVar
 import torch
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.layers.common import blob, expect_bottoms, expect_tops
+from vggproto.layers.common import blob
 from vggproto.layers.fillers import fill
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
@@ -39,11 +39,11 @@ class FedLayer(CaffeLayer):
 class Input(FedLayer):
     """Caffe: src/caffe/layers/input_layer.cpp — one shape per top, or one shape shared by all tops."""
 
+    n_bottoms = 0
     fixed_rank = False   # Caffe: input_layer.hpp — Reshape is a no-op, a reshaped blob keeps any shape
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 0)
         shapes = [tuple(int(d) for d in s.dim) for s in spec.param.input_param.shape]
         n_top = len(spec.param.top)
         if n_top == 0:
@@ -65,10 +65,11 @@ class MemoryData(FedLayer):
     Caffe's ``Reset`` (pycaffe ``set_input_arrays``), given N images once with :meth:`set_arrays`, then each
     forward takes the next ``batch_size`` of them, wrapping around."""
 
+    n_bottoms = 0
+    n_tops = 2
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 0)
-        expect_tops(spec, 2)
         p = spec.param.memory_data_param
         if min(p.batch_size, p.channels, p.height, p.width) <= 0:
             raise spec.error("memory_data_param batch_size, channels, height and width must all be positive")
@@ -105,11 +106,12 @@ class DummyData(CaffeLayer):
     """Caffe: src/caffe/layers/dummy_data_layer.cpp — tops filled by fillers; constant fillers once, the others
     refilled at every forward."""
 
+    n_bottoms = 0
+
     is_data = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 0)
         p = spec.param.dummy_data_param
         n_top = len(spec.param.top)
         self.top_shapes = self._shapes(spec, p, n_top)
@@ -154,10 +156,11 @@ class DummyData(CaffeLayer):
 class Parameter(CaffeLayer):
     """Caffe: src/caffe/layers/parameter_layer.cpp — exposes one learnable blob (zero-initialised) as its top."""
 
+    n_bottoms = 0
+    n_tops = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 0)
-        expect_tops(spec, 1)
         shape = tuple(int(d) for d in spec.param.parameter_param.shape.dim)
         self.add_blob(shape)
         self.top_shapes = [shape]

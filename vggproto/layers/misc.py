@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from vggproto.caffe.shapes import Shape
 from vggproto.errors import NetError
-from vggproto.layers.common import ANY, canonical_axis, conv_geometry, count, expect_bottoms, expect_tops
+from vggproto.layers.base import ANY
+from vggproto.layers.common import canonical_axis, conv_geometry, count
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 
@@ -69,10 +70,11 @@ def refuse_backprop(spec: LayerSpec, tops: Sequence[torch.Tensor], index: torch.
 class BatchReindex(CaffeLayer):
     """top[n] = bottom0[int(index[n])]; top shape (len(index), *bottom0.shape[1:])."""
 
+    n_bottoms = 2
+    n_tops = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 2)
-        expect_tops(spec, 1)
         data, index = (tuple(s) for s in spec.bottom_shapes)
         self._check(data, index)
         # Caffe: batch_reindex_layer.cpp Reshape — top = (index count, bottom0's other axes)
@@ -104,9 +106,10 @@ class BatchReindex(CaffeLayer):
 class Filter(CaffeLayer):
     """The items of bottoms 0..K-1 whose selector entry (bottom K) is non-zero, in their order."""
 
+    n_bottoms = (2, ANY)
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 2, ANY)
         shapes = [tuple(s) for s in spec.bottom_shapes]
         if len(spec.param.top) != len(shapes) - 1:
             # Caffe: filter_layer.cpp LayerSetUp — CHECK_EQ(top.size(), bottom.size() - 1)
@@ -172,10 +175,11 @@ class Im2col(CaffeLayer):
     """Caffe's Im2col layer: convolution_param kernel/stride/pad/dilation/axis (num_output, group and the fillers
     are not used); ``force_nd_im2col`` picks Caffe's N-d routine, which gives the same values."""
 
+    n_bottoms = 1
+    n_tops = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1)
-        expect_tops(spec, 1)
         p = spec.param.convolution_param
         shape = tuple(spec.bottom_shapes[0])
         self.axis = canonical_axis(spec, p.axis, shape, "convolution_param.axis")

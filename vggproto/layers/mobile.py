@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.layers.common import count, expect_bottoms, expect_tops
+from vggproto.layers.common import count
 from vggproto.layers.conv import Convolution
 from vggproto.layers.neuron import Neuron
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
@@ -27,10 +27,11 @@ log = logging.getLogger("vggproto.layers.mobile")
 class ShuffleChannel(CaffeLayer):
     """ShuffleNet's channel shuffle: with C = g·k, input channel i·k + j becomes output channel j·g + i."""
 
+    n_bottoms = 1
+    n_tops = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1)
-        expect_tops(spec, 1)
         shape = tuple(spec.bottom_shapes[0])
         self.group = int(spec.param.shuffle_channel_param.group)
         if self.group <= 0:
@@ -75,8 +76,9 @@ class ConvolutionDepthwise(Convolution):
     defaults; the published ShuffleNet deploy nets give both, so they are unaffected.
     """
 
+    n_bottoms = 1
+
     def __init__(self, spec: LayerSpec):
-        expect_bottoms(spec, 1)
         # farmingyard/caffe-mobilenet: conv_dw_layer.cpp LayerSetUp — weight [channels, 1, kh, kw]; pad/stride
         # read at index 0 even when absent (Convolution's defaults make them 0 and 1 here)
         super().__init__(_depthwise_spec(spec))
@@ -95,10 +97,11 @@ class DepthwiseConvolution(Convolution):
 class Axpy(CaffeLayer):
     """SENet's scale-and-add: top = a[n, c]·X + Y with bottoms (a, X, Y), a of shape N×C or N×C×1×1."""
 
+    n_bottoms = 3
+    n_tops = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 3)
-        expect_tops(spec, 1)
         a, x, y = (tuple(s) for s in spec.bottom_shapes)
         # hujie-frank/SENet: src/caffe/layers/axpy_layer.cpp Reshape — a matches X on N and C, H = W = 1; Y = X
         if len(x) < 2 or len(a) < 2 or a[:2] != x[:2] or count(a, 2) != 1:

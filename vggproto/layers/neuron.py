@@ -11,17 +11,18 @@ import torch
 import torch.nn.functional as F
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.layers.common import blob, expect_bottoms, expect_tops
+from vggproto.layers.common import blob
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 
 class Neuron(CaffeLayer):
     """One bottom, one top of the same shape."""
 
+    n_bottoms = 1
+    n_tops = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1)
-        expect_tops(spec, 1)
         self.top_shapes = [tuple(spec.bottom_shapes[0])]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.layers.common import blob, canonical_axis, expect_bottoms, expect_tops
+from vggproto.layers.common import blob, canonical_axis
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 LRNP = caffe_pb2.LRNParameter
@@ -24,14 +24,14 @@ class LRN(CaffeLayer):
     WITHIN_CHANNEL: y = x·(1 + α·avgpool_{n×n, pad (n−1)/2}(x²))^−β (always divided by n², k ignored).
     """
 
+    n_bottoms = 1
+    n_tops = 1
+    bottom_ndim = 4
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1)
-        expect_tops(spec, 1)
         p = spec.param.lrn_param
         shape = spec.bottom_shapes[0]
-        if len(shape) != 4:
-            raise spec.error(f"LRN needs a 4-D bottom (N, C, H, W), got shape {shape}")
         if p.local_size % 2 == 0 or p.local_size < 1:
             raise spec.error(f"lrn_param.local_size must be odd and positive, got {p.local_size}")
         self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
@@ -62,10 +62,11 @@ class BatchNorm(CaffeLayer):
     (m = count/C).
     """
 
+    n_bottoms = 1
+    n_tops = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1)
-        expect_tops(spec, 1)
         p = spec.param.batch_norm_param
         shape = spec.bottom_shapes[0]
         channels = shape[1] if len(shape) > 1 else 1
@@ -100,9 +101,10 @@ class BatchNorm(CaffeLayer):
 class _Affine(CaffeLayer):
     """Shared geometry of Scale and Bias: the operand covers bottom axes [axis, axis + operand ndim)."""
 
+    n_bottoms = (1, 2)
+    n_tops = 1
+
     def _setup(self, spec: LayerSpec, axis: int, num_axes: int, filler: caffe_pb2.FillerParameter) -> tuple:
-        expect_bottoms(spec, 1, 2)
-        expect_tops(spec, 1)
         shape = tuple(spec.bottom_shapes[0])
         field = f"{spec.param.type.lower()}_param.axis"     # scale_param.axis or bias_param.axis
         if len(spec.bottom_shapes) == 2:

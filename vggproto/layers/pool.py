@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.shapes import pool_output_size, pool_rounds_up
-from vggproto.layers.common import axis_values, expect_bottoms, expect_tops, opt
+from vggproto.layers.common import axis_values, expect_tops, opt
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 P = caffe_pb2.PoolingParameter
@@ -89,14 +89,14 @@ def _stochastic(x: torch.Tensor, kernel, stride, pad, out, train: bool) -> torch
 class Pooling(CaffeLayer):
     """Caffe: src/caffe/layers/pooling_layer.cpp — MAX (+ argmax mask top), AVE, STOCHASTIC; global pooling."""
 
+    n_bottoms = 1
+    bottom_ndim = 4
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1)
         p = spec.param.pooling_param
         expect_tops(spec, 1, 2 if p.pool == P.MAX else 1)
         shape = spec.bottom_shapes[0]
-        if len(shape) != 4:
-            raise spec.error(f"pooling needs a 4-D bottom (N, C, H, W), got shape {shape}")
         self.method, self.train_phase = p.pool, spec.train
         if p.global_pooling:
             if p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w"):
@@ -151,14 +151,14 @@ class SPP(CaffeLayer):
     """Caffe: src/caffe/layers/spp_layer.cpp — level l pools into 2^l × 2^l bins (kernel ceil(H/bins),
     pad (kernel·bins − H + 1)/2, stride kernel), flattened and concatenated; height 1 gives (N, C, 1, 1)."""
 
+    n_bottoms = 1
+    n_tops = 1
+    bottom_ndim = 4
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1)
-        expect_tops(spec, 1)
         p = spec.param.spp_param
         shape = spec.bottom_shapes[0]
-        if len(shape) != 4:
-            raise spec.error(f"SPP needs a 4-D bottom (N, C, H, W), got shape {shape}")
         if p.pyramid_height < 1:
             raise spec.error("spp_param.pyramid_height must be at least 1")
         self.method, self.height, self.train_phase = p.pool, p.pyramid_height, spec.train

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vggproto.errors import DataError
-from vggproto.layers.common import count, expect_bottoms, expect_tops
+from vggproto.layers.common import count
 from vggproto.layers.loss import LossLayer, check_same_num
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
@@ -84,10 +84,11 @@ class ROIPooling(CaffeLayer):
     """Fast R-CNN's max pooling of each ROI [batch, x1, y1, x2, y2] (input pixels) into pooled_h × pooled_w bins;
     the gradient goes to each bin's argmax, none to the ROIs."""
 
+    n_bottoms = 2
+    n_tops = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 2)
-        expect_tops(spec, 1)
         p = spec.param.roi_pooling_param
         # Faster R-CNN: roi_pooling_layer.cpp LayerSetUp — CHECK_GT(pooled_h, 0), CHECK_GT(pooled_w, 0)
         if p.pooled_h <= 0 or p.pooled_w <= 0:
@@ -190,9 +191,10 @@ class SmoothL1Loss(LossLayer):
     does not multiply by w.  With 2 bottoms and σ = 1 the two are the same layer.  The form is Faster R-CNN's
     for 4 bottoms, ``smooth_l1_loss_param`` or the fast-rcnn dialect, SSD's for 3 bottoms or the ssd dialect."""
 
+    n_bottoms = (2, 4)
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 2, 4)
         check_same_num(spec)
         self.form = _smooth_l1_form(spec)
         shapes = [tuple(s) + (1,) * (4 - len(s)) for s in spec.bottom_shapes]   # Caffe's legacy 4-D dims
@@ -296,10 +298,11 @@ class Proposal(CaffeLayer):
     rows [0, x1, y1, x2, y2]) and optionally their scores (post_nms_topn × 1).  Rows past the boxes NMS kept are
     0, as in OpenCV.  ``ratio``/``scale`` default to py-faster-rcnn's (0.5, 1, 2) and (8, 16, 32)."""
 
+    n_bottoms = 3
+    n_tops = (1, 2)
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 3)
-        expect_tops(spec, 1, 2)
         p = spec.param.proposal_param
         if p.feat_stride <= 0 or p.post_nms_topn <= 0:
             raise spec.error(f"proposal_param.feat_stride and post_nms_topn must be positive, got "

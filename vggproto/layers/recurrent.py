@@ -201,10 +201,11 @@ class _LSTMUnitStep(torch.autograd.Function):
 class LSTMUnit(CaffeLayer):
     """Caffe: lstm_unit_layer.cpp — c = cont·σ(f')·c_prev + σ(i')·tanh(g'); h = σ(o')·tanh(c); no parameters."""
 
+    n_bottoms = 3
+    n_tops = 2
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 3)
-        expect_tops(spec, 2)
         self._check([tuple(s) for s in spec.bottom_shapes])
         self.top_shapes = [tuple(spec.bottom_shapes[0])] * 2
 

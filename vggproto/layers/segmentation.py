@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import DataError
-from vggproto.layers.common import blob, expect_bottoms, expect_tops
+from vggproto.layers.common import blob, expect_tops
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 BNP = caffe_pb2.BNParameter
@@ -90,9 +90,10 @@ class BN(CaffeLayer):
     DEFAULT`` follows the CAFFE engine (what a CPU build of the fork runs); ``CUDNN`` raises eps to 1e-5.
     """
 
+    n_bottoms = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1)
         shape = tuple(spec.bottom_shapes[0])
         if not 2 <= len(shape) <= 4:
             raise spec.error(f"BN needs a bottom with 2 to 4 axes (N, C[, H, W]), got shape {shape}")
@@ -213,10 +214,11 @@ class Upsample(CaffeLayer):
     only sets ``upsample_param.scale`` is read in the first dialect having that field, SegNet's.
     """
 
+    n_bottoms = (1, 2)
+    n_tops = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1, 2)
-        expect_tops(spec, 1)
         p = spec.param.upsample_param
         self.unpool = len(spec.bottom_shapes) == 2
         self.top_shapes = [self._unpool_shape(spec, p) if self.unpool else self._nearest_shape(spec, p)]
@@ -318,14 +320,14 @@ class Interp(CaffeLayer):
     """PSPNet / DeepLab v2 (src/caffe/layers/interp_layer.cpp, src/caffe/util/interp.cpp; identical in both):
     crop by pad_beg/pad_end (≤ 0), then bilinear resizing with aligned corners, src = dst·(in − 1)/(out − 1)."""
 
+    n_bottoms = 1
+    n_tops = 1
+    bottom_ndim = 4
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1)
-        expect_tops(spec, 1)
         p = spec.param.interp_param
         shape = tuple(spec.bottom_shapes[0])
-        if len(shape) != 4:
-            raise spec.error(f"Interp needs a 4-D bottom (N, C, H, W), got shape {shape}")
         for name in ("pad_beg", "pad_end"):
             if getattr(p, name) > 0:
                 raise spec.error(f"interp_param.{name} must be <= 0 (Interp only crops), got {getattr(p, name)}")

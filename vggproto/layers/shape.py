@@ -14,7 +14,7 @@ import torch
 
 from vggproto.caffe.shapes import Shape
 from vggproto.layers.axes import canonical_axis, count
-from vggproto.layers.common import ANY, expect_bottoms
+from vggproto.layers.base import ANY
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 
@@ -34,9 +34,10 @@ def _axis_or_legacy(spec: LayerSpec, param, legacy: str, shape: Shape, name: str
 class Concat(CaffeLayer):
     """Join the bottoms along ``axis``; every other dimension must agree."""
 
+    n_bottoms = (1, ANY)
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1, ANY)
         shapes = [tuple(s) for s in spec.bottom_shapes]
         self.axis = _axis_or_legacy(spec, spec.param.concat_param, "concat_dim", shapes[0], "concat_param")
         for i, shape in enumerate(shapes[1:], start=1):
@@ -61,9 +62,10 @@ class Concat(CaffeLayer):
 class Slice(CaffeLayer):
     """Cut the bottom along ``axis`` at ``slice_point``s, or into equal parts (one per top)."""
 
+    n_bottoms = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1, 1)
         p = spec.param.slice_param
         shape = tuple(spec.bottom_shapes[0])
         self.axis = _axis_or_legacy(spec, p, "slice_dim", shape, "slice_param")
@@ -98,9 +100,10 @@ class Slice(CaffeLayer):
 class Split(CaffeLayer):
     """Give the bottom to several consumers; their gradients add up (Caffe: split_layer.cpp sums top diffs)."""
 
+    n_bottoms = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1, 1)
         self.top_shapes = [tuple(spec.bottom_shapes[0])] * len(spec.param.top)
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -112,9 +115,10 @@ class Split(CaffeLayer):
 class Flatten(CaffeLayer):
     """Merge the axes ``axis`` .. ``end_axis`` (inclusive) into one."""
 
+    n_bottoms = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1, 1)
         p = spec.param.flatten_param
         shape = tuple(spec.bottom_shapes[0])
         self.start = canonical_axis(spec, p.axis, shape, "flatten_param.axis")
@@ -174,9 +178,10 @@ def reshape_target(spec: LayerSpec, shape: Sequence[int]) -> Shape:
 class Reshape(CaffeLayer):
     """Change the shape without touching the data (Caffe shares the memory; a view here)."""
 
+    n_bottoms = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1, 1)
         self.top_shapes = [reshape_target(spec, spec.bottom_shapes[0])]
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -188,9 +193,10 @@ class Reshape(CaffeLayer):
 class Crop(CaffeLayer):
     """Crop bottom 0 to the shape of bottom 1 from ``axis`` on, starting at ``offset``."""
 
+    n_bottoms = 2
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 2, 2)
         p = spec.param.crop_param
         data, ref = (tuple(s) for s in spec.bottom_shapes)
         if len(data) != len(ref):
@@ -231,9 +237,10 @@ class Crop(CaffeLayer):
 class Tile(CaffeLayer):
     """Repeat the block from ``axis`` on ``tiles`` times along ``axis``."""
 
+    n_bottoms = 1
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1, 1)
         p = spec.param.tile_param
         shape = tuple(spec.bottom_shapes[0])
         self.axis = canonical_axis(spec, p.axis, shape, "tile_param.axis")
@@ -255,9 +262,10 @@ class Tile(CaffeLayer):
 class Silence(CaffeLayer):
     """Swallow its bottoms so they are not net outputs; no tops, and a zero diff for its bottoms."""
 
+    n_bottoms = (1, ANY)
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1, ANY)
         if len(spec.param.top):
             raise spec.error(f"Silence layers have no tops, got {list(spec.param.top)}")
         self.top_shapes = []

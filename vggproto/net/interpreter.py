@@ -16,47 +16,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from vggproto.caffe.dialects import detect
 from vggproto.caffe.netstate import filter_net, layer_included, merged_state
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.caffe.prototxt import ParsedNet, layer_lines, parse_net
 from vggproto.caffe.shapes import Shape
 from vggproto.data.options import DataOptions
-from vggproto.errors import NetError, PrototxtError
-from vggproto.layers.registry import CaffeLayer, LayerSpec, UnknownShapes, build_layer, check_blob_size
+from vggproto.errors import NetError, PrototxtError, VGGProtoError
+from vggproto.layers.base import CaffeLayer, LayerSpec, UnknownShapes, check_blob_size
+from vggproto.layers.registry import build_layer
 from vggproto.net import debug as net_debug
 from vggproto.net import weights as net_weights
 from vggproto.net.params import LearnableParam, ParamOwner, setup_params
+from vggproto.net.source import ModelSource, layer_line_numbers, load_model, model_name
 
 log = logging.getLogger("vggproto.net.interpreter")
-ModelSource = str | os.PathLike | bytes | caffe_pb2.NetParameter
-
-
-def _load(model: ModelSource, dialect: str | None) -> ParsedNet:
-    if isinstance(model, caffe_pb2.NetParameter):
-        from vggproto.caffe.upgrade import upgrade_net
-        net = caffe_pb2.NetParameter()
-        net.CopyFrom(model)
-        upgrade_net(net)   # Caffe upgrades every net it is given (V0/V1 layers, input fields)
-        return ParsedNet(net, None, None, detect(net, dialect, warn=False))
-    return parse_net(model, dialect=dialect)
-
-
-def _line_finder(net: caffe_pb2.NetParameter, text: str | None) -> list[int | None]:
-    """Line of each layer of ``net`` (k-th layer named X ↔ k-th ``layer`` block named X in the text)."""
-    if text is None:
-        return [None] * len(net.layer)
-    by_name: dict[str | None, list[int]] = {}
-    for line, name in layer_lines(text):
-        by_name.setdefault(name, []).append(line)
-    seen: dict[str, int] = {}
-    lines = []
-    for layer in net.layer:
-        k = seen.get(layer.name, 0)
-        seen[layer.name] = k + 1
-        candidates = by_name.get(layer.name, [])
-        lines.append(candidates[k] if k < len(candidates) else None)
-    return lines
 
 
 class Net(nn.Module):
@@ -66,9 +38,9 @@ class Net(nn.Module):
                  phase: str | int = "TEST", stages: Iterable[str] = (), level: int = 0, *,
                  seed: int | None = None, options: DataOptions | None = None, dialect: str | None = None):
         super().__init__()
-        full, self.path, text, self.dialect = _load(model, dialect)
+        full, self.path, text, self.dialect = load_model(model, dialect)
         state = merged_state(full, phase, level, stages)
-        lines = [line for line, layer in zip(_line_finder(full, text), full.layer)
+        lines = [line for line, layer in zip(layer_line_numbers(full, text), full.layer)
                  if layer_included(layer, state, self.path)]
         self.net_param = filter_net(full, state, self.path)
         self.phase = state.phase
@@ -106,6 +78,23 @@ class Net(nn.Module):
         self._reshaped: dict[str, Shape] = {}   # Input shapes of another rank last found to fit (_check_reshaped)
         if weights:
             self.load_weights(weights)
+
+    @classmethod
+    def shapes_only(cls, model: ModelSource, phase: str | int = "TEST", level: int = 0, stages: Iterable[str] = (),
+                    dialect: str | None = None) -> "Net":
+        """The net built on the meta device with no data read and no Python layer run: every blob shape (unknown
+        where only data or user code would tell), layer line and parameter shape, no weight memory.  The one
+        such build (:func:`vggproto.net.shapes.meta_net` for drawing, dense nets and conversion; the reshape
+        check); a net some layer of which needs real values at construction is built on the CPU."""
+        options = DataOptions(dry_run=True)  # data layers report their shapes without opening their sources
+        try:
+            with torch.device("meta"):
+                return cls(model, phase=phase, level=level, stages=tuple(stages), options=options, dialect=dialect)
+        except VGGProtoError:
+            raise
+        except Exception as exc:  # some layer needs real values at construction: build the net for real
+            log.debug("%s: cannot build on the meta device (%s); building on the CPU", model_name(model), exc)
+            return cls(model, phase=phase, level=level, stages=tuple(stages), options=options, dialect=dialect)
 
     # ------------------------------------------------------------------------------------------ construction
 
@@ -201,6 +190,15 @@ class Net(nn.Module):
     def loss_weights(self) -> dict[str, float]:
         """Non-zero loss weight of each top (explicit ``loss_weight``, else 1 on a loss layer's first top)."""
         return dict(self._loss_weights)
+
+    def producer(self, blob: str) -> str | None:
+        """The first layer with ``blob`` among its tops (an error names where a bad value was made), or None."""
+        return next((p.name for p in self.net_param.layer if blob in p.top), None)
+
+    @property
+    def first_accuracy_top(self) -> str | None:
+        """The first top of the first Accuracy layer: the output a test is usually judged by."""
+        return next((p.top[0] for p in self.net_param.layer if p.type == "Accuracy" and p.top), None)
 
     @property
     def input_names(self) -> list[str]:
@@ -310,7 +308,6 @@ class Net(nn.Module):
         set of shapes."""
         if all(len(shape) == len(self.blob_shapes[top]) for top, shape in fed.items()) or fed == self._reshaped:
             return
-        from vggproto.net.shapes import meta_net
         reshaped = caffe_pb2.NetParameter()
         reshaped.CopyFrom(self.net_param)
         for layer in reshaped.layer:   # already filtered for this net's state
@@ -321,7 +318,7 @@ class Net(nn.Module):
                     layer.input_param.shape.add().dim.extend(fed.get(top, self.blob_shapes[top]))
         shapes = ", ".join(f"{top} {shape}" for top, shape in fed.items())
         try:
-            rebuilt = meta_net(reshaped, self.phase, dialect=self.dialect)
+            rebuilt = self.shapes_only(reshaped, self.phase, dialect=self.dialect)
         except NetError as exc:   # located in this net's file, with the shapes that caused it
             raise NetError(f"{exc.reason} (after reshaping {shapes})", path=self.path,
                            line=self.layer_lines.get(exc.layer or ""), layer=exc.layer,

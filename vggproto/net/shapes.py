@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 from vggproto.caffe.netstate import filter_net, merged_state
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.shapes import Shape
-from vggproto.errors import VGGProtoError
 
 if TYPE_CHECKING:
-    from vggproto.net.interpreter import ModelSource, Net
+    from vggproto.net.interpreter import Net
+    from vggproto.net.source import ModelSource
 
 log = logging.getLogger("vggproto.net.shapes")
 
@@ -48,26 +48,10 @@ class NetShapes:
 
 def meta_net(model: ModelSource, phase: str | int = "TEST", level: int = 0, stages: tuple[str, ...] = (),
              dialect: str | None = None) -> Net:
-    """The interpreter's Net for ``model`` (prototxt path, text or NetParameter) built on the meta device: every
-    blob shape, layer line and parameter shape, no weight memory.  The one such build (drawing, dense nets,
-    conversion all call it); a net some layer of which needs real values at construction is built on the CPU."""
-    import torch
-
-    from vggproto.data.options import DataOptions
+    """The interpreter's Net for ``model`` built on the meta device (:meth:`Net.shapes_only`): every blob shape,
+    layer line and parameter shape, no weight memory, no data read, no Python layer run."""
     from vggproto.net.interpreter import Net
-    options = DataOptions(dry_run=True)  # data layers report their shapes without opening their sources
-    try:
-        with torch.device("meta"):
-            return Net(model, phase=phase, level=level, stages=tuple(stages), options=options, dialect=dialect)
-    except VGGProtoError:
-        raise
-    except Exception as exc:  # some layer needs real values at construction: build the net for real
-        log.debug("%s: cannot build on the meta device (%s); building on the CPU", _name(model), exc)
-        return Net(model, phase=phase, level=level, stages=tuple(stages), options=options, dialect=dialect)
-
-
-def _name(model: ModelSource) -> str:
-    return model.name if isinstance(model, caffe_pb2.NetParameter) else str(model)[:80]
+    return Net.shapes_only(model, phase, level, tuple(stages), dialect)
 
 
 def param_shapes(net: Net) -> dict[str, list[Shape]]:

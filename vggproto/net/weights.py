@@ -8,16 +8,29 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Collection, Mapping, Sequence
+from typing import Collection, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 
+from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import WeightsError
+from vggproto.layers.base import CaffeLayer
 from vggproto.weights.fit import Site, Weights, fit_to_net, shape_string
 
-if TYPE_CHECKING:
-    from vggproto.net.interpreter import Net
+
+class LayeredNet(Protocol):
+    """What weight copying needs of a net (:class:`vggproto.net.interpreter.Net` has it): its layers by name and
+    in order, each with its parameter ``blobs``, where they were defined, and the definition to save with them.
+    A protocol, so that the interpreter, which uses these functions, is not imported back."""
+
+    path: str | None
+    dialect: str
+    net_param: caffe_pb2.NetParameter
+    layer_list: Sequence[CaffeLayer]
+    layer_names: list[str]
+    layer_lines: dict[str, int | None]
+    layer_dict: dict[str, CaffeLayer]
 
 log = logging.getLogger("vggproto.net.interpreter")
 
@@ -29,7 +42,7 @@ def split_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
     return [os.fspath(p) for p in paths]
 
 
-def _targets(net: "Net", every_match: bool) -> dict[str, list]:
+def _targets(net: LayeredNet, every_match: bool) -> dict[str, list]:
     """Layers by name; a repeated name maps to its first layer (Caffe's binary CopyTrainedLayersFrom searches
     layer_names_ from the start) or, with ``every_match``, to all of them (CopyTrainedLayersFromHDF5 looks each
     layer's own name up in the file)."""
@@ -40,7 +53,7 @@ def _targets(net: "Net", every_match: bool) -> dict[str, list]:
     return found
 
 
-def load_arrays(net: "Net", weights: Mapping[str, Sequence[np.ndarray]], source: str, *,
+def load_arrays(net: LayeredNet, weights: Mapping[str, Sequence[np.ndarray]], source: str, *,
                 only: Collection[str] | None = None, allow_missing: bool = True, every_match: bool = False) -> int:
     """Copy ``weights`` into ``net``'s tensors by Caffe's rules (:func:`vggproto.weights.fit.fit_to_net`: nothing
     is copied unless everything fits); ``only`` limits it to those layers.  Layers the file lacks keep their
@@ -59,7 +72,7 @@ def load_arrays(net: "Net", weights: Mapping[str, Sequence[np.ndarray]], source:
     return copied
 
 
-def copy_weights(net: "Net", path: str, only: Collection[str] | None = None) -> None:
+def copy_weights(net: LayeredNet, path: str, only: Collection[str] | None = None) -> None:
     """Caffe: src/caffe/net.cpp CopyTrainedLayersFrom — copy every same-named layer's blobs from ``path`` (any
     weight format vggproto writes, by content), only the layers in ``only`` when given (finetuning's
     ``init_layers``)."""
@@ -72,13 +85,13 @@ def copy_weights(net: "Net", path: str, only: Collection[str] | None = None) -> 
     log.info("Copied weights of %d blobs from %s", copied, path)
 
 
-def net_weights(net: "Net") -> Weights:
+def net_weights(net: LayeredNet) -> Weights:
     """Every layer's blobs as float32 numpy arrays, in layer and blob order (what a caffemodel holds)."""
     return {name: [b.detach().to("cpu", torch.float32).numpy() for b in layer.blobs]
             for name, layer in net.layer_dict.items() if len(layer.blobs)}
 
 
-def net_diffs(net: "Net") -> Weights:
+def net_diffs(net: LayeredNet) -> Weights:
     """Every layer's blob diffs (the tensors' ``.grad``; zeros where none), laid out like :func:`net_weights`.
     After a solver step they hold the last update applied, as Caffe's diffs do after ApplyUpdate."""
     def diff(blob: torch.Tensor) -> np.ndarray:
@@ -87,14 +100,14 @@ def net_diffs(net: "Net") -> Weights:
     return {name: [diff(b) for b in layer.blobs] for name, layer in net.layer_dict.items() if len(layer.blobs)}
 
 
-def save_weights(net: "Net", path: str | os.PathLike, with_diff: bool = False) -> None:
+def save_weights(net: LayeredNet, path: str | os.PathLike, with_diff: bool = False) -> None:
     """Write a caffemodel (V2 layers with the net's definition) or Caffe HDF5 weights (``.h5``); ``with_diff``
     adds every blob's diff (Caffe's ``snapshot_diff``)."""
     from vggproto.weights.caffemodel import write_weights
     write_weights(path, net_weights(net), net.net_param, net_diffs(net) if with_diff else None, net.dialect)
 
 
-def share_weights(net: "Net", other: "Net") -> None:
+def share_weights(net: LayeredNet, other: LayeredNet) -> None:
     """Caffe: src/caffe/net.cpp ShareTrainedLayersWith — same-named layers use ``other``'s parameter tensors."""
     for name, layer in net.layer_dict.items():
         source = other.layer_dict.get(name)

@@ -14,7 +14,7 @@ from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.prototxt import read_solver
 from vggproto.pycaffe import mode
 from vggproto.pycaffe.net import Net
-from vggproto.train import setup
+from vggproto.train import nets
 from vggproto.train.solver import Solver as TorchSolver
 from vggproto.train.solver import TrainOptions
 
@@ -27,8 +27,8 @@ def _read(path: str | os.PathLike, solver_type: str | None) -> caffe_pb2.SolverP
         param.type = solver_type
     for field in ("net", "train_net"):
         if param.HasField(field):
-            setattr(param, field, setup.resolve(getattr(param, field), path))
-    resolved = [setup.resolve(name, path) for name in param.test_net]
+            setattr(param, field, nets.resolve(getattr(param, field), path))
+    resolved = [nets.resolve(name, path) for name in param.test_net]
     del param.test_net[:]
     param.test_net.extend(resolved)
     return param

@@ -29,7 +29,7 @@ from vggproto.errors import SolverError, VGGProtoError
 from vggproto.net.devices import CPU, Devices, usable_cpus
 
 if TYPE_CHECKING:
-    from vggproto.train.solver import TrainOptions
+    from vggproto.train.options import TrainOptions
 
 log = logging.getLogger("vggproto.train.distributed")
 

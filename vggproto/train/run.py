@@ -12,7 +12,7 @@ from dataclasses import replace
 from vggproto.errors import SolverError
 from vggproto.net.devices import Devices, parse_devices
 from vggproto.train import distributed
-from vggproto.train.solver import TrainOptions
+from vggproto.train.options import TrainOptions
 
 
 def use_glog_format() -> None:

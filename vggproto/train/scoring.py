@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from vggproto.caffe.glog import fmt
-from vggproto.train import setup
 
 if TYPE_CHECKING:
     from vggproto.net.interpreter import Net
@@ -57,8 +56,20 @@ def score(net: Net, iterations: int, *, compute_loss: bool = True, on_batch: Bat
             for name, values in flat.items():
                 sums[name] = sums[name] + values if name in sums else values.clone()
     n = max(iterations, 1)
-    weights = setup.loss_weights(net)
+    weights = net.loss_weights
     return Scores([(name, (total / n).tolist(), weights.get(name, 0.0)) for name, total in sums.items()], loss / n)
+
+
+def flat_scores(outputs: Sequence[tuple[str, Sequence[float], float]]) -> list[tuple[str, float]]:
+    """``(name, value)`` per element of :attr:`Scores.outputs`: ``name`` for one-element outputs, else
+    ``name[i]`` (the csv log's columns and the plateau schedule's names)."""
+    flat = []
+    for name, values, _ in outputs:
+        if len(values) == 1:
+            flat.append((name, values[0]))
+        else:
+            flat.extend((f"{name}[{i}]", v) for i, v in enumerate(values))
+    return flat
 
 
 def batch_lines(index: int, outputs: dict[str, torch.Tensor]) -> list[str]:

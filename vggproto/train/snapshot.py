@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -44,6 +44,28 @@ class SolverStateData:
     learned_net: str
     current_step: int = 0
     history: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """What Caffe's solverstate lacks for a bitwise resume, kept in ``<solverstate>.vggproto.json``: the data
+    cursors of the train net (one dict per process) and of each test net, the plateau schedule's state and the
+    torch RNG state (hex).  A field missing from an older sidecar takes its default."""
+
+    iter: int = 0
+    world_size: int = 1
+    train_cursors: list[dict] = field(default_factory=list)
+    test_cursors: list[dict] = field(default_factory=list)
+    plateau: dict = field(default_factory=dict)
+    torch_rng: str = ""
+
+    def cursors_of(self, rank: int, world: int) -> dict:
+        """Process ``rank``'s train cursors; none (data restarts at record 0) when the process count changed."""
+        if len(self.train_cursors) == world:
+            return self.train_cursors[rank]
+        log.warning("Snapshot was taken with %d processes, this run has %d: data cursors restart at 0",
+                    len(self.train_cursors), world)
+        return {}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -87,7 +109,7 @@ def pair_temporary(target: str) -> Path:
 
 
 def write_pair(model_path: str, write_model: Callable[[str], None], state_path: str, state: SolverStateData,
-               side: dict | None, last_snapshot: str | None) -> None:
+               side: Sidecar | None, last_snapshot: str | None) -> None:
     """Write one iteration's snapshot so that its files appear together or not at all.
 
     Caffe (solver.cpp Snapshot) writes the caffemodel, then the solverstate, each in place: a crash between them
@@ -98,7 +120,7 @@ def write_pair(model_path: str, write_model: Callable[[str], None], state_path: 
     """
     jobs: list[tuple[str, Callable[[str], None]]] = [(model_path, write_model)]
     if side is not None:
-        payload = json.dumps(side, indent=1, sort_keys=True).encode()
+        payload = json.dumps(asdict(side), indent=1, sort_keys=True).encode()
         jobs.append((state_path + SIDECAR_SUFFIX, lambda tmp: atomic_write_bytes(tmp, payload)))
     jobs.append((state_path, lambda tmp: write_solverstate(tmp, state)))
     temps: list[tuple[Path, str]] = []
@@ -297,14 +319,16 @@ def check_history(path: str, history: Sequence[np.ndarray], shapes: Sequence[tup
 # vggproto sidecar
 # ------------------------------------------------------------------------------------------------------------------
 
-def read_sidecar(state_path: str) -> dict | None:
+def read_sidecar(state_path: str) -> Sidecar | None:
     """The sidecar of ``state_path``, or None (e.g. a solverstate written by Caffe)."""
     path = state_path + SIDECAR_SUFFIX
     if not os.path.isfile(path):
         return None
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError) as exc:
+            data = json.load(handle)
+        known = {f.name for f in fields(Sidecar)}
+        return Sidecar(**{k: v for k, v in data.items() if k in known and v is not None})
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
         raise SolverError(f"{path}: unreadable vggproto sidecar ({exc}); delete it to resume as Caffe would "
                           f"(data restarting at record 0)") from None

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -26,40 +26,15 @@ from vggproto.caffe.prototxt import message_to_text, read_solver
 from vggproto.data.options import DataOptions
 from vggproto.errors import DataError, SolverError
 from vggproto.train import log as tl
-from vggproto.train import setup, updates
+from vggproto.train import nets, updates
 from vggproto.train import snapshot as snap
 from vggproto.train.comm import Comm
-from vggproto.train.signals import SignalEffect, Signals, check_effect
+from vggproto.train.options import TrainOptions
+from vggproto.train.scoring import flat_scores, score
+from vggproto.train.signals import Signals, check_effect
 
 log = logging.getLogger("vggproto.train.solver")
 sgd_log = logging.getLogger("vggproto.train.solver.sgd")   # the lines Caffe's sgd_solver.cpp logs
-
-
-@dataclass
-class TrainOptions:
-    """What ``caffe train``'s flags add to the solver file (plus vggproto's extensions)."""
-
-    weights: tuple[str, ...] = ()          # --weights (finetune), applied in order
-    level: int | None = None               # --level  → train_state.level
-    stages: tuple[str, ...] = ()           # --stage  → train_state.stage
-    device: str = "cpu"
-    rank: int = 0
-    world_size: int = 1
-    per_gpu_batch: bool = False            # BVLC semantics: the prototxt batch is per process
-    sigint_effect: SignalEffect = "stop"   # Caffe's defaults (tools/caffe.cpp)
-    sighup_effect: SignalEffect = "snapshot"
-    plateau_patience: int = 0
-    plateau_max_drops: int = 0
-    plateau_output: str | None = None      # default: the first Accuracy top of test net #0
-    init_layers: tuple[str, ...] | None = None  # restrict --weights copying to these layers
-    progress: bool | None = None           # tqdm bar (None: when stderr is a TTY)
-    csv: bool = True
-    glog: bool = False                     # give worker processes glog's line prefix (the CLI's format)
-    fault: str = ""                        # tests only: "kill:RANK:ITER" makes that rank SIGKILL itself
-    relay_signals: bool = False            # a launcher's worker: SIGINT/SIGHUP arrive relayed (train.signals)
-    timeout_s: float | None = None         # collective timeout (default: VGGPROTO_COLLECTIVE_TIMEOUT_S or 1800)
-    bucket_mb: float | None = None         # gradient all-reduce bucket (default: VGGPROTO_BUCKET_MB or 25)
-    channels_last: bool = False            # 4-D weights (so conv/pool activations) in NHWC memory: same values
 
 
 class Solver:
@@ -79,10 +54,10 @@ class Solver:
             torch.manual_seed(p.random_seed + self.rank)
         seed = p.random_seed + self.rank if p.random_seed >= 0 else None
         data = DataOptions(rank=self.rank, world_size=self.world, per_gpu_batch=opts.per_gpu_batch, seed=seed)
-        self.net = setup.build_train_net(p, self.path, data, self.device, opts.weights, opts.init_layers,
-                                         opts.channels_last)
+        self.net = nets.build_train_net(p, self.path, data, self.device, opts.weights, opts.init_layers,
+                                        opts.channels_last)
         # only the root process tests (Caffe: Solver::InitTestNets runs on the root solver)
-        self.test_nets = setup.build_test_nets(p, self.path, seed, self.device, self.net) if self.root else []
+        self.test_nets = nets.build_test_nets(p, self.path, seed, self.device, self.net) if self.root else []
         self.learnable = list(self.net.learnable_params)
         self.history = updates.new_history(p.type, [lp.param.detach() for lp in self.learnable])
         if comm is not None and p.layer_wise_reduce:
@@ -129,7 +104,7 @@ class Solver:
         self._broadcast_state()
         if self.root and self.opts.csv and (p.snapshot or p.snapshot_after_train):
             self.csv = tl.CsvLog(p.snapshot_prefix + "_log.csv",
-                                 setup.output_names(self.test_nets[0]) if self.test_nets else [],
+                                 list(self.test_nets[0].output_names) if self.test_nets else [],
                                  resume_iter=self.iter if resume else None)
         start_iter = self.iter
         try:
@@ -167,8 +142,8 @@ class Solver:
         start_iter, stop_iter = self.iter, self.iter + iters
         self._losses, self.smoothed_loss = [], 0.0
         timer, iters_last = time.perf_counter(), self.iter
-        progress = tl.Progress(p.max_iter, self.iter, lambda: setup.images_per_iter(self), self.opts.progress) \
-            if self.root else None
+        images = partial(nets.images_per_iter, self.net, p.iter_size, self.world)
+        progress = tl.Progress(p.max_iter, self.iter, images, self.opts.progress) if self.root else None
         try:
             while self.iter < stop_iter:
                 for lp in self.learnable:  # ClearParamDiffs
@@ -295,7 +270,7 @@ class Solver:
 
     def _check_finite(self, loss: float) -> None:
         if not math.isfinite(loss):
-            raise setup.non_finite_loss_error(self.net, self.iter, loss, self.last_snapshot)
+            raise nets.non_finite_loss_error(self.net, self.iter, loss, self.last_snapshot)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Testing (Caffe: Solver::TestAll / Test)
@@ -312,12 +287,11 @@ class Solver:
             if index == 0:
                 self._plateau_observe(scores)
                 if self.csv is not None:
-                    self.csv.add_tests(self.iter, {name: value for name, value in setup.flat_scores(scores)})
+                    self.csv.add_tests(self.iter, {name: value for name, value in flat_scores(scores)})
 
     def test(self, index: int) -> list[tuple[str, list[float], float]]:
         """Caffe: Solver::Test — test net #index on the trained weights, through the loop ``caffe test`` uses too;
         ``[]`` when a stop signal interrupts it."""
-        from vggproto.train.scoring import score
         net = self.test_nets[index]
         net.share_weights_from(self.net)  # Caffe: ShareTrainedLayersWith before every test
         compute_loss = self.param.test_compute_loss
@@ -337,8 +311,8 @@ class Solver:
     def _plateau_observe(self, scores) -> None:
         if not self.plateau.enabled:
             return
-        name = self.opts.plateau_output or setup.first_accuracy_top(self.test_nets[0])
-        values = dict(setup.flat_scores(scores))
+        name = self.opts.plateau_output or self.test_nets[0].first_accuracy_top or "accuracy"
+        values = dict(flat_scores(scores))
         if name not in values:
             raise SolverError(f"--plateau-patience: test net #0 has no output '{name}' (outputs: "
                               f"{', '.join(values)})")
@@ -349,7 +323,7 @@ class Solver:
 
     def _train_outputs(self) -> list[tuple[str, list[float], float]]:
         """The train net's outputs of the last forward, averaged over the processes (the global batch)."""
-        weights = setup.loss_weights(self.net)
+        weights = self.net.loss_weights
         named = [(name, value.detach().double().reshape(-1).cpu().tolist())
                  for name, value in self._last_outputs.items()]
         if self.comm is not None:
@@ -367,7 +341,7 @@ class Solver:
 
     def snapshot(self) -> None:
         p = self.param
-        cursors = setup.cursors(self.net)
+        cursors = nets.cursors(self.net)
         if self.comm is not None:
             cursors = self.comm.gather_objects(cursors)
         if not self.root:
@@ -381,7 +355,7 @@ class Solver:
         # Caffe: solver.cpp Snapshot writes the model then the state; here both appear together (write_pair)
         snap.write_pair(model_path, lambda tmp: self.net.save_weights(tmp, with_diff=self.param.snapshot_diff),
                         state_path, snap.SolverStateData(self.iter, model_path, self.current_step, history),
-                        setup.sidecar(self, cursors if self.comm is not None else [cursors]), self.last_snapshot)
+                        self._sidecar(cursors if self.comm is not None else [cursors]), self.last_snapshot)
         self.last_snapshot = state_path
         if self.csv is not None:
             self.csv.last_snapshot = state_path
@@ -397,4 +371,20 @@ class Solver:
             for target, array in zip(self.history, state.history):
                 target.copy_(torch.from_numpy(array.reshape(tuple(target.shape))))
         sgd_log.info("SGDSolver: restoring history")
-        setup.apply_sidecar(self, snap.read_sidecar(state_path), state_path)
+        self._resume_data(snap.read_sidecar(state_path), state_path)
+
+    def _sidecar(self, train_cursors: list[dict]) -> snap.Sidecar:
+        return snap.Sidecar(self.iter, self.world, train_cursors, [nets.cursors(net) for net in self.test_nets],
+                            self.plateau.state(), torch.get_rng_state().numpy().tobytes().hex())
+
+    def _resume_data(self, side: snap.Sidecar | None, state_path: str) -> None:
+        """Restore what :meth:`_sidecar` saved; without one (a Caffe solverstate) data restarts at record 0."""
+        if side is None:
+            log.info("No vggproto sidecar beside %s: data layers restart at record 0 (as Caffe does)", state_path)
+            return
+        nets.set_cursors(self.net, side.cursors_of(self.rank, self.world))
+        for net, saved in zip(self.test_nets, side.test_cursors):
+            nets.set_cursors(net, saved)
+        self.plateau.load(side.plateau)
+        if side.torch_rng and self.world == 1:
+            torch.set_rng_state(torch.frombuffer(bytearray(bytes.fromhex(side.torch_rng)), dtype=torch.uint8))

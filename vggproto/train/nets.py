@@ -1,11 +1,13 @@
-"""What the training loop needs around it: the nets a solver names, finetuning, and small views of a Net (loss
-weights, data cursors, output names).  Kept apart so :mod:`vggproto.train.solver` reads as the loop alone."""
+"""The nets a solver trains and tests: built from the solver's fields as Caffe's Solver::InitTrainNet and
+InitTestNets do (file names, finetuning, the TEST nets sharing the trained layers), and what the loop asks of them
+beyond :class:`~vggproto.net.interpreter.Net` itself (data cursors for a snapshot, the non-finite loss error,
+images per iteration)."""
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -16,7 +18,6 @@ from vggproto.errors import SolverError
 if TYPE_CHECKING:
     from vggproto.layers.data import FeedLayer
     from vggproto.net.interpreter import Net
-    from vggproto.train.solver import Solver
 
 log = logging.getLogger("vggproto.train.solver")
 
@@ -28,6 +29,7 @@ def resolve(name: str, solver_path: str | None) -> str:
     beside = Path(solver_path).parent / name
     return str(beside) if beside.is_file() else name
 
+
 def train_net_source(p: caffe_pb2.SolverParameter, solver_path: str | None) -> str | caffe_pb2.NetParameter:
     """Caffe: Solver::InitTrainNet — exactly one of the four train-net fields."""
     given = [f for f in ("train_net_param", "train_net", "net_param", "net") if p.HasField(f)]
@@ -36,6 +38,7 @@ def train_net_source(p: caffe_pb2.SolverParameter, solver_path: str | None) -> s
                           f"must specify the train net (found: {', '.join(given) or 'none'})")
     value = getattr(p, given[0])
     return resolve(value, solver_path) if isinstance(value, str) else value
+
 
 def test_net_sources(p: caffe_pb2.SolverParameter, solver_path: str | None) -> list:
     """Caffe: Solver::InitTestNets — (source, NetState) per test net: test_net_param, test_net, then net."""
@@ -56,131 +59,12 @@ def test_net_sources(p: caffe_pb2.SolverParameter, solver_path: str | None) -> l
     states = list(p.test_state) or [caffe_pb2.NetState() for _ in sources]
     return list(zip(sources, states))
 
+
 def finetune(net: Net, path: str, init_layers: tuple[str, ...] | None) -> None:
     """Caffe: ``--weights`` → CopyTrainedLayersFrom, optionally limited to ``init_layers`` (the paper's init)."""
     from vggproto.net.weights import copy_weights
     log.info("Finetuning from %s", path)
     copy_weights(net, path, only=init_layers)
-
-
-# -------------------------------------------------------------------------------------------------------------------
-# Small helpers over the Net's public surface
-# -------------------------------------------------------------------------------------------------------------------
-
-def to_device(net: Net, device: torch.device) -> None:
-    """Move a net unless it is already there (nets are built on the CPU)."""
-    if device.type != "cpu":
-        net.to(device)
-
-
-def data_layers(net: Net) -> Iterator[tuple[str, FeedLayer]]:
-    for name, module in net.named_modules():
-        if callable(getattr(module, "cursor", None)) and callable(getattr(module, "set_cursor", None)):
-            yield name, module
-
-
-def cursors(net: Net) -> dict:
-    return {name: module.cursor() for name, module in data_layers(net)}
-
-
-def set_cursors(net: Net, cursors: dict) -> None:
-    for name, module in data_layers(net):
-        if name in cursors:
-            module.set_cursor(cursors[name])
-
-
-def loss_weights(net: Net) -> dict[str, float]:
-    """Loss weight of each top (Caffe: explicit ``loss_weight``, else 1 on top[0] of a loss layer)."""
-    weights: dict[str, float] = {}
-    for param, layer in zip(net.net_param.layer, net.layer_list):
-        given = list(param.loss_weight)
-        if not given and getattr(layer, "is_loss", False):
-            given = [1.0]
-        for top, weight in zip(param.top, given):
-            if weight:
-                weights[top] = float(weight)
-    return weights
-
-
-def output_names(net: Net) -> list[str]:
-    return list(net.output_names)
-
-
-def producer(net: Net, blob: str) -> str | None:
-    param = getattr(net, "net_param", None)
-    if param is None:
-        return None
-    for layer in param.layer:
-        if blob in layer.top:
-            return layer.name
-    return None
-
-
-def non_finite_loss_error(net: Net, iteration: int, loss: float, last_snapshot: str | None) -> SolverError:
-    """The error for a NaN/inf training loss, naming the first blob (and its layer) that stopped being finite."""
-    culprit = ""
-    for name, blob in net.blobs.items():
-        if torch.is_tensor(blob) and blob.is_floating_point() and not bool(torch.isfinite(blob).all()):
-            culprit = f"; the first top that became non-finite is blob '{name}'"
-            layer = producer(net, name)
-            culprit += f" (layer '{layer}')" if layer else ""
-            break
-    kept = f"; the last good snapshot is {last_snapshot}" if last_snapshot else ""
-    return SolverError(f"iteration {iteration}: the training loss is {loss}{culprit}. Training stopped{kept}; "
-                       f"lower base_lr or enable clip_gradients")
-
-
-def first_accuracy_top(net: Net) -> str:
-    param = getattr(net, "net_param", None)
-    if param is not None:
-        for layer in param.layer:
-            if layer.type == "Accuracy" and layer.top:
-                return layer.top[0]
-    return "accuracy"
-
-
-def flat_scores(scores: Sequence[tuple[str, Sequence[float], float]]) -> list[tuple[str, float]]:
-    flat = []
-    for name, values, _ in scores:
-        if len(values) == 1:
-            flat.append((name, values[0]))
-        else:
-            flat.extend((f"{name}[{i}]", v) for i, v in enumerate(values))
-    return flat
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# The vggproto sidecar of a snapshot: what Caffe's solverstate lacks for a bitwise resume
-# ------------------------------------------------------------------------------------------------------------------
-
-def sidecar(solver: Solver, train_cursors: list) -> dict:
-    """Data cursors (one dict per process), plateau state and the torch RNG of ``solver`` at a snapshot."""
-    return {
-        "iter": solver.iter, "world_size": solver.world,
-        "train_cursors": train_cursors,
-        "test_cursors": [cursors(net) for net in solver.test_nets],
-        "plateau": solver.plateau.state(),
-        "torch_rng": torch.get_rng_state().numpy().tobytes().hex(),
-    }
-
-
-def apply_sidecar(solver: Solver, side: dict | None, state_path: str) -> None:
-    """Restore what :func:`sidecar` saved; without one (a Caffe solverstate) data restarts at record 0."""
-    if side is None:
-        log.info("No vggproto sidecar beside %s: data layers restart at record 0 (as Caffe does)", state_path)
-        return
-    train = side.get("train_cursors") or []
-    if len(train) == solver.world:
-        set_cursors(solver.net, train[solver.rank])
-    else:
-        log.warning("Snapshot was taken with %d processes, this run has %d: data cursors restart at 0",
-                    len(train), solver.world)
-    for net, saved in zip(solver.test_nets, side.get("test_cursors") or []):
-        set_cursors(net, saved)
-    solver.plateau.load(side.get("plateau") or {})
-    rng = side.get("torch_rng")
-    if rng and solver.world == 1:
-        torch.set_rng_state(torch.frombuffer(bytearray(bytes.fromhex(rng)), dtype=torch.uint8))
 
 
 def build_train_net(p: caffe_pb2.SolverParameter, solver_path: str | None, options: DataOptions,
@@ -241,11 +125,50 @@ def build_test_nets(p: caffe_pb2.SolverParameter, solver_path: str | None, seed:
     return nets
 
 
-def images_per_iter(solver: Solver) -> int:
+def to_device(net: Net, device: torch.device) -> None:
+    """Move a net unless it is already there (nets are built on the CPU)."""
+    if device.type != "cpu":
+        net.to(device)
+
+
+def data_layers(net: Net) -> Iterator[tuple[str, FeedLayer]]:
+    """The layers of ``net`` that keep a position in their data (a snapshot saves it, a resume restores it)."""
+    for name, module in net.named_modules():
+        if callable(getattr(module, "cursor", None)) and callable(getattr(module, "set_cursor", None)):
+            yield name, module
+
+
+def cursors(net: Net) -> dict:
+    """Every data layer's position, by layer name (a snapshot's sidecar holds one such dict per net)."""
+    return {name: module.cursor() for name, module in data_layers(net)}
+
+
+def set_cursors(net: Net, cursors: dict) -> None:
+    """Put the data layers named in ``cursors`` back at their saved positions."""
+    for name, module in data_layers(net):
+        if name in cursors:
+            module.set_cursor(cursors[name])
+
+
+def non_finite_loss_error(net: Net, iteration: int, loss: float, last_snapshot: str | None) -> SolverError:
+    """The error for a NaN/inf training loss, naming the first blob (and its layer) that stopped being finite."""
+    culprit = ""
+    for name, blob in net.blobs.items():
+        if torch.is_tensor(blob) and blob.is_floating_point() and not bool(torch.isfinite(blob).all()):
+            culprit = f"; the first top that became non-finite is blob '{name}'"
+            layer = net.producer(name)
+            culprit += f" (layer '{layer}')" if layer else ""
+            break
+    kept = f"; the last good snapshot is {last_snapshot}" if last_snapshot else ""
+    return SolverError(f"iteration {iteration}: the training loss is {loss}{culprit}. Training stopped{kept}; "
+                       f"lower base_lr or enable clip_gradients")
+
+
+def images_per_iter(net: Net, iter_size: int, world: int) -> int:
     """Images one iteration consumes over all processes (the progress bar's img/s): the first blob's batch ×
     iter_size × processes.  Asked after the first forward: before it the blobs have no batch shape yet."""
     try:
-        first = next(iter(solver.net.blobs.values()))
-        return int(first.shape[0]) * solver.param.iter_size * solver.world
+        first = next(iter(net.blobs.values()))
+        return int(first.shape[0]) * iter_size * world
     except (StopIteration, AttributeError, IndexError, TypeError):
         return 0
