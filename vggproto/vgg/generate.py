@@ -29,8 +29,7 @@ from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.prototxt import message_to_text
 from vggproto.caffe.shapes import count_params, infer_shapes  # noqa: F401 (re-export)
 from vggproto.errors import VGGProtoError
-from vggproto.vgg.configs import CHAIN_CONFIGS, CONFIGS, DENSE_LAYER_NAMES, PAPER_INIT_LAYERS  # noqa: F401 (re-export)
-from vggproto.vgg.configs import parse_scale
+from vggproto.vgg.configs import CHAIN_CONFIGS, CONFIGS, DENSE_LAYER_NAMES, PAPER_INIT_LAYERS, parse_scale  # noqa: F401 (re-export)
 from vggproto.vgg.nets import KINDS, LOC_LAYER, NetOptions, build_commented
 
 VAL_IMAGES = 50_000        # ILSVRC-2012 validation set
