@@ -107,3 +107,21 @@ def test_readme_states_the_init_the_nets_use():
     assert conv.convolution_param.weight_filler.std == pytest.approx(0.01)
     assert "N(0, 10⁻²)" not in readme
     assert "σ = 0.01" in readme and "10⁻² variance" in readme
+
+
+def test_chain_on_other_images_with_its_own_length_and_seed(tmp_path):
+    """What `vggproto reproduce` asks of the generator: the chain's stages at mapped scales (28-pixel crops:
+    S=384 -> 48, [256;512] -> [32;64]), their own max_iter, another seed; bad scales are one line."""
+    from vggproto.caffe.prototxt import read_net
+    _generate(tmp_path, "--config", "C", "--crop-size", "28", "--scale", "32", "--chain-scales", "48,32-64",
+              "--max-iter", "6", "--chain-max-iter", "2", "--random-seed", "3", "--global-batch", "256")
+    first = read_solver(tmp_path / "solvers" / "C.prototxt", resolve_prefix=False)
+    multi = read_solver(tmp_path / "solvers" / "C_S256-512.prototxt", resolve_prefix=False)
+    assert (first.max_iter, multi.max_iter, first.random_seed, multi.random_seed) == (6, 2, 3, 3)
+    assert list(multi.weights) == ["snapshots/C_S384_iter_2.caffemodel"]
+    aug = read_net(tmp_path / "nets" / "C_S256-512_train_val.prototxt").layer[0].transform_param
+    assert (aug.vgg_augmentation_param.scale_min, aug.vgg_augmentation_param.scale_max) == (32, 64)
+    bad = CliRunner().invoke(main, ["generate", "--config", "C", "--out-dir", str(tmp_path), "--chain-scales", "48"])
+    assert bad.exit_code == 1 and "--chain-scales takes two scales" in bad.output
+    worse = CliRunner().invoke(main, ["generate", "--config", "C", "--out-dir", str(tmp_path), "--scale", "3x"])
+    assert worse.exit_code == 2 and "--scale: scale must be S or SMIN-SMAX" in worse.output

@@ -31,9 +31,9 @@ def draw(results: list[dict], path: Path, title: str) -> None:
 def _panel(ax, rows: list[dict], table: int) -> None:
     xs = range(len(rows))
     ax.bar(xs, [r["top1"] for r in rows], yerr=[r["top1_std"] for r in rows], capsize=3,
-           color=[COLOURS[r["mode"]] for r in rows], label="this run (mean, seed std)")
+           color=[COLOURS[r["mode"]] for r in rows])
     ax.set_xticks(list(xs), [f"{r['config']}\n{r['train']}" for r in rows], fontsize=8)
-    ax.set_ylabel("top-1 error, this run (%)")
+    ax.set_ylabel("top-1 error, this run (%, seed std)")
     low = min(r["top1"] - r["top1_std"] for r in rows)
     high = max(r["top1"] + r["top1_std"] for r in rows)
     ax.set_ylim(max(0.0, low - (high - low) * 0.6 - 0.1), high + (high - low) * 0.3 + 0.1)
@@ -44,4 +44,14 @@ def _panel(ax, rows: list[dict], table: int) -> None:
         twin.plot([p[0] for p in paper], [p[1] for p in paper], "kD", markersize=5, label="paper (ImageNet)")
         twin.set_ylabel("top-1 error, paper (%)")
         twin.legend(loc="upper right", fontsize=8)
-    ax.legend(loc="upper left", fontsize=8)
+    from matplotlib.patches import Patch
+    handles = [Patch(color=COLOURS[mode], label=f"this run, S = {label}") for mode, label in _mode_labels(rows)]
+    ax.legend(handles=handles, loc="upper left", fontsize=8)
+
+
+def _mode_labels(rows: list[dict]) -> list[tuple[str, str]]:
+    """One legend entry per training mode present: its colour and the paper's S (the first row's label)."""
+    seen: dict[str, str] = {}
+    for row in rows:
+        seen.setdefault(row["mode"], row["train"])
+    return list(seen.items())

@@ -35,7 +35,8 @@ def fingerprint(path: Path) -> str:
     """sha256 of a file (size and mtime for a large one), of a folder's files, or ``missing``."""
     if path.is_dir():
         digest = hashlib.sha256()
-        for child in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.endswith(".lock")):
+        # LMDB's lock.mdb changes when a reader opens the database: not content
+        for child in sorted(p for p in path.rglob("*") if p.is_file() and p.name not in ("lock.mdb", "LOCK")):
             digest.update(f"{child.relative_to(path)}={fingerprint(child)}\n".encode())
         return digest.hexdigest()
     if not path.is_file():
