@@ -9,7 +9,7 @@ paper's pixels mapped to the data by one ratio, ``crop / 224`` (:class:`ScaleMap
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from vggproto.errors import VGGProtoError
@@ -94,7 +94,6 @@ class Options:
     eval_limit: int | None = None
     eval_workers: int = 2
     encoded: bool = False
-    extra_generate: tuple[str, ...] = field(default=())
 
     def lengths(self) -> tuple[int, int]:
         """``max_iter`` from scratch and of a later chain stage, as the generated solvers will say."""
@@ -118,7 +117,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Model:
-    """One trained net: configuration, training mode, file stem (solver and snapshot), seed folder."""
+    """One trained net: configuration, training mode, file stem (its solver and snapshot names)."""
 
     config: str
     mode: str
@@ -271,7 +270,7 @@ def _generate_argv(config: str, seed: int, options: Options, sources: tuple[str,
     if config in CHAIN_CONFIGS:
         argv += ["--chain-scales", f"{scales.train_scale(FIXED2)},{scales.train_scale(JITTER)}",
                  "--chain-max-iter", str(later)]
-    return (*argv, *options.extra_generate)
+    return tuple(argv)
 
 
 def _generated(config: str) -> tuple[str, ...]:
