@@ -128,8 +128,9 @@ def models(options: Options) -> list[Model]:
     """The nets the plan trains: A (always: B-E start from it), the configurations asked for at the first fixed
     S, and C, D, E also at the second fixed S and jittered (the paper's chain, Table 3)."""
     configs = [c for c in CONFIGS if c in options.configs or (c == "A" and set(options.configs) - {"A-LRN"})]
-    found = [Model(c, FIXED1, c) for c in configs]
-    for c in configs:
+    found = []
+    for c in configs:  # Table 3's order; A first, so every net's initialisation is trained before it
+        found.append(Model(c, FIXED1, c))
         if c in CHAIN_CONFIGS:
             found += [Model(c, FIXED2, f"{c}_S384"), Model(c, JITTER, f"{c}_S256-512")]
     return found
