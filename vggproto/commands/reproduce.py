@@ -42,15 +42,17 @@ def _gpus(value: str | None) -> str | None:
 
 
 @click.command("reproduce")
-@click.option("--list", "lists", type=NameList(), required=True, help="TRAIN.txt,VAL.txt: Caffe lists '<path> <label>' "
+@click.option("--list", "lists", type=NameList(), required=True, metavar="[TRAIN.txt,]VAL.txt",
+              help="TRAIN.txt,VAL.txt: Caffe lists '<path> <label>' "
               "(converted to LMDBs by the plan), or VAL.txt alone with --data; the evaluations read VAL's images.")
 @click.option("--root", default="", help="Folder the lists' paths are relative to [the current folder].")
-@click.option("--data", type=NameList(), default="", help="TRAIN_DB,VAL_DB: LMDBs to train on (and test during "
+@click.option("--data", type=NameList(), default="", metavar="TRAIN_DB,VAL_DB",
+              help="LMDBs to train on (and test during "
               "training) instead of converting the lists.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder of the plan, its outputs "
               "and the results (rerun with the same DIR to continue).")
 @click.option("--tables", type=IntList(), default="3,4,5,6", show_default=True, help="Which of Tables 3-6.")
-@click.option("--configs", type=NameList(), default=",".join(CONFIGS), show_default=True,
+@click.option("--configs", type=NameList(), default=",".join(CONFIGS), show_default=True, metavar="CFG,...",
               help="Table 1 configurations (A is trained whenever B-E are: they start from it).")
 @click.option("--width-divisor", type=int, default=1, show_default=True, help="Divide every width by N.")
 @click.option("--crop", type=int, default=224, show_default=True,
