@@ -184,3 +184,15 @@ def test_cli_help_and_usage_errors(tmp_path):
     bad = runner.invoke(main, ["reproduce", "--list", f"{tmp_path}/val.txt,{tmp_path}/val.txt", "--out",
                                str(tmp_path / "o"), "--configs", "A,Z"])
     assert bad.exit_code == 1 and "--configs: unknown Z" in bad.output
+
+
+def test_data_option_trains_on_the_given_lmdbs_without_converting(tmp_path):
+    dbs = (str(tmp_path / "train_lmdb"), str(tmp_path / "val_lmdb"))
+    steps = build_plan(_options(tmp_path, train_list=None, data=dbs, tables=(3,), gpus="0,1"))
+    assert not [s for s in steps if s.name.startswith("convert")]
+    generate = next(s for s in steps if s.name == "seed1-generate-A").argv
+    assert generate[generate.index("--train-source") + 1] == dbs[0]
+    train = next(s for s in steps if s.name == "seed1-train-B")
+    assert train.inputs == dbs and train.argv[-2:] == ("--gpus", "0,1")
+    evaluate = next(s for s in steps if s.name == "seed1-eval-A-dense-256").argv
+    assert evaluate[evaluate.index("--gpu") + 1] == "0"
