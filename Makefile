@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-full setup proto graphviz fashion-mnist clean wheel-check
+.PHONY: test demo demo-full paper setup proto graphviz fashion-mnist clean wheel-check
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,6 +42,11 @@ demo: setup graphviz fashion-mnist
 # The long run: 8,000 iterations with the paper's step schedule (about 8 minutes on 2 cores).
 demo-full: setup graphviz fashion-mnist
 	$(VENV)/bin/python tools/demo.py --full --work demo-run-full
+
+# The paper's Tables 3-6 at small scale: `vggproto reproduce` on Fashion-MNIST, six nets at widths / 8, two seeds
+# (resumable in paper-run/; writes docs/paper/{TABLES.md,tables.png,results.json}; see docs/notes/reproduce.md).
+paper: setup fashion-mnist
+	$(VENV)/bin/python tools/paper.py
 
 # Regenerate vggproto/caffe/proto/caffe_pb2.py from proto/caffe.proto (needs the dev extra: grpcio-tools).
 proto:

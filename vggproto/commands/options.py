@@ -89,6 +89,27 @@ class NameList(_ValueType):
         return tuple(v for v in str(value).split(",") if v)
 
 
+class TrainScales(_ValueType):
+    """``256`` / ``256-512`` / ``none`` (one), or ``48,32-64`` (several): training scales S, fixed or jittered."""
+
+    name = "S[,SMIN-SMAX]"
+
+    def __init__(self, several: bool = False):
+        self.several = several
+
+    def parse(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from vggproto.vgg.configs import parse_scale
+        if isinstance(value, tuple):
+            return value
+        parts = tuple(v.strip() for v in str(value).split(",")) if self.several else (str(value).strip(),)
+        for part in parts:
+            try:
+                parse_scale(part)
+            except ValueError as exc:
+                raise VGGProtoError(f"{_flag(param, '--scale')}: {exc}") from None
+        return parts if self.several else parts[0]
+
+
 class ModelPair(_ValueType):
     """``DEPLOY:WEIGHTS`` (split at the last colon) -> ``(deploy, weights)``, both existing files."""
 

@@ -101,9 +101,7 @@ class Solver:
 
 def setup_rate(solver: TorchSolver) -> tuple[float, int]:
     """The rate of ``solver``'s current iteration, without moving its step counter."""
-    from vggproto.train import updates
-    rate, step = updates.learning_rate(solver.param, solver.iter, solver.current_step)
-    return rate * solver.plateau.factor, step
+    return solver.plateau.rate(solver.param, solver.iter, solver.current_step)
 
 
 def _solver_class(name: str, solver_type: str) -> type[Solver]:

@@ -53,6 +53,9 @@ class Solver:
         if p.random_seed >= 0:  # Caffe: seed + solver rank
             torch.manual_seed(p.random_seed + self.rank)
         seed = p.random_seed + self.rank if p.random_seed >= 0 else None
+        if self.root and (p.snapshot or p.snapshot_after_train):  # Caffe: solver.cpp Init, before InitTrainNet
+            snap.check_write_permission(p.snapshot_prefix)
+            snap.remove_stale_temporaries(p.snapshot_prefix)
         data = DataOptions(rank=self.rank, world_size=self.world, per_gpu_batch=opts.per_gpu_batch, seed=seed)
         self.net = nets.build_train_net(p, self.path, data, self.device, opts.weights, opts.init_layers,
                                         opts.channels_last)
@@ -72,9 +75,6 @@ class Solver:
         self.requested_early_exit = False
         self.csv: tl.CsvLog | None = None
         self.callbacks: list = []  # called with the solver at the start of every iteration (Caffe: on_start)
-        if self.root and (p.snapshot or p.snapshot_after_train):
-            snap.check_write_permission(p.snapshot_prefix)
-            snap.remove_stale_temporaries(p.snapshot_prefix)
 
     def _checked_param(self, p: caffe_pb2.SolverParameter) -> caffe_pb2.SolverParameter:
         """The solver with ``--level``/``--stage`` applied, after Caffe's checks of its fields and of the flags."""
@@ -96,7 +96,7 @@ class Solver:
         """Train to ``max_iter`` (optionally resuming), then final snapshot, display forward and test."""
         p = self.param
         log.info("Solving %s", self.net_name)
-        log.info("Learning Rate Policy: %s", p.lr_policy)
+        log.info("Learning Rate Policy: %s", "plateau (not the solver's)" if self.plateau.enabled else p.lr_policy)
         self.requested_early_exit = False
         if resume:
             log.info("Restoring previous solver status from %s", resume)
@@ -225,8 +225,8 @@ class Solver:
     # ---------------------------------------------------------------------------------------------------------------
 
     def learning_rate(self) -> float:
-        rate, self.current_step = updates.learning_rate(self.param, self.iter, self.current_step)
-        return rate * self.plateau.factor
+        rate, self.current_step = self.plateau.rate(self.param, self.iter, self.current_step)
+        return rate
 
     def apply_update(self, display: bool) -> float:
         rate = self.learning_rate()

@@ -285,7 +285,8 @@ class Plateau:
     """Simonyan & Zisserman §3.1: "the learning rate was ... decreased by a factor of 10 when the validation set
     accuracy stopped improving".  After ``patience`` tests without a new best, drop (at most ``max_drops`` times).
 
-    The factor ``0.1 ** drops`` multiplies the solver's own lr policy, so solver files stay BVLC-valid.
+    The paper's schedule is plateau-only: when enabled, the rate is ``base_lr * 0.1 ** drops`` and the solver's
+    ``lr_policy`` is not applied (stacking both gave up to six drops instead of three); solver files stay BVLC-valid.
     """
 
     def __init__(self, patience: int, max_drops: int):
@@ -315,6 +316,14 @@ class Plateau:
             self.since_best = 0
             return True
         return False
+
+    def rate(self, param: caffe_pb2.SolverParameter, it: int, current_step: int) -> tuple[float, int]:
+        """``(rate, current_step)``: the solver's lr policy, or with the plateau rule on, ``base_lr`` divided by 10
+        per drop and nothing else (Sect. 3.1: the lr "was initially set to 10^-2, and then decreased by a factor
+        of 10 when the validation set accuracy stopped improving")."""
+        if not self.enabled:
+            return learning_rate(param, it, current_step)
+        return float(torch.tensor(param.base_lr * self.factor, dtype=torch.float32)), current_step
 
     def state(self) -> dict:
         return {"best": self.best, "since_best": self.since_best, "drops": self.drops}

@@ -29,7 +29,7 @@ from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.prototxt import message_to_text
 from vggproto.caffe.shapes import count_params, infer_shapes  # noqa: F401 (re-export)
 from vggproto.errors import VGGProtoError
-from vggproto.vgg.configs import CHAIN_CONFIGS, CONFIGS, DENSE_LAYER_NAMES, PAPER_INIT_LAYERS  # noqa: F401 (re-export)
+from vggproto.vgg.configs import CHAIN_CONFIGS, CONFIGS, DENSE_LAYER_NAMES, PAPER_INIT_LAYERS, parse_scale  # noqa: F401 (re-export)
 from vggproto.vgg.nets import KINDS, LOC_LAYER, NetOptions, build_commented
 
 VAL_IMAGES = 50_000        # ILSVRC-2012 validation set
@@ -58,8 +58,9 @@ STAGES: dict[str, Stage] = {
 }
 
 #: Run-length overrides for small runs (None: the paper's recipe), applied to every solver written.
-RUN_LENGTH = ("max_iter", "test_iter", "test_interval", "snapshot")
-_GENERATE_DEFAULTS: dict[str, Any] = {"global_batch": GLOBAL_BATCH, "chain": None,
+RUN_LENGTH = ("max_iter", "test_iter", "test_interval", "snapshot", "random_seed")
+_GENERATE_DEFAULTS: dict[str, Any] = {"global_batch": GLOBAL_BATCH, "chain": None, "chain_scales": None,
+                                      "chain_max_iter": None,
                                       **{name: None for name in RUN_LENGTH}}
 
 
@@ -126,9 +127,23 @@ def build_solver(config: str, stage: str | None = None, **options: Any) -> caffe
     if iter_size > 1:
         solver.iter_size = iter_size
     if stage is not None:
-        previous = STAGES[plan.init_from]
-        solver.weights.append(f"snapshots/{config}{previous.suffix}_iter_{previous.max_iter}.caffemodel")
-    return _run_length(solver, extra)
+        solver.weights.append(final_snapshot(config, STAGES[plan.init_from], extra))
+    return _run_length(solver, stage_length(plan, extra))
+
+
+def stage_length(stage: Stage, extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` with the stage's ``max_iter``: ``--chain-max-iter`` for the chain's later stages, if given."""
+    if stage.init_from is None or extra["chain_max_iter"] is None:
+        return extra
+    return {**extra, "max_iter": extra["chain_max_iter"]}
+
+
+def final_snapshot(config: str, stage: Stage, extra: dict[str, Any]) -> str:
+    """The caffemodel the stage's solver leaves at its end: ``max_iter`` as generated (``--max-iter``), not the
+    paper's, so a chained solver (``weights:``) names the file the previous stage of this run wrote."""
+    length = stage_length(stage, extra)["max_iter"]
+    last = stage.max_iter if length is None else int(length)
+    return f"snapshots/{config}{stage.suffix}_iter_{last}.caffemodel"
 
 
 def loc_stem(config: str, opts: NetOptions) -> str:
@@ -150,14 +165,15 @@ def _localization_solver(config: str, opts: NetOptions, extra: dict[str, Any]) -
     iter_size = _iter_size(opts, extra["global_batch"])
     if iter_size > 1:
         solver.iter_size = iter_size
-    solver.weights.append(f"snapshots/{config}{init.suffix}_iter_{init.max_iter}.caffemodel")
+    solver.weights.append(final_snapshot(config, init, extra))
     return _run_length(solver, extra)
 
 
 def _run_length(solver: caffe_pb2.SolverParameter, extra: dict[str, Any]) -> caffe_pb2.SolverParameter:
     """``--max-iter`` (the lr steps keep their place in the schedule: scaled by the same factor),
-    ``--test-iter``, ``--test-interval``, ``--snapshot``: a short run without editing a generated solver."""
-    for name in RUN_LENGTH:
+    ``--test-iter``, ``--test-interval``, ``--snapshot``, ``--random-seed``: a short run (or another seed)
+    without editing a generated solver."""
+    for name in (*RUN_LENGTH, "chain_max_iter"):
         value = extra[name]
         if value is not None and int(value) < 0:
             raise VGGProtoError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
@@ -170,7 +186,7 @@ def _run_length(solver: caffe_pb2.SolverParameter, extra: dict[str, Any]) -> caf
     if extra["test_iter"] is not None:
         del solver.test_iter[:]
         solver.test_iter.append(int(extra["test_iter"]))
-    for name in ("test_interval", "snapshot"):
+    for name in ("test_interval", "snapshot", "random_seed"):
         if extra[name] is not None:
             setattr(solver, name, int(extra[name]))
     return solver
@@ -211,6 +227,8 @@ def command_line(config: str, options: dict[str, Any]) -> str:
             if value == defaults[name]:
                 continue
             value = ",".join(f"{v:g}" for v in value)
+        elif isinstance(value, (tuple, list)):
+            value = ",".join(str(v) for v in value)
         elif str(value) == str(defaults[name]):
             continue
         words.append(f"--{name.replace('_', '-')} {value}")
@@ -246,7 +264,7 @@ def _header(config: str, what: str, options: dict[str, Any]) -> str:
 
 def _wants_chain(config: str, opts: NetOptions, extra: dict[str, Any]) -> bool:
     if extra["chain"] is None:
-        return config in CHAIN_CONFIGS and opts.scale == "256"
+        return config in CHAIN_CONFIGS and (opts.scale == "256" or extra["chain_scales"] is not None)
     return bool(extra["chain"])
 
 
@@ -262,16 +280,35 @@ def generate_texts(config: str, **options: Any) -> dict[str, str]:
     solver = build_solver(config, **options)
     files[f"solvers/{config}.prototxt"] = _solver_text(config, None, solver, options)
     if _wants_chain(config, opts, extra):
-        for stage in ("384", "256-512"):
+        for stage, scale in zip(("384", "256-512"), chain_scales(extra)):
             plan = STAGES[stage]
-            staged = {**options, "scale": plan.scale}
-            net, comments = build_commented(config, "train_val", dataclasses.replace(opts, scale=plan.scale))
+            staged = {**options, "scale": scale}
+            net, comments = build_commented(config, "train_val", dataclasses.replace(opts, scale=scale))
             what = f"training/validation net for the S={plan.scale} stage of the paper's chain (Sect. 3.1)"
+            if scale != plan.scale:
+                what += f", at S={scale} (--chain-scales)"
             files[f"nets/{config}{plan.suffix}_train_val.prototxt"] = net_text(net, comments,
                                                                                _header(config, what, options))
             files[f"solvers/{config}{plan.suffix}.prototxt"] = _solver_text(
                 config, stage, build_solver(config, stage, **staged), options)
     return files
+
+
+def chain_scales(extra: dict[str, Any]) -> tuple[str, str]:
+    """The training scales of the chain's two later stages: the paper's 384 and 256-512, or ``--chain-scales``
+    (the same stages on smaller images: e.g. 48 and 32-64 for 28-pixel crops); the file names keep the paper's."""
+    if extra["chain_scales"] is None:
+        return STAGES["384"].scale, STAGES["256-512"].scale
+    scales = tuple(str(v) for v in extra["chain_scales"])
+    if len(scales) != 2:
+        raise VGGProtoError(f"--chain-scales takes two scales (the S=384 stage's and the jittered one's, e.g. "
+                            f"48,32-64), got {','.join(scales)}")
+    for scale in scales:
+        try:
+            parse_scale(scale)
+        except ValueError as exc:
+            raise VGGProtoError(f"--chain-scales: {exc}") from None
+    return scales[0], scales[1]
 
 
 def _localization_texts(config: str, opts: NetOptions, options: dict[str, Any]) -> dict[str, str]:
@@ -296,7 +333,8 @@ def _solver_text(config: str, stage: str | None, solver: caffe_pb2.SolverParamet
     if stage is None:
         what = ("SGD solver, training from scratch (Sect. 3.1): batch 256, momentum 0.9, weight decay 5e-4,\n"
                 "lr 1e-2 divided by 10 three times, 370K iterations. The paper divided on validation plateaus;\n"
-                "the fixed steps at epochs 20/40/60 are our choice (the train command can decrease on plateaus).\n"
+                "the fixed steps at epochs 20/40/60 are our choice; `vggproto train --plateau-patience N` replaces\n"
+                "them by the paper's rule (lr / 10 after N tests without a better accuracy, three times, no steps).\n"
                 f"Deeper nets were initialised from net A's layers {', '.join(PAPER_INIT_LAYERS)}.")
     else:
         plan = STAGES[stage]
