@@ -1,12 +1,15 @@
 """Export any net the interpreter runs, with its weights, to ONNX — verified in onnxruntime before writing.
 
 The interpreter (:class:`vggproto.net.interpreter.Net`, Caffe semantics: ceil pooling, Caffe LRN, ...) is traced with
-``torch.onnx.export`` (the TorchScript exporter, which needs no extra packages) at the prototxt's shapes.  When the
-interpreter also runs the net at another batch size, every input and output gets a dynamic batch axis and the
-graph is checked at both sizes; otherwise (recurrent layers, whose axis 0 is time; fixed Reshape dims) the declared
-shapes are kept.  The check runs the graph in onnxruntime on seeded inputs (standard normal unless the caller
-gives a ``feed`` in the layers' domain) and compares every output with the interpreter's, NaN matching NaN; on a
-mismatch nothing is written.  The file is written atomically.
+``torch.onnx.export`` (the TorchScript exporter, which needs no extra packages) at the prototxt's shapes.  Every
+dimension the interpreter also runs at is dynamic in the graph: the batch (probed at another batch size) and the
+height and width of 4-D inputs (probed at twice them); an output axis is dynamic exactly when its size changed
+between those runs.  onnxruntime then runs the graph at each of those shapes on seeded inputs (standard normal
+unless the caller gives a ``feed`` in the layers' domain) and every output must match the interpreter's, NaN
+matching NaN (:mod:`vggproto.convert.onnx_check`).  A dimension the trace froze (a layer computed a size as a
+Python number) fails that check: it is kept fixed, the export says so in one line naming the layer, and the
+net is traced again.  On a mismatch at the declared shapes nothing is written.  The file is written atomically.
+``outputs`` picks the blobs to export (default: the net's outputs).
 
 Refused before anything is built or traced, with one line naming the layer and its type (:func:`refusal`): data
 layers (Data, ImageData, HDF5Data, DummyData, BoxData — an Input layer must feed the graph), loss layers (a deploy
@@ -30,14 +33,14 @@ import os
 import sys
 import tempfile
 import warnings
-import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.errors import VGGProtoError
+from vggproto.convert.onnx_check import (  # noqa: F401  (re-exported: the public API)
+    Feed, OnnxCheck, OnnxExportError, OnnxRunMismatch, Run, difference, examples, normal_feed, onnx_failure, verify)
 
 if TYPE_CHECKING:
     import torch
@@ -83,19 +86,6 @@ def _random_in_train(param: caffe_pb2.LayerParameter) -> str | None:
     return None
 
 
-class OnnxExportError(VGGProtoError):
-    """The net cannot be exported, or the exported graph disagrees with the interpreter."""
-
-
-@dataclass
-class OnnxCheck:
-    """Largest relative difference per output, for each checked batch size."""
-
-    inputs: list[str]
-    outputs: list[str]
-    differences: dict[int, dict[str, float]]
-
-
 def _wrapper(net: Net, inputs: list[str], outputs: list[str]) -> torch.nn.Module:
     import torch
 
@@ -107,46 +97,82 @@ def _wrapper(net: Net, inputs: list[str], outputs: list[str]) -> torch.nn.Module
             self.net = net
 
         def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            result = self.net(**dict(zip(inputs, tensors)))
-            return tuple(result[name] for name in outputs)
+            self.net(**dict(zip(inputs, tensors)))
+            return tuple(self.net.blobs[name] for name in outputs)   # any blob, not only Caffe's outputs
     return _Positional()
 
 
-#: Makes one example input: (blob name, shape with the batch already set, seed) -> tensor.  The default draws
-#: seeded standard-normal values; callers whose inputs have a narrower domain (indices, positive values) pass
-#: their own.
-Feed = Callable[[str, "list[int]", int], "torch.Tensor"]
+@dataclass
+class _Plan:
+    """What the interpreter runs besides the declared shapes: another ``batch`` (None: the batch stays fixed),
+    a ``scale`` of 2 when it also runs at twice the height and width of the 4-D inputs (1: they stay fixed),
+    the output shapes at each run, and one line for each dimension kept fixed."""
+
+    batch: int | None
+    scale: int
+    shapes: dict[Run, list[tuple[int, ...]]]
+    fixed: list[str]
 
 
-def normal_feed(name: str, shape: list[int], seed: int) -> torch.Tensor:
-    """Seeded standard-normal values: the check's inputs when the caller has no domain to respect."""
+def _output_shapes(module: torch.nn.Module, net: Net, inputs: list[str], run: Run,
+                   feed: Feed) -> list[tuple[int, ...]] | str:
+    """The interpreter's output shapes at ``run``, or the one-line reason it cannot run there."""
     import torch
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed * 7919 + zlib.crc32(name.encode())))
-
-
-def _examples(net: Net, inputs: list[str], batch: int | None, seed: int, feed: Feed) -> tuple[torch.Tensor, ...]:
-    """One tensor per input, of the prototxt's shape with the batch axis set to ``batch`` (None: as declared)."""
-    tensors = []
-    for name in inputs:
-        shape = list(net.blob_shapes[name])
-        if shape and batch is not None:
-            shape[0] = batch
-        tensors.append(feed(name, shape, seed))
-    return tuple(tensors)
-
-
-def _other_batch(module: torch.nn.Module, net: Net, inputs: list[str], feed: Feed) -> int | None:
-    """A batch size other than the declared one that the interpreter runs (so the ONNX batch axis can be
-    dynamic and is checked at it), or None when the net only runs at its declared shapes (recurrent
-    layers, fixed Reshape dims, ...): then the export keeps the declared batch."""
-    import torch
-    batch = 2 if all(net.blob_shapes[name][:1] in ((), (1,)) for name in inputs) else 1
     try:
         with torch.no_grad():
-            module(*_examples(net, inputs, batch, 3, feed))
-    except Exception:   # noqa: BLE001 — any failure means "this net does not take another batch size"
-        return None
-    return batch
+            return [tuple(t.shape) for t in module(*examples(net, inputs, run, 3, feed))]
+    except Exception as exc:   # noqa: BLE001 — any failure means "this net does not take that shape"
+        return (" ".join(str(exc).split()) or type(exc).__name__)[:300]
+
+
+def _probe(module: torch.nn.Module, net: Net, inputs: list[str], feed: Feed, spatial: bool) -> _Plan:
+    """Which dimensions may be dynamic: the batch if the interpreter also runs at another batch size, and the
+    height and width of the 4-D inputs if it runs at twice them (and ``spatial``).  A net that only runs at
+    its declared shapes (recurrent layers, fixed Reshape dims, InnerProduct after a convolution) keeps them,
+    and the reason, naming the interpreter's layer, is one of the plan's ``fixed`` lines."""
+    declared = _output_shapes(module, net, inputs, Run(), feed)
+    if isinstance(declared, str):
+        raise OnnxExportError(f"the net does not run at its declared shapes: {declared}")
+    plan = _Plan(None, 1, {Run(): declared}, [])
+    batch = 2 if all(net.blob_shapes[name][:1] in ((), (1,)) for name in inputs) else 1
+    found = _output_shapes(module, net, inputs, Run(batch), feed)
+    if isinstance(found, str):
+        plan.fixed.append(f"batch fixed as declared: {found}")
+    else:
+        plan.batch, plan.shapes[Run(batch)] = batch, found
+    images = [name for name in inputs if len(net.blob_shapes[name]) == 4]
+    if spatial and images:
+        found = _output_shapes(module, net, inputs, Run(None, 2), feed)
+        if isinstance(found, str):
+            plan.fixed.append(f"height and width fixed as declared: {found}")
+        else:
+            plan.scale, plan.shapes[Run(None, 2)] = 2, found
+    return plan
+
+
+def _axes(net: Net, inputs: list[str], outputs: list[str], plan: _Plan, batch: bool,
+          spatial: bool) -> dict[str, dict[int, str]]:
+    """The exporter's ``dynamic_axes``: axis 0 of every input ("batch") and H, W of the 4-D inputs where
+    dynamic; of each output, exactly the axes whose size changed between the interpreter's runs."""
+    images = [name for name in inputs if len(net.blob_shapes[name]) == 4]
+    axes: dict[str, dict[int, str]] = {}
+    for name in inputs:
+        named = {0: "batch"} if batch and net.blob_shapes[name] else {}
+        if spatial and name in images:
+            prefix = "" if len(images) == 1 else f"{name}_"
+            named.update({2: f"{prefix}height", 3: f"{prefix}width"})
+        axes[name] = named
+    declared = plan.shapes[Run()]
+    for index, name in enumerate(outputs):
+        named = {}
+        for run, shapes in plan.shapes.items():
+            if (run.scale != 1 and not spatial) or (run.batch is not None and not batch):
+                continue
+            for axis, (was, now) in enumerate(zip(declared[index], shapes[index])):
+                if was != now:
+                    named[axis] = "batch" if run.batch is not None and axis == 0 else f"{name}_{axis}"
+        axes[name] = named
+    return {name: named for name, named in axes.items() if named}
 
 
 def _deploy_layers(model: ModelSource, phase: str) -> list[caffe_pb2.LayerParameter]:
@@ -235,11 +261,14 @@ def _quiet() -> Iterator[None]:
 
 def export_onnx(model: ModelSource, weights: Mapping[str, list[np.ndarray]] | None, path: str | os.PathLike, *,
                 phase: str = "TEST", opset: int | None = None, tolerance: float = DEFAULT_TOLERANCE,
-                feed: Feed = normal_feed) -> OnnxCheck:
+                feed: Feed = normal_feed, outputs: Sequence[str] | None = None,
+                dynamic_size: bool = True) -> OnnxCheck:
     """Write the net ``model`` with ``weights`` (already fitted to the net) as ONNX at ``path``, verified first.
 
-    Raises :class:`OnnxExportError` with one line (and writes nothing) when a layer cannot be exported, the
-    exporter fails, or onnxruntime disagrees with the interpreter on ``feed``'s inputs.
+    ``outputs`` names the blobs to export (default: the net's outputs, Caffe's blobs no layer reads);
+    ``dynamic_size`` lets the height and width of 4-D inputs be dynamic where the net allows.  Raises
+    :class:`OnnxExportError` with one line (and writes nothing) when a layer cannot be exported, the exporter
+    or onnxruntime fails, or onnxruntime disagrees with the interpreter on ``feed``'s inputs.
     """
     from vggproto.caffe.files import atomic_write_bytes
     from vggproto.net.interpreter import Net
@@ -255,79 +284,83 @@ def export_onnx(model: ModelSource, weights: Mapping[str, list[np.ndarray]] | No
     if weights:
         load_arrays(net, weights, "weights")  # Caffe's rules, as for every other way weights reach a net
     inputs = list(net.input_names)
-    # an output that is an input (a fed blob nothing reads) is the caller's own data, and ONNX would rename it
-    outputs = [name for name in net.output_names if name not in inputs]
-    if not outputs:
-        raise OnnxExportError(f"{_label(model)}: the net computes nothing (every output is one of its inputs)")
-    module = _wrapper(net, inputs, outputs)
-    other = _other_batch(module, net, inputs, feed)
-    data = _trace(model, module, net, inputs, outputs, opset, feed, dynamic=other is not None)
-    check = verify(module, data, net, inputs, outputs, tolerance, feed, batches=(None, other))
+    names = _outputs(net, inputs, outputs, _label(model))
+    module = _wrapper(net, inputs, names)
+    plan = _probe(module, net, inputs, feed, dynamic_size)
+    data, check = _export_verified(model, module, net, (inputs, names), opset, feed, tolerance, plan)
     atomic_write_bytes(path, data)
-    log.info("Wrote %s (%d bytes, opset %d, inputs %s, outputs %s, %s batch)", os.fspath(path), len(data), opset,
-             ", ".join(inputs), ", ".join(outputs), "dynamic" if other is not None else "fixed")
+    log.info("Wrote %s (%d bytes, opset %d, inputs %s, outputs %s; %s)", os.fspath(path), len(data), opset,
+             ", ".join(inputs), ", ".join(names), describe_axes(check))
+    for line in check.fixed:
+        log.info("ONNX %s", line)
     return check
 
 
+def describe_axes(check: OnnxCheck) -> str:
+    """One phrase for the summary: which input axes are dynamic ("dynamic batch, height, width")."""
+    names = sorted({axis for name in check.inputs for axis in check.dynamic.get(name, {}).values()},
+                   key=lambda axis: (axis != "batch", axis))
+    return f"dynamic {', '.join(names)}" if names else "fixed shapes"
+
+
+def _outputs(net: Net, inputs: list[str], requested: Sequence[str] | None, label: str) -> list[str]:
+    """The blobs to export: ``requested`` (checked against the net's blobs), else the net's outputs."""
+    if requested is None:
+        # an output that is an input (a fed blob nothing reads) is the caller's own data, and ONNX would rename it
+        names = [name for name in net.output_names if name not in inputs]
+        if not names:
+            raise OnnxExportError(f"{label}: the net computes nothing (every output is one of its inputs, e.g. "
+                                  "read only by Silence); name the blobs to export with --outputs")
+        return names
+    names = list(dict.fromkeys(requested))
+    unknown = [name for name in names if name not in net.blob_shapes]
+    if unknown or not names:
+        raise OnnxExportError(f"{label}: no blob {', '.join(repr(n) for n in unknown) or 'named'} to export; the "
+                              f"net's blobs: {', '.join(net.blob_shapes)}")
+    fed = [name for name in names if name in inputs]
+    if fed:
+        raise OnnxExportError(f"{label}: '{fed[0]}' is an input of the net, not a blob it computes")
+    return names
+
+
+def _export_verified(model: ModelSource, module: torch.nn.Module, net: Net, blobs: tuple[list[str], list[str]],
+                     opset: int, feed: Feed, tolerance: float, plan: _Plan) -> tuple[bytes, OnnxCheck]:
+    """Trace with every dimension ``plan`` allows dynamic and check the graph at each run; a dimension whose
+    run fails (the trace froze it: a layer computed a size in Python) is kept fixed, said in one line, and
+    the net traced again."""
+    inputs, outputs = blobs
+    batch, scale, fixed = plan.batch, plan.scale, list(plan.fixed)
+    while True:
+        axes = _axes(net, inputs, outputs, plan, batch is not None, scale != 1)
+        data = _trace(model, module, net, inputs, outputs, opset, feed, axes)
+        runs = [Run(), *([Run(batch)] if batch is not None else []), *([Run(None, scale)] if scale != 1 else [])]
+        try:
+            check = verify(module, data, net, inputs, outputs, tolerance, feed, runs=runs)
+        except OnnxRunMismatch as exc:
+            if exc.run.scale != 1:
+                scale = 1
+                fixed.append(f"height and width fixed as declared: {exc}")
+            else:
+                batch = None
+                fixed.append(f"batch fixed as declared: {exc}")
+            continue
+        check.dynamic, check.fixed = axes, fixed
+        return data, check
+
+
 def _trace(model: ModelSource, module: torch.nn.Module, net: Net, inputs: list[str], outputs: list[str],
-           opset: int, feed: Feed, dynamic: bool) -> bytes:
-    """The ONNX bytes of ``module`` traced at the declared shapes, the exporter silenced; one-line errors."""
+           opset: int, feed: Feed, axes: dict[str, dict[int, str]]) -> bytes:
+    """The ONNX bytes of ``module`` traced at the declared shapes with ``axes`` dynamic, the exporter silenced;
+    one-line errors."""
     import torch
     buffer = io.BytesIO()
-    axes = {name: {0: "batch"} for name in inputs + outputs} if dynamic else None
     try:
         with _quiet():
-            torch.onnx.export(module, _examples(net, inputs, None, 0, feed), buffer, dynamo=False,
-                              opset_version=opset, input_names=inputs, output_names=outputs, dynamic_axes=axes,
+            torch.onnx.export(module, examples(net, inputs, Run(), 0, feed), buffer, dynamo=False,
+                              opset_version=opset, input_names=inputs, output_names=outputs, dynamic_axes=axes or None,
                               do_constant_folding=True,
                               training=torch.onnx.TrainingMode.PRESERVE)  # layers keep their Caffe phase
     except Exception as exc:  # the exporter raises many types for unsupported operations
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise OnnxExportError(f"{_label(model)}: torch.onnx.export failed: {first}") from None
     return buffer.getvalue()
-
-
-def difference(want: np.ndarray, have: np.ndarray) -> float:
-    """Largest |have − want| relative to max |want|; NaN/±inf count as equal where both sides have them (Log
-    of a negative input is NaN in Caffe and in onnxruntime alike), and as infinitely different elsewhere."""
-    special = ~np.isfinite(want) | ~np.isfinite(have)
-    same = (np.isnan(want) & np.isnan(have)) | (np.isinf(want) & (want == have))
-    if np.any(special & ~same):
-        return float("inf")
-    want, have = np.where(special, 0, want), np.where(special, 0, have)
-    gap = float(np.abs(want.astype(np.float64) - have).max(initial=0.0))
-    scale = float(np.abs(want).max(initial=0.0))
-    return gap / scale if scale else gap
-
-
-def verify(module: torch.nn.Module, data: bytes, net: Net, inputs: list[str], outputs: list[str],
-           tolerance: float, feed: Feed = normal_feed,
-           batches: tuple[int | None, ...] = (1, 2)) -> OnnxCheck:
-    """Run the ONNX bytes in onnxruntime at each batch size (None: as declared; a None after the first is
-    skipped); raise if any output differs from the interpreter's.  Differences are keyed by the batch run."""
-    import onnxruntime
-    import torch
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3   # errors only: its shape-inference notes would break the one-line output
-    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    used = {i.name for i in session.get_inputs()}   # the exporter drops inputs nothing reads (Silence's)
-    differences: dict[int, dict[str, float]] = {}
-    for seed, batch in enumerate(batches, 1):
-        if batch is None and seed > 1:
-            continue
-        example = _examples(net, inputs, batch, seed, feed)
-        batch = int(example[0].shape[0]) if example[0].dim() else 1
-        with torch.no_grad():
-            expected = [t.numpy() for t in module(*example)]
-        got = session.run(outputs, {name: t.numpy() for name, t in zip(inputs, example) if name in used})
-        differences[batch] = {}
-        for name, want, have in zip(outputs, expected, got):
-            if want.shape != have.shape:
-                raise OnnxExportError(f"ONNX output '{name}' has shape {list(have.shape)} at batch {batch}; the "
-                                      f"interpreter gives {list(want.shape)} — not written")
-            diff = difference(want, have)
-            differences[batch][name] = diff
-            if not diff <= tolerance:
-                raise OnnxExportError(f"ONNX output '{name}' differs from the interpreter by {diff:.3g} (relative) "
-                                      f"at batch {batch}, more than {tolerance:g} — not written")
-    return OnnxCheck([name for name in inputs if name in used], outputs, differences)

@@ -134,6 +134,13 @@ class Pooling(CaffeLayer):
         self.top_shapes = [top] * len(spec.param.top)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        want_mask = len(self.top_shapes) == 2
+        global_ = self.spec.param.pooling_param.global_pooling
+        if global_ and not want_mask and self.method != P.STOCHASTIC and torch.onnx.is_in_onnx_export():
+            # the same window over the whole plane as a reduction, so an ONNX graph takes any height and width
+            # (Caffe: pooling_layer.cpp global_pooling, kernel = bottom H x W, stride 1, pad 0)
+            reduce = torch.amax if self.method == P.MAX else torch.mean
+            return (reduce(x, dim=(2, 3), keepdim=True),)
         out = self.out
         if tuple(x.shape[-2:]) != tuple(self.spec.bottom_shapes[0][-2:]):   # reshaped input: recompute
             kernel = list(x.shape[-2:]) if self.spec.param.pooling_param.global_pooling else self.kernel
@@ -141,7 +148,6 @@ class Pooling(CaffeLayer):
                                     any(self.pad)) for i in range(2)]
         else:
             kernel = self.kernel
-        want_mask = len(self.top_shapes) == 2
         y, mask = pool2d(x, self.method, kernel, self.stride, self.pad, out, self.train_phase, want_mask)
         return (y, mask.detach()) if want_mask else (y,)
 

@@ -1,0 +1,139 @@
+"""ONNX export keeps the batch (and height and width where the net allows) symbolic, for every layer pattern of
+the real nets (issue 26, item 1): each tiny net is exported once, then run in onnxruntime at batch 1 and 3 (and
+at another height x width where the export says they are dynamic) against the interpreter at the same shapes.
+
+The first case is the bug the issue found: a Softmax over an N x C x 1 x 1 blob (SqueezeNet, MobileNet) baked
+the batch into a Reshape, and onnxruntime died at the second batch size.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vggproto.convert.onnx import OnnxExportError, export_onnx
+from vggproto.net.interpreter import Net
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+FORKS = Path(__file__).parent / "data" / "forks"
+G = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
+
+
+def conv(name: str, bottom: str, n: int, k: int = 3, extra: str = "") -> str:
+    return (f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" '
+            f'convolution_param {{ num_output: {n} kernel_size: {k} pad: {k // 2} {extra} {G} }} }}\n')
+
+
+def layer(name: str, kind: str, bottoms: str, text: str = "", tops: str | None = None) -> str:
+    b = "".join(f' bottom: "{x}"' for x in bottoms.split())
+    t = "".join(f' top: "{x}"' for x in (tops or name).split())
+    return f'layer {{ name: "{name}" type: "{kind}"{b}{t} {text} }}\n'
+
+
+def data(c: int = 3, h: int = 8, w: int = 8, name: str = "data") -> str:
+    return (f'layer {{ name: "{name}" type: "Input" top: "{name}" '
+            f'input_param {{ shape {{ dim: 1 dim: {c} dim: {h} dim: {w} }} }} }}\n')
+
+
+GAP = "pooling_param { pool: AVE global_pooling: true }"
+#: name -> (prototxt, whether height and width must come out dynamic)
+PATTERNS: dict[str, tuple[str, bool]] = {
+    "squeezenet_softmax_nc11": (data() + conv("c1", "data", 6) + layer("r", "ReLU", "c1", tops="c1")
+                                + conv("c2", "c1", 5, 1) + layer("gap", "Pooling", "c2", GAP)
+                                + layer("prob", "Softmax", "gap"), True),
+    "mobilenet_softmax_nc11": (data() + conv("dw", "data", 3, 3, "group: 3") + conv("pw", "dw", 8, 1)
+                               + layer("gap", "Pooling", "pw", GAP) + conv("fc", "gap", 5, 1)
+                               + layer("prob", "Softmax", "fc"), True),
+    "flatten_innerproduct_softmax": (data() + conv("c", "data", 4) + layer("f", "Flatten", "c")
+                                     + layer("ip", "InnerProduct", "f", f"inner_product_param {{ num_output: 5 {G} }}")
+                                     + layer("prob", "Softmax", "ip"), False),
+    "innerproduct_axis2": (data() + layer("ip", "InnerProduct", "data",
+                                          f"inner_product_param {{ num_output: 5 axis: 2 {G} }}"), False),
+    "reshape_copy_and_infer": (data(4) + conv("c", "data", 6)
+                               + layer("rs", "Reshape", "c", "reshape_param { shape { dim: 0 dim: 2 dim: -1 dim: 0 } }")
+                               + layer("sm", "Softmax", "rs"), True),
+    "reshape_axis_num_axes": (data(4) + layer("rs", "Reshape", "data",
+                                              "reshape_param { shape { dim: 2 dim: 2 } axis: 1 num_axes: 1 }"), True),
+    "crop_fcn": (data(3, 12, 12) + conv("c", "data", 4, 3, "stride: 2") + layer(
+        "up", "Deconvolution", "c", f"convolution_param {{ num_output: 2 kernel_size: 4 stride: 2 {G} }}")
+        + layer("crop", "Crop", "up data", "crop_param { axis: 2 offset: 1 }"), True),
+    "slice_concat_eltwise": (data(4) + layer("sl", "Slice", "data", "slice_param { axis: 1 slice_point: 1 }",
+                                             "s1 s2")
+                             + conv("a", "s1", 1) + layer("cat", "Concat", "a s2")
+                             + layer("sum", "Eltwise", "cat data", "eltwise_param { coeff: 0.5 coeff: -1 }"), True),
+    "scale_bias_broadcast": (data(3) + conv("c", "data", 3) + layer("gap", "Pooling", "c", GAP)
+                             + layer("f", "Flatten", "gap")
+                             + layer("sc", "Scale", "c f", "scale_param { axis: 0 }")
+                             + layer("b", "Bias", "sc f", "bias_param { axis: 0 }"), True),
+    "normalize_permute_priorbox_ssd": (data(3, 16, 16) + conv("c", "data", 4, 3, "stride: 4")
+                                       + layer("n", "Normalize", "c", "norm_param { across_spatial: false }")
+                                       + conv("loc", "n", 8) + layer("perm", "Permute", "loc",
+                                                                     "permute_param { order: 0 order: 2 order: 3 order: 1 }")
+                                       + layer("flat", "Flatten", "perm")
+                                       + layer("prior", "PriorBox", "n data",
+                                               "prior_box_param { min_size: 4 max_size: 8 aspect_ratio: 2 flip: true "
+                                               "variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 }"), True),
+}
+
+
+def _interpreter(net: Net, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    with torch.no_grad():
+        net.forward(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    return [net.blobs[name].numpy() for name in outputs]
+
+
+def _check_shapes(path: Path, net: Net, check, shapes: list[dict[str, tuple]]) -> None:
+    """onnxruntime on the file = the interpreter at every one of ``shapes`` (input name -> shape)."""
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    for shape in shapes:
+        feed = {name: rng.standard_normal(s).astype(np.float32) for name, s in shape.items()}
+        got = session.run(check.outputs, {k: v for k, v in feed.items() if k in check.inputs})
+        for name, want, have in zip(check.outputs, _interpreter(net, feed, check.outputs), got):
+            assert want.shape == have.shape, (name, shape)
+            np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-4 * np.abs(want).max(), err_msg=str(shape))
+
+
+def _scaled(net: Net, batch: int, factor: int = 1) -> dict[str, tuple]:
+    return {name: (batch, *net.blob_shapes[name][1:2], *(d * factor for d in net.blob_shapes[name][2:]))
+            for name in net.input_names}
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_pattern_exports_with_a_symbolic_batch(name: str, tmp_path: Path) -> None:
+    text, spatial = PATTERNS[name]
+    check = export_onnx(text, None, tmp_path / "n.onnx")
+    assert check.dynamic["data"][0] == "batch", check
+    assert ("height" in check.dynamic["data"].values()) == spatial, check
+    net = Net(text, seed=0)
+    shapes = [_scaled(net, 1), _scaled(net, 3)] + ([_scaled(net, 3, 2)] if spatial else [])
+    _check_shapes(tmp_path / "n.onnx", net, check, shapes)
+    assert not spatial or not any("height" in line for line in check.fixed), check.fixed
+
+
+def test_a_pinned_dimension_is_said_in_one_line_naming_the_layer(tmp_path: Path) -> None:
+    text, _ = PATTERNS["flatten_innerproduct_softmax"]
+    check = export_onnx(text, None, tmp_path / "n.onnx")
+    assert len(check.fixed) == 1 and "\n" not in check.fixed[0], check.fixed
+    assert check.fixed[0].startswith("height and width fixed") and "'ip'" in check.fixed[0], check.fixed
+
+
+def test_a_net_pinning_its_batch_keeps_it_fixed(tmp_path: Path) -> None:
+    text = data(4) + layer("rs", "Reshape", "data", "reshape_param { shape { dim: 1 dim: 256 } }")
+    check = export_onnx(text, None, tmp_path / "n.onnx")
+    assert 0 not in check.dynamic.get("data", {}) and check.fixed[0].startswith("batch fixed"), check
+    assert "layer 'rs' (Reshape)" in check.fixed[0] and "\n" not in check.fixed[0], check.fixed
+
+
+@pytest.mark.parametrize("name", ["shufflenet_deploy.prototxt", "se_resnet50_deploy.prototxt",
+                                  "pspnet_deploy.prototxt", "densenet121_deploy.prototxt"])
+def test_fork_nets_export_with_a_symbolic_batch(name: str, tmp_path: Path) -> None:
+    check = export_onnx(str(FORKS / name), None, tmp_path / "n.onnx")
+    assert check.dynamic["data"][0] == "batch", check
+    net = Net(str(FORKS / name), seed=0)
+    _check_shapes(tmp_path / "n.onnx", net, check, [_scaled(net, 1), _scaled(net, 3)])
