@@ -30,6 +30,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -40,7 +41,8 @@ import numpy as np
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.convert.onnx_check import (  # noqa: F401  (re-exported: the public API)
-    Feed, OnnxCheck, OnnxExportError, OnnxRunMismatch, Run, difference, examples, normal_feed, onnx_failure, verify)
+    Feed, OnnxCheck, OnnxExportError, OnnxRunMismatch, Run, difference, examples, is_image, normal_feed, onnx_failure,
+    verify)
 
 if TYPE_CHECKING:
     import torch
@@ -116,13 +118,23 @@ class _Plan:
 
 def _output_shapes(module: torch.nn.Module, net: Net, inputs: list[str], run: Run,
                    feed: Feed) -> list[tuple[int, ...]] | str:
-    """The interpreter's output shapes at ``run``, or the one-line reason it cannot run there."""
+    """The interpreter's output shapes at ``run``, or the one-line reason it cannot run there, naming the
+    layer that failed (a hook remembers the layer running, for errors from torch that do not name it)."""
     import torch
+    running: list[str] = []
+    hooks = [layer.register_forward_pre_hook(lambda module, args, name=name: running.append(name))
+             for name, layer in zip(net.layer_names, net.layer_list)]
     try:
         with torch.no_grad():
             return [tuple(t.shape) for t in module(*examples(net, inputs, run, 3, feed))]
     except Exception as exc:   # noqa: BLE001 — any failure means "this net does not take that shape"
-        return (" ".join(str(exc).split()) or type(exc).__name__)[:300]
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if running and "layer '" not in text:
+            text = f"layer '{running[-1]}' ({net.layer_dict[running[-1]].spec.param.type}): {text}"
+        return text[:300]
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def _probe(module: torch.nn.Module, net: Net, inputs: list[str], feed: Feed, spatial: bool) -> _Plan:
@@ -140,8 +152,7 @@ def _probe(module: torch.nn.Module, net: Net, inputs: list[str], feed: Feed, spa
         plan.fixed.append(f"batch fixed as declared: {found}")
     else:
         plan.batch, plan.shapes[Run(batch)] = batch, found
-    images = [name for name in inputs if len(net.blob_shapes[name]) == 4]
-    if spatial and images:
+    if spatial and any(is_image(net.blob_shapes[name]) for name in inputs):
         found = _output_shapes(module, net, inputs, Run(None, 2), feed)
         if isinstance(found, str):
             plan.fixed.append(f"height and width fixed as declared: {found}")
@@ -154,7 +165,7 @@ def _axes(net: Net, inputs: list[str], outputs: list[str], plan: _Plan, batch: b
           spatial: bool) -> dict[str, dict[int, str]]:
     """The exporter's ``dynamic_axes``: axis 0 of every input ("batch") and H, W of the 4-D inputs where
     dynamic; of each output, exactly the axes whose size changed between the interpreter's runs."""
-    images = [name for name in inputs if len(net.blob_shapes[name]) == 4]
+    images = [name for name in inputs if is_image(net.blob_shapes[name])]
     axes: dict[str, dict[int, str]] = {}
     for name in inputs:
         named = {0: "batch"} if batch and net.blob_shapes[name] else {}
@@ -362,5 +373,9 @@ def _trace(model: ModelSource, module: torch.nn.Module, net: Net, inputs: list[s
                               training=torch.onnx.TrainingMode.PRESERVE)  # layers keep their Caffe phase
     except Exception as exc:  # the exporter raises many types for unsupported operations
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        where = re.search(r"layer_list\.(\d+)", str(exc))   # the node's scope names the interpreter's layer
+        if where and int(where.group(1)) < len(net.layer_names):
+            name = net.layer_names[int(where.group(1))]
+            first = f"layer '{name}' ({net.layer_dict[name].spec.param.type}): {first.split(' # ')[0][:200]}"
         raise OnnxExportError(f"{_label(model)}: torch.onnx.export failed: {first}") from None
     return buffer.getvalue()

@@ -78,16 +78,22 @@ def normal_feed(name: str, shape: list[int], seed: int) -> torch.Tensor:
 
 def examples(net: Net, inputs: list[str], run: Run, seed: int, feed: Feed) -> tuple[torch.Tensor, ...]:
     """One tensor per input, of the prototxt's shape with the batch axis set to ``run.batch`` and the height
-    and width of 4-D inputs multiplied by ``run.scale``."""
+    and width of 4-D inputs multiplied by ``run.scale`` (not those of N x C x 1 x 1 inputs: per-channel values,
+    as Axpy's scale)."""
     tensors = []
     for name in inputs:
         shape = list(net.blob_shapes[name])
         if shape and run.batch is not None:
             shape[0] = run.batch
-        if len(shape) == 4:
+        if is_image(shape):
             shape[2:] = [shape[2] * run.scale, shape[3] * run.scale]
         tensors.append(feed(name, shape, seed))
     return tuple(tensors)
+
+
+def is_image(shape: Sequence[int]) -> bool:
+    """Whether a blob of ``shape`` is an image whose height and width may be dynamic: 4-D, not 1 x 1."""
+    return len(shape) == 4 and shape[2] * shape[3] > 1
 
 
 def difference(want: np.ndarray, have: np.ndarray) -> float:
