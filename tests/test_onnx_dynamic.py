@@ -7,8 +7,6 @@ the batch into a Reshape, and onnxruntime died at the second batch size.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +70,9 @@ PATTERNS: dict[str, tuple[str, bool]] = {
                              + layer("b", "Bias", "sc f", "bias_param { axis: 0 }"), True),
     "normalize_permute_priorbox_ssd": (data(3, 16, 16) + conv("c", "data", 4, 3, "stride: 4")
                                        + layer("n", "Normalize", "c", "norm_param { across_spatial: false }")
-                                       + conv("loc", "n", 8) + layer("perm", "Permute", "loc",
-                                                                     "permute_param { order: 0 order: 2 order: 3 order: 1 }")
+                                       + conv("loc", "n", 8)
+                                       + layer("perm", "Permute", "loc", "permute_param { order: 0 order: 2 "
+                                               "order: 3 order: 1 }")
                                        + layer("flat", "Flatten", "perm")
                                        + layer("prior", "PriorBox", "n data",
                                                "prior_box_param { min_size: 4 max_size: 8 aspect_ratio: 2 flip: true "

@@ -34,15 +34,24 @@ import re
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.convert.onnx_check import (  # noqa: F401  (re-exported: the public API)
-    Feed, OnnxCheck, OnnxExportError, OnnxRunMismatch, Run, difference, examples, is_image, normal_feed, onnx_failure,
-    verify)
+    Feed,
+    OnnxCheck,
+    OnnxExportError,
+    OnnxRunMismatch,
+    Run,
+    difference,
+    examples,
+    normal_feed,
+    onnx_failure,
+    verify,
+)
+from vggproto.convert.onnx_dims import Plan, axes_for, probe
 
 if TYPE_CHECKING:
     import torch
@@ -102,88 +111,6 @@ def _wrapper(net: Net, inputs: list[str], outputs: list[str]) -> torch.nn.Module
             self.net(**dict(zip(inputs, tensors)))
             return tuple(self.net.blobs[name] for name in outputs)   # any blob, not only Caffe's outputs
     return _Positional()
-
-
-@dataclass
-class _Plan:
-    """What the interpreter runs besides the declared shapes: another ``batch`` (None: the batch stays fixed),
-    a ``scale`` of 2 when it also runs at twice the height and width of the 4-D inputs (1: they stay fixed),
-    the output shapes at each run, and one line for each dimension kept fixed."""
-
-    batch: int | None
-    scale: int
-    shapes: dict[Run, list[tuple[int, ...]]]
-    fixed: list[str]
-
-
-def _output_shapes(module: torch.nn.Module, net: Net, inputs: list[str], run: Run,
-                   feed: Feed) -> list[tuple[int, ...]] | str:
-    """The interpreter's output shapes at ``run``, or the one-line reason it cannot run there, naming the
-    layer that failed (a hook remembers the layer running, for errors from torch that do not name it)."""
-    import torch
-    running: list[str] = []
-    hooks = [layer.register_forward_pre_hook(lambda module, args, name=name: running.append(name))
-             for name, layer in zip(net.layer_names, net.layer_list)]
-    try:
-        with torch.no_grad():
-            return [tuple(t.shape) for t in module(*examples(net, inputs, run, 3, feed))]
-    except Exception as exc:   # noqa: BLE001 — any failure means "this net does not take that shape"
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        if running and "layer '" not in text:
-            text = f"layer '{running[-1]}' ({net.layer_dict[running[-1]].spec.param.type}): {text}"
-        return text[:300]
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
-def _probe(module: torch.nn.Module, net: Net, inputs: list[str], feed: Feed, spatial: bool) -> _Plan:
-    """Which dimensions may be dynamic: the batch if the interpreter also runs at another batch size, and the
-    height and width of the 4-D inputs if it runs at twice them (and ``spatial``).  A net that only runs at
-    its declared shapes (recurrent layers, fixed Reshape dims, InnerProduct after a convolution) keeps them,
-    and the reason, naming the interpreter's layer, is one of the plan's ``fixed`` lines."""
-    declared = _output_shapes(module, net, inputs, Run(), feed)
-    if isinstance(declared, str):
-        raise OnnxExportError(f"the net does not run at its declared shapes: {declared}")
-    plan = _Plan(None, 1, {Run(): declared}, [])
-    batch = 2 if all(net.blob_shapes[name][:1] in ((), (1,)) for name in inputs) else 1
-    found = _output_shapes(module, net, inputs, Run(batch), feed)
-    if isinstance(found, str):
-        plan.fixed.append(f"batch fixed as declared: {found}")
-    else:
-        plan.batch, plan.shapes[Run(batch)] = batch, found
-    if spatial and any(is_image(net.blob_shapes[name]) for name in inputs):
-        found = _output_shapes(module, net, inputs, Run(None, 2), feed)
-        if isinstance(found, str):
-            plan.fixed.append(f"height and width fixed as declared: {found}")
-        else:
-            plan.scale, plan.shapes[Run(None, 2)] = 2, found
-    return plan
-
-
-def _axes(net: Net, inputs: list[str], outputs: list[str], plan: _Plan, batch: bool,
-          spatial: bool) -> dict[str, dict[int, str]]:
-    """The exporter's ``dynamic_axes``: axis 0 of every input ("batch") and H, W of the 4-D inputs where
-    dynamic; of each output, exactly the axes whose size changed between the interpreter's runs."""
-    images = [name for name in inputs if is_image(net.blob_shapes[name])]
-    axes: dict[str, dict[int, str]] = {}
-    for name in inputs:
-        named = {0: "batch"} if batch and net.blob_shapes[name] else {}
-        if spatial and name in images:
-            prefix = "" if len(images) == 1 else f"{name}_"
-            named.update({2: f"{prefix}height", 3: f"{prefix}width"})
-        axes[name] = named
-    declared = plan.shapes[Run()]
-    for index, name in enumerate(outputs):
-        named = {}
-        for run, shapes in plan.shapes.items():
-            if (run.scale != 1 and not spatial) or (run.batch is not None and not batch):
-                continue
-            for axis, (was, now) in enumerate(zip(declared[index], shapes[index])):
-                if was != now:
-                    named[axis] = "batch" if run.batch is not None and axis == 0 else f"{name}_{axis}"
-        axes[name] = named
-    return {name: named for name, named in axes.items() if named}
 
 
 def _deploy_layers(model: ModelSource, phase: str) -> list[caffe_pb2.LayerParameter]:
@@ -297,7 +224,7 @@ def export_onnx(model: ModelSource, weights: Mapping[str, list[np.ndarray]] | No
     inputs = list(net.input_names)
     names = _outputs(net, inputs, outputs, _label(model))
     module = _wrapper(net, inputs, names)
-    plan = _probe(module, net, inputs, feed, dynamic_size)
+    plan = probe(module, net, inputs, feed, dynamic_size)
     data, check = _export_verified(model, module, net, (inputs, names), opset, feed, tolerance, plan)
     atomic_write_bytes(path, data)
     log.info("Wrote %s (%d bytes, opset %d, inputs %s, outputs %s; %s)", os.fspath(path), len(data), opset,
@@ -320,8 +247,8 @@ def _outputs(net: Net, inputs: list[str], requested: Sequence[str] | None, label
         # an output that is an input (a fed blob nothing reads) is the caller's own data, and ONNX would rename it
         names = [name for name in net.output_names if name not in inputs]
         if not names:
-            raise OnnxExportError(f"{label}: the net computes nothing (every output is one of its inputs, e.g. "
-                                  "read only by Silence); name the blobs to export with --outputs")
+            raise OnnxExportError(f"{label}: the net leaves no computed blob as an output (a later layer, e.g. "
+                                  "Silence, reads every one); name the blobs to export with --outputs")
         return names
     names = list(dict.fromkeys(requested))
     unknown = [name for name in names if name not in net.blob_shapes]
@@ -335,28 +262,47 @@ def _outputs(net: Net, inputs: list[str], requested: Sequence[str] | None, label
 
 
 def _export_verified(model: ModelSource, module: torch.nn.Module, net: Net, blobs: tuple[list[str], list[str]],
-                     opset: int, feed: Feed, tolerance: float, plan: _Plan) -> tuple[bytes, OnnxCheck]:
+                     opset: int, feed: Feed, tolerance: float, plan: Plan) -> tuple[bytes, OnnxCheck]:
     """Trace with every dimension ``plan`` allows dynamic and check the graph at each run; a dimension whose
     run fails (the trace froze it: a layer computed a size in Python) is kept fixed, said in one line, and
     the net traced again."""
     inputs, outputs = blobs
     batch, scale, fixed = plan.batch, plan.scale, list(plan.fixed)
     while True:
-        axes = _axes(net, inputs, outputs, plan, batch is not None, scale != 1)
+        axes = axes_for(net, inputs, outputs, plan, batch is not None, scale != 1)
         data = _trace(model, module, net, inputs, outputs, opset, feed, axes)
         runs = [Run(), *([Run(batch)] if batch is not None else []), *([Run(None, scale)] if scale != 1 else [])]
         try:
             check = verify(module, data, net, inputs, outputs, tolerance, feed, runs=runs)
         except OnnxRunMismatch as exc:
+            reason = str(exc) if "layer '" in str(exc) else \
+                f"{_culprit(model, net, inputs, axes, opset, feed, exc.run, tolerance)}{exc}"
             if exc.run.scale != 1:
                 scale = 1
-                fixed.append(f"height and width fixed as declared: {exc}")
+                fixed.append(f"height and width fixed as declared: {reason.removesuffix(' — not written')}")
             else:
                 batch = None
-                fixed.append(f"batch fixed as declared: {exc}")
+                fixed.append(f"batch fixed as declared: {reason.removesuffix(' — not written')}")
             continue
         check.dynamic, check.fixed = axes, fixed
         return data, check
+
+
+def _culprit(model: ModelSource, net: Net, inputs: list[str], axes: dict[str, dict[int, str]], opset: int,
+             feed: Feed, run: Run, tolerance: float) -> str:
+    """"layer 'x' (Type): " for the first layer whose top onnxruntime gets wrong at ``run`` ("" if none is
+    found): the net traced again with every blob an output, checked at that run alone."""
+    blobs = [name for name in net.blob_shapes if name not in inputs]
+    module = _wrapper(net, inputs, blobs)
+    try:
+        data = _trace(model, module, net, inputs, blobs, opset, feed, {k: v for k, v in axes.items() if k in inputs})
+        verify(module, data, net, inputs, blobs, tolerance, feed, runs=[run])
+    except OnnxExportError as exc:
+        found = re.match(r"ONNX output '(.+?)' ", str(exc))
+        writers = [param for param in net.net_param.layer if found and found.group(1) in param.top]
+        if writers:
+            return f"layer '{writers[-1].name}' ({writers[-1].type}): "
+    return ""
 
 
 def _trace(model: ModelSource, module: torch.nn.Module, net: Net, inputs: list[str], outputs: list[str],
