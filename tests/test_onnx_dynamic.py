@@ -29,7 +29,7 @@ def conv(name: str, bottom: str, n: int, k: int = 3, extra: str = "") -> str:
 
 def layer(name: str, kind: str, bottoms: str, text: str = "", tops: str | None = None) -> str:
     b = "".join(f' bottom: "{x}"' for x in bottoms.split())
-    t = "".join(f' top: "{x}"' for x in (tops or name).split())
+    t = "".join(f' top: "{x}"' for x in (name if tops is None else tops).split())
     return f'layer {{ name: "{name}" type: "{kind}"{b}{t} {text} }}\n'
 
 
@@ -136,3 +136,104 @@ def test_fork_nets_export_with_a_symbolic_batch(name: str, tmp_path: Path) -> No
     assert check.dynamic["data"][0] == "batch", check
     net = Net(str(FORKS / name), seed=0)
     _check_shapes(tmp_path / "n.onnx", net, check, [_scaled(net, 1), _scaled(net, 3)])
+
+
+def _unpooling_net(upsample: str, h: int = 8, w: int = 8) -> str:
+    """ENet / SegNet's pattern: ReLU (ties of zeros in most windows, as a real net's) -> MAX pooling with its mask
+    top -> a convolution -> Upsample by that mask -> BN, so that a different argmax moves values."""
+    bias = 'bias_filler { type: "constant" value: -1.5 }'
+    return (data(3, h, w) + conv("c1", "data", 4, 3, bias).replace(f" {G} ", ' weight_filler { type: "gaussian" '
+                                                                       'std: 0.5 } ')
+            + layer("r1", "ReLU", "c1", tops="c1")
+            + layer("pool", "Pooling", "c1", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }", "p mask")
+            + conv("c2", "p", 4)
+            + layer("up", "Upsample", "c2 mask", f"upsample_param {{ {upsample} }}")
+            + layer("bn", "BN", "up", 'bn_param { bn_mode: INFERENCE scale_filler { type: "gaussian" std: 1 } '
+                                      'shift_filler { type: "gaussian" } }'))
+
+
+@pytest.mark.parametrize("upsample,spatial", [("scale: 2", True), ("upsample_h: 8 upsample_w: 8", False)])
+def test_unpooling_is_exact_at_every_batch(upsample: str, spatial: bool, tmp_path: Path) -> None:
+    text = _unpooling_net(upsample)
+    check = export_onnx(text, None, tmp_path / "n.onnx")
+    assert check.dynamic["data"][0] == "batch" and ("height" in check.dynamic["data"].values()) == spatial, check
+    assert spatial or "layer 'up' (Upsample)" in check.fixed[0], check.fixed
+    net = Net(text, seed=0)
+    with torch.no_grad():   # the premise: most pooling windows are all zeros, so the argmax rule decides
+        net.forward(data=torch.randn(3, 3, 8, 8))
+    assert (net.blobs["p"] == 0).float().mean() > 0.2
+    _check_shapes(tmp_path / "n.onnx", net, check,
+                  [_scaled(net, 1), _scaled(net, 3)] + ([_scaled(net, 3, 2)] if spatial else []))
+
+
+@pytest.mark.parametrize("name,spatial", [("enet_deploy.prototxt", True), ("segnet_inference.prototxt", False)])
+def test_enet_and_segnet_export_exactly(name: str, spatial: bool, tmp_path: Path) -> None:
+    check = export_onnx(str(FORKS / name), None, tmp_path / "n.onnx")
+    assert check.dynamic["data"][0] == "batch" and ("height" in check.dynamic["data"].values()) == spatial, check
+    net = Net(str(FORKS / name), seed=0)
+    _check_shapes(tmp_path / "n.onnx", net, check, [_scaled(net, 1), _scaled(net, 3)])
+
+
+SILENCED = (data(1) + conv("conv", "data", 4) + layer("relu", "ReLU", "conv", tops="conv")
+            + conv("ab", "conv", 2, 1) + layer("silence", "Silence", "ab", tops=""))
+
+
+def _cli(tmp_path: Path, text: str, *extra: str) -> tuple[object, Path]:
+    from click.testing import CliRunner
+
+    from vggproto.cli import main
+    model = tmp_path / "net.prototxt"
+    model.write_text(text)
+    Net(text, seed=1).save_weights(tmp_path / "w.caffemodel")
+    out = tmp_path / "o.onnx"
+    return CliRunner().invoke(main, ["convert", str(tmp_path / "w.caffemodel"), str(out), "--model", str(model),
+                                     *extra]), out
+
+
+def test_a_silenced_net_exports_the_blobs_named_by_outputs(tmp_path: Path) -> None:
+    result, out = _cli(tmp_path, SILENCED)
+    assert result.exit_code == 1 and "--outputs" in result.output and not out.exists(), result.output
+    result, out = _cli(tmp_path, SILENCED, "--outputs", "ab,conv")
+    assert result.exit_code == 0, result.output
+    assert "ONNX outputs ab, conv: dynamic batch, height, width" in result.output
+    net = Net(SILENCED, str(tmp_path / "w.caffemodel"))
+    x = np.random.default_rng(0).standard_normal((3, 1, 5, 7)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for have, want in zip(session.run(["ab", "conv"], {"data": x}), _interpreter(net, {"data": x}, ["ab", "conv"])):
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_outputs_are_one_line_listing_the_blobs(tmp_path: Path) -> None:
+    result, out = _cli(tmp_path, SILENCED, "--outputs", "ab,nope")
+    assert result.exit_code == 1 and not out.exists()
+    assert result.output.strip().splitlines() == [
+        f"vggproto: error: {tmp_path / 'net.prototxt'}: no blob 'nope' to export; the net's blobs: data, conv, ab"]
+
+
+@pytest.mark.parametrize("where", ["session", "run"])
+def test_an_onnxruntime_failure_is_one_line_naming_the_layer(where: str, tmp_path: Path, monkeypatch,
+                                                             capfd) -> None:
+    class Fail(Exception):
+        pass
+
+    message = ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Conv node. "
+               "Name:'/net/layer_list.3/Conv' Status Message: /onnxruntime_src/onnxruntime/core/providers/cpu/"
+               "nn/conv.cc:123 onnxruntime::Conv<float>::Compute(OpKernelContext*) const out of memory\n  frame 1")
+
+    class Session:
+        def __init__(self, *args, **kwargs):
+            if where == "session":
+                raise Fail(message)
+
+        def get_inputs(self):
+            return [type("I", (), {"name": "data"})()]
+
+        def run(self, *args):
+            raise Fail(message)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Session)
+    capfd.readouterr()
+    result, out = _cli(tmp_path, SILENCED, "--outputs", "ab")
+    assert result.exit_code == 1 and not out.exists()
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "layer 'ab' (Convolution): out of memory" in lines[0], lines
+    assert capfd.readouterr() == ("", "")

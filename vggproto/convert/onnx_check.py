@@ -112,21 +112,27 @@ def difference(want: np.ndarray, have: np.ndarray) -> float:
 def onnx_failure(exc: BaseException, net: Net | None, what: str) -> str:
     """One line for an onnx / onnxruntime exception: ``what`` failed, in layer 'x' (Type) when the failing
     node's name carries the interpreter's layer index, then onnxruntime's own reason without its C++ frames."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join((str(exc).strip().splitlines() or [""])[0].split()) or type(exc).__name__
     where = ""
     found = re.search(r"layer_list\.(\d+)", text)
     if net is not None and found and int(found.group(1)) < len(net.layer_names):
         name = net.layer_names[int(found.group(1))]
         where = f" in layer '{name}' ({net.layer_dict[name].spec.param.type})"
     reason = text.rsplit("Status Message:", 1)[-1]
-    reason = re.sub(r"^\s*\S+\.(?:h|cc|cpp):\d+ [^ ]+\([^)]*\)(?: [^ ]+\([^)]*\))?\s*", "", reason).strip()
+    # onnxruntime's source position and C++ signature ("conv.cc:12 void ns::f(int) const") say nothing to a user
+    reason = re.sub(r"^\s*\S+\.(?:h|cc|cpp):\d+\s+(?:[\w:<>*&,]+\s+)*?[\w:<>~]+\([^)]*\)(?:\s+const)?\s*", "",
+                    reason).strip()
     reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", reason)
     return f"{what}{where}: {reason[:300]}"
 
 
 def session(data: bytes, net: Net | None = None) -> object:
     """An onnxruntime CPU session of the ONNX bytes; a graph onnxruntime refuses is one line."""
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError:
+        raise OnnxExportError("the ONNX export is checked in onnxruntime, which is not installed "
+                              "(pip install onnxruntime)") from None
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 4   # fatal only: its notes and error dumps would break the one-line output
     try:
