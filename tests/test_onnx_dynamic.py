@@ -228,6 +228,9 @@ def test_an_onnxruntime_failure_is_one_line_naming_the_layer(where: str, tmp_pat
         def get_inputs(self):
             return [type("I", (), {"name": "data"})()]
 
+        def get_outputs(self):
+            return [type("O", (), {"name": "ab"})()]
+
         def run(self, *args):
             raise Fail(message)
     monkeypatch.setattr(onnxruntime, "InferenceSession", Session)
@@ -237,3 +240,42 @@ def test_an_onnxruntime_failure_is_one_line_naming_the_layer(where: str, tmp_pat
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "layer 'ab' (Convolution): out of memory" in lines[0], lines
     assert capfd.readouterr() == ("", "")
+
+
+def _other_argmax(pick_min: bool):
+    """A stand-in for pooling's mask: eagerly the window's last maximum in row order (another valid argmax than
+    onnxruntime's first, as a float near-tie gives), or with ``pick_min``, in the exported graph only, the
+    window's minimum (a wrong one)."""
+    import vggproto.layers.pool as pool
+    original = pool.pool2d
+
+    def pool2d(x, method, kernel, stride, pad, out, train, mask=False):
+        y, index = original(x, method, kernel, stride, pad, out, train, mask)
+        if not mask or torch.onnx.is_in_onnx_export() != pick_min:
+            return y, index
+        width = x.shape[-1]
+        _, flipped = original(-x if pick_min else x.flip(-1), method, kernel, stride, pad, out, train, True)
+        rows, cols = flipped.long() // width, flipped.long() % width
+        return y, (rows * width + (cols if pick_min else width - 1 - cols)).to(x.dtype)
+    return pool2d
+
+
+@pytest.mark.parametrize("pick_min", [False, True])
+def test_an_argmax_near_tie_is_adopted_a_wrong_argmax_is_not(pick_min: bool, tmp_path: Path, monkeypatch) -> None:
+    """The interpreter's mask picks other maxima of tied windows than onnxruntime's (what a float near-tie does
+    at scale: ENet at 512x1024, batch 2): the check adopts onnxruntime's where they are maxima too and the
+    outputs then match; a mask pointing at a non-maximum is an error naming the pooling layer."""
+    import vggproto.convert.onnx_ties as ties
+    import vggproto.layers.pool as pool
+    monkeypatch.setattr(pool, "pool2d", _other_argmax(pick_min))
+    calls, original = [], ties.check_ties
+    monkeypatch.setattr(ties, "check_ties", lambda *args: calls.append(args[4]) or original(*args))
+    text = _unpooling_net("scale: 2")
+    if not pick_min:
+        check = export_onnx(text, None, tmp_path / "n.onnx")
+        assert check.dynamic["data"][0] == "batch" and not check.fixed, check
+        assert len(calls) == 3, calls   # every run (declared, batch 2, 2x H/W) needed the near-tie check
+        return
+    with pytest.raises(OnnxExportError, match=r"layer 'pool' \(Pooling\): onnxruntime's argmax mask points at"):
+        export_onnx(text, None, tmp_path / "n.onnx")
+    assert not (tmp_path / "n.onnx").exists()

@@ -45,6 +45,7 @@ from vggproto.convert.onnx_check import (  # noqa: F401  (re-exported: the publi
     OnnxExportError,
     OnnxRunMismatch,
     Run,
+    Ties,
     difference,
     examples,
     normal_feed,
@@ -272,8 +273,9 @@ def _export_verified(model: ModelSource, module: torch.nn.Module, net: Net, blob
         axes = axes_for(net, inputs, outputs, plan, batch is not None, scale != 1)
         data = _trace(model, module, net, inputs, outputs, opset, feed, axes)
         runs = [Run(), *([Run(batch)] if batch is not None else []), *([Run(None, scale)] if scale != 1 else [])]
+        ties = _ties(model, net, blobs, opset, feed, axes, tolerance)
         try:
-            check = verify(module, data, net, inputs, outputs, tolerance, feed, runs=runs)
+            check = verify(module, data, net, inputs, outputs, tolerance, feed, runs=runs, ties=ties)
         except OnnxRunMismatch as exc:
             reason = str(exc) if "layer '" in str(exc) else \
                 f"{_culprit(model, net, inputs, axes, opset, feed, exc.run, tolerance)}{exc}"
@@ -286,6 +288,25 @@ def _export_verified(model: ModelSource, module: torch.nn.Module, net: Net, blob
             continue
         check.dynamic, check.fixed = axes, fixed
         return data, check
+
+
+def _ties(model: ModelSource, net: Net, blobs: tuple[list[str], list[str]], opset: int, feed: Feed,
+          axes: dict[str, dict[int, str]], tolerance: float) -> Ties | None:
+    """For a net with pooling masks: the re-check of a failed run up to argmax near-ties
+    (:mod:`vggproto.convert.onnx_ties`), tracing the net with its masks as extra outputs when first needed."""
+    from vggproto.convert.onnx_ties import check_ties, mask_blobs
+    masks = [name for name in mask_blobs(net) if name not in blobs[1]]
+    if len(masks) < len(mask_blobs(net)):
+        return None   # a mask is itself an output: no near-tie can hide behind it
+    traced: list[bytes] = []
+
+    def ties(run: Run, seed: int) -> dict[int, dict[str, float]]:
+        inputs, outputs = blobs
+        if not traced:
+            traced.append(_trace(model, _wrapper(net, inputs, outputs + masks), net, inputs, outputs + masks,
+                                 opset, feed, axes))
+        return check_ties(_wrapper(net, inputs, outputs), traced[0], net, blobs, run, seed, feed, tolerance)
+    return ties if masks else None
 
 
 def _culprit(model: ModelSource, net: Net, inputs: list[str], axes: dict[str, dict[int, str]], opset: int,
