@@ -80,6 +80,37 @@ PATTERNS: dict[str, tuple[str, bool]] = {
 }
 
 
+def random_weights(net: Net, seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """He-scaled normal filters, small biases; BatchNorm/BN blobs in [0.5, 1.5] (positive variances), PReLU
+    slopes in [0, 0.5]: the published nets' prototxts have no fillers, so their defaults would be all zeros."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, blobs in net.params.items():
+        kind = net.layer_dict[name].spec.param.type
+        arrays = []
+        for i, blob in enumerate(blobs):
+            shape = tuple(blob.shape)
+            if kind in ("BatchNorm", "BN"):
+                arrays.append(rng.uniform(0.5, 1.5, shape))
+            elif kind == "PReLU":
+                arrays.append(rng.uniform(0, 0.5, shape))
+            elif i == 0 and len(shape) > 1:
+                arrays.append(rng.standard_normal(shape) * np.sqrt(2.0 / max(1, int(np.prod(shape[1:])))))
+            else:
+                arrays.append(rng.normal(0, 0.1, shape))
+        out[name] = [a.astype(np.float32) for a in arrays]
+    return out
+
+
+def _with_weights(model: str) -> tuple[Net, dict[str, list[np.ndarray]]]:
+    """The net with :func:`random_weights` loaded, and those weights (for :func:`export_onnx`)."""
+    from vggproto.net.weights import load_arrays
+    net = Net(model, seed=0)
+    weights = random_weights(net)
+    load_arrays(net, weights, "random")
+    return net, weights
+
+
 def _interpreter(net: Net, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
     with torch.no_grad():
         net.forward(**{k: torch.from_numpy(v) for k, v in inputs.items()})
@@ -132,9 +163,11 @@ def test_a_net_pinning_its_batch_keeps_it_fixed(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["shufflenet_deploy.prototxt", "se_resnet50_deploy.prototxt",
                                   "pspnet_deploy.prototxt", "densenet121_deploy.prototxt"])
 def test_fork_nets_export_with_a_symbolic_batch(name: str, tmp_path: Path) -> None:
-    check = export_onnx(str(FORKS / name), None, tmp_path / "n.onnx")
+    net, weights = _with_weights(str(FORKS / name))
+    check = export_onnx(str(FORKS / name), weights, tmp_path / "n.onnx")
     assert check.dynamic["data"][0] == "batch", check
-    net = Net(str(FORKS / name), seed=0)
+    assert max(np.abs(o).max() for o in _interpreter(net, {"data": np.ones(net.blob_shapes["data"], np.float32)},
+                                                      check.outputs)) > 1e-3   # not a net of zeros
     _check_shapes(tmp_path / "n.onnx", net, check, [_scaled(net, 1), _scaled(net, 3)])
 
 
@@ -168,9 +201,9 @@ def test_unpooling_is_exact_at_every_batch(upsample: str, spatial: bool, tmp_pat
 
 @pytest.mark.parametrize("name,spatial", [("enet_deploy.prototxt", True), ("segnet_inference.prototxt", False)])
 def test_enet_and_segnet_export_exactly(name: str, spatial: bool, tmp_path: Path) -> None:
-    check = export_onnx(str(FORKS / name), None, tmp_path / "n.onnx")
+    net, weights = _with_weights(str(FORKS / name))
+    check = export_onnx(str(FORKS / name), weights, tmp_path / "n.onnx")
     assert check.dynamic["data"][0] == "batch" and ("height" in check.dynamic["data"].values()) == spatial, check
-    net = Net(str(FORKS / name), seed=0)
     _check_shapes(tmp_path / "n.onnx", net, check, [_scaled(net, 1), _scaled(net, 3)])
 
 
@@ -249,12 +282,12 @@ def _other_argmax(pick_min: bool):
     import vggproto.layers.pool as pool
     original = pool.pool2d
 
-    def pool2d(x, method, kernel, stride, pad, out, train, mask=False):
-        y, index = original(x, method, kernel, stride, pad, out, train, mask)
+    def pool2d(x, method, kernel, stride, pad, out, train, mask=False, ceil=True):
+        y, index = original(x, method, kernel, stride, pad, out, train, mask, ceil)
         if not mask or torch.onnx.is_in_onnx_export() != pick_min:
             return y, index
         width = x.shape[-1]
-        _, flipped = original(-x if pick_min else x.flip(-1), method, kernel, stride, pad, out, train, True)
+        _, flipped = original(-x if pick_min else x.flip(-1), method, kernel, stride, pad, out, train, True, ceil)
         rows, cols = flipped.long() // width, flipped.long() % width
         return y, (rows * width + (cols if pick_min else width - 1 - cols)).to(x.dtype)
     return pool2d
@@ -279,3 +312,17 @@ def test_an_argmax_near_tie_is_adopted_a_wrong_argmax_is_not(pick_min: bool, tmp
     with pytest.raises(OnnxExportError, match=r"layer 'pool' \(Pooling\): onnxruntime's argmax mask points at"):
         export_onnx(text, None, tmp_path / "n.onnx")
     assert not (tmp_path / "n.onnx").exists()
+
+
+@pytest.mark.parametrize("name,other", [("mobilenet_ssd_deploy.prototxt", (1, 3, 240, 320)),
+                                        ("vgg_ssd300_deploy.prototxt", (1, 3, 320, 320))])
+def test_ssd_exports_up_to_detection_outputs_bottoms(name: str, other: tuple, tmp_path: Path) -> None:
+    """DetectionOutput is refused, but --outputs naming its bottoms exports everything before it, dynamic."""
+    net, weights = _with_weights(str(FORKS / name))
+    blobs = ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]
+    with pytest.raises(OnnxExportError, match="DetectionOutput"):
+        export_onnx(str(FORKS / name), weights, tmp_path / "n.onnx")
+    check = export_onnx(str(FORKS / name), weights, tmp_path / "n.onnx", outputs=blobs)
+    assert check.outputs == blobs and check.dynamic["data"] == {0: "batch", 2: "height", 3: "width"}, check
+    assert 0 not in check.dynamic["mbox_priorbox"]   # one set of priors, whatever the batch
+    _check_shapes(tmp_path / "n.onnx", net, check, [_scaled(net, 1), _scaled(net, 2), {"data": other}])

@@ -128,14 +128,28 @@ def _deploy_layers(model: ModelSource, phase: str) -> list[caffe_pb2.LayerParame
     return list(filter_net(full, merged_state(full, phase, 0, ()), None).layer)
 
 
-def refusal(model: ModelSource, phase: str = "TEST", opset: int | None = None) -> str | None:
-    """Why ``model`` cannot become ONNX, naming the first layer at fault (None if every layer can be exported).
+def _needed(layers: list[caffe_pb2.LayerParameter], outputs: Sequence[str] | None) -> list[caffe_pb2.LayerParameter]:
+    """The layers the blobs ``outputs`` depend on (all of them when None), in net order."""
+    if outputs is None:
+        return layers
+    wanted, kept = set(outputs), []
+    for param in reversed(layers):
+        if wanted & set(param.top) or any(param.type == kind for kind in ("Input", "MemoryData")):
+            kept.append(param)
+            wanted.update(param.bottom)
+    return kept[::-1]
+
+
+def refusal(model: ModelSource, phase: str = "TEST", opset: int | None = None,
+            outputs: Sequence[str] | None = None) -> str | None:
+    """Why ``model`` cannot become ONNX, naming the first layer at fault (None if every layer can be exported);
+    with ``outputs``, only the layers those blobs depend on count (an SSD net up to DetectionOutput's bottoms).
 
     Decided from the prototxt and the layer classes before anything is built or traced, so that a refused net
     (a data layer whose files are elsewhere, say) costs nothing and prints one line, not the exporter's dump.
     """
     from vggproto.layers.registry import LayerSpec, layer_class
-    layers = _deploy_layers(model, phase)
+    layers = _needed(_deploy_layers(model, phase), outputs)
     fed = False
     for param in layers:
         if opset is not None and needed_opset(param) > opset:
@@ -214,7 +228,7 @@ def export_onnx(model: ModelSource, weights: Mapping[str, list[np.ndarray]] | No
     from vggproto.net.weights import load_arrays
     if opset is not None and opset < MIN_OPSET:
         raise OnnxExportError(f"opset {opset} is not supported; use {MIN_OPSET} or newer")
-    why = refusal(model, phase, opset)
+    why = refusal(model, phase, opset, outputs)
     if why:
         raise OnnxExportError(f"{_label(model)}: {why}")
     if opset is None:

@@ -50,29 +50,32 @@ def _window_sums(xp: torch.Tensor, kernel: Sequence[int], stride: Sequence[int])
     return F.avg_pool2d(xp, kernel, stride, divisor_override=1)
 
 
-def _torch_geometry(kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int]) -> bool:
-    """Whether torch's ``ceil_mode`` pooling has Caffe's geometry at every input size: torch drops a last window
-    that starts beyond H + pad, which Caffe does only with a pad (pooling_layer.cpp Reshape) — the same rule
-    unless pad is 0 and the stride exceeds the kernel; and torch takes pads up to half the kernel."""
-    return all((p > 0 or s <= k) and 2 * p <= k for k, s, p in zip(kernel, stride, pad))
+def _torch_geometry(kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], ceil: bool) -> bool:
+    """Whether torch's pooling has Caffe's geometry at every input size: rounding down, always; rounding up,
+    torch drops a last window that starts beyond H + pad, which Caffe does only with a pad (pooling_layer.cpp
+    Reshape) — the same rule unless pad is 0 and the stride exceeds the kernel.  torch takes pads up to half
+    the kernel."""
+    return all((p > 0 or s <= k or not ceil) and 2 * p <= k for k, s, p in zip(kernel, stride, pad))
 
 
 def _export_pool(x: torch.Tensor, method: int, kernel: Sequence[int], stride: Sequence[int],
-                 pad: Sequence[int]) -> torch.Tensor:
-    """MAX / AVE pooling as one ceil-mode ONNX op whose output size follows the input's (the explicit pads of
+                 pad: Sequence[int], ceil: bool) -> torch.Tensor:
+    """MAX / AVE pooling as one ONNX op (rounding as the layer does) whose output size follows the input's (the explicit pads of
     :func:`pool2d` are numbers a trace would freeze).  AVE counts the padding but not the cells beyond it, as
     Caffe's pool_size = (hend − hstart)(wend − wstart) with hend = min(hstart + k, H + pad) does."""
     if method == P.MAX:
-        return F.max_pool2d(x, kernel, stride, pad, ceil_mode=True)
-    return F.avg_pool2d(x, kernel, stride, pad, ceil_mode=True, count_include_pad=True)
+        return F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil)
+    return F.avg_pool2d(x, kernel, stride, pad, ceil_mode=ceil, count_include_pad=True)
 
 
 def pool2d(x: torch.Tensor, method: int, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
-           out: Sequence[int], train: bool, mask: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Pool the last two axes of a 4-D ``x`` to ``out`` cells; returns (top, mask or None)."""
+           out: Sequence[int], train: bool, mask: bool = False,
+           ceil: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pool the last two axes of a 4-D ``x`` to ``out`` cells (``ceil``: the layer's rounding, which gave
+    ``out``); returns (top, mask or None)."""
     if torch.onnx.is_in_onnx_export() and not mask and method != P.STOCHASTIC and \
-            _torch_geometry(kernel, stride, pad):
-        return _export_pool(x, method, kernel, stride, pad), None
+            _torch_geometry(kernel, stride, pad, ceil):
+        return _export_pool(x, method, kernel, stride, pad, ceil), None
     if method == P.MAX:
         xp = _pad_to(x, kernel, stride, pad, out, float("-inf"))
         if not mask:
@@ -168,7 +171,8 @@ class Pooling(CaffeLayer):
                                     any(self.pad)) for i in range(2)]
         else:
             kernel = self.kernel
-        y, mask = pool2d(x, self.method, kernel, self.stride, self.pad, out, self.train_phase, want_mask)
+        y, mask = pool2d(x, self.method, kernel, self.stride, self.pad, out, self.train_phase, want_mask,
+                         self.ceil)
         return (y, mask.detach()) if want_mask else (y,)
 
 
