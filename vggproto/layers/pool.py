@@ -61,8 +61,8 @@ def _torch_geometry(kernel: Sequence[int], stride: Sequence[int], pad: Sequence[
 def _export_pool(x: torch.Tensor, method: int, kernel: Sequence[int], stride: Sequence[int],
                  pad: Sequence[int], ceil: bool) -> torch.Tensor:
     """MAX / AVE pooling as one ONNX op (rounding as the layer does) whose output size follows the input's (the
-    explicit pads of :func:`pool2d` are numbers a trace would freeze).  AVE counts the padding but not the cells beyond it, as
-    Caffe's pool_size = (hend − hstart)(wend − wstart) with hend = min(hstart + k, H + pad) does."""
+    explicit pads of :func:`pool2d` are numbers a trace would freeze).  AVE counts the padding but not the cells
+    beyond it, as Caffe's pool_size = (hend − hstart)(wend − wstart) with hend = min(hstart + k, H + pad) does."""
     if method == P.MAX:
         return F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil)
     return F.avg_pool2d(x, kernel, stride, pad, ceil_mode=ceil, count_include_pad=True)
