@@ -22,9 +22,9 @@ FORKS = Path(__file__).parent / "data" / "forks"
 G = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
 
 
-def conv(name: str, bottom: str, n: int, k: int = 3, extra: str = "") -> str:
-    return (f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" '
-            f'convolution_param {{ num_output: {n} kernel_size: {k} pad: {k // 2} {extra} {G} }} }}\n')
+def conv(name: str, bottom: str, n: int, k: int = 3, extra: str = "", pad: int | None = None) -> str:
+    return (f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" convolution_param '
+            f'{{ num_output: {n} kernel_size: {k} pad: {k // 2 if pad is None else pad} {extra} {G} }} }}\n')
 
 
 def layer(name: str, kind: str, bottoms: str, text: str = "", tops: str | None = None) -> str:
@@ -47,6 +47,10 @@ PATTERNS: dict[str, tuple[str, bool]] = {
     "mobilenet_softmax_nc11": (data() + conv("dw", "data", 3, 3, "group: 3") + conv("pw", "dw", 8, 1)
                                + layer("gap", "Pooling", "pw", GAP) + conv("fc", "gap", 5, 1)
                                + layer("prob", "Softmax", "fc"), True),
+    "mtcnn_det1_softmax_nc11": (data(3, 12, 12) + conv("c1", "data", 10, pad=0) + layer("pr", "PReLU", "c1", tops="c1")
+                                + layer("pool", "Pooling", "c1", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }")
+                                + conv("c2", "pool", 16, pad=0) + conv("c3", "c2", 2, pad=0)
+                                + layer("prob1", "Softmax", "c3"), True),
     "flatten_innerproduct_softmax": (data() + conv("c", "data", 4) + layer("f", "Flatten", "c")
                                      + layer("ip", "InnerProduct", "f", f"inner_product_param {{ num_output: 5 {G} }}")
                                      + layer("prob", "Softmax", "ip"), False),
