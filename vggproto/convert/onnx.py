@@ -9,7 +9,8 @@ unless the caller gives a ``feed`` in the layers' domain) and every output must 
 matching NaN (:mod:`vggproto.convert.onnx_check`).  A dimension the trace froze (a layer computed a size as a
 Python number) fails that check: it is kept fixed, the export says so in one line naming the layer, and the
 net is traced again.  On a mismatch at the declared shapes nothing is written.  The file is written atomically.
-``outputs`` picks the blobs to export (default: the net's outputs).
+``outputs`` picks the blobs to export (default: the net's outputs; only the layers they depend on must export).
+Nets that unpool by a MAX pooling mask are checked up to argmax near-ties (:mod:`vggproto.convert.onnx_ties`).
 
 Refused before anything is built or traced, with one line naming the layer and its type (:func:`refusal`): data
 layers (Data, ImageData, HDF5Data, DummyData, BoxData — an Input layer must feed the graph), loss layers (a deploy
@@ -52,7 +53,7 @@ from vggproto.convert.onnx_check import (  # noqa: F401  (re-exported: the publi
     onnx_failure,
     verify,
 )
-from vggproto.convert.onnx_dims import Plan, axes_for, probe
+from vggproto.convert.onnx_dims import Plan, axes_for, probe, size_run
 
 if TYPE_CHECKING:
     import torch
@@ -239,7 +240,7 @@ def export_onnx(model: ModelSource, weights: Mapping[str, list[np.ndarray]] | No
     inputs = list(net.input_names)
     names = _outputs(net, inputs, outputs, _label(model))
     module = _wrapper(net, inputs, names)
-    plan = probe(module, net, inputs, feed, dynamic_size)
+    plan = probe(module, net, inputs, names, feed, dynamic_size)
     data, check = _export_verified(model, module, net, (inputs, names), opset, feed, tolerance, plan)
     atomic_write_bytes(path, data)
     log.info("Wrote %s (%d bytes, opset %d, inputs %s, outputs %s; %s)", os.fspath(path), len(data), opset,
@@ -286,7 +287,8 @@ def _export_verified(model: ModelSource, module: torch.nn.Module, net: Net, blob
     while True:
         axes = axes_for(net, inputs, outputs, plan, batch is not None, scale != 1)
         data = _trace(model, module, net, inputs, outputs, opset, feed, axes)
-        runs = [Run(), *([Run(batch)] if batch is not None else []), *([Run(None, scale)] if scale != 1 else [])]
+        runs = [Run(), *([Run(batch)] if batch is not None else []),
+                *([size_run(batch is not None, scale)] if scale != 1 else [])]
         ties = _ties(model, net, blobs, opset, feed, axes, tolerance)
         try:
             check = verify(module, data, net, inputs, outputs, tolerance, feed, runs=runs, ties=ties)

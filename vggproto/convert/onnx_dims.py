@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vggproto.convert.onnx_check import Feed, OnnxExportError, Run, examples, is_image
+from vggproto.convert.onnx_check import Feed, Run, examples, is_image
 
 if TYPE_CHECKING:
     import torch
@@ -51,15 +51,13 @@ def _output_shapes(module: torch.nn.Module, net: Net, inputs: list[str], run: Ru
             hook.remove()
 
 
-def probe(module: torch.nn.Module, net: Net, inputs: list[str], feed: Feed, spatial: bool) -> Plan:
+def probe(module: torch.nn.Module, net: Net, inputs: list[str], outputs: list[str], feed: Feed,
+          spatial: bool) -> Plan:
     """Which dimensions may be dynamic: the batch if the interpreter also runs at another batch size, and the
     height and width of the 4-D inputs if it runs at twice them (and ``spatial``).  A net that only runs at
     its declared shapes (recurrent layers, fixed Reshape dims, InnerProduct after a convolution) keeps them,
     and the reason, naming the interpreter's layer, is one of the plan's ``fixed`` lines."""
-    declared = _output_shapes(module, net, inputs, Run(), feed)
-    if isinstance(declared, str):
-        raise OnnxExportError(f"the net does not run at its declared shapes: {declared}")
-    plan = Plan(None, 1, {Run(): declared}, [])
+    plan = Plan(None, 1, {Run(): [tuple(net.blob_shapes[name]) for name in outputs]}, [])
     batch = 2 if all(net.blob_shapes[name][:1] in ((), (1,)) for name in inputs) else 1
     found = _output_shapes(module, net, inputs, Run(batch), feed)
     if isinstance(found, str):
@@ -67,12 +65,19 @@ def probe(module: torch.nn.Module, net: Net, inputs: list[str], feed: Feed, spat
     else:
         plan.batch, plan.shapes[Run(batch)] = batch, found
     if spatial and any(is_image(net.blob_shapes[name]) for name in inputs):
-        found = _output_shapes(module, net, inputs, Run(None, 2), feed)
+        run = size_run(plan.batch is not None, 2)
+        found = _output_shapes(module, net, inputs, run, feed)
         if isinstance(found, str):
             plan.fixed.append(f"height and width fixed as declared: {found}")
         else:
-            plan.scale, plan.shapes[Run(None, 2)] = 2, found
+            plan.scale, plan.shapes[run] = 2, found
     return plan
+
+
+def size_run(batch: bool, scale: int) -> Run:
+    """The run that checks ``scale`` times the height and width: at batch 1 where the batch is dynamic (the
+    sizes do not depend on it, and a declared batch of 10 would cost ten images at four times the pixels)."""
+    return Run(1 if batch else None, scale)
 
 
 def axes_for(net: Net, inputs: list[str], outputs: list[str], plan: Plan, batch: bool,
@@ -91,10 +96,10 @@ def axes_for(net: Net, inputs: list[str], outputs: list[str], plan: Plan, batch:
     for index, name in enumerate(outputs):
         named = {}
         for run, shapes in plan.shapes.items():
-            if (run.scale != 1 and not spatial) or (run.batch is not None and not batch):
+            if (run.scale != 1 and not spatial) or (run.scale == 1 and run.batch is not None and not batch):
                 continue
             for axis, (was, now) in enumerate(zip(declared[index], shapes[index])):
-                if was != now:
+                if was != now and (axis or batch):
                     named[axis] = "batch" if run.batch is not None and axis == 0 else f"{name}_{axis}"
         axes[name] = named
     return {name: named for name, named in axes.items() if named}
