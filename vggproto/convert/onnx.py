@@ -245,8 +245,6 @@ def export_onnx(model: ModelSource, weights: Mapping[str, list[np.ndarray]] | No
     atomic_write_bytes(path, data)
     log.info("Wrote %s (%d bytes, opset %d, inputs %s, outputs %s; %s)", os.fspath(path), len(data), opset,
              ", ".join(inputs), ", ".join(names), describe_axes(check))
-    for line in check.fixed:
-        log.info("ONNX %s", line)
     return check
 
 
