@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from vggproto.commands.options import dialect_option, force_option
+from vggproto.commands.options import NameList, dialect_option, force_option
 from vggproto.weights.torch_files import FORMATS
 
 
@@ -22,11 +22,13 @@ from vggproto.weights.torch_files import FORMATS
               help="Compute the zip CRC32s of .pt/.pth output (torch.load ignores them; slower).")
 @click.option("--phase", type=click.Choice(["TEST", "TRAIN"]), default="TEST", show_default=True,
               help="Phase the --model net is built in.")
+@click.option("--outputs", type=NameList(), default=None,
+              help="ONNX: the blobs to export, comma-separated (default: the net's outputs).")
 @dialect_option
 @force_option
 def convert_command(src: str, dst: str, model: str | None, to: str | None, fc_to_conv: bool, conv_to_fc: bool,
-                    allow_missing: bool, keep_shapes: bool, zip_crc: bool, phase: str, dialect: str | None,
-                    force: bool) -> None:
+                    allow_missing: bool, keep_shapes: bool, zip_crc: bool, phase: str, outputs: tuple[str, ...] | None,
+                    dialect: str | None, force: bool) -> None:
     """Convert weights SRC (caffemodel V1/V2, Caffe HDF5, .pt, .safetensors, torchvision VGG) into DST.
 
     \b
@@ -37,12 +39,14 @@ def convert_command(src: str, dst: str, model: str | None, to: str | None, fc_to
     from vggproto.convert.convert import convert, summary
     result = convert(src, dst, to=to, model=model, fc_to_conv_=fc_to_conv, conv_to_fc_=conv_to_fc,
                      allow_missing=allow_missing, keep_shapes=keep_shapes, phase=phase, zip_crc=zip_crc,
-                     dialect=dialect, force=force)
+                     dialect=dialect, force=force, outputs=outputs)
     title = f"{src} ({result.source_format}) -> {dst} ({result.format})"
     if result.ignored:
         title += f"\nignored source layers: {', '.join(result.ignored)}"
     if result.missing:
         title += f"\nleft out (no weights): {', '.join(result.missing)}"
+    for note in result.notes:
+        title += f"\n{note}"
     click.echo(summary(result.weights, title))
 
 

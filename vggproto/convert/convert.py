@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -72,6 +72,7 @@ class ConversionResult:
     source_format: str
     ignored: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # ONNX: which axes are dynamic, and why others are fixed
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -137,7 +138,8 @@ def load_caffe_weights(path: str | os.PathLike, keep_shapes: bool = False) -> tu
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = None,
             model: ModelSource | None = None, fc_to_conv_: bool = False, conv_to_fc_: bool = False,
             allow_missing: bool = False, keep_shapes: bool = False, phase: str = "TEST",
-            zip_crc: bool = False, dialect: str | None = None, force: bool = False) -> ConversionResult:
+            zip_crc: bool = False, dialect: str | None = None, force: bool = False,
+            outputs: Sequence[str] | None = None) -> ConversionResult:
     """Convert the weight file ``src`` into ``dst`` (see the module doc for shapes and the CLI for the options)."""
     fmt = output_format(dst, to)
     from vggproto.caffe.files import check_output
@@ -148,13 +150,15 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
         raise WeightsError("--fc-to-conv and --conv-to-fc exclude each other")
     if fmt == "onnx" and model is None:
         raise WeightsError("--to onnx needs --model NET: ONNX holds the network, not just its weights")
+    if outputs and fmt != "onnx":
+        raise WeightsError(f"--outputs names the blobs an ONNX export computes; {fmt} holds only weights")
     weights, source_net, source_fmt = load_caffe_weights(src, keep_shapes)
     net_param, target, sites = _net_target(model, phase, dialect) if model is not None else (None, None, None)
     if target is not None:
         target = _known_shapes(target, weights)
     if fc_to_conv_ or conv_to_fc_:
         weights = _reshape_fc(weights, fc_to_conv_, target)
-    ignored, missing = [], []
+    ignored, missing, notes = [], [], []
     if target is not None:
         weights, ignored, missing = fit_to_net(weights, target, allow_missing, os.fspath(src), sites=sites, log=log)
     for layer in missing:
@@ -164,11 +168,13 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
         from vggproto.convert.onnx import export_onnx
         if large:   # one step, not per layer: the export and the onnxruntime check take the time
             log.info("convert: exporting to ONNX and checking it in onnxruntime")
-        export_onnx(model, weights, dst, phase=phase)
+        from vggproto.convert.onnx import describe_axes
+        check = export_onnx(model, weights, dst, phase=phase, outputs=outputs)
+        notes = [f"ONNX outputs {', '.join(check.outputs)}: {describe_axes(check)}", *check.fixed]
     else:
         structure = net_param if net_param is not None else _matching_structure(source_net, weights)
         _write(fmt, dst, weights, structure, zip_crc, progress=large, source=src)
-    return ConversionResult(os.fspath(dst), fmt, weights, source_fmt, ignored, missing)
+    return ConversionResult(os.fspath(dst), fmt, weights, source_fmt, ignored, missing, notes)
 
 
 def _net_target(model: ModelSource, phase: str, dialect: str | None

@@ -1,12 +1,16 @@
 """Export any net the interpreter runs, with its weights, to ONNX — verified in onnxruntime before writing.
 
 The interpreter (:class:`vggproto.net.interpreter.Net`, Caffe semantics: ceil pooling, Caffe LRN, ...) is traced with
-``torch.onnx.export`` (the TorchScript exporter, which needs no extra packages) at the prototxt's shapes.  When the
-interpreter also runs the net at another batch size, every input and output gets a dynamic batch axis and the
-graph is checked at both sizes; otherwise (recurrent layers, whose axis 0 is time; fixed Reshape dims) the declared
-shapes are kept.  The check runs the graph in onnxruntime on seeded inputs (standard normal unless the caller
-gives a ``feed`` in the layers' domain) and compares every output with the interpreter's, NaN matching NaN; on a
-mismatch nothing is written.  The file is written atomically.
+``torch.onnx.export`` (the TorchScript exporter, which needs no extra packages) at the prototxt's shapes.  Every
+dimension the interpreter also runs at is dynamic in the graph: the batch (probed at another batch size) and the
+height and width of 4-D inputs (probed at twice them); an output axis is dynamic exactly when its size changed
+between those runs.  onnxruntime then runs the graph at each of those shapes on seeded inputs (standard normal
+unless the caller gives a ``feed`` in the layers' domain) and every output must match the interpreter's, NaN
+matching NaN (:mod:`vggproto.convert.onnx_check`).  A dimension the trace froze (a layer computed a size as a
+Python number) fails that check: it is kept fixed, the export says so in one line naming the layer, and the
+net is traced again.  On a mismatch at the declared shapes nothing is written.  The file is written atomically.
+``outputs`` picks the blobs to export (default: the net's outputs; only the layers they depend on must export).
+Nets that unpool by a MAX pooling mask are checked up to argmax near-ties (:mod:`vggproto.convert.onnx_ties`).
 
 Refused before anything is built or traced, with one line naming the layer and its type (:func:`refusal`): data
 layers (Data, ImageData, HDF5Data, DummyData, BoxData — an Input layer must feed the graph), loss layers (a deploy
@@ -27,17 +31,29 @@ import contextlib
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
-import zlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.errors import VGGProtoError
+from vggproto.convert.onnx_check import (  # noqa: F401  (re-exported: the public API)
+    Feed,
+    OnnxCheck,
+    OnnxExportError,
+    OnnxRunMismatch,
+    Run,
+    Ties,
+    difference,
+    examples,
+    normal_feed,
+    onnx_failure,
+    verify,
+)
+from vggproto.convert.onnx_dims import Plan, axes_for, probe, size_run
 
 if TYPE_CHECKING:
     import torch
@@ -83,19 +99,6 @@ def _random_in_train(param: caffe_pb2.LayerParameter) -> str | None:
     return None
 
 
-class OnnxExportError(VGGProtoError):
-    """The net cannot be exported, or the exported graph disagrees with the interpreter."""
-
-
-@dataclass
-class OnnxCheck:
-    """Largest relative difference per output, for each checked batch size."""
-
-    inputs: list[str]
-    outputs: list[str]
-    differences: dict[int, dict[str, float]]
-
-
 def _wrapper(net: Net, inputs: list[str], outputs: list[str]) -> torch.nn.Module:
     import torch
 
@@ -107,46 +110,9 @@ def _wrapper(net: Net, inputs: list[str], outputs: list[str]) -> torch.nn.Module
             self.net = net
 
         def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            result = self.net(**dict(zip(inputs, tensors)))
-            return tuple(result[name] for name in outputs)
+            self.net(**dict(zip(inputs, tensors)))
+            return tuple(self.net.blobs[name] for name in outputs)   # any blob, not only Caffe's outputs
     return _Positional()
-
-
-#: Makes one example input: (blob name, shape with the batch already set, seed) -> tensor.  The default draws
-#: seeded standard-normal values; callers whose inputs have a narrower domain (indices, positive values) pass
-#: their own.
-Feed = Callable[[str, "list[int]", int], "torch.Tensor"]
-
-
-def normal_feed(name: str, shape: list[int], seed: int) -> torch.Tensor:
-    """Seeded standard-normal values: the check's inputs when the caller has no domain to respect."""
-    import torch
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed * 7919 + zlib.crc32(name.encode())))
-
-
-def _examples(net: Net, inputs: list[str], batch: int | None, seed: int, feed: Feed) -> tuple[torch.Tensor, ...]:
-    """One tensor per input, of the prototxt's shape with the batch axis set to ``batch`` (None: as declared)."""
-    tensors = []
-    for name in inputs:
-        shape = list(net.blob_shapes[name])
-        if shape and batch is not None:
-            shape[0] = batch
-        tensors.append(feed(name, shape, seed))
-    return tuple(tensors)
-
-
-def _other_batch(module: torch.nn.Module, net: Net, inputs: list[str], feed: Feed) -> int | None:
-    """A batch size other than the declared one that the interpreter runs (so the ONNX batch axis can be
-    dynamic and is checked at it), or None when the net only runs at its declared shapes (recurrent
-    layers, fixed Reshape dims, ...): then the export keeps the declared batch."""
-    import torch
-    batch = 2 if all(net.blob_shapes[name][:1] in ((), (1,)) for name in inputs) else 1
-    try:
-        with torch.no_grad():
-            module(*_examples(net, inputs, batch, 3, feed))
-    except Exception:   # noqa: BLE001 — any failure means "this net does not take another batch size"
-        return None
-    return batch
 
 
 def _deploy_layers(model: ModelSource, phase: str) -> list[caffe_pb2.LayerParameter]:
@@ -163,14 +129,28 @@ def _deploy_layers(model: ModelSource, phase: str) -> list[caffe_pb2.LayerParame
     return list(filter_net(full, merged_state(full, phase, 0, ()), None).layer)
 
 
-def refusal(model: ModelSource, phase: str = "TEST", opset: int | None = None) -> str | None:
-    """Why ``model`` cannot become ONNX, naming the first layer at fault (None if every layer can be exported).
+def _needed(layers: list[caffe_pb2.LayerParameter], outputs: Sequence[str] | None) -> list[caffe_pb2.LayerParameter]:
+    """The layers the blobs ``outputs`` depend on (all of them when None), in net order."""
+    if outputs is None:
+        return layers
+    wanted, kept = set(outputs), []
+    for param in reversed(layers):
+        if wanted & set(param.top) or any(param.type == kind for kind in ("Input", "MemoryData")):
+            kept.append(param)
+            wanted.update(param.bottom)
+    return kept[::-1]
+
+
+def refusal(model: ModelSource, phase: str = "TEST", opset: int | None = None,
+            outputs: Sequence[str] | None = None) -> str | None:
+    """Why ``model`` cannot become ONNX, naming the first layer at fault (None if every layer can be exported);
+    with ``outputs``, only the layers those blobs depend on count (an SSD net up to DetectionOutput's bottoms).
 
     Decided from the prototxt and the layer classes before anything is built or traced, so that a refused net
     (a data layer whose files are elsewhere, say) costs nothing and prints one line, not the exporter's dump.
     """
     from vggproto.layers.registry import LayerSpec, layer_class
-    layers = _deploy_layers(model, phase)
+    layers = _needed(_deploy_layers(model, phase), outputs)
     fed = False
     for param in layers:
         if opset is not None and needed_opset(param) > opset:
@@ -235,18 +215,21 @@ def _quiet() -> Iterator[None]:
 
 def export_onnx(model: ModelSource, weights: Mapping[str, list[np.ndarray]] | None, path: str | os.PathLike, *,
                 phase: str = "TEST", opset: int | None = None, tolerance: float = DEFAULT_TOLERANCE,
-                feed: Feed = normal_feed) -> OnnxCheck:
+                feed: Feed = normal_feed, outputs: Sequence[str] | None = None,
+                dynamic_size: bool = True) -> OnnxCheck:
     """Write the net ``model`` with ``weights`` (already fitted to the net) as ONNX at ``path``, verified first.
 
-    Raises :class:`OnnxExportError` with one line (and writes nothing) when a layer cannot be exported, the
-    exporter fails, or onnxruntime disagrees with the interpreter on ``feed``'s inputs.
+    ``outputs`` names the blobs to export (default: the net's outputs, Caffe's blobs no layer reads);
+    ``dynamic_size`` lets the height and width of 4-D inputs be dynamic where the net allows.  Raises
+    :class:`OnnxExportError` with one line (and writes nothing) when a layer cannot be exported, the exporter
+    or onnxruntime fails, or onnxruntime disagrees with the interpreter on ``feed``'s inputs.
     """
     from vggproto.caffe.files import atomic_write_bytes
     from vggproto.net.interpreter import Net
     from vggproto.net.weights import load_arrays
     if opset is not None and opset < MIN_OPSET:
         raise OnnxExportError(f"opset {opset} is not supported; use {MIN_OPSET} or newer")
-    why = refusal(model, phase, opset)
+    why = refusal(model, phase, opset, outputs)
     if why:
         raise OnnxExportError(f"{_label(model)}: {why}")
     if opset is None:
@@ -255,79 +238,125 @@ def export_onnx(model: ModelSource, weights: Mapping[str, list[np.ndarray]] | No
     if weights:
         load_arrays(net, weights, "weights")  # Caffe's rules, as for every other way weights reach a net
     inputs = list(net.input_names)
-    # an output that is an input (a fed blob nothing reads) is the caller's own data, and ONNX would rename it
-    outputs = [name for name in net.output_names if name not in inputs]
-    if not outputs:
-        raise OnnxExportError(f"{_label(model)}: the net computes nothing (every output is one of its inputs)")
-    module = _wrapper(net, inputs, outputs)
-    other = _other_batch(module, net, inputs, feed)
-    data = _trace(model, module, net, inputs, outputs, opset, feed, dynamic=other is not None)
-    check = verify(module, data, net, inputs, outputs, tolerance, feed, batches=(None, other))
+    names = _outputs(net, inputs, outputs, _label(model))
+    module = _wrapper(net, inputs, names)
+    plan = probe(module, net, inputs, names, feed, dynamic_size)
+    data, check = _export_verified(model, module, net, (inputs, names), opset, feed, tolerance, plan)
     atomic_write_bytes(path, data)
-    log.info("Wrote %s (%d bytes, opset %d, inputs %s, outputs %s, %s batch)", os.fspath(path), len(data), opset,
-             ", ".join(inputs), ", ".join(outputs), "dynamic" if other is not None else "fixed")
+    log.info("Wrote %s (%d bytes, opset %d, inputs %s, outputs %s; %s)", os.fspath(path), len(data), opset,
+             ", ".join(inputs), ", ".join(names), describe_axes(check))
     return check
 
 
+def describe_axes(check: OnnxCheck) -> str:
+    """One phrase for the summary: which input axes are dynamic ("dynamic batch, height, width")."""
+    names = sorted({axis for name in check.inputs for axis in check.dynamic.get(name, {}).values()},
+                   key=lambda axis: (axis != "batch", axis))
+    return f"dynamic {', '.join(names)}" if names else "fixed shapes"
+
+
+def _outputs(net: Net, inputs: list[str], requested: Sequence[str] | None, label: str) -> list[str]:
+    """The blobs to export: ``requested`` (checked against the net's blobs), else the net's outputs."""
+    if requested is None:
+        # an output that is an input (a fed blob nothing reads) is the caller's own data, and ONNX would rename it
+        names = [name for name in net.output_names if name not in inputs]
+        if not names:
+            raise OnnxExportError(f"{label}: the net leaves no computed blob as an output (a later layer, e.g. "
+                                  "Silence, reads every one); name the blobs to export with --outputs")
+        return names
+    names = list(dict.fromkeys(requested))
+    unknown = [name for name in names if name not in net.blob_shapes]
+    if unknown or not names:
+        raise OnnxExportError(f"{label}: no blob {', '.join(repr(n) for n in unknown) or 'named'} to export; the "
+                              f"net's blobs: {', '.join(net.blob_shapes)}")
+    fed = [name for name in names if name in inputs]
+    if fed:
+        raise OnnxExportError(f"{label}: '{fed[0]}' is an input of the net, not a blob it computes")
+    return names
+
+
+def _export_verified(model: ModelSource, module: torch.nn.Module, net: Net, blobs: tuple[list[str], list[str]],
+                     opset: int, feed: Feed, tolerance: float, plan: Plan) -> tuple[bytes, OnnxCheck]:
+    """Trace with every dimension ``plan`` allows dynamic and check the graph at each run; a dimension whose
+    run fails (the trace froze it: a layer computed a size in Python) is kept fixed, said in one line, and
+    the net traced again."""
+    inputs, outputs = blobs
+    batch, scale, fixed = plan.batch, plan.scale, list(plan.fixed)
+    while True:
+        axes = axes_for(net, inputs, outputs, plan, batch is not None, scale != 1)
+        data = _trace(model, module, net, inputs, outputs, opset, feed, axes)
+        runs = [Run(), *([Run(batch)] if batch is not None else []),
+                *([size_run(batch is not None, scale)] if scale != 1 else [])]
+        ties = _ties(model, net, blobs, opset, feed, axes, tolerance)
+        try:
+            check = verify(module, data, net, inputs, outputs, tolerance, feed, runs=runs, ties=ties)
+        except OnnxRunMismatch as exc:
+            reason = str(exc) if "layer '" in str(exc) else \
+                f"{_culprit(model, net, inputs, axes, opset, feed, exc.run, tolerance)}{exc}"
+            if exc.run.scale != 1:
+                scale = 1
+                fixed.append(f"height and width fixed as declared: {reason.removesuffix(' — not written')}")
+            else:
+                batch = None
+                fixed.append(f"batch fixed as declared: {reason.removesuffix(' — not written')}")
+            continue
+        check.dynamic, check.fixed = axes, fixed
+        return data, check
+
+
+def _ties(model: ModelSource, net: Net, blobs: tuple[list[str], list[str]], opset: int, feed: Feed,
+          axes: dict[str, dict[int, str]], tolerance: float) -> Ties | None:
+    """For a net with pooling masks: the re-check of a failed run up to argmax near-ties
+    (:mod:`vggproto.convert.onnx_ties`), tracing the net with its masks as extra outputs when first needed."""
+    from vggproto.convert.onnx_ties import check_ties, mask_blobs
+    masks = [name for name in mask_blobs(net) if name not in blobs[1]]
+    if len(masks) < len(mask_blobs(net)):
+        return None   # a mask is itself an output: no near-tie can hide behind it
+    traced: list[bytes] = []
+
+    def ties(run: Run, seed: int) -> dict[int, dict[str, float]]:
+        inputs, outputs = blobs
+        if not traced:
+            traced.append(_trace(model, _wrapper(net, inputs, outputs + masks), net, inputs, outputs + masks,
+                                 opset, feed, axes))
+        return check_ties(_wrapper(net, inputs, outputs), traced[0], net, blobs, run, seed, feed, tolerance)
+    return ties if masks else None
+
+
+def _culprit(model: ModelSource, net: Net, inputs: list[str], axes: dict[str, dict[int, str]], opset: int,
+             feed: Feed, run: Run, tolerance: float) -> str:
+    """"layer 'x' (Type): " for the first layer whose top onnxruntime gets wrong at ``run`` ("" if none is
+    found): the net traced again with every blob an output, checked at that run alone."""
+    blobs = [name for name in net.blob_shapes if name not in inputs]
+    module = _wrapper(net, inputs, blobs)
+    try:
+        data = _trace(model, module, net, inputs, blobs, opset, feed, {k: v for k, v in axes.items() if k in inputs})
+        verify(module, data, net, inputs, blobs, tolerance, feed, runs=[run])
+    except OnnxExportError as exc:
+        found = re.match(r"ONNX output '(.+?)' ", str(exc))
+        writers = [param for param in net.net_param.layer if found and found.group(1) in param.top]
+        if writers:
+            return f"layer '{writers[-1].name}' ({writers[-1].type}): "
+    return ""
+
+
 def _trace(model: ModelSource, module: torch.nn.Module, net: Net, inputs: list[str], outputs: list[str],
-           opset: int, feed: Feed, dynamic: bool) -> bytes:
-    """The ONNX bytes of ``module`` traced at the declared shapes, the exporter silenced; one-line errors."""
+           opset: int, feed: Feed, axes: dict[str, dict[int, str]]) -> bytes:
+    """The ONNX bytes of ``module`` traced at the declared shapes with ``axes`` dynamic, the exporter silenced;
+    one-line errors."""
     import torch
     buffer = io.BytesIO()
-    axes = {name: {0: "batch"} for name in inputs + outputs} if dynamic else None
     try:
         with _quiet():
-            torch.onnx.export(module, _examples(net, inputs, None, 0, feed), buffer, dynamo=False,
-                              opset_version=opset, input_names=inputs, output_names=outputs, dynamic_axes=axes,
+            torch.onnx.export(module, examples(net, inputs, Run(), 0, feed), buffer, dynamo=False,
+                              opset_version=opset, input_names=inputs, output_names=outputs, dynamic_axes=axes or None,
                               do_constant_folding=True,
                               training=torch.onnx.TrainingMode.PRESERVE)  # layers keep their Caffe phase
     except Exception as exc:  # the exporter raises many types for unsupported operations
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        where = re.search(r"layer_list\.(\d+)", str(exc))   # the node's scope names the interpreter's layer
+        if where and int(where.group(1)) < len(net.layer_names):
+            name = net.layer_names[int(where.group(1))]
+            first = f"layer '{name}' ({net.layer_dict[name].spec.param.type}): {first.split(' # ')[0][:200]}"
         raise OnnxExportError(f"{_label(model)}: torch.onnx.export failed: {first}") from None
     return buffer.getvalue()
-
-
-def difference(want: np.ndarray, have: np.ndarray) -> float:
-    """Largest |have − want| relative to max |want|; NaN/±inf count as equal where both sides have them (Log
-    of a negative input is NaN in Caffe and in onnxruntime alike), and as infinitely different elsewhere."""
-    special = ~np.isfinite(want) | ~np.isfinite(have)
-    same = (np.isnan(want) & np.isnan(have)) | (np.isinf(want) & (want == have))
-    if np.any(special & ~same):
-        return float("inf")
-    want, have = np.where(special, 0, want), np.where(special, 0, have)
-    gap = float(np.abs(want.astype(np.float64) - have).max(initial=0.0))
-    scale = float(np.abs(want).max(initial=0.0))
-    return gap / scale if scale else gap
-
-
-def verify(module: torch.nn.Module, data: bytes, net: Net, inputs: list[str], outputs: list[str],
-           tolerance: float, feed: Feed = normal_feed,
-           batches: tuple[int | None, ...] = (1, 2)) -> OnnxCheck:
-    """Run the ONNX bytes in onnxruntime at each batch size (None: as declared; a None after the first is
-    skipped); raise if any output differs from the interpreter's.  Differences are keyed by the batch run."""
-    import onnxruntime
-    import torch
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3   # errors only: its shape-inference notes would break the one-line output
-    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    used = {i.name for i in session.get_inputs()}   # the exporter drops inputs nothing reads (Silence's)
-    differences: dict[int, dict[str, float]] = {}
-    for seed, batch in enumerate(batches, 1):
-        if batch is None and seed > 1:
-            continue
-        example = _examples(net, inputs, batch, seed, feed)
-        batch = int(example[0].shape[0]) if example[0].dim() else 1
-        with torch.no_grad():
-            expected = [t.numpy() for t in module(*example)]
-        got = session.run(outputs, {name: t.numpy() for name, t in zip(inputs, example) if name in used})
-        differences[batch] = {}
-        for name, want, have in zip(outputs, expected, got):
-            if want.shape != have.shape:
-                raise OnnxExportError(f"ONNX output '{name}' has shape {list(have.shape)} at batch {batch}; the "
-                                      f"interpreter gives {list(want.shape)} — not written")
-            diff = difference(want, have)
-            differences[batch][name] = diff
-            if not diff <= tolerance:
-                raise OnnxExportError(f"ONNX output '{name}' differs from the interpreter by {diff:.3g} (relative) "
-                                      f"at batch {batch}, more than {tolerance:g} — not written")
-    return OnnxCheck([name for name in inputs if name in used], outputs, differences)

@@ -20,9 +20,11 @@ def softmax_along(x: torch.Tensor, axis: int, log: bool = False) -> torch.Tensor
     """(log-)softmax of ``x`` along ``axis``, taking PyTorch's fast last-axis kernel when no axis follows it.
 
     PyTorch's kernel for a middle axis is ~25x slower on CPU when the trailing axes are all size 1 (an fc8 score
-    of shape (N, C) or (N, C, 1, 1)), which is the common classifier case.
+    of shape (N, C) or (N, C, 1, 1)), which is the common classifier case.  An ONNX export takes the plain op:
+    the shortcut's test (trailing axes of size 1) would be frozen into the graph, which at a larger H x W
+    would then mix the cells of a plane (opset 13 Softmax takes any axis).
     """
     fn = torch.log_softmax if log else torch.softmax
-    if axis != x.dim() - 1 and count(x.shape, axis + 1) == 1:
-        return fn(x.reshape(count(x.shape, 0, axis), x.shape[axis]), dim=1).reshape(x.shape)
+    if axis != x.dim() - 1 and count(x.shape, axis + 1) == 1 and x.numel() and not torch.onnx.is_in_onnx_export():
+        return fn(x.reshape(-1, x.shape[axis]), dim=1).reshape(x.shape)
     return fn(x, dim=axis)

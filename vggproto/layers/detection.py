@@ -197,11 +197,16 @@ class PriorBox(CaffeLayer):
         img_h, img_w = self.image if self.image[0] else (image.shape[2], image.shape[3])
         f32 = {"dtype": torch.float32, "device": feature.device}
         # SSD: src/caffe/layers/prior_box_layer.cpp — no step: image size / feature size, in float
-        step_h, step_w = self.step if self.step[0] else (np.float32(img_h) / h, np.float32(img_w) / w)
+        if self.step[0]:
+            step_h, step_w = self.step
+        elif torch.onnx.is_in_onnx_export():   # traced sizes: float32 quotients that follow the input's size
+            step_h, step_w = img_h / h, img_w / w
+        else:
+            step_h, step_w = float(np.float32(img_h) / h), float(np.float32(img_w) / w)
         offsets = torch.tensor(self.offsets, **f32)
         # centres per (h, w, box, offset), in float as SSD computes them; the corners in double, then float
-        cx = ((torch.arange(w, **f32)[:, None] + offsets[:, 0]) * float(step_w)).double()[None, :, None, :]
-        cy = ((torch.arange(h, **f32)[:, None] + offsets[:, 1]) * float(step_h)).double()[:, None, None, :]
+        cx = ((torch.arange(w, **f32)[:, None] + offsets[:, 0]) * step_w).double()[None, :, None, :]
+        cy = ((torch.arange(h, **f32)[:, None] + offsets[:, 1]) * step_h).double()[:, None, None, :]
         half = torch.tensor(self.sizes, **f32).double()[:, None, :] / 2
         cx, cy, bw, bh = torch.broadcast_tensors(cx, cy, half[None, None, :, :, 0], half[None, None, :, :, 1])
         boxes = torch.stack(((cx - bw) / img_w, (cy - bh) / img_h, (cx + bw) / img_w, (cy + bh) / img_h), dim=-1)

@@ -127,7 +127,9 @@ class _Affine(CaffeLayer):
 
     def _broadcast(self, operand: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         inner = x.dim() - self.axis - len(self.operand_shape)
-        return operand.reshape((1,) * self.axis + tuple(self.operand_shape) + (1,) * inner)
+        # a bottom operand's own sizes: it may follow the batch (axis 0), and an ONNX trace keeps them symbolic
+        own = tuple(operand.shape) if operand.dim() == len(self.operand_shape) else tuple(self.operand_shape)
+        return operand.reshape((1,) * self.axis + own + (1,) * inner)
 
 
 @register("Scale")

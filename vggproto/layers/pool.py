@@ -50,9 +50,32 @@ def _window_sums(xp: torch.Tensor, kernel: Sequence[int], stride: Sequence[int])
     return F.avg_pool2d(xp, kernel, stride, divisor_override=1)
 
 
+def _torch_geometry(kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], ceil: bool) -> bool:
+    """Whether torch's pooling has Caffe's geometry at every input size: rounding down, always; rounding up,
+    torch drops a last window that starts beyond H + pad, which Caffe does only with a pad (pooling_layer.cpp
+    Reshape) — the same rule unless pad is 0 and the stride exceeds the kernel.  torch takes pads up to half
+    the kernel."""
+    return all((p > 0 or s <= k or not ceil) and 2 * p <= k for k, s, p in zip(kernel, stride, pad))
+
+
+def _export_pool(x: torch.Tensor, method: int, kernel: Sequence[int], stride: Sequence[int],
+                 pad: Sequence[int], ceil: bool) -> torch.Tensor:
+    """MAX / AVE pooling as one ONNX op (rounding as the layer does) whose output size follows the input's (the
+    explicit pads of :func:`pool2d` are numbers a trace would freeze).  AVE counts the padding but not the cells
+    beyond it, as Caffe's pool_size = (hend − hstart)(wend − wstart) with hend = min(hstart + k, H + pad) does."""
+    if method == P.MAX:
+        return F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil)
+    return F.avg_pool2d(x, kernel, stride, pad, ceil_mode=ceil, count_include_pad=True)
+
+
 def pool2d(x: torch.Tensor, method: int, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
-           out: Sequence[int], train: bool, mask: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Pool the last two axes of a 4-D ``x`` to ``out`` cells; returns (top, mask or None)."""
+           out: Sequence[int], train: bool, mask: bool = False,
+           ceil: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pool the last two axes of a 4-D ``x`` to ``out`` cells (``ceil``: the layer's rounding, which gave
+    ``out``); returns (top, mask or None)."""
+    if torch.onnx.is_in_onnx_export() and not mask and method != P.STOCHASTIC and \
+            _torch_geometry(kernel, stride, pad, ceil):
+        return _export_pool(x, method, kernel, stride, pad, ceil), None
     if method == P.MAX:
         xp = _pad_to(x, kernel, stride, pad, out, float("-inf"))
         if not mask:
@@ -134,6 +157,13 @@ class Pooling(CaffeLayer):
         self.top_shapes = [top] * len(spec.param.top)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        want_mask = len(self.top_shapes) == 2
+        global_ = self.spec.param.pooling_param.global_pooling
+        if global_ and not want_mask and self.method != P.STOCHASTIC and torch.onnx.is_in_onnx_export():
+            # the same window over the whole plane as a reduction, so an ONNX graph takes any height and width
+            # (Caffe: pooling_layer.cpp global_pooling, kernel = bottom H x W, stride 1, pad 0)
+            reduce = torch.amax if self.method == P.MAX else torch.mean
+            return (reduce(x, dim=(2, 3), keepdim=True),)
         out = self.out
         if tuple(x.shape[-2:]) != tuple(self.spec.bottom_shapes[0][-2:]):   # reshaped input: recompute
             kernel = list(x.shape[-2:]) if self.spec.param.pooling_param.global_pooling else self.kernel
@@ -141,8 +171,8 @@ class Pooling(CaffeLayer):
                                     any(self.pad)) for i in range(2)]
         else:
             kernel = self.kernel
-        want_mask = len(self.top_shapes) == 2
-        y, mask = pool2d(x, self.method, kernel, self.stride, self.pad, out, self.train_phase, want_mask)
+        y, mask = pool2d(x, self.method, kernel, self.stride, self.pad, out, self.train_phase, want_mask,
+                         self.ceil)
         return (y, mask.detach()) if want_mask else (y,)
 
 
@@ -175,12 +205,13 @@ class SPP(CaffeLayer):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
         pieces = []
+        height, width = int(x.shape[2]), int(x.shape[3])   # the kernels follow them: an ONNX graph pins both
         for level in range(self.height):
             bins = 2 ** level
-            (kh, ph), (kw, pw) = self._geometry(x.shape[2], bins), self._geometry(x.shape[3], bins)
+            (kh, ph), (kw, pw) = self._geometry(height, bins), self._geometry(width, bins)
             any_pad = bool(ph or pw)
-            out = [pool_output_size(x.shape[2], kh, kh, ph, True, any_pad),
-                   pool_output_size(x.shape[3], kw, kw, pw, True, any_pad)]
+            out = [pool_output_size(height, kh, kh, ph, True, any_pad),
+                   pool_output_size(width, kw, kw, pw, True, any_pad)]
             y, _ = pool2d(x, self.method, [kh, kw], [kh, kw], [ph, pw], out, self.train_phase)
             pieces.append(y)
         if self.height == 1:

@@ -254,6 +254,7 @@ class Upsample(CaffeLayer):
                 raise spec.error(f"upsample_param.upsample_h and upsample_w must be > 1, got {p.upsample_h} and "
                                  f"{p.upsample_w}")
             out = (int(p.upsample_h), int(p.upsample_w))
+            self.grow = None
         else:
             scales = (p.scale_h, p.scale_w) if has("scale_h") else (p.scale, p.scale)
             if min(scales) <= 1:
@@ -261,6 +262,7 @@ class Upsample(CaffeLayer):
             for name, pad, scale in (("pad_out_h", p.pad_out_h, scales[0]), ("pad_out_w", p.pad_out_w, scales[1])):
                 if pad and scale != 2:
                     raise spec.error(f"upsample_param.{name} needs scale 2 along that axis, got {scale}")
+            self.grow = (int(scales[0]), int(scales[1]), int(p.pad_out_h), int(p.pad_out_w))
             out = (values[2] * scales[0] - int(p.pad_out_h), values[3] * scales[1] - int(p.pad_out_w))
         return (values[0], values[1], *out)
 
@@ -270,6 +272,8 @@ class Upsample(CaffeLayer):
             return (x.repeat_interleave(self.scale, dim=-2).repeat_interleave(self.scale, dim=-1),)
         n, c, h, w = x.shape
         out_h, out_w = self.top_shapes[0][2:]
+        if self.grow is not None:   # SegNet: upsample_layer.cpp Reshape — H·scale − pad_out from this bottom
+            out_h, out_w = h * self.grow[0] - self.grow[2], w * self.grow[1] - self.grow[3]
         index = mask[0].detach().reshape(n * c, h * w).long()   # Caffe: static_cast<int>(mask)
         if torch.onnx.is_in_onnx_export():   # the exporter cannot trace a custom Function; its forward is plain
             ctx = types.SimpleNamespace(save_for_backward=lambda *saved: None)   # ops (ScatterElements max)

@@ -186,7 +186,19 @@ class Reshape(CaffeLayer):
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = bottoms[0]
-        return (x.reshape(reshape_target(self.spec, tuple(x.shape))),)
+        reshape_target(self.spec, tuple(x.shape))   # Caffe's checks
+        return (x.reshape(self._symbolic(x)),)
+
+    def _symbolic(self, x: torch.Tensor) -> list:
+        """``top`` with the copied axes (outside the reshaped range, and 0 dims) taken from ``x.shape`` and the
+        inferred dim as -1, so that an ONNX trace keeps them symbolic (the batch above all), not numbers."""
+        p = self.spec.param.reshape_param
+        n = x.dim()
+        start = p.axis if p.axis >= 0 else n + p.axis + 1
+        end = n if p.num_axes == -1 else start + p.num_axes
+        new = [x.shape[start + i] if d == 0 else d for i, d in enumerate(p.shape.dim)]
+        dims = list(x.shape[:start]) + new + list(x.shape[end:])
+        return dims
 
 
 @register("Crop")
@@ -228,8 +240,10 @@ class Crop(CaffeLayer):
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
         data, ref = bottoms
         # The reference contributes only its shape: no gradient ever flows to it (Caffe: crop_layer.cpp).
-        top = self._top_shape(tuple(data.shape), tuple(ref.shape))
-        index = tuple(slice(off, off + n) for off, n in zip(self.offsets, top))
+        self._top_shape(tuple(data.shape), tuple(ref.shape))   # Caffe's size checks
+        # the reference's own sizes (not Python numbers), so an ONNX trace keeps them symbolic
+        index = tuple(slice(None) if i < self.start else slice(off, off + ref.shape[i])
+                      for i, off in enumerate(self.offsets))
         return (data[index],)
 
 
