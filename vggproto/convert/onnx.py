@@ -235,8 +235,9 @@ def _quiet() -> Iterator[None]:
 
 def export_onnx(model: ModelSource, weights: Mapping[str, list[np.ndarray]] | None, path: str | os.PathLike, *,
                 phase: str = "TEST", opset: int | None = None, tolerance: float = DEFAULT_TOLERANCE,
-                feed: Feed = normal_feed) -> OnnxCheck:
-    """Write the net ``model`` with ``weights`` (already fitted to the net) as ONNX at ``path``, verified first.
+                feed: Feed = normal_feed, dynamic_batch: bool = True) -> OnnxCheck:
+    """Write the net ``model`` with ``weights`` (already fitted to the net) as ONNX at ``path``, verified first;
+    ``dynamic_batch=False`` keeps the declared batch (the inference engine's export at the caller's own shapes).
 
     Raises :class:`OnnxExportError` with one line (and writes nothing) when a layer cannot be exported, the
     exporter fails, or onnxruntime disagrees with the interpreter on ``feed``'s inputs.
@@ -260,7 +261,7 @@ def export_onnx(model: ModelSource, weights: Mapping[str, list[np.ndarray]] | No
     if not outputs:
         raise OnnxExportError(f"{_label(model)}: the net computes nothing (every output is one of its inputs)")
     module = _wrapper(net, inputs, outputs)
-    other = _other_batch(module, net, inputs, feed)
+    other = _other_batch(module, net, inputs, feed) if dynamic_batch else None
     data = _trace(model, module, net, inputs, outputs, opset, feed, dynamic=other is not None)
     check = verify(module, data, net, inputs, outputs, tolerance, feed, batches=(None, other))
     atomic_write_bytes(path, data)

@@ -61,6 +61,7 @@ class Engine:
         self.segment: Segment | None = None
         self._sessions: dict[Shapes, Any] = {}
         self._verified: set[Shapes] = set()
+        self._pinned: set[Shapes] = set()     # shapes the batch-dynamic graph failed at: exported at them instead
         self._weights_key: str | None = None
         if engine == "torch" or (engine == "auto" and net.device.type != "cpu"):
             return
@@ -130,29 +131,40 @@ class Engine:
             blobs.update(zip(param.top, tops))
 
     def _run_segment(self, blobs: dict[str, torch.Tensor]) -> bool:
-        """The segment in onnxruntime, its outputs into ``blobs``; False when it fell back to torch."""
-        segment = self.segment
-        shapes: Shapes = tuple((name, tuple(blobs[name].shape)) for name in segment.inputs)
-        try:
-            session = self._session(shapes)
-            used = {i.name for i in session.get_inputs()}
-            feed = {name: np.ascontiguousarray(blobs[name].detach().cpu().numpy(), dtype=np.float32)
-                    for name in segment.inputs if name in used}
-            got = session.run([name + OUT_SUFFIX for name in segment.outputs], feed)
-        except VGGProtoError as exc:
-            self._give_up(str(exc))
-            return False
-        except Exception as exc:  # noqa: BLE001 — onnxruntime raises its own types for every failure
-            self._give_up(f"onnxruntime failed: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
-            return False
-        results = {name: torch.from_numpy(array) for name, array in zip(segment.outputs, got)}
-        if shapes not in self._verified and not self._verify(shapes, blobs, results):
-            return False
-        blobs.update(results)
-        return True
+        """The segment in onnxruntime, its outputs into ``blobs``; False when it fell back to torch.  A
+        batch-dynamic graph that fails or disagrees at a batch it was not exported at is replaced, for these
+        shapes, by one exported at them (a graph whose batch only looked dynamic)."""
+        shapes: Shapes = tuple((name, tuple(blobs[name].shape)) for name in self.segment.inputs)
+        for dynamic_ok in (shapes not in self._pinned, False):
+            dynamic = False
+            try:
+                session, dynamic = self._session(shapes, dynamic_ok)
+                results = self._results(session, blobs)
+                why = None if shapes in self._verified else self._verify(shapes, blobs, results)
+            except VGGProtoError as exc:
+                why = str(exc)
+            except Exception as exc:  # noqa: BLE001 — onnxruntime raises its own types for every failure
+                why = f"onnxruntime failed: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
+            if why is None:
+                blobs.update(results)
+                return True
+            if not dynamic_ok or not dynamic:
+                break
+            self._pinned.add(shapes)
+        self._give_up(why)
+        return False
 
-    def _verify(self, shapes: Shapes, blobs: dict[str, torch.Tensor], results: dict[str, torch.Tensor]) -> bool:
-        """First use at ``shapes``: the interpreter runs the segment on the same blobs; every output must agree."""
+    def _results(self, session: Any, blobs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The segment's outputs from ``session`` fed with its inputs from ``blobs``."""
+        used = {i.name for i in session.get_inputs()}   # the exporter drops inputs nothing reads
+        feed = {name: np.ascontiguousarray(blobs[name].detach().cpu().numpy(), dtype=np.float32)
+                for name in self.segment.inputs if name in used}
+        got = session.run([name + OUT_SUFFIX for name in self.segment.outputs], feed)
+        return {name: torch.from_numpy(array) for name, array in zip(self.segment.outputs, got)}
+
+    def _verify(self, shapes: Shapes, blobs: dict[str, torch.Tensor], results: dict[str, torch.Tensor]) -> str | None:
+        """First use at ``shapes``: the interpreter runs the segment on the same blobs; every output must agree
+        (None), else the reason."""
         from vggproto.convert.onnx import difference
         reference = dict(blobs)
         self._layers(self.segment.start, self.segment.end, reference, {})
@@ -160,33 +172,34 @@ class Engine:
             want = reference[name].detach().float().cpu().numpy()
             gap = difference(want, value.numpy()) if want.shape == value.shape else float("inf")
             if not gap <= TOLERANCE:
-                self._give_up(f"onnxruntime's '{name}' differs from the interpreter by {gap:.3g} (relative, more "
-                              f"than {TOLERANCE:g}) on inputs {dict(shapes)}")
-                return False
+                return (f"onnxruntime's '{name}' differs from the interpreter by {gap:.3g} (relative, more than "
+                        f"{TOLERANCE:g}) on inputs {dict(shapes)}")
         self._verified.add(shapes)
-        return True
+        return None
 
-    def _session(self, shapes: Shapes) -> Any:
-        """The onnxruntime session for inputs of ``shapes``: from memory, the disk cache, or a new export."""
+    def _session(self, shapes: Shapes, dynamic_ok: bool) -> tuple[Any, bool]:
+        """The onnxruntime session for inputs of ``shapes`` (from memory, the disk cache, or a new export) and
+        whether it is the batch-dynamic one; ``dynamic_ok`` False asks for a graph exported at ``shapes``."""
         batchless: Shapes = tuple((name, (0, *shape[1:])) for name, shape in shapes)
-        for key_shapes in (batchless, shapes):
+        candidates = (batchless, shapes) if dynamic_ok else (shapes,)
+        for key_shapes in candidates:
             if key_shapes in self._sessions:
-                return self._sessions[key_shapes]
-        keys = {s: self._key(s, s is batchless) for s in (batchless, shapes)}
+                return self._sessions[key_shapes], key_shapes is batchless
+        keys = {s: self._key(s, s is batchless) for s in candidates}
         for key_shapes, key in keys.items():
             entry = self.cache.read(key)
-            session = self._open(entry) if entry is not None and entry.dynamic == (key_shapes is batchless) else None
+            session = self._open(entry) if entry is not None else None
             if session is not None:
                 self._sessions[key_shapes] = session
-                return session
+                return session, key_shapes is batchless
         entry = self._export(shapes)
         session = self._open(entry)
         if session is None:
             raise EngineError("onnxruntime cannot load the exported graph")
-        key_shapes = batchless if entry.dynamic else shapes
-        self.cache.write(keys[key_shapes], entry)
+        key_shapes = batchless if entry.dynamic and dynamic_ok else shapes
+        self.cache.write(keys[key_shapes], Entry(entry.payload, key_shapes is batchless))
         self._sessions[key_shapes] = session
-        return session
+        return session, key_shapes is batchless
 
     def _key(self, shapes: Shapes, dynamic: bool) -> str:
         """The cache key of the segment at ``shapes`` (batch 0 and a flag for a batch-dynamic graph)."""
@@ -199,12 +212,22 @@ class Engine:
                       self._weights_key.encode(), b"dynamic" if dynamic else b"fixed")
 
     def _export(self, shapes: Shapes) -> Entry:
-        """Export the segment at ``shapes`` (verified by the exporter) and say whether its batch is dynamic."""
+        """Export the segment at ``shapes`` (verified by the exporter) and say whether its batch is dynamic: a
+        batch-dynamic graph where the exporter makes one, else one at exactly these shapes."""
         from vggproto.convert.onnx import export_onnx
         sub = sub_net(self.net, self.segment, dict(shapes))
+        weights = segment_weights(self.net, self.segment)
+        exporter = logging.getLogger("vggproto.convert.onnx")
+        level = exporter.level
+        exporter.setLevel(logging.WARNING)   # its "Wrote <temporary file>" line would only confuse
         with tempfile.TemporaryDirectory(prefix="vggproto-engine-") as folder:
             path = Path(folder) / "segment.onnx"
-            export_onnx(sub, segment_weights(self.net, self.segment), path)
+            try:
+                export_onnx(sub, weights, path)
+            except Exception:  # noqa: BLE001 — a graph that only looked batch-dynamic fails its own check
+                export_onnx(sub, weights, path, dynamic_batch=False)
+            finally:
+                exporter.setLevel(level)
             payload = path.read_bytes()
         session = self._open(Entry(payload, False))
         dynamic = session is not None and all(isinstance(i.shape[0], str) for i in session.get_inputs() if i.shape)
@@ -214,7 +237,7 @@ class Engine:
         """An onnxruntime session on ``entry`` with this engine's threads (None if the bytes are not a graph)."""
         import onnxruntime
         options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4   # fatal only: a failure is reported (or falls back) in one line
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
