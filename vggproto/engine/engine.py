@@ -11,12 +11,13 @@ back to torch with one warning naming the reason, while ``"onnxruntime"`` makes 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -223,7 +224,8 @@ class Engine:
         with tempfile.TemporaryDirectory(prefix="vggproto-engine-") as folder:
             path = Path(folder) / "segment.onnx"
             try:
-                export_onnx(sub, weights, path)
+                with _stderr_silenced():   # onnxruntime prints its own error when that graph fails its check
+                    export_onnx(sub, weights, path)
             except Exception:  # noqa: BLE001 — a graph that only looked batch-dynamic fails its own check
                 export_onnx(sub, weights, path, dynamic_batch=False)
             finally:
@@ -245,6 +247,20 @@ class Engine:
             return onnxruntime.InferenceSession(entry.payload, options, providers=["CPUExecutionProvider"])
         except Exception:  # noqa: BLE001 — a damaged entry: the caller rebuilds it
             return None
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (onnxruntime's C++ logger writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class EngineNet:
