@@ -233,3 +233,11 @@ def test_split_engine_runs_ssd_trunk_in_onnxruntime_and_detection_output_in_torc
     as_net = loaded.as_net()
     as_net.forward(data=x)
     assert set(as_net.blobs) >= {"data", "conf_out", "prior", "detection_out"}
+
+
+def test_unknown_input_is_the_interpreters_error(tmp_path):
+    from vggproto.errors import NetError
+    path, weights = _net(tmp_path)
+    loaded = load(path, weights, "onnxruntime", cache=tmp_path / "cache")
+    with pytest.raises(NetError, match=r"unknown input\(s\) dta; the net is fed through: data"):
+        loaded.forward(dta=np.ones((2, 3, 12, 12), np.float32))

@@ -108,7 +108,7 @@ class Engine:
         self.blobs = {}
         self._layers(0, segment.start, blobs, inputs)
         if inputs:
-            from vggproto.net.interpreter import NetError
+            from vggproto.errors import NetError
             raise NetError(f"unknown input(s) {', '.join(sorted(inputs))}; the net is fed through: "
                            f"{', '.join(self.net.input_names) or 'nothing'}", path=self.net.path)
         if not self._run_segment(blobs):
@@ -124,9 +124,10 @@ class Engine:
         for param, layer in zip(net.net_param.layer[start:end], net.layer_list[start:end]):
             if layer.feeds:
                 supplied = None if any(t in inputs for t in param.top) else layer.next_batch()
-                tops = layer(*(supplied or [net.as_input(top, inputs.pop(top)) if top in inputs else
-                                            torch.zeros(shape, dtype=net.dtype) for top, shape in
-                                            zip(param.top, layer.top_shapes)]))
+                given = dict(zip(param.top, supplied)) if supplied is not None else {   # MemoryData's own batch
+                    top: inputs.pop(top) for top in param.top if top in inputs}
+                tops = layer(*(net.as_input(top, given[top]) if top in given else
+                               torch.zeros(shape, dtype=net.dtype) for top, shape in zip(param.top, layer.top_shapes)))
             else:
                 tops = layer(*(blobs[b] for b in param.bottom))
             blobs.update(zip(param.top, tops))
