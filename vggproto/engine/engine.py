@@ -50,11 +50,10 @@ class Engine:
 
     def __init__(self, net: Net, engine: str = "auto", *, keep: Sequence[str] = (),
                  cache: str | os.PathLike | bool = True, threads: int | None = None) -> None:
-        from vggproto.net.devices import usable_cpus
         if engine not in ENGINES:
             raise EngineError(f"unknown engine '{engine}'; supported: {', '.join(ENGINES)}")
         self.net, self.requested = net, engine
-        self.threads = threads or usable_cpus()
+        self._threads = threads
         folder = cache_folder() if cache is True else (Path(cache) if cache else None)
         self.cache = GraphCache(folder)
         self.blobs: dict[str, torch.Tensor] = {}
@@ -75,6 +74,17 @@ class Engine:
         else:
             self.segment = found
             log.info("engine onnxruntime (%d threads): %s", self.threads, found.describe(net))
+
+    @property
+    def threads(self) -> int:
+        """onnxruntime's threads: as given, else the free CPUs (measured once, when first needed: it samples
+        the CPUs' load for a moment), or torch's own count on the torch engine."""
+        if self.segment is None:
+            return torch.get_num_threads()
+        if self._threads is None:
+            from vggproto.net.devices import usable_cpus
+            self._threads = usable_cpus()
+        return self._threads
 
     @property
     def kind(self) -> str:
