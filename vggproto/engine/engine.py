@@ -45,7 +45,8 @@ class Engine:
     """``net`` (a TEST-phase :class:`Net`) run by ``engine``; the caller reads ``keep`` blobs besides the outputs.
 
     ``forward(**inputs)`` gives numpy arrays (the Python API); :meth:`run` gives tensors and fills ``blobs``
-    and ``loss`` as :meth:`Net.forward` does, for the loops written against a Net (:meth:`as_net`).
+    and ``loss`` as :meth:`Net.forward` does, for the loops written against a Net (:meth:`as_net`).  The
+    graphs hold the weights the net had at their first use: after changing them, build a new Engine.
     """
 
     def __init__(self, net: Net, engine: str = "auto", *, keep: Sequence[str] = (),
