@@ -34,3 +34,12 @@ def solver_workdir(tmp_path, monkeypatch):
         monkeypatch.chdir(folder)
         return folder
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _engine_cache(tmp_path_factory):
+    """The inference engine's graph cache (``--engine auto`` on the CPU exports and caches graphs) lives in a
+    temporary folder for the test session, never in the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VGGPROTO_CACHE", str(tmp_path_factory.mktemp("engine-cache")))
+        yield

@@ -18,7 +18,8 @@ layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
 def test_time_inference_reports_winograd_layers_and_throughput(tmp_path):
     path = tmp_path / "net.prototxt"
     path.write_text(NET)
-    result = CliRunner().invoke(main, ["time-inference", str(path), "--batch", "4", "--iterations", "2"])
+    result = CliRunner().invoke(main, ["time-inference", str(path), "--batch", "4", "--iterations", "2",
+                                       "--engine", "torch"])
     assert result.exit_code == 0, result.output
     assert "Winograd layers: conv1\n" in result.output        # 128 input channels; conv2 is strided
     assert "batch 4" in result.output and "img/s" in result.output

@@ -23,8 +23,8 @@ GENERATED = {Path("vggproto/caffe/proto/caffe_pb2.py")}
 #: root (its ``__init__`` re-exports the public API), above everything.
 RANKS: dict[str, int] = {
     "errors": 0, "caffe": 1, "vgg": 2, "weights": 3, "data": 4, "layers": 5, "net": 6, "fast": 7,
-    "train": 8, "evaluation": 8, "convert": 8, "viz": 9, "localize": 10, "pycaffe": 10, "reproduce": 10,
-    "commands": 11, "cli": 12,
+    "train": 8, "evaluation": 8, "convert": 8, "viz": 9, "engine": 9, "localize": 10, "pycaffe": 10,
+    "reproduce": 10, "commands": 11, "cli": 12,
     "__main__": 13, "": 13,
 }
 NO_TORCH = ("caffe", "vgg", "weights")

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Callable
 
 import click
 
+from vggproto.commands.engine_option import engine_hook, engine_option
 from vggproto.commands.options import IntList, MeanValue, ModelPair, force_option, gpus_option, preprocess_options
 
 if TYPE_CHECKING:
@@ -13,7 +14,8 @@ if TYPE_CHECKING:
 
 
 def _common(fn: Callable) -> Callable:
-    """--model, --weights, --mean-value, --input-scale and --gpus, shared by the three commands."""
+    """--model, --weights, --mean-value, --input-scale, --gpus and --engine, shared by the three commands."""
+    fn = engine_option(fn)
     fn = gpus_option(help="GPU id, e.g. 0 (one device). Default: CPU.")(fn)
     fn = preprocess_options(fn)
     fn = click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
@@ -49,7 +51,7 @@ def _common(fn: Callable) -> Callable:
 def evaluate_command(model: str, weights: str, mean_value: tuple[float, ...], input_scale: float, gpus: Devices,
                      list_path: str, root: str, mode: str, scales: tuple[int, ...], flip: bool | None, grid: int,
                      crop_size: int, fuse: tuple[tuple[str, str], ...], batch: int, workers: int, skip_bad: bool,
-                     channels_last: bool, limit: int | None, json_path: str | None, force: bool) -> None:
+                     channels_last: bool, limit: int | None, json_path: str | None, force: bool, engine: str) -> None:
     """Top-1 / top-5 error (%) on a labelled image list, as in the paper's Tables 3-6."""
     from vggproto.evaluation.evaluate import EvalOptions, format_table
     from vggproto.evaluation.run import evaluate_files
@@ -57,7 +59,7 @@ def evaluate_command(model: str, weights: str, mean_value: tuple[float, ...], in
                           batch=batch, workers=workers, skip_bad=skip_bad, root=root, input_scale=input_scale,
                           channels_last=channels_last)
     run = evaluate_files([(model, weights), *fuse], list_path, options, gpus.device, limit, json_path,
-                       force)
+                         force, engine_hook(engine))
     click.echo(format_table(run.summary))
     for bad in run.bad:
         click.echo(f"skipped: {bad}")
@@ -74,12 +76,12 @@ def evaluate_command(model: str, weights: str, mean_value: tuple[float, ...], in
                                                    "torchvision's Resize(256) + CenterCrop(224); the same 256/224 "
                                                    "ratio for other input sizes].")
 def classify_command(images: tuple[str, ...], model: str, weights: str, mean_value: tuple[float, ...],
-                     input_scale: float, gpus: Devices, top: int, labels: str | None, scale: int) -> None:
+                     input_scale: float, gpus: Devices, engine: str, top: int, labels: str | None, scale: int) -> None:
     """Top-k classes of IMAGE... with their probabilities: each image rescaled to the paper's test scale
     (Q = 256 for a 224 net, --scale to choose another) and centre-cropped."""
     from vggproto.evaluation.classify import classify
     results = classify(list(images), model, weights, top=top, labels=labels, scale=scale, mean=mean_value,
-                       device=gpus.device, input_scale=input_scale)
+                       device=gpus.device, input_scale=input_scale, engine=engine_hook(engine))
     for image, predictions in zip(images, results):
         click.echo(image)
         for rank, p in enumerate(predictions, 1):
@@ -103,12 +105,12 @@ def classify_command(images: tuple[str, ...], model: str, weights: str, mean_val
 @force_option
 def extract_command(model: str, weights: str, mean_value: tuple[float, ...], input_scale: float, gpus: Devices,
                     list_path: str, root: str, blob: str, scales: tuple[int, ...], aggregate: str, workers: int,
-                    skip_bad: bool, out: str, force: bool) -> None:
+                    skip_bad: bool, out: str, force: bool, engine: str) -> None:
     """Appendix B image descriptors (dense net, global average pooling, flips, scales, L2) into an HDF5 file."""
     from vggproto.evaluation.run import extract_files
     features = extract_files(model, weights, list_path, out, blob=blob, scales=scales, how=aggregate, force=force,
                              root=root, mean=mean_value, device=gpus.device, workers=workers, skip_bad=skip_bad,
-                             input_scale=input_scale)
+                             input_scale=input_scale, engine=engine_hook(engine))
     click.echo(f"wrote {features.features.shape[0]} x {features.features.shape[1]} features to {out}"
                + (f"; skipped {len(features.bad)} bad images" if features.bad else ""))
 
@@ -129,15 +131,16 @@ def extract_command(model: str, weights: str, mean_value: tuple[float, ...], inp
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False),
               help="Label names: one per line (label 0 first) or an SSD labelmap prototxt [default: numbers].")
 @gpus_option(help="GPU id, e.g. 0 (one device). Default: CPU.")
+@engine_option
 @force_option
 def detect_command(image: str, model: str, weights: str, threshold: float, draw: str | None,
                    mean_value: tuple[float, ...], input_scale: float, size: str | None, labels: str | None,
-                   gpus: Devices, force: bool) -> None:
+                   gpus: Devices, engine: str, force: bool) -> None:
     """Boxes an SSD net finds in IMAGE: one 'label score xmin ymin xmax ymax' line (pixels) per box."""
     from vggproto.evaluation.detect import detect, parse_size
     boxes = detect(image, model, weights, threshold=threshold, mean=mean_value, input_scale=input_scale,
                    size=parse_size(size) if size else None, labels=labels, device=gpus.device, draw=draw,
-                   force=force)
+                   force=force, engine=engine_hook(engine))
     for box in boxes:
         click.echo(box.line())
 

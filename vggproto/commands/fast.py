@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from vggproto.commands.engine_option import engine_option
 from vggproto.commands.options import gpus_option
 
 if TYPE_CHECKING:
@@ -27,14 +28,32 @@ if TYPE_CHECKING:
 @click.option("--channels-last", is_flag=True, help="NHWC memory layout.")
 @click.option("--autocast", type=click.Choice(["bf16", "fp16"]), default=None, help="Autocast dtype.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the net.")
+@engine_option
+@click.option("--json", "as_json", is_flag=True, help='Print a last line {"engine", "batch", "threads", "ms"} '
+              "(ms: the median per batch).")
 def time_inference_command(model: str, weights: str | None, batch: int, iterations: int, gpus: Devices,
                            winograd: bool | None, channels_last: bool, autocast: str | None,
-                           compile_: bool) -> None:
-    """Average inference forward time of MODEL (TEST phase, random inputs) with the chosen speed options."""
-    from vggproto.fast.bench import time_inference
-    timing = time_inference(model, weights, batch=batch, iterations=iterations, device=gpus.device, winograd=winograd,
-                            channels_last=channels_last, autocast=autocast, compile=compile_)
+                           compile_: bool, engine: str, as_json: bool) -> None:
+    """Median inference forward time of MODEL (TEST phase, random inputs) on an engine; the speed options
+    (--winograd, --channels-last, --autocast, --compile) are the torch engine's, and with them auto means torch."""
+    from vggproto.engine.bench import json_line
+    torch_options = winograd or channels_last or autocast or compile_
+    if engine == "onnxruntime" and (torch_options or gpus.device != "cpu"):
+        raise click.UsageError("--engine onnxruntime runs on the CPU without the torch speed options")
+    if engine == "torch" or torch_options or gpus.device != "cpu":
+        import torch
+
+        from vggproto.fast.bench import time_inference
+        timing = time_inference(model, weights, batch=batch, iterations=iterations, device=gpus.device,
+                                winograd=winograd, channels_last=channels_last, autocast=autocast, compile=compile_)
+        line = json_line("torch", batch, torch.get_num_threads(), timing.times)
+    else:
+        from vggproto.engine.bench import time_engine
+        timing = time_engine(model, weights, engine=engine, batch=batch, iterations=iterations)
+        line = json_line(timing.engine, batch, timing.threads, timing.times)
     click.echo(timing.report())
+    if as_json:
+        click.echo(line)
 
 
 commands = [time_inference_command]

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from vggproto.commands.engine_option import engine_hook, engine_option
 from vggproto.commands.options import IntList, force_option, gpus_option, preprocess_options
 from vggproto.errors import VGGProtoError
 
@@ -38,12 +39,13 @@ if TYPE_CHECKING:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every detection (and errors).")
 @click.option("--draw", "draw_dir", type=click.Path(file_okay=False), help="Draw the boxes into OUT_DIR/<image>.png.")
 @gpus_option()
+@engine_option
 @force_option
 def localize_command(images: tuple[str, ...], models: tuple[str, ...], weights: tuple[str, ...],
                      cls_models: tuple[str, ...], cls_weights: tuple[str, ...], mode: str, scales: tuple[int, ...],
                      top: int, merge_threshold: float, list_path: str | None, root: str, labels: str | None,
                      mean_value: tuple[float, ...], input_scale: float, json_path: str | None,
-                     draw_dir: str | None, gpus: Devices, force: bool) -> None:
+                     draw_dir: str | None, gpus: Devices, engine: str, force: bool) -> None:
     """Predict a box for each of the top classes of IMAGES (or of --list) and, with ground truth, print the
     ILSVRC top-k localisation error and the GT-class error (box of the true class only)."""
     from vggproto.localize.predict import LocalizeOptions
@@ -53,7 +55,7 @@ def localize_command(images: tuple[str, ...], models: tuple[str, ...], weights: 
     options = LocalizeOptions(mode, scales, top, merge_threshold, mean_value, input_scale)
     result, summary = localize_files(images, list_path, list(zip(models, weights)), list(zip(cls_models, cls_weights)),
                                      options, gpus.device, labels=labels, root=root, draw_dir=draw_dir,
-                                     json_path=json_path, force=force)
+                                     json_path=json_path, force=force, engine=engine_hook(engine))
     for item in result.images:
         click.echo(f"{item.path}: " + ", ".join(f"{d.name} {d.score:.3f} [{', '.join(f'{v:.0f}' for v in d.box)}]"
                                                for d in item.detections))

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from vggproto.commands.engine_option import engine_hook, engine_option
 from vggproto.commands.gflags import CaffeCommand
 from vggproto.commands.options import NameList, gpus_option, level_option, stage_option, with_defaults
 from vggproto.errors import SolverError
@@ -79,14 +80,16 @@ def train(solver_arg: str | None, solver_opt: str | None, weights: tuple[str, ..
 @gpus_option(help="Run on this GPU id (one device). Default: CPU.")
 @level_option
 @stage_option
-def test(model: str, weights: str, iterations: int, gpus: Devices, level: int, stage: tuple[str, ...]) -> None:
+@engine_option
+def test(model: str, weights: str, iterations: int, gpus: Devices, level: int, stage: tuple[str, ...],
+         engine: str) -> None:
     """Score a trained model: per-batch outputs, then their averages (Caffe's `caffe test`)."""
     if iterations < 1:  # Caffe: CHECK_GT(FLAGS_iterations, 0); averaging 0 batches divides by zero
         raise click.BadParameter(f"{iterations} is not a positive number of batches", param_hint="'--iterations'")
     from vggproto.train.run import use_glog_format
     from vggproto.train.scoring import caffe_test
     use_glog_format()
-    caffe_test(model, weights, iterations, device=gpus.device, level=level, stages=stage)
+    caffe_test(model, weights, iterations, device=gpus.device, level=level, stages=stage, engine=engine_hook(engine))
     sys.stderr.flush()
 
 

@@ -216,11 +216,12 @@ def _quiet() -> Iterator[None]:
 def export_onnx(model: ModelSource, weights: Mapping[str, list[np.ndarray]] | None, path: str | os.PathLike, *,
                 phase: str = "TEST", opset: int | None = None, tolerance: float = DEFAULT_TOLERANCE,
                 feed: Feed = normal_feed, outputs: Sequence[str] | None = None,
-                dynamic_size: bool = True) -> OnnxCheck:
+                dynamic_batch: bool = True, dynamic_size: bool = True) -> OnnxCheck:
     """Write the net ``model`` with ``weights`` (already fitted to the net) as ONNX at ``path``, verified first.
 
     ``outputs`` names the blobs to export (default: the net's outputs, Caffe's blobs no layer reads);
-    ``dynamic_size`` lets the height and width of 4-D inputs be dynamic where the net allows.  Raises
+    ``dynamic_batch`` / ``dynamic_size`` let the batch / the height and width of 4-D inputs be dynamic where the
+    net allows (False keeps the declared size: the inference engine's export at the caller's own shapes).  Raises
     :class:`OnnxExportError` with one line (and writes nothing) when a layer cannot be exported, the exporter
     or onnxruntime fails, or onnxruntime disagrees with the interpreter on ``feed``'s inputs.
     """
@@ -240,7 +241,7 @@ def export_onnx(model: ModelSource, weights: Mapping[str, list[np.ndarray]] | No
     inputs = list(net.input_names)
     names = _outputs(net, inputs, outputs, _label(model))
     module = _wrapper(net, inputs, names)
-    plan = probe(module, net, inputs, names, feed, dynamic_size)
+    plan = probe(module, net, inputs, names, feed, dynamic_size, batch=dynamic_batch)
     data, check = _export_verified(model, module, net, (inputs, names), opset, feed, tolerance, plan)
     atomic_write_bytes(path, data)
     log.info("Wrote %s (%d bytes, opset %d, inputs %s, outputs %s; %s)", os.fspath(path), len(data), opset,

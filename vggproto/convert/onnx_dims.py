@@ -52,18 +52,20 @@ def _output_shapes(module: torch.nn.Module, net: Net, inputs: list[str], run: Ru
 
 
 def probe(module: torch.nn.Module, net: Net, inputs: list[str], outputs: list[str], feed: Feed,
-          spatial: bool) -> Plan:
+          spatial: bool, batch: bool = True) -> Plan:
     """Which dimensions may be dynamic: the batch if the interpreter also runs at another batch size, and the
     height and width of the 4-D inputs if it runs at twice them (and ``spatial``).  A net that only runs at
     its declared shapes (recurrent layers, fixed Reshape dims, InnerProduct after a convolution) keeps them,
-    and the reason, naming the interpreter's layer, is one of the plan's ``fixed`` lines."""
+    and the reason, naming the interpreter's layer, is one of the plan's ``fixed`` lines.  ``batch=False``: the
+    batch is kept as declared without trying another."""
     plan = Plan(None, 1, {Run(): [tuple(net.blob_shapes[name]) for name in outputs]}, [])
-    batch = 2 if all(net.blob_shapes[name][:1] in ((), (1,)) for name in inputs) else 1
-    found = _output_shapes(module, net, inputs, Run(batch), feed)
-    if isinstance(found, str):
-        plan.fixed.append(f"batch fixed as declared: {found}")
-    else:
-        plan.batch, plan.shapes[Run(batch)] = batch, found
+    if batch:
+        other = 2 if all(net.blob_shapes[name][:1] in ((), (1,)) for name in inputs) else 1
+        found = _output_shapes(module, net, inputs, Run(other), feed)
+        if isinstance(found, str):
+            plan.fixed.append(f"batch fixed as declared: {found}")
+        else:
+            plan.batch, plan.shapes[Run(other)] = other, found
     if spatial and any(is_image(net.blob_shapes[name]) for name in inputs):
         run = size_run(plan.batch is not None, 2)
         found = _output_shapes(module, net, inputs, run, feed)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -96,12 +96,15 @@ def load_classifier(model: str | os.PathLike, weights: str | os.PathLike,
 def classify(images: Sequence[str | os.PathLike], model: str | os.PathLike, weights: str | os.PathLike,
              top: int = 5, labels: str | os.PathLike | None = None, scale: int = 0,
              mean: Sequence[float] = MEAN_BGR, device: str = "cpu", batch: int = 10,
-             input_scale: float = 1.0) -> list[list[Prediction]]:
+             input_scale: float = 1.0, engine: Callable | None = None) -> list[list[Prediction]]:
     """Top-``top`` predictions (highest probability first) for each image, rescaled to ``scale`` (0: the
-    paper's Q, :func:`default_scale`) and centre-cropped."""
+    paper's Q, :func:`default_scale`) and centre-cropped; ``engine`` puts the net on another inference engine
+    (``vggproto.commands.engine_option.engine_hook``)."""
     if top < 1:
         raise VGGProtoError("--top must be positive")
     net, input_blob, scores_name, crop = load_classifier(model, weights, device)
+    if engine is not None:
+        net = engine(net, (scores_name,))
     out: list[list[Prediction]] = []
     names: list[str] | None = None
     with torch.inference_mode():

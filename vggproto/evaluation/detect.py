@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -124,14 +124,17 @@ def draw_boxes(img: np.ndarray, boxes: Sequence[Box], path: str | os.PathLike) -
 def detect(image: str | os.PathLike, model: str | os.PathLike, weights: str | os.PathLike,
            threshold: float = 0.5, mean: Sequence[float] = SSD_MEAN, input_scale: float = 1.0,
            size: tuple[int, int] | None = None, labels: str | os.PathLike | None = None, device: str = "cpu",
-           draw: str | os.PathLike | None = None, force: bool = False) -> list[Box]:
-    """The boxes the SSD net ``model`` finds in ``image`` scoring at least ``threshold``; drawn into ``draw``."""
+           draw: str | os.PathLike | None = None, force: bool = False, engine: Callable | None = None) -> list[Box]:
+    """The boxes the SSD net ``model`` finds in ``image`` scoring at least ``threshold``; drawn into ``draw``;
+    ``engine`` runs the net (``vggproto.commands.engine_option.engine_hook``: the split engine for SSD)."""
     from vggproto.data.sources import read_image
     if draw is not None:
         from vggproto.caffe.files import check_output
         check_output(draw, inputs=(image, model, weights, labels), force=force)
     img = read_image(os.fspath(image), True, where=os.fspath(image))
     net, input_blob, output, net_size = load_detector(model, weights, device)
+    if engine is not None:
+        net = engine(net, (output,))
     names = label_names(labels) if labels is not None else {}
     batch = prepare(img, size or net_size, mean, input_scale)
     with torch.inference_mode():

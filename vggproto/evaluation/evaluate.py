@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -110,13 +110,17 @@ class Model:
         return torch.cat(out)
 
 
-def load_model(model_path: str, weights: str, device: str = "cpu", channels_last: bool = False) -> Model:
+def load_model(model_path: str, weights: str, device: str = "cpu", channels_last: bool = False,
+               engine: Callable | None = None) -> Model:
     """The dense version of a deploy net (or a given dense net) with classification or dense weights;
-    ``channels_last`` keeps its 4-D weights (so its activations) in NHWC memory: same scores, faster passes."""
+    ``channels_last`` keeps its 4-D weights (so its activations) in NHWC memory: same scores, faster passes;
+    ``engine`` (``vggproto.commands.engine_option.engine_hook``) puts the net on another inference engine."""
     from vggproto.net.dense import load_dense
     net, dense = load_dense(model_path, weights, device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
+    if engine is not None:
+        net = engine(net, (dense.score_blob,))
     shapes = net.blob_shapes
     crop = int(dense.input_shape[-1]) if len(dense.input_shape) == 4 else 0
     classes = int(shapes[dense.score_blob][1]) if len(shapes[dense.score_blob]) > 1 else 0

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -76,8 +76,9 @@ def aggregate(per_scale: Sequence[np.ndarray], how: str) -> np.ndarray:
 def extract(model: str | os.PathLike, weights: str | os.PathLike, list_path: str, blob: str = "fc7",
             scales: Sequence[int] = (256, 384, 512), how: str = "average", root: str = "",
             mean: Sequence[float] = MEAN_BGR, device: str = "cpu", workers: int = 2, skip_bad: bool = False,
-            progress: bool = True, input_scale: float = 1.0) -> Features:
-    """Appendix B descriptors of every image of a Caffe list file (see the module doc)."""
+            progress: bool = True, input_scale: float = 1.0, engine: Callable | None = None) -> Features:
+    """Appendix B descriptors of every image of a Caffe list file (see the module doc); ``engine`` puts the
+    net on another inference engine (``vggproto.commands.engine_option.engine_hook``)."""
     from vggproto.data.progress import progress as counted
     from vggproto.data.sources import parse_list_file
     from vggproto.evaluation.views import ImageListDataset, image_loader
@@ -88,6 +89,8 @@ def extract(model: str | os.PathLike, weights: str | os.PathLike, list_path: str
         raise VGGProtoError(f"--scales must be positive integers, got {list(scales)}")
     net, dense = load_dense(model, weights, device)
     name = resolve_blob(net.blob_shapes, blob, os.fspath(model))
+    if engine is not None:
+        net = engine(net, (name,))
     entries = parse_list_file(list_path, labelled=False)   # descriptors need no labels
     dataset = ImageListDataset(entries, list_path, root, scales, mean, input_scale)
     rows, labels, paths, bad = [], [], [], []

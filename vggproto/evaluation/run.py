@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from vggproto.errors import VGGProtoError
 from vggproto.evaluation.evaluate import EvalOptions, evaluate, load_model
@@ -24,16 +24,18 @@ class Evaluation:
 
 
 def evaluate_files(models: Sequence[tuple[str, str]], list_path: str, options: EvalOptions, device: str = "cpu",
-                   limit: int | None = None, json_path: str | None = None, force: bool = False) -> Evaluation:
+                   limit: int | None = None, json_path: str | None = None, force: bool = False,
+                   engine: Callable | None = None) -> Evaluation:
     """Top-1/top-5 errors of the ``(deploy, weights)`` models (fused when several) on a Caffe list file; with
-    ``json_path`` the summary is also written there (atomically, so a crash never leaves half a file)."""
+    ``json_path`` the summary is also written there (atomically, so a crash never leaves half a file); ``engine``
+    puts each net on another inference engine (:func:`load_model`)."""
     if options.grid < 1 or options.batch < 1:
         raise VGGProtoError("--grid and --batch must be positive")
     if json_path:
         from vggproto.caffe.files import check_output
         check_output(json_path, inputs=(list_path, *(f for model in models for f in model)), kind="text",
                      force=force)
-    loaded = [load_model(deploy, weights, device, options.channels_last) for deploy, weights in models]
+    loaded = [load_model(deploy, weights, device, options.channels_last, engine) for deploy, weights in models]
     result = evaluate(loaded, list_path, options, device, limit)
     summary = result.as_dict(options, loaded)
     summary["device"] = device

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -67,11 +67,14 @@ def net_stride(param: caffe_pb2.NetParameter) -> int:
 
 
 def load_loc_model(model: str | os.PathLike, weights: str | os.PathLike | Mapping[str, list[np.ndarray]],
-                   device: str = "cpu") -> LocModel:
-    """A localisation deploy net (ending in the box FC) or its dense net, with deploy or dense weights."""
+                   device: str = "cpu", engine: Callable | None = None) -> LocModel:
+    """A localisation deploy net (ending in the box FC) or its dense net, with deploy or dense weights;
+    ``engine`` puts it on another inference engine (``vggproto.commands.engine_option.engine_hook``)."""
     from vggproto.net.dense import load_dense
     net, dense = load_dense(model, weights, device)
     out = dense.score_blob
+    if engine is not None:
+        net = engine(net, (out,))
     outputs = int(net.blob_shapes[out][1])
     if outputs % 4:
         raise VGGProtoError(f"{model}: the output '{out}' has {outputs} channels; a localisation net predicts 4 "

@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -100,10 +100,12 @@ def check_classes(entries: Sequence[BoxEntry], classes: int, list_path: str) -> 
 def localize_files(images: Sequence[str], list_path: str | None, loc_models: Sequence[tuple[str, str]],
                    cls_models: Sequence[tuple[str, str]], options: LocalizeOptions, device: str = "cpu", *,
                    labels: str | None = None, root: str = "", draw_dir: str | None = None,
-                   json_path: str | None = None, force: bool = False) -> tuple[RunResult, dict]:
+                   json_path: str | None = None, force: bool = False,
+                   engine: Callable | None = None) -> tuple[RunResult, dict]:
     """``vggproto localize``: boxes for the top classes of ``images`` or of a box list (scored where it has
     ground truth), from the union of the ``(deploy, weights)`` localisation nets and the fused classifiers;
-    optionally drawn into ``draw_dir`` and written to ``json_path``.  Returns the run and its JSON summary."""
+    optionally drawn into ``draw_dir`` and written to ``json_path``; ``engine`` runs the nets (:func:`load_model`).
+    Returns the run and its JSON summary."""
     from vggproto.data.boxes import parse_box_list
     from vggproto.evaluation.classify import class_names
     from vggproto.evaluation.evaluate import load_model
@@ -116,8 +118,8 @@ def localize_files(images: Sequence[str], list_path: str | None, loc_models: Seq
         from vggproto.caffe.files import check_output
         models = (f for model in (*loc_models, *cls_models) for f in model)
         check_output(json_path, inputs=(list_path, labels, *images, *models), kind="text", force=force)
-    locs = [load_loc_model(m, w, device) for m, w in loc_models]
-    clss = [load_model(m, w, device) for m, w in cls_models]
+    locs = [load_loc_model(m, w, device, engine) for m, w in loc_models]
+    clss = [load_model(m, w, device, engine=engine) for m, w in cls_models]
     classes = clss[0].num_classes
     entries = parse_box_list(list_path, need_boxes=False) if list_path else image_entries(images)
     if list_path:

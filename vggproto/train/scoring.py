@@ -88,8 +88,9 @@ def caffe_test_lines(scores: Scores) -> list[str]:
 
 
 def caffe_test(model: str, weights: str, iterations: int = 50, device: str = "cpu", level: int = 0,
-               stages: Sequence[str] = ()) -> Scores:
-    """``caffe test``: score a trained model's TEST net and log Caffe's lines (tools/caffe.cpp test).
+               stages: Sequence[str] = (), engine: Callable | None = None) -> Scores:
+    """``caffe test``: score a trained model's TEST net and log Caffe's lines (tools/caffe.cpp test); ``engine``
+    runs the net (``vggproto.commands.engine_option.engine_hook``: its data layers stay in vggproto).
 
     ``weights`` may name several comma-separated files, applied in order.
     """
@@ -97,6 +98,8 @@ def caffe_test(model: str, weights: str, iterations: int = 50, device: str = "cp
     net = Net(model, weights=weights, phase="TEST", stages=tuple(stages), level=level)
     if device != "cpu":
         net.to(device)
+    if engine is not None:
+        net = engine(net, ())
     log.info("Running for %d iterations.", iterations)
 
     def log_batch(index: int, outputs: dict[str, torch.Tensor]) -> None:

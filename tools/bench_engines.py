@@ -1,0 +1,234 @@
+#!/usr/bin/env python
+"""CPU inference speed of vggproto's engines against OpenCV's dnn (the usual way to run a Caffe model on a CPU):
+torch (the interpreter), onnxruntime (vggproto.engine on vggproto's own verified export; split where ONNX
+stops) and ``cv2.dnn.readNetFromCaffe`` on the same prototxt and caffemodel.
+
+Nets: the six VGG nets of Table 1 (VGG-16 = nets/D_deploy.prototxt at full width; A, A-LRN, B, C, E generated
+at ``--width-divisor`` 4 unless ``--full-width``), ResNet-50, GoogLeNet, SqueezeNet 1.1 and MobileNet v1
+re-created in tools/bench_nets.py, and the reduced-width MobileNet-SSD of tests/data/forks (DetectionOutput in
+torch: the split engine).  Random weights (BatchNorm variances positive) written as a caffemodel.
+
+Every engine's output is checked against the interpreter before anything is timed (onnxruntime <= 1e-4
+relative, OpenCV <= 1e-3; an engine that disagrees is reported and left out of the ratios).  Then, for batch 1
+and 8 and 1 and 2 threads, rounds interleave the engines (rotating their order) and each time is the median over
+rounds of the mean of a few passes; the load average is printed with every row.  Ratio = OpenCV's time / the
+engine's time (> 1: faster than OpenCV); geometric means over the nets.
+
+    python tools/bench_engines.py [--rounds 3] [--nets vgg16,resnet50] [--full-width] [--markdown out.md]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+ENGINES = ("torch", "onnxruntime", "opencv")
+TOLERANCE = {"onnxruntime": 1e-4, "opencv": 1e-3}
+
+
+def vgg_nets(folder: Path, full_width: bool) -> dict[str, Path]:
+    """VGG-16 from nets/, the other five generated (reduced width unless ``full_width``)."""
+    subprocess.run([sys.executable, "-m", "vggproto", "-q", "generate", "--config", "all", "--out-dir", str(folder),
+                    "--width-divisor", "1" if full_width else "4", "--no-chain"], check=True,
+                   stdout=subprocess.DEVNULL, cwd=ROOT)
+    suffix = "" if full_width else "/4"
+    nets = {f"VGG-{c}{suffix}": folder / "nets" / f"{c}_deploy.prototxt" for c in ("A", "A-LRN", "B", "C", "E")}
+    return {"VGG-16 (D)": ROOT / "nets" / "D_deploy.prototxt", **nets}
+
+
+def all_nets(folder: Path, full_width: bool) -> dict[str, Path]:
+    from bench_nets import write_all
+    nets = vgg_nets(folder, full_width)
+    nets.update({name: path for name, path in write_all(folder / "arch").items()})
+    nets["MobileNet-SSD/4 (split)"] = ROOT / "tests" / "data" / "forks" / "mobilenet_ssd_deploy.prototxt"
+    return nets
+
+
+def random_weights(net, conf_gain: float = 1.0) -> dict[str, list[np.ndarray]]:
+    """He-scaled weights, small biases, BatchNorm statistics with positive variances and factor 1; SSD's
+    ``mbox_conf`` heads times ``conf_gain`` (larger: more boxes reach DetectionOutput's NMS)."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, blobs in net.params.items():
+        kind = net.layer_dict[name].spec.param.type
+        shapes = [tuple(b.shape) for b in blobs]
+        if kind == "BatchNorm":
+            out[name] = [rng.normal(0, 0.1, shapes[0]), rng.uniform(0.5, 1.5, shapes[1]), np.ones(shapes[2])]
+        elif kind == "Scale":
+            out[name] = [rng.normal(1, 0.1, s) if i == 0 else rng.normal(0, 0.1, s) for i, s in enumerate(shapes)]
+        else:
+            fan_in = max(1, int(np.prod(shapes[0][1:])))
+            gain = conf_gain if name.endswith("mbox_conf") else 1.0
+            out[name] = [rng.normal(0, gain * math.sqrt(2 / fan_in), shapes[0])] + [rng.normal(0, 0.05, s)
+                                                                                      for s in shapes[1:]]
+        out[name] = [np.asarray(b, np.float32) for b in out[name]]
+    return out
+
+
+class Case:
+    """One net in the three engines, ready to run a batch at a thread count."""
+
+    def __init__(self, path: Path, folder: Path, conf_gain: float = 1.0) -> None:
+        import cv2
+        import torch
+
+        from vggproto.net.interpreter import Net
+        from vggproto.net.weights import load_arrays
+        from vggproto.weights.caffemodel import write_weights
+        self.net = Net(str(path), phase="TEST")
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        weights = random_weights(self.net, conf_gain)
+        load_arrays(self.net, weights, "weights")
+        caffemodel = folder / f"{path.stem}.caffemodel"
+        write_weights(str(caffemodel), weights, self.net.net_param)
+        self.input = self.net.input_names[0]
+        self.output = self.net.output_names[0]
+        self.cv = cv2.dnn.readNetFromCaffe(str(path), str(caffemodel))
+        self.engines: dict[int, object] = {}
+        self.torch = torch
+
+    def ort(self, threads: int):
+        from vggproto.engine import Engine
+        if threads not in self.engines:
+            self.engines[threads] = Engine(self.net, "onnxruntime", threads=threads)
+        return self.engines[threads]
+
+    def run(self, engine: str, x: np.ndarray, threads: int) -> np.ndarray:
+        import cv2
+        if engine == "torch":
+            self.torch.set_num_threads(threads)
+            with self.torch.inference_mode():
+                return self.net.forward(**{self.input: self.torch.from_numpy(x)})[self.output].numpy()
+        if engine == "onnxruntime":
+            return self.ort(threads).forward(**{self.input: x})[self.output]
+        cv2.setNumThreads(threads)
+        self.cv.setInput(x)
+        return self.cv.forward(self.net.layer_names[-1])
+
+
+def check(case: Case, x: np.ndarray) -> dict[str, str]:
+    """Each engine's output against the interpreter's: "" when it agrees, else why it is left out."""
+    from vggproto.convert.onnx import difference
+    want = case.run("torch", x, 2)
+    verdict = {"torch": ""}
+    for engine in ("onnxruntime", "opencv"):
+        try:
+            have = case.run(engine, x, 2)
+        except Exception as exc:  # noqa: BLE001 — any failure leaves the engine out, with its reason
+            verdict[engine] = f"fails: {str(exc).strip().splitlines()[0][:80]}"
+            continue
+        if case.output == "detection_out":   # the same boxes (OpenCV pads its rows), maybe reordered among ties
+            rows = want.reshape(-1, 7).shape[0]
+            want_rows, have_rows = (np.sort(a.reshape(-1, 7)[:rows], axis=0) for a in (want, have))
+            gap = difference(want_rows, have_rows) if want_rows.shape == have_rows.shape else float("inf")
+        else:
+            gap = difference(want, have.reshape(want.shape)) if have.size == want.size else float("inf")
+        verdict[engine] = "" if gap <= TOLERANCE[engine] else f"differs by {gap:.2g}"
+    return verdict
+
+
+def timed(case: Case, engine: str, x: np.ndarray, threads: int, passes: int) -> float:
+    start = time.perf_counter()
+    for _ in range(passes):
+        case.run(engine, x, threads)
+    return (time.perf_counter() - start) / passes
+
+
+def measure(case: Case, engines: list[str], x: np.ndarray, threads: int, rounds: int) -> dict[str, float]:
+    """Median seconds per pass of each engine, rounds interleaved (order rotated each round)."""
+    passes = {}
+    for engine in engines:                        # warm-up; choose passes so one measurement takes >= 0.3 s
+        once = timed(case, engine, x, threads, 1)
+        passes[engine] = max(1, min(20, int(0.3 / max(once, 1e-4))))
+    times: dict[str, list[float]] = {e: [] for e in engines}
+    for r in range(rounds):
+        for engine in engines[r % len(engines):] + engines[:r % len(engines)]:
+            times[engine].append(timed(case, engine, x, threads, passes[engine]))
+    return {e: statistics.median(t) for e, t in times.items()}
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--nets", default="", help="Comma-separated substrings of net names (default: all).")
+    parser.add_argument("--full-width", action="store_true", help="A, A-LRN, B, C, E at full width too.")
+    parser.add_argument("--markdown", help="Also write the table here.")
+    parser.add_argument("--ssd-conf-gain", type=float, default=1.0,
+                        help="Scale SSD's confidence heads (8: most priors pass the threshold, NMS-bound).")
+    args = parser.parse_args()
+    import cv2
+    import onnxruntime
+    import torch
+    batches = [int(b) for b in args.batches.split(",")]
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
+        os.environ.setdefault("VGGPROTO_CACHE", str(Path(tmp) / "cache"))
+        nets = all_nets(Path(tmp), args.full_width)
+        wanted = [n for n in args.nets.split(",") if n]
+        nets = {k: v for k, v in nets.items() if not wanted or any(w.lower() in k.lower() for w in wanted)}
+        lines = [f"date {time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()} {os.cpu_count()} CPUs "
+                 f"({platform.processor() or platform.platform()}), torch {torch.__version__}, onnxruntime "
+                 f"{onnxruntime.__version__}, OpenCV {cv2.__version__}, load at start {os.getloadavg()[0]:.2f}",
+                 "", "| net | batch | threads | torch ms | onnxruntime ms | OpenCV ms | torch / OpenCV | "
+                 "onnxruntime / OpenCV | best / OpenCV | load |", "|---|---|---|---|---|---|---|---|---|---|"]
+        print("\n".join(lines), flush=True)
+        ratios: dict[tuple[int, int], list[float]] = {}
+        ort_ratios: dict[tuple[int, int], list[float]] = {}
+        for name, path in nets.items():
+            case = Case(path, Path(tmp), args.ssd_conf_gain)
+            shape = case.net.blob_shapes[case.input][1:]
+            for batch in batches:
+                x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+                verdict = check(case, x)
+                engines = [e for e in ENGINES if not verdict[e]]
+                for threads in thread_counts:
+                    t = measure(case, engines, x, threads, args.rounds)
+                    cv = t.get("opencv")
+                    cells = [f"{t[e] * 1e3:.1f}" if e in t else verdict[e] for e in ENGINES]
+                    rel = {e: cv / t[e] for e in ("torch", "onnxruntime") if e in t and cv}
+                    best = max(rel.values()) if rel else None
+                    if best:
+                        ratios.setdefault((batch, threads), []).append(best)
+                    if "onnxruntime" in rel:
+                        ort_ratios.setdefault((batch, threads), []).append(rel["onnxruntime"])
+                    row = (f"| {name} | {batch} | {threads} | {' | '.join(cells)} | "
+                           + " | ".join(f"{rel[e]:.2f}x" if e in rel else "-" for e in ("torch", "onnxruntime"))
+                           + f" | {f'{best:.2f}x' if best else '-'} | {os.getloadavg()[0]:.1f} |")
+                    lines.append(row)
+                    print(row, flush=True)
+            del case
+        lines += ["", "| batch | threads | geomean onnxruntime / OpenCV | geomean best / OpenCV | nets |",
+                  "|---|---|---|---|---|"]
+        for key in sorted(ratios):
+            lines.append(f"| {key[0]} | {key[1]} | {geomean(ort_ratios.get(key, [])):.2f}x | "
+                         f"{geomean(ratios[key]):.2f}x | {len(ratios[key])} |")
+        every = [r for v in ratios.values() for r in v]
+        lines.append(f"\nall rows: geomean best / OpenCV {geomean(every):.2f}x over {len(every)} rows; load at end "
+                     f"{os.getloadavg()[0]:.2f}")
+        print("\n".join(lines[-len(ratios) - 4:]), flush=True)
+        if args.markdown:
+            Path(args.markdown).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""One object that runs a Caffe net on the fastest engine that gives the interpreter's numbers.
+
+``engine="torch"`` is the interpreter itself (:class:`vggproto.net.interpreter.Net`: the reference, and the GPU
+path).  ``"onnxruntime"`` runs the part of the net ONNX can hold (:mod:`vggproto.engine.split`; all of it for
+most nets) in onnxruntime on the CPU, from vggproto's own export (:func:`vggproto.convert.onnx.export_onnx`) at
+the shapes the caller feeds, and the rest in the interpreter; every exported graph is cached
+(:mod:`vggproto.engine.cache`) and verified on its first use against the interpreter on the caller's own input
+(at most 1e-4 relative on every output it gives).  ``"auto"`` is onnxruntime on the CPU and torch on CUDA; where
+onnxruntime cannot run the net (no exportable layer, an export failure, a verification mismatch) ``auto`` falls
+back to torch with one warning naming the reason, while ``"onnxruntime"`` makes it an :class:`EngineError`.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from vggproto.engine.cache import Entry, GraphCache, cache_folder, digest
+from vggproto.engine.split import OUT_SUFFIX, Segment, plan, segment_weights, sub_net, weights_bytes
+from vggproto.errors import VGGProtoError
+
+if TYPE_CHECKING:
+    from vggproto.net.interpreter import ModelSource, Net
+
+log = logging.getLogger("vggproto.engine")
+
+ENGINES = ("auto", "torch", "onnxruntime")
+#: Largest relative difference from the interpreter accepted on the first use of a graph.
+TOLERANCE = 1e-4
+Shapes = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+class EngineError(VGGProtoError):
+    """``--engine onnxruntime`` cannot run the net (or the engine name is unknown)."""
+
+
+class Engine:
+    """``net`` (a TEST-phase :class:`Net`) run by ``engine``; the caller reads ``keep`` blobs besides the outputs.
+
+    ``forward(**inputs)`` gives numpy arrays (the Python API); :meth:`run` gives tensors and fills ``blobs``
+    and ``loss`` as :meth:`Net.forward` does, for the loops written against a Net (:meth:`as_net`).  The
+    graphs hold the weights the net had at their first use: after changing them, build a new Engine.
+    """
+
+    def __init__(self, net: Net, engine: str = "auto", *, keep: Sequence[str] = (),
+                 cache: str | os.PathLike | bool = True, threads: int | None = None) -> None:
+        if engine not in ENGINES:
+            raise EngineError(f"unknown engine '{engine}'; supported: {', '.join(ENGINES)}")
+        self.net, self.requested = net, engine
+        self._threads = threads
+        folder = cache_folder() if cache is True else (Path(cache) if cache else None)
+        self.cache = GraphCache(folder)
+        self.blobs: dict[str, torch.Tensor] = {}
+        self.loss: torch.Tensor | None = None
+        self.segment: Segment | None = None
+        self._sessions: dict[Shapes, Any] = {}
+        self._verified: set[Shapes] = set()
+        self._pinned: set[Shapes] = set()     # shapes the batch-dynamic graph failed at: exported at them instead
+        self._weights_key: str | None = None
+        if engine == "torch" or (engine == "auto" and net.device.type != "cpu"):
+            return
+        if net.device.type != "cpu":
+            raise EngineError(f"--engine onnxruntime runs on the CPU; the net is on {net.device} (use --engine "
+                              f"torch or auto with a GPU)")
+        found = plan(net, keep)
+        if isinstance(found, str):
+            self._give_up(found)
+        else:
+            self.segment = found
+            log.info("engine onnxruntime (%d threads): %s", self.threads, found.describe(net))
+
+    @property
+    def threads(self) -> int:
+        """onnxruntime's threads: as given, else the free CPUs (measured once, when first needed: it samples
+        the CPUs' load for a moment), or torch's own count on the torch engine."""
+        if self.segment is None:
+            return torch.get_num_threads()
+        if self._threads is None:
+            from vggproto.net.devices import usable_cpus
+            self._threads = usable_cpus()
+        return self._threads
+
+    @property
+    def kind(self) -> str:
+        """The engine that runs the net now: "onnxruntime" (for its exportable part) or "torch"."""
+        return "onnxruntime" if self.segment is not None else "torch"
+
+    def _give_up(self, reason: str) -> None:
+        if self.requested == "onnxruntime":
+            raise EngineError(f"--engine onnxruntime: {reason}")
+        if self.segment is not None or self.requested == "auto":
+            log.warning("engine auto: running the net in torch, not onnxruntime: %s", reason)
+        self.segment = None
+
+    def as_net(self) -> EngineNet:
+        """A stand-in for the Net: ``forward`` runs this engine, ``blobs``/``loss`` are its, the rest the Net's."""
+        return EngineNet(self)
+
+    def forward(self, **inputs: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
+        """The net's outputs for ``inputs`` (keyed by input blob) as numpy arrays."""
+        with torch.inference_mode():
+            return {name: value.detach().cpu().numpy() for name, value in self.run(**inputs).items()}
+
+    def run(self, **inputs: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """The net's outputs as tensors; every blob the engine computed is in ``blobs``."""
+        if self.segment is None:
+            out = self.net.forward(**inputs)
+            self.blobs, self.loss = self.net.blobs, self.net.loss
+            return out
+        segment, count = self.segment, len(self.net.layer_list)
+        blobs: dict[str, torch.Tensor] = {}
+        self.blobs = {}
+        self._layers(0, segment.start, blobs, inputs)
+        if inputs:
+            from vggproto.errors import NetError
+            raise NetError(f"unknown input(s) {', '.join(sorted(inputs))}; the net is fed through: "
+                           f"{', '.join(self.net.input_names) or 'nothing'}", path=self.net.path)
+        if not self._run_segment(blobs):
+            self._layers(segment.start, segment.end, blobs, {})
+        self._layers(segment.end, count, blobs, {})
+        self.blobs = blobs
+        self.loss = sum((w * blobs[name].sum() for name, w in self.net.loss_weights.items()), torch.zeros(()))
+        return {name: blobs[name] for name in self.net.output_names}
+
+    def _layers(self, start: int, end: int, blobs: dict[str, torch.Tensor], inputs: dict) -> None:
+        """Layers ``start``..``end`` in the interpreter, reading and writing ``blobs`` (Net.forward's loop)."""
+        net = self.net
+        for param, layer in zip(net.net_param.layer[start:end], net.layer_list[start:end]):
+            if layer.feeds:
+                supplied = None if any(t in inputs for t in param.top) else layer.next_batch()
+                given = dict(zip(param.top, supplied)) if supplied is not None else {   # MemoryData's own batch
+                    top: inputs.pop(top) for top in param.top if top in inputs}
+                tops = layer(*(net.as_input(top, given[top]) if top in given else
+                               torch.zeros(shape, dtype=net.dtype) for top, shape in zip(param.top, layer.top_shapes)))
+            else:
+                tops = layer(*(blobs[b] for b in param.bottom))
+            blobs.update(zip(param.top, tops))
+
+    def _run_segment(self, blobs: dict[str, torch.Tensor]) -> bool:
+        """The segment in onnxruntime, its outputs into ``blobs``; False when it fell back to torch.  A
+        batch-dynamic graph that fails or disagrees at a batch it was not exported at is replaced, for these
+        shapes, by one exported at them (a graph whose batch only looked dynamic)."""
+        shapes: Shapes = tuple((name, tuple(blobs[name].shape)) for name in self.segment.inputs)
+        for dynamic_ok in (shapes not in self._pinned, False):
+            dynamic = False
+            try:
+                session, dynamic = self._session(shapes, dynamic_ok)
+                results = self._results(session, blobs)
+                why = None if shapes in self._verified else self._verify(shapes, blobs, results)
+            except VGGProtoError as exc:
+                why = str(exc)
+            except Exception as exc:  # noqa: BLE001 — onnxruntime raises its own types for every failure
+                why = f"onnxruntime failed: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
+            if why is None:
+                blobs.update(results)
+                return True
+            if not dynamic_ok or not dynamic:
+                break
+            self._pinned.add(shapes)
+        self._give_up(why)
+        return False
+
+    def _results(self, session: Any, blobs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The segment's outputs from ``session`` fed with its inputs from ``blobs``."""
+        used = {i.name for i in session.get_inputs()}   # the exporter drops inputs nothing reads
+        feed = {name: np.ascontiguousarray(blobs[name].detach().cpu().numpy(), dtype=np.float32)
+                for name in self.segment.inputs if name in used}
+        got = session.run([name + OUT_SUFFIX for name in self.segment.outputs], feed)
+        return {name: torch.from_numpy(array) for name, array in zip(self.segment.outputs, got)}
+
+    def _verify(self, shapes: Shapes, blobs: dict[str, torch.Tensor], results: dict[str, torch.Tensor]) -> str | None:
+        """First use at ``shapes``: the interpreter runs the segment on the same blobs; every output must agree
+        (None), else the reason."""
+        from vggproto.convert.onnx import difference
+        reference = dict(blobs)
+        self._layers(self.segment.start, self.segment.end, reference, {})
+        for name, value in results.items():
+            want = reference[name].detach().float().cpu().numpy()
+            gap = difference(want, value.numpy()) if want.shape == value.shape else float("inf")
+            if not gap <= TOLERANCE:
+                return (f"onnxruntime's '{name}' differs from the interpreter by {gap:.3g} (relative, more than "
+                        f"{TOLERANCE:g}) on inputs {dict(shapes)}")
+        self._verified.add(shapes)
+        return None
+
+    def _session(self, shapes: Shapes, dynamic_ok: bool) -> tuple[Any, bool]:
+        """The onnxruntime session for inputs of ``shapes`` (from memory, the disk cache, or a new export) and
+        whether it is the batch-dynamic one; ``dynamic_ok`` False asks for a graph exported at ``shapes``."""
+        batchless: Shapes = tuple((name, (0, *shape[1:])) for name, shape in shapes)
+        candidates = (batchless, shapes) if dynamic_ok else (shapes,)
+        for key_shapes in candidates:
+            if key_shapes in self._sessions:
+                return self._sessions[key_shapes], key_shapes is batchless
+        keys = {s: self._key(s, s is batchless) for s in candidates}
+        for key_shapes, key in keys.items():
+            entry = self.cache.read(key)
+            session = self._open(entry) if entry is not None else None
+            if session is not None:
+                self._sessions[key_shapes] = session
+                return session, key_shapes is batchless
+        entry = self._export(shapes)
+        session = self._open(entry)
+        if session is None:
+            raise EngineError("onnxruntime cannot load the exported graph")
+        key_shapes = batchless if entry.dynamic and dynamic_ok else shapes
+        self.cache.write(keys[key_shapes], Entry(entry.payload, key_shapes is batchless))
+        self._sessions[key_shapes] = session
+        return session, key_shapes is batchless
+
+    def _key(self, shapes: Shapes, dynamic: bool) -> str:
+        """The cache key of the segment at ``shapes`` (batch 0 and a flag for a batch-dynamic graph)."""
+        # the package root ranks above every unit (its __init__ imports them); it is loaded before this module
+        version = sys.modules["vggproto"].__version__
+        if self._weights_key is None:
+            self._weights_key = digest(*weights_bytes(segment_weights(self.net, self.segment)))
+        sub = sub_net(self.net, self.segment, dict(shapes))
+        return digest(b"vggproto-engine", version.encode(), sub.SerializeToString(deterministic=True),
+                      self._weights_key.encode(), b"dynamic" if dynamic else b"fixed")
+
+    def _export(self, shapes: Shapes) -> Entry:
+        """Export the segment at ``shapes`` (verified by the exporter) and say whether its batch is dynamic: a
+        batch-dynamic graph where the exporter makes one, else one at exactly these shapes."""
+        from vggproto.convert.onnx import export_onnx
+        sub = sub_net(self.net, self.segment, dict(shapes))
+        weights = segment_weights(self.net, self.segment)
+        exporter = logging.getLogger("vggproto.convert.onnx")
+        level = exporter.level
+        exporter.setLevel(logging.WARNING)   # its "Wrote <temporary file>" line would only confuse
+        with tempfile.TemporaryDirectory(prefix="vggproto-engine-") as folder:
+            path = Path(folder) / "segment.onnx"
+            try:
+                with _stderr_silenced():   # onnxruntime prints its own error when that graph fails its check
+                    export_onnx(sub, weights, path)
+            except Exception:  # noqa: BLE001 — a graph that only looked batch-dynamic fails its own check
+                export_onnx(sub, weights, path, dynamic_batch=False)
+            finally:
+                exporter.setLevel(level)
+            payload = path.read_bytes()
+        session = self._open(Entry(payload, False))
+        dynamic = session is not None and all(isinstance(i.shape[0], str) for i in session.get_inputs() if i.shape)
+        return Entry(payload, dynamic)
+
+    def _open(self, entry: Entry) -> Any:
+        """An onnxruntime session on ``entry`` with this engine's threads (None if the bytes are not a graph)."""
+        import onnxruntime
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 4   # fatal only: a failure is reported (or falls back) in one line
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            return onnxruntime.InferenceSession(entry.payload, options, providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 — a damaged entry: the caller rebuilds it
+            return None
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (onnxruntime's C++ logger writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class EngineNet:
+    """What inference loops written against a :class:`Net` need (``forward``, ``blobs``, ``loss``), run by an
+    :class:`Engine`; every other attribute (``blob_shapes``, ``input_names``, ``parameters()``...) is the Net's."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def forward(self, **inputs: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`Engine.run`."""
+        return self.engine.run(**inputs)
+
+    @property
+    def blobs(self) -> dict[str, torch.Tensor]:
+        """The last pass's blobs."""
+        return self.engine.blobs
+
+    @property
+    def loss(self) -> torch.Tensor | None:
+        """The last pass's weighted loss."""
+        return self.engine.loss
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine.net, name)
+
+
+def wrap(net: Net, engine: str = "auto", keep: Sequence[str] = ()) -> EngineNet:
+    """``net`` as an :class:`EngineNet` run by ``engine`` (the hook the inference commands hand the loops)."""
+    return Engine(net, engine, keep=keep).as_net()
+
+
+def load(model: ModelSource, weights: str | os.PathLike | Sequence | Mapping | None = None, engine: str = "auto",
+         device: str = "cpu", *, keep: Sequence[str] = (), cache: str | os.PathLike | bool = True,
+         threads: int | None = None) -> Engine:
+    """A deploy net with its weights, ready to ``forward(**inputs)`` on ``engine`` ("auto", "torch",
+    "onnxruntime"); ``cache`` is a folder, True (the default folder) or False (no cache)."""
+    from vggproto.net.interpreter import Net
+    from vggproto.net.weights import load_arrays
+    net = Net(model, None if isinstance(weights, Mapping) else weights, phase="TEST")
+    if isinstance(weights, Mapping):
+        load_arrays(net, weights, "weights")
+    for parameter in net.parameters():
+        parameter.requires_grad_(False)
+    return Engine(net.to(device), engine, keep=keep, cache=cache, threads=threads)
