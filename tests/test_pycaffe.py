@@ -4,6 +4,7 @@ net surgery (fully-convolutional conversion) and LeNet learning, plus a py-faste
 trains and tests."""
 from __future__ import annotations
 
+import copy
 import textwrap
 
 import numpy as np
@@ -919,6 +920,8 @@ def test_the_blob_store_feeds_through_the_nets_input_hook(net_file, tmp_path):
     solver.step(1)
     assert not solver.net.blobs["data"].data.any() and set(solver.net.blobs["label"].data) == {3}
     assert np.allclose(torch_net.blobs["data"].detach().numpy(), 0)     # the solver's forward took the buffer
+    copied = copy.deepcopy(torch_net)   # a copy is a net of its own, not fed by this view
+    assert copied.input_source is None and "loss" in copied.forward()
     plain = vggproto_net(net_file)
     assert plain.input_source is None
     assert plain.forward(data=torch.ones(5, 2, 3, 4), label=torch.zeros(5))["loss"].shape == ()

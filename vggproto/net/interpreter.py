@@ -178,9 +178,9 @@ class Net(nn.Module):
 
     def __getstate__(self) -> dict:
         """Pickle (``copy.deepcopy``, ``torch.save``, spawn workers) the net, not the last forward's blobs,
-        which are autograd intermediates that cannot be copied."""
+        which are autograd intermediates that cannot be copied, nor its input source (a pycaffe view's)."""
         state = dict(self.__dict__)
-        state.update(blobs={}, _first={}, loss=None, _debug_records=[])
+        state.update(blobs={}, _first={}, loss=None, _debug_records=[], input_source=None)
         return state
 
     # ------------------------------------------------------------------------------------------ running

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vggproto.caffe.proto import caffe_pb2
-from vggproto.errors import NetError, PycaffeKeyError, PycaffeTypeError, PycaffeValueError  # noqa: F401
+from vggproto.errors import NetError, PycaffeTypeError, PycaffeValueError  # noqa: F401  (caffe.net.NetError, as before)
 from vggproto.layers.base import CaffeLayer
 from vggproto.layers.python import PythonLayer
 from vggproto.net.interpreter import Net as TorchNet
