@@ -86,7 +86,7 @@ class Net(nn.Module):
         self.input_source: InputSource | None = None   # the explicit input hook (see InputSource)
         self.debug_info = self.net_param.debug_info   # Caffe's per-layer data/diff lines (vggproto.net.debug)
         self._debug_records: list[net_debug.LayerRecord] = []
-        self._reshaped: dict[str, Shape] = {}   # Input shapes of another rank last found to fit (_check_reshaped)
+        self._reshaped: dict[str, Shape] = {}   # Input shapes last found to fit (_check_reshaped)
         if weights:
             self.load_weights(weights)
 
