@@ -419,6 +419,91 @@ for _key, _make in USAGE.items():   # a bad option value is a usage error, which
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# pycaffe calls (vggproto.pycaffe): one vggproto error naming what exists, still the KeyError/ValueError/TypeError
+# a pycaffe script may catch
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Call:
+    """One pycaffe call with a wrong argument: ``run(folder)`` writes the files and makes the call."""
+
+    name: str
+    run: Callable[[Path], object]
+    also: type            # what the error must also be, besides a VGGProtoError
+    says: str             # what the message must say (what exists, the file, the shape)
+
+
+def _pycaffe_net(d: Path, phase: int = 1):
+    import vggproto.pycaffe as caffe
+    return caffe.Net(write(d, "net.prototxt", INPUT + FC), phase)
+
+
+def _pycaffe_solver(d: Path, text: str):
+    import vggproto.pycaffe as caffe
+    write(d, "net.prototxt", TRAIN_NET)
+    return caffe.SGDSolver(write(d, "solver.prototxt", text))
+
+
+_ZEROS = np.zeros((2, 2), np.float32)
+PYCAFFE_CALLS: list[Call] = [
+    Call("blobs-unknown", lambda d: _pycaffe_net(d).blobs["nope"], KeyError,
+         "net.blobs['nope']: no blob of that name; net.blobs has: data, fc"),
+    Call("params-unknown", lambda d: _pycaffe_net(d).params["data"], KeyError, "net.params has: fc"),
+    Call("layer-dict-unknown", lambda d: _pycaffe_net(d).layer_dict["nope"], KeyError,
+         "net.layer_dict has: data, fc"),
+    Call("top-names-unknown", lambda d: _pycaffe_net(d).top_names["nope"], KeyError, "net.top_names has: data, fc"),
+    Call("bottom-names-unknown", lambda d: _pycaffe_net(d).bottom_names[3], KeyError, "net.bottom_names[3]"),
+    Call("forward-unknown-input", lambda d: _pycaffe_net(d).forward(fc=_ZEROS), KeyError,
+         "net.forward(fc=...): no input blob of that name; net.inputs has: data"),
+    Call("forward-unknown-blob", lambda d: _pycaffe_net(d).forward(blobs=["nope"]), KeyError,
+         "net.forward(blobs=['nope']): no blob of that name; net.blobs has: data, fc"),
+    Call("forward-unknown-end", lambda d: _pycaffe_net(d).forward(end="nope"), KeyError,
+         "net.forward(end='nope'): no layer of that name; net.layer_dict has: data, fc"),
+    Call("forward-unknown-start", lambda d: _pycaffe_net(d).forward(start="nope"), KeyError, "net.layer_dict has"),
+    Call("backward-unknown-diff", lambda d: _pycaffe_net(d).backward(diffs=["nope"]), KeyError, "net.blobs has"),
+    Call("backward-unknown-top", lambda d: _pycaffe_net(d).backward(data=_ZEROS), KeyError,
+         "net.backward(data=...): no top to start from of that name; net.outputs has: fc"),
+    Call("backward-wrong-diff-shape", lambda d: _pycaffe_net(d).backward(fc=np.zeros(7)), ValueError,
+         "net.backward(fc=...): (7,) does not fit the blob's shape (1, 2)"),
+    Call("forward-wrong-shape", lambda d: _pycaffe_net(d).forward(data=np.zeros((1, 3, 4, 4))), ValueError,
+         "net.prototxt:2: layer 'fc' (InnerProduct): parameters of shapes [(2, 192), (2,)] do not fit the bottoms "
+         "after reshaping data (1, 3, 4, 4)"),
+    Call("forward-wrong-rank", lambda d: _pycaffe_net(d).forward(data=np.zeros((3, 8, 8))), ValueError,
+         "net.prototxt:2: layer 'fc' (InnerProduct)"),
+    Call("forward-not-numbers", lambda d: _pycaffe_net(d).forward(data="cat.jpg"), ValueError,
+         "net.forward(data=...): not an array of numbers (a str)"),
+    Call("blob-data-wrong-shape", lambda d: setattr(_pycaffe_net(d).blobs["data"], "data", _ZEROS), ValueError,
+         "net.blobs['data'].data = an array of shape (2, 2): does not fit the blob's shape (1, 3, 8, 8)"),
+    Call("blob-diff-wrong-shape", lambda d: setattr(_pycaffe_net(d).blobs["fc"], "diff", np.zeros(3)), ValueError,
+         "net.blobs['fc'].diff = an array of shape (3,)"),
+    Call("param-data-wrong-shape", lambda d: setattr(_pycaffe_net(d).params["fc"][0], "data", _ZEROS), ValueError,
+         "net.params['fc'][0].data = an array of shape (2, 2): does not fit the blob's shape (2, 192)"),
+    Call("blob-reshape-negative", lambda d: _pycaffe_net(d).blobs["data"].reshape(1, -3), ValueError,
+         "net.blobs['data'].reshape(1, -3): a shape is non-negative integers"),
+    Call("set-input-arrays-3d", lambda d: _pycaffe_net(d).set_input_arrays(np.zeros((2, 8, 8)), np.zeros(2)),
+         ValueError, "needs 4-d data (N, C, H, W)"),
+    Call("phase-5", lambda d: _pycaffe_net(d, 5), ValueError, "phase 5 is neither caffe.TRAIN (0) nor caffe.TEST (1)"),
+    Call("phase-word", lambda d: _pycaffe_net(d, "deploy"), TypeError, "caffe.Net needs a phase"),
+    Call("weights-missing", lambda d: _pycaffe_net(d).copy_from(str(d / "nothere.caffemodel")), Exception,
+         "nothere.caffemodel"),
+    Call("weights-jpeg", lambda d: _pycaffe_net(d).copy_from(write(d, "photo.caffemodel", JPEG)), Exception,
+         "photo.caffemodel"),
+    Call("model-missing", lambda d: __import__("vggproto.pycaffe").pycaffe.Net(str(d / "nothere.prototxt"), 1),
+         Exception, "nothere.prototxt"),
+    Call("solver-bad-field", lambda d: _pycaffe_solver(d, 'net: "net.prototxt"\nbase_lr: 0.1\nfrobnicate: 1\n'),
+         Exception, "solver.prototxt:3:1: unknown field 'frobnicate'"),
+    Call("solver-bad-value", lambda d: _pycaffe_solver(d, 'net: "net.prototxt"\nbase_lr: fast\n'), Exception,
+         'solver.prototxt:2:10: base_lr: expected a number, got "fast"'),
+    Call("solver-missing-net", lambda d: _pycaffe_solver(d, 'net: "nothere.prototxt"\nbase_lr: 0.1\n'
+                                                            'lr_policy: "fixed"\n'), Exception, "nothere.prototxt"),
+    Call("solver-no-policy", lambda d: _pycaffe_solver(d, 'net: "net.prototxt"\nbase_lr: 0.1\n'), Exception,
+         "solver.prototxt: unknown lr_policy ''; supported: fixed"),
+    Call("solver-missing", lambda d: __import__("vggproto.pycaffe").pycaffe.get_solver(str(d / "nothere.prototxt")),
+         Exception, "nothere.prototxt"),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 
 def _hashes(folder: Path) -> dict[Path, str]:
     return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
@@ -445,4 +530,22 @@ def test_bad_input_is_one_line_and_loses_nothing(bad: Case, tmp_path: Path, monk
     assert len(output) < 2000, output[:2000]
     assert bad.names in output, f"{bad.names!r} not named in {output[:2000]!r}"
     assert bad.says in output, f"{bad.says!r} not said in {output[:2000]!r}"
+    assert _hashes(tmp_path).items() >= before.items(), "an input file was changed"
+
+
+def test_there_is_a_pycaffe_section():
+    assert len(PYCAFFE_CALLS) >= 25, len(PYCAFFE_CALLS)
+
+
+@pytest.mark.parametrize("bad", PYCAFFE_CALLS, ids=[c.name for c in PYCAFFE_CALLS])
+def test_bad_pycaffe_call_is_one_clear_error(bad: Call, tmp_path: Path, monkeypatch) -> None:
+    from vggproto.errors import VGGProtoError
+    monkeypatch.chdir(tmp_path)
+    before = _hashes(tmp_path)
+    with pytest.raises(VGGProtoError) as raised:
+        bad.run(tmp_path)
+    message = str(raised.value)
+    assert isinstance(raised.value, bad.also), f"{type(raised.value).__name__} is not a {bad.also.__name__}"
+    assert "\n" not in message and len(message) < 2000, message
+    assert bad.says in message, f"{bad.says!r} not said in {message!r}"
     assert _hashes(tmp_path).items() >= before.items(), "an input file was changed"

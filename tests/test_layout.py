@@ -187,7 +187,6 @@ def test_imports_follow_the_layering():
 #: The import cycles left for issue #27's second wave (after the parallel pycaffe work merges); each entry is
 #: removed when its cycle is untied, and any other cycle (or a module joining one of these) fails the test.
 ALLOWED_CYCLES = [
-    ["vggproto.pycaffe.batches", "vggproto.pycaffe.blob", "vggproto.pycaffe.net"],   # wave 2: the blob store
 ]
 
 

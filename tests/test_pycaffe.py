@@ -4,6 +4,7 @@ net surgery (fully-convolutional conversion) and LeNet learning, plus a py-faste
 trains and tests."""
 from __future__ import annotations
 
+import copy
 import textwrap
 
 import numpy as np
@@ -902,3 +903,106 @@ def test_caffe_shim_into_a_missing_folder_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["install-caffe-shim", "--target", str(tmp_path / "file" / "sub")])
     assert result.exit_code == 1 and "cannot write the caffe shim" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------------- the blob store
+
+def test_the_blob_store_feeds_through_the_nets_input_hook(net_file, tmp_path):
+    """The torch net is not patched: pycaffe's store is its documented ``input_source``, so a solver's own step
+    takes the Input blobs' buffers, and a net nobody wraps runs as before."""
+    path = tmp_path / "solver.prototxt"
+    path.write_text(SOLVER.format(net=net_file, prefix=tmp_path / "snap"))
+    solver = caffe.SGDSolver(str(path))
+    torch_net = solver.torch_solver.net
+    assert "forward" not in vars(torch_net) and torch_net.input_source is not None
+    solver.net.blobs["data"].data[...] = 0
+    solver.net.blobs["label"].data[...] = 3
+    solver.step(1)
+    assert not solver.net.blobs["data"].data.any() and set(solver.net.blobs["label"].data) == {3}
+    assert np.allclose(torch_net.blobs["data"].detach().numpy(), 0)     # the solver's forward took the buffer
+    copied = copy.deepcopy(torch_net)   # a copy is a net of its own, not fed by this view
+    assert copied.input_source is None and "loss" in copied.forward()
+    plain = vggproto_net(net_file)
+    assert plain.input_source is None
+    assert plain.forward(data=torch.ones(5, 2, 3, 4), label=torch.zeros(5))["loss"].shape == ()
+
+
+def vggproto_net(path: str):
+    from vggproto.net import Net
+    return Net(path, phase="TRAIN")
+
+
+def test_a_custom_input_source_supplies_what_is_not_given(tmp_path):
+    class Constant:
+        def supply(self, inputs):
+            inputs.setdefault("data", np.full((2, 3), 2.0, np.float32))
+
+    path = tmp_path / "linear.prototxt"
+    path.write_text(LINEAR)
+    from vggproto.net import Net
+    net = Net(str(path))
+    net.input_source = Constant()
+    weight = net.layer_dict["ip"].blobs[0].detach().numpy()
+    assert np.allclose(net.forward()["ip"].detach().numpy(), 2 * weight.sum(axis=1))
+    assert np.allclose(net.forward(data=np.ones((2, 3)))["ip"].detach().numpy(), weight.sum(axis=1))
+
+
+# ------------------------------------------------------------------------------------------------- wrong arguments
+
+def test_wrong_names_are_clear_errors_that_are_still_key_errors(net_file):
+    net = caffe.Net(net_file, caffe.TRAIN)
+    for view, have in ((net.blobs, "data, label, conv, ip, loss"), (net.params, "conv, ip"),
+                       (net.layer_dict, "data, conv, ip, loss"), (net.top_names, "data, conv, ip, loss")):
+        with pytest.raises(KeyError) as raised:
+            view["nope"]
+        assert isinstance(raised.value, VGGProtoError) and str(raised.value).endswith(f"has: {have}")
+    assert net.blobs.get("nope") is None and "nope" not in net.blobs and net.params.get("data") is None
+    with pytest.raises(KeyError, match=r"^net.forward\(end='nope'\): no layer of that name; net.layer_dict has"):
+        net.forward(end="nope")
+    assert list(net.forward(blobs="conv")) == ["loss", "conv"]   # one name, not its letters
+
+
+def test_a_long_list_of_names_is_elided(tmp_path):
+    layers = "".join(f'layer {{ name: "relu_{i:03d}_{"x" * 20}" type: "ReLU" bottom: "data" top: "data" }}\n'
+                     for i in range(60))
+    path = tmp_path / "long.prototxt"
+    path.write_text(LINEAR.splitlines()[0] + "\n" + layers)
+    net = caffe.Net(str(path), caffe.TEST)
+    with pytest.raises(KeyError) as raised:
+        net.layer_dict["nope"]
+    message = str(raised.value)
+    assert " ... " in message and len(message) < 450 and "relu_000" in message and "relu_059" in message
+
+
+def test_wrong_values_are_clear_errors_that_are_still_value_errors(tmp_path):
+    path = tmp_path / "linear.prototxt"
+    path.write_text(LINEAR)
+    net = caffe.Net(str(path), caffe.TEST)
+    with pytest.raises(ValueError, match=r"^net.blobs\['data'\].data = an array of shape \(3, 2\): does not fit the "
+                                         r"blob's shape \(2, 3\)"):
+        net.blobs["data"].data = np.zeros((3, 2))
+    net.blobs["data"].data = 1.5                                  # numpy broadcasting still works
+    assert (net.blobs["data"].data == 1.5).all()
+    with pytest.raises(ValueError, match=r"linear.prototxt:2: layer 'ip' \(InnerProduct\): parameters of shapes "
+                                         r"\[\(4, 3\), \(4,\)\] do not fit the bottoms after reshaping data \(2, 5\)"):
+        net.forward(data=np.zeros((2, 5)))
+    assert net.forward(data=np.ones((7, 3)))["ip"].shape == (7, 4)   # another batch size is fine
+    for phase in (2, -1, "validate", None):
+        with pytest.raises((ValueError, TypeError)) as raised:
+            caffe.Net(str(path), phase=phase)
+        assert isinstance(raised.value, VGGProtoError) and "caffe.TRAIN" in str(raised.value)
+
+
+def test_a_plain_net_fed_a_shape_it_cannot_take_says_where(tmp_path):
+    """The interpreter's own forward (the CLI's): the failure is explained by Caffe's reshape check, located."""
+    from vggproto.errors import InputShapeError
+    from vggproto.net import Net
+    path = tmp_path / "conv.prototxt"
+    path.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 '
+                    'dim: 8 } } }\nlayer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+                    'convolution_param { num_output: 2 kernel_size: 3 } }\n')
+    net = Net(str(path))
+    with pytest.raises(InputShapeError, match=r"conv.prototxt:2: layer 'c' \(Convolution\): parameters of shapes "
+                                              r"\[\(2, 3, 3, 3\), \(2,\)\] do not fit .* data \(1, 4, 8, 8\)"):
+        net.forward(data=torch.zeros(1, 4, 8, 8))
+    assert net.forward(data=torch.zeros(2, 3, 5, 5))["c"].shape == (2, 2, 3, 3)

@@ -75,3 +75,28 @@ class DataError(VGGProtoError):
 class DataShapeUnknown(DataError):
     """A data layer whose top shapes the prototxt does not give: only its data would tell, and a shapes-only
     build (``info``, ``draw``: Caffe's draw_net reads no data either) reads none."""
+
+
+class InputShapeError(NetError, ValueError):
+    """Inputs of a shape the net cannot take (Caffe's Net::Reshape check, here after a reshaped input): located
+    at the first layer that cannot take them, and a ValueError too, as numpy's copy into a pycaffe blob is."""
+
+
+class PycaffeError(VGGProtoError):
+    """A ``vggproto.pycaffe`` call with an argument that does not fit the net: an unknown blob or layer name, an
+    array of the wrong shape, a phase that is neither TRAIN nor TEST.  The message names what exists."""
+
+    def __str__(self) -> str:   # KeyError's own str() would show the message quoted, as a repr
+        return str(self.args[0]) if self.args else ""
+
+
+class PycaffeKeyError(PycaffeError, KeyError):
+    """An unknown name; still a KeyError, so a pycaffe script's ``except KeyError`` keeps working."""
+
+
+class PycaffeValueError(PycaffeError, ValueError):
+    """A value of the wrong shape or kind; still a ValueError, as numpy's or pycaffe's own would be."""
+
+
+class PycaffeTypeError(PycaffeError, TypeError):
+    """A call with the wrong arguments (``caffe.Net`` without a phase); still a TypeError, as Python's is."""

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from vggproto.errors import DataError, VGGProtoError
+from vggproto.errors import DataError, InputShapeError, VGGProtoError
 from vggproto.evaluation.views import ImageListDataset, center_crop, grid_crops, image_loader, with_flips
 from vggproto.vgg.configs import MEAN_BGR
 
@@ -97,7 +97,8 @@ class Model:
         for start in range(0, views.shape[0], batch):
             try:
                 self.net.forward(**{self.input_blob: views[start:start + batch]})
-            except RuntimeError as exc:   # e.g. a kernel larger than the input: the scale is too small
+            except (RuntimeError, InputShapeError) as exc:   # e.g. a kernel larger than the input: the scale
+                # is too small (the interpreter locates what PyTorch refused: net/reshape.py)
                 raise DataError(f"{self.label}: cannot run the net on views of size {tuple(views.shape[2:])} "
                                 f"({str(exc).splitlines()[0]}); use a larger scale") from None
             scores = self.net.blobs[self.score_blob]

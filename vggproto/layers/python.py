@@ -13,6 +13,7 @@ own blob type.
 from __future__ import annotations
 
 import importlib
+import operator
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,15 +21,48 @@ import torch
 from torch import nn
 
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.errors import PycaffeValueError
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
+
+
+def blob_shape(shape: tuple, what: str = "blob") -> tuple[int, ...]:
+    """``reshape``'s arguments (``reshape(1, 3, 8, 8)`` or ``reshape((1, 3, 8, 8))``) as a shape, or one
+    PycaffeValueError naming ``what`` when they are not non-negative integers."""
+    dims = shape[0] if len(shape) == 1 and not np.isscalar(shape[0]) else shape
+    try:
+        dims = tuple(operator.index(d) for d in dims)
+    except TypeError:
+        dims = ()
+        bad = True
+    else:
+        bad = any(d < 0 for d in dims)
+    if bad:
+        raise PycaffeValueError(f"{what}.reshape{shape!r}: a shape is non-negative integers, as "
+                                f"{what}.reshape(1, 3, 224, 224)")
+    return dims
 
 
 class Blob:
     """pycaffe's Blob: ``data`` and ``diff`` numpy arrays of one shape (float32), reshaped in place."""
 
+    #: how errors name the blob (pycaffe's net views name theirs: ``net.blobs['data']``)
+    label = "blob"
+
     def __init__(self, shape: Sequence[int] = ()):
         self._data = np.zeros(tuple(int(d) for d in shape), dtype=np.float32)
         self._diff = np.zeros_like(self._data)
+
+    def _assign(self, which: str, value: object) -> None:
+        """``blob.data = value``: pycaffe copies into the blob, so the shapes must agree (numpy broadcasting
+        allowed); anything else is one error naming the blob and its shape."""
+        target = self.data if which == "data" else self.diff
+        try:
+            target[...] = value
+        except (ValueError, TypeError):
+            shape = getattr(value, "shape", None)
+            got = f"an array of shape {tuple(shape)}" if shape is not None else f"a {type(value).__name__}"
+            raise PycaffeValueError(f"{self.label}.{which} = {got}: does not fit the blob's shape {target.shape} "
+                                    f"(reshape the blob first: {self.label}.reshape(...))") from None
 
     @property
     def data(self) -> np.ndarray:
@@ -36,7 +70,7 @@ class Blob:
 
     @data.setter
     def data(self, value: np.ndarray) -> None:   # pycaffe: assigning copies into the blob (shapes must agree)
-        self.data[...] = value
+        self._assign("data", value)
 
     @property
     def diff(self) -> np.ndarray:
@@ -44,11 +78,11 @@ class Blob:
 
     @diff.setter
     def diff(self, value: np.ndarray) -> None:
-        self.diff[...] = value
+        self._assign("diff", value)
 
     def reshape(self, *shape: int) -> None:
         """Caffe's Blob::Reshape: new memory only when the shape changes (contents then undefined: zeros)."""
-        shape = tuple(int(d) for d in (shape[0] if len(shape) == 1 and not np.isscalar(shape[0]) else shape))
+        shape = blob_shape(shape, self.label)
         if shape != self._data.shape:
             self._data = np.zeros(shape, dtype=np.float32)
             self._diff = np.zeros_like(self._data)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -20,10 +20,11 @@ from vggproto.caffe.netstate import filter_net, layer_included, merged_state
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.shapes import Shape
 from vggproto.data.options import DataOptions
-from vggproto.errors import NetError, PrototxtError, VGGProtoError
+from vggproto.errors import InputShapeError, NetError, PrototxtError, VGGProtoError
 from vggproto.layers.base import CaffeLayer, LayerSpec, UnknownShapes, check_blob_size
 from vggproto.layers.registry import build_layer
 from vggproto.net import debug as net_debug
+from vggproto.net import reshape as net_reshape
 from vggproto.net import weights as net_weights
 from vggproto.net.params import LearnableParam, ParamOwner, setup_params
 from vggproto.net.source import ModelSource, layer_line_numbers, load_model, model_name
@@ -31,8 +32,17 @@ from vggproto.net.source import ModelSource, layer_line_numbers, load_model, mod
 log = logging.getLogger("vggproto.net.interpreter")
 
 
+class InputSource(Protocol):
+    """Supplies the inputs a forward is not given: ``Net.input_source`` (pycaffe's blob store, which feeds its
+    Input blobs' buffers to whoever runs the net, a solver's step included)."""
+
+    def supply(self, inputs: dict[str, np.ndarray | torch.Tensor]) -> None:
+        """Add to ``inputs`` (a forward's, keyed by top) what this source holds for the tops not in it."""
+
+
 class Net(nn.Module):
-    """A Caffe net (prototxt path, text or NetParameter) for one phase/level/stages, optionally with weights."""
+    """A Caffe net (prototxt path, text or NetParameter) for one phase/level/stages, optionally with weights.
+    Inputs a forward is not given come from ``input_source`` when one is set (pycaffe's blob store)."""
 
     def __init__(self, model: ModelSource, weights: str | os.PathLike | Sequence | None = None,
                  phase: str | int = "TEST", stages: Iterable[str] = (), level: int = 0, *,
@@ -73,9 +83,10 @@ class Net(nn.Module):
         self._fed: dict[str, torch.Tensor] = {}
         self.loss: torch.Tensor | None = None
         self.track_diffs = False
+        self.input_source: InputSource | None = None   # the explicit input hook (see InputSource)
         self.debug_info = self.net_param.debug_info   # Caffe's per-layer data/diff lines (vggproto.net.debug)
         self._debug_records: list[net_debug.LayerRecord] = []
-        self._reshaped: dict[str, Shape] = {}   # Input shapes of another rank last found to fit (_check_reshaped)
+        self._reshaped: dict[str, Shape] = {}   # Input shapes last found to fit (_check_reshaped)
         if weights:
             self.load_weights(weights)
 
@@ -167,9 +178,9 @@ class Net(nn.Module):
 
     def __getstate__(self) -> dict:
         """Pickle (``copy.deepcopy``, ``torch.save``, spawn workers) the net, not the last forward's blobs,
-        which are autograd intermediates that cannot be copied."""
+        which are autograd intermediates that cannot be copied, nor its input source (a pycaffe view's)."""
         state = dict(self.__dict__)
-        state.update(blobs={}, _first={}, loss=None, _debug_records=[])
+        state.update(blobs={}, _first={}, loss=None, _debug_records=[], input_source=None)
         return state
 
     # ------------------------------------------------------------------------------------------ running
@@ -269,13 +280,29 @@ class Net(nn.Module):
             raise NetError(f"unknown input(s) {', '.join(unknown)}; the net is fed through: "
                            f"{', '.join(self.input_names) or 'nothing (it has no Input/MemoryData layer)'}",
                            path=self.path)
+        if self.input_source is not None:   # pycaffe's blob store: the inputs not given, from its buffers
+            self.input_source.supply(inputs)
         # the last pass's blobs are overwritten by this one (as Caffe overwrites its blobs in place): let them go
         # now, not after this pass, or inference loops hold two passes of activations (2x the memory)
         self.blobs, self._first = {}, {}
+        self._debug_records = []
+        fed: dict[str, Shape] = {}   # the Input tops' shapes
+        try:
+            blobs, first = self._run(last, inputs, fed)
+        except (RuntimeError, NetError) as exc:   # an input at a shape the net cannot take: say where, located
+            if not isinstance(exc, InputShapeError):
+                self._check_reshaped(fed, every=True)
+            raise
+        self.blobs, self._first = blobs, first
+        self.loss = self._total_loss(blobs)
+        return blobs
+
+    def _run(self, last: int, inputs: dict, fed: dict[str, Shape]) -> tuple[dict, dict]:
+        """Layers 0..``last``: (the blobs, each blob's first value when ``track_diffs``); the Input tops' shapes
+        go into ``fed``, checked before the first layer that reads them."""
         blobs: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
-        self._debug_records = []
-        fed: dict[str, Shape] = {}   # the Input tops' shapes, checked before the first layer that reads them
+        unchecked = False
         for param, layer, propagate in zip(self.net_param.layer[:last + 1], self.layer_list[:last + 1],
                                            self._propagate):
             bottoms = []
@@ -283,10 +310,11 @@ class Net(nn.Module):
                 tops = layer(*self._fed_tops(param, layer, inputs))
                 if param.type == "Input":
                     fed.update(zip(param.top, (tuple(t.shape) for t in tops)))
+                    unchecked = True
             else:
-                if fed:
+                if unchecked:
                     self._check_reshaped(fed)
-                    fed = {}
+                    unchecked = False
                 bottoms = [blobs[b] if keep else blobs[b].detach() for b, keep in zip(param.bottom, propagate)]
                 tops = layer(*bottoms)
             if self.debug_info:
@@ -297,41 +325,17 @@ class Net(nn.Module):
                     first[name] = tensor                      # activation alive until the next forward
                     if tensor.requires_grad:
                         tensor.retain_grad()
-        self.blobs, self._first = blobs, first
-        self.loss = self._total_loss(blobs)
-        return blobs
+        return blobs, first
 
-    def _check_reshaped(self, fed: dict[str, Shape]) -> None:
-        """Inputs fed with another number of axes than the net was built for (pycaffe's ``blob.reshape``):
-        Caffe's Net::Reshape re-runs every layer's shape checks, here a shapes-only build of the net with the
-        Input layers' new shapes (so a net that cannot take them fails, located, before running), once per new
-        set of shapes."""
-        if all(len(shape) == len(self.blob_shapes[top]) for top, shape in fed.items()) or fed == self._reshaped:
+    def _check_reshaped(self, fed: dict[str, Shape], every: bool = False) -> None:
+        """Inputs fed with another number of axes than the net was built for (pycaffe's ``blob.reshape``), or
+        with ``every`` any other shape (after a failed pass): :func:`vggproto.net.reshape.check_reshaped`, once
+        per new set of shapes."""
+        changed = [top for top, shape in fed.items() if shape != self.blob_shapes[top]]
+        if not changed or fed == self._reshaped or \
+                not (every or any(len(fed[top]) != len(self.blob_shapes[top] or ()) for top in changed)):
             return
-        reshaped = caffe_pb2.NetParameter()
-        reshaped.CopyFrom(self.net_param)
-        for layer in reshaped.layer:   # already filtered for this net's state
-            del layer.include[:], layer.exclude[:]
-            if layer.type == "Input":
-                del layer.input_param.shape[:]
-                for top in layer.top:
-                    layer.input_param.shape.add().dim.extend(fed.get(top, self.blob_shapes[top]))
-        shapes = ", ".join(f"{top} {shape}" for top, shape in fed.items())
-        try:
-            rebuilt = self.shapes_only(reshaped, self.phase, dialect=self.dialect)
-        except NetError as exc:   # located in this net's file, with the shapes that caused it
-            raise NetError(f"{exc.reason} (after reshaping {shapes})", path=self.path,
-                           line=self.layer_lines.get(exc.layer or ""), layer=exc.layer,
-                           layer_type=exc.layer_type) from None
-        for name, layer in rebuilt.layer_dict.items():   # Caffe: e.g. base_conv_layer.cpp Reshape CHECKs the
-            if layer.shapes_unknown:                       # bottoms against the layer's existing weights
-                continue                                   # (a Python layer checks in its own reshape)
-            need = [tuple(b.shape) for b in layer.blobs]
-            have = [tuple(b.shape) for b in self.layer_dict[name].blobs]
-            if need != have:
-                raise self._error(layer.spec.param, self.layer_lines.get(name),
-                                  f"parameters of shapes {have} do not fit the bottoms after reshaping {shapes} "
-                                  f"(they would need {need})")
+        net_reshape.check_reshaped(self, fed, lambda param: self.shapes_only(param, self.phase, dialect=self.dialect))
         self._reshaped = dict(fed)
 
     def log_backward_debug(self) -> None:

@@ -1,16 +1,30 @@
 """pycaffe's ``forward_all`` / ``forward_backward_all``: N items pushed through a net of batch size B in
-ceil(N / B) passes, the last batch padded with zeros and the padding cut from the results."""
+ceil(N / B) passes, the last batch padded with zeros and the padding cut from the results.  They work on any
+:class:`BatchedNet` (pycaffe's ``caffe.Net`` is one), so this module needs nothing of the net's own."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from vggproto.pycaffe.net import Net
+from vggproto.layers.python import Blob
 
 
-def split(net: "Net", kwargs: dict[str, Any]) -> tuple[list[dict[str, np.ndarray]], int]:
+class BatchedNet(Protocol):
+    """What batching needs of a net: its blobs (for the batch size), its inputs and pycaffe's passes."""
+
+    @property
+    def blobs(self) -> Mapping[str, Blob]: ...
+
+    @property
+    def inputs(self) -> list[str]: ...
+
+    def forward(self, blobs: Sequence[str] | None = None, **kwargs: Any) -> dict[str, np.ndarray]: ...
+
+    def backward(self, diffs: Sequence[str] | None = None, **kwargs: Any) -> dict[str, np.ndarray]: ...
+
+
+def split(net: BatchedNet, kwargs: dict[str, Any]) -> tuple[list[dict[str, np.ndarray]], int]:
     """``kwargs`` (arrays of N items) as net-sized batches, and how many padding items the last one has."""
     if not kwargs:
         return [], 0
@@ -34,7 +48,7 @@ def _join(parts: dict[str, list[np.ndarray]], pad: int) -> dict[str, np.ndarray]
     return {name: array[:len(array) - pad] for name, array in joined.items()}
 
 
-def forward_all(net: "Net", blobs: Sequence[str] | None, kwargs: dict[str, Any]) -> dict[str, np.ndarray]:
+def forward_all(net: BatchedNet, blobs: Sequence[str] | None, kwargs: dict[str, Any]) -> dict[str, np.ndarray]:
     """Every item of the inputs through ``net``; the outputs (and ``blobs``) concatenated."""
     collected: dict[str, list[np.ndarray]] = {}
     batches, pad = split(net, kwargs)
@@ -44,7 +58,7 @@ def forward_all(net: "Net", blobs: Sequence[str] | None, kwargs: dict[str, Any])
     return _join(collected, pad)
 
 
-def forward_backward_all(net: "Net", blobs: Sequence[str] | None, diffs: Sequence[str] | None,
+def forward_backward_all(net: BatchedNet, blobs: Sequence[str] | None, diffs: Sequence[str] | None,
                          kwargs: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Inputs and output diffs (both in ``kwargs``) batch by batch: (outputs, input diffs) concatenated."""
     forward_in = {k: v for k, v in kwargs.items() if k in net.inputs}

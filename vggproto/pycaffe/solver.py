@@ -14,17 +14,19 @@ from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.prototxt import read_solver
 from vggproto.pycaffe import mode
 from vggproto.pycaffe.net import Net
-from vggproto.train import nets
+from vggproto.train import nets, updates
 from vggproto.train.solver import Solver as TorchSolver
 from vggproto.train.solver import TrainOptions
 
 
 def _read(path: str | os.PathLike, solver_type: str | None) -> caffe_pb2.SolverParameter:
-    """The solver file with its net paths resolved (the CWD first, as Caffe, then beside the file)."""
+    """The solver file with its net paths resolved (the CWD first, as Caffe, then beside the file), checked
+    here, where its name is known (the vggproto Solver is handed the parameters, not the file)."""
     path = os.fspath(path)
     param = read_solver(path)
     if solver_type is not None:
         param.type = solver_type
+    updates.check_solver(param, path)
     for field in ("net", "train_net"):
         if param.HasField(field):
             setattr(param, field, nets.resolve(getattr(param, field), path))
