@@ -1,0 +1,82 @@
+"""A layer type's facts live on its class (issue #27): every registered type declares how it exports to ONNX and
+whether a gradient flows back through it, and what :mod:`vggproto.convert.onnx` derives from those declarations
+is what its own lists said before they moved onto the classes (recorded below from that code, type by type)."""
+from __future__ import annotations
+
+import pytest
+
+from vggproto.convert.onnx import needed_opset, refusal
+from vggproto.layers.registry import supported_types
+
+DATA = "a data layer reads files or makes data at run time; replace it by an Input layer"
+LOSS = "a loss layer has no place in a deploy graph; export the net without it (its deploy version)"
+#: Before the move (convert/onnx.py's is_data/is_loss branches and its REFUSED dict): type -> why it never
+#: exports, in either phase.  Every other registered type exported (TRAIN-phase randomness aside, below).
+RECORDED_REFUSALS = {
+    **dict.fromkeys(["BoxData", "Data", "DummyData", "HDF5Data", "ImageData"], DATA),
+    **dict.fromkeys(["ContrastiveLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss",
+                     "SigmoidCrossEntropyLoss", "SmoothL1Loss", "SoftmaxWithLoss"], LOSS),
+    "DetectionOutput": "per-class NMS and top-k keep a data-dependent number of boxes; export up to its bottoms "
+                       "(mbox_loc, mbox_conf_flatten, mbox_priorbox) and decode outside ONNX",
+    "HDF5Output": "it writes its bottoms to an HDF5 file, a side effect with no ONNX form",
+    "Proposal": "anchor decoding and NMS keep a data-dependent number of boxes, which a traced graph freezes",
+    "Python": "a Python layer runs arbitrary code that has no ONNX form",
+    "ROIPooling": "its window sizes depend on the ROI values, which a traced graph would freeze",
+}
+DROPOUT = "TRAIN-phase dropout draws a random mask; export the TEST phase"
+STOCHASTIC = "TRAIN-phase STOCHASTIC pooling draws random cells; export the TEST phase"
+#: (type, parameter text, bottoms) -> (why TEST refuses, why TRAIN refuses, the opset it needs), recorded before
+#: the move for the types whose answer depends on their parameters.
+RECORDED_VARIANTS = {
+    ("Dropout", "dropout_param { dropout_ratio: 0.3 }", ("a",)): (None, DROPOUT, 13),
+    ("Pooling", "pooling_param { pool: STOCHASTIC kernel_size: 2 }", ("a",)): (None, STOCHASTIC, 13),
+    ("Pooling", "pooling_param { pool: MAX kernel_size: 2 }", ("a",)): (None, None, 13),
+    ("Pooling", "pooling_param { pool: AVE kernel_size: 2 }", ("a",)): (None, None, 13),
+    ("SPP", "spp_param { pool: STOCHASTIC pyramid_height: 2 }", ("a",)): (None, STOCHASTIC, 13),
+    ("SPP", "spp_param { pool: MAX pyramid_height: 2 }", ("a",)): (None, None, 13),
+    ("Upsample", "upsample_param { scale: 2 }", ("a",)): (None, None, 13),
+    ("Upsample", "upsample_param { scale: 2 }", ("a", "a")): (None, None, 18),
+}
+IN = 'layer { name: "in" type: "Input" top: "a" input_param { shape { dim: 2 dim: 3 } } }\n'
+
+
+def _net(kind: str, text: str = "", bottoms: tuple[str, ...] = ("a",)) -> str:
+    """An Input layer, then one layer of ``kind`` (its bottoms all the input); nothing is built."""
+    names = "".join(f' bottom: "{b}"' for b in bottoms)
+    return IN + f'layer {{ name: "l" type: "{kind}"{names} top: "t" {text} }}\n'
+
+
+def _why(kind: str, phase: str, text: str = "", bottoms: tuple[str, ...] = ("a",)) -> str | None:
+    message = refusal(_net(kind, text, bottoms), phase)
+    if message is None:
+        return None
+    prefix = f"layer 'l' ({kind}) cannot be exported to ONNX: "
+    assert message.startswith(prefix), message
+    return message[len(prefix):]
+
+
+@pytest.mark.parametrize("kind", supported_types())
+def test_onnx_refusal_of_every_type_is_what_it_was(kind: str) -> None:
+    expected = RECORDED_REFUSALS.get(kind)
+    train = expected or (DROPOUT if kind == "Dropout" else None)
+    assert (_why(kind, "TEST"), _why(kind, "TRAIN")) == (expected, train)
+    from vggproto.caffe.prototxt import parse_net
+    assert needed_opset(parse_net(_net(kind)).net.layer[1]) == 13
+
+
+@pytest.mark.parametrize("case", sorted(RECORDED_VARIANTS), ids=lambda c: f"{c[0]}-{c[1].split()[3]}-{len(c[2])}")
+def test_parameter_dependent_onnx_facts_are_what_they_were(case: tuple) -> None:
+    from vggproto.caffe.prototxt import parse_net
+    kind, text, bottoms = case
+    test, train, opset = RECORDED_VARIANTS[case]
+    assert (_why(kind, "TEST", text, bottoms), _why(kind, "TRAIN", text, bottoms)) == (test, train)
+    assert needed_opset(parse_net(_net(kind, text, bottoms)).net.layer[1]) == opset
+    if opset > 13:
+        assert _why(kind, "TEST", text, bottoms) is None
+        assert refusal(_net(kind, text, bottoms), "TEST", opset=opset - 1) == (
+            f"layer 'l' ({kind}) cannot be exported to ONNX: it needs opset {opset}, not {opset - 1}")
+
+
+def test_recorded_types_are_registered() -> None:
+    assert set(RECORDED_REFUSALS) <= set(supported_types())
+    assert {kind for kind, _, _ in RECORDED_VARIANTS} <= set(supported_types())
