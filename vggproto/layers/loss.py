@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import DataError, VGGProtoError
 from vggproto.layers.axes import canonical_axis, count, softmax_along
+from vggproto.layers.base import NO_ONNX_LOSS
 from vggproto.layers.common import expect_bottoms
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
@@ -95,6 +96,8 @@ class LossLayer(CaffeLayer):
     """Base of the loss layers: scalar top 0, loss_weight 1 by default (Caffe's LossLayer)."""
 
     is_loss = True
+    onnx = NO_ONNX_LOSS
+    backward = True
 
 
 @register("EuclideanLoss")

@@ -26,6 +26,7 @@ import torch
 from torch.nn.functional import linear as _linear
 
 from vggproto.errors import NetError
+from vggproto.layers.base import TRACED
 from vggproto.layers.common import blob, count, expect_bottoms, expect_tops
 from vggproto.layers.misc import needs_index_grad
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
@@ -42,6 +43,8 @@ def lstm_gates(gates: torch.Tensor, hidden: int) -> tuple[torch.Tensor, ...]:
 
 class Recurrent(CaffeLayer):
     """Shared set-up of LSTM and RNN: bottom checks, static input, exposed hidden states, carried state."""
+    onnx = TRACED
+    backward = True
 
     #: hidden-state blobs (LSTM: h and c; RNN: h)
     states: tuple[str, ...] = ("h",)
@@ -203,6 +206,8 @@ class LSTMUnit(CaffeLayer):
 
     n_bottoms = 3
     n_tops = 2
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

@@ -11,6 +11,7 @@ import math
 import torch
 
 from vggproto.layers.axes import canonical_axis, count, softmax_along
+from vggproto.layers.base import TRACED
 from vggproto.layers.common import expect_bottoms
 from vggproto.layers.loss import (
     LossLayer,
@@ -31,6 +32,8 @@ MAX_NLL = -math.log(1.1754943508222875e-38)
 @register("Softmax")
 class Softmax(CaffeLayer):
     """exp(x - max) / sum over ``softmax_param.axis`` (default 1; every other axis independent)."""
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -94,6 +97,8 @@ class SoftmaxWithLoss(LossLayer):
 @register("Accuracy")
 class Accuracy(CaffeLayer):
     """Top-k accuracy with Caffe's tie rule; optional 2nd top = per-class accuracy (0 for absent classes)."""
+    onnx = TRACED
+    backward = False   # Caffe: accuracy_layer.cpp, NOT_IMPLEMENTED
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -144,6 +149,8 @@ def _sorted_desc(x: torch.Tensor, dim: int, k: int) -> tuple[torch.Tensor, torch
 @register("ArgMax")
 class ArgMax(CaffeLayer):
     """Indices (and optionally values) of the top_k maxima, per sample or along ``axis`` (stored as floats)."""
+    onnx = TRACED
+    backward = False   # Caffe: argmax_layer.hpp, NOT_IMPLEMENTED
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
