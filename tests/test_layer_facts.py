@@ -148,3 +148,25 @@ def test_declared_backward_is_what_autograd_does() -> None:
 def test_lstm_backward_after_a_forward() -> None:
     sweep = pytest.importorskip("test_onnx_sweep")
     assert _gradient_flows("LSTM", *sweep.CASES["LSTM"][0])
+
+
+@pytest.mark.parametrize("kind,field,extra", [
+    ("SoftmaxWithLoss", "softmax_param", ""), ("InfogainLoss", "infogain_loss_param", ' bottom: "h"'),
+    ("Accuracy", "accuracy_param", "")])
+def test_classifiers_share_caffes_class_axis_setup(kind: str, field: str, extra: str) -> None:
+    """One set-up (loss.class_positions) for the three classifiers over a class axis: the axis is checked and
+    canonicalised, and bottom 1 must hold one label per position outside it."""
+    from vggproto.errors import NetError
+    from vggproto.net.interpreter import Net
+
+    def net(axis: int, labels: int) -> str:
+        return ('layer { name: "x" type: "Input" top: "x" top: "y" top: "h" input_param { shape { dim: 2 dim: 3 '
+                f'dim: 4 }} shape {{ dim: 2 dim: {labels} }} shape {{ dim: 4 dim: 4 }} }} }}\n'
+                f'layer {{ name: "l" type: "{kind}" bottom: "x" bottom: "y"{extra} top: "t" '
+                f'{field} {{ axis: {axis} }} }}\n')
+    assert Net(net(-1, 3)).layer_dict["l"].outer == 6   # axis 2 of (2, 3, 4): 2 x 3 positions, 4 classes
+    assert Net(net(-1, 3)).layer_dict["l"].classes == 4
+    with pytest.raises(NetError, match=rf"{field}.axis: 3 is out of range for the 3-D bottom"):
+        Net(net(3, 3))
+    with pytest.raises(NetError, match=r"the label bottom has shape \(2, 5\) \(10 labels\).*needs 6"):
+        Net(net(2, 5))
