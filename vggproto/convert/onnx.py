@@ -12,18 +12,19 @@ net is traced again.  On a mismatch at the declared shapes nothing is written.  
 ``outputs`` picks the blobs to export (default: the net's outputs; only the layers they depend on must export).
 Nets that unpool by a MAX pooling mask are checked up to argmax near-ties (:mod:`vggproto.convert.onnx_ties`).
 
-Refused before anything is built or traced, with one line naming the layer and its type (:func:`refusal`): data
-layers (Data, ImageData, HDF5Data, DummyData, BoxData — an Input layer must feed the graph), loss layers (a deploy
-graph has none), layers in :data:`REFUSED` (Python, HDF5Output, ROIPooling, Proposal, DetectionOutput: code,
-side effects or data-dependent sizes a traced graph cannot hold), and random TRAIN-phase layers.  The exporter's
+Refused before anything is built or traced, with one line naming the layer and its type (:func:`refusal`), as
+each layer class declares (``onnx`` and ``onnx_refusal`` in :mod:`vggproto.layers.base`; the list is
+:func:`refused_types`): data layers (Data, ImageData, HDF5Data, DummyData, BoxData — an Input layer must feed
+the graph), loss layers (a deploy graph has none), Python, HDF5Output, ROIPooling, Proposal and DetectionOutput
+(code, side effects or data-dependent sizes a traced graph cannot hold), and random TRAIN-phase layers.  The exporter's
 own warnings and C++ graph dumps are silenced, so a failure prints only its one-line error.
 
-Opset: the lowest the net needs (:func:`needed_opset`) — 13 for every layer (Caffe's ops map onto opset-13
-Conv/Pool/Gemm/Reduce*/TopK/Gather...), 18 for SegNet max-unpooling (Upsample with a mask bottom: ScatterElements
-with reduction="max" keeps Caffe's largest source on repeated indices).  ``opset`` may ask for a higher one; one
-below 13, or below a layer's need, is refused.  Layers whose eager forward has no ONNX form
-(``divisor_override`` pooling, expm1, stable sort, custom autograd Functions) take an export path under
-``torch.onnx.is_in_onnx_export()`` that computes the same values.
+Opset: the lowest the net needs (:func:`needed_opset`, from the layer classes' ``onnx_opset``) — 13 for every
+layer (Caffe's ops map onto opset-13 Conv/Pool/Gemm/Reduce*/TopK/Gather...), 18 for SegNet max-unpooling
+(Upsample with a mask bottom: ScatterElements with reduction="max" keeps Caffe's largest source on repeated
+indices).  ``opset`` may ask for a higher one; one below 13, or below a layer's need, is refused.  Layers whose
+eager forward has no ONNX form (``divisor_override`` pooling, expm1, stable sort, custom autograd Functions) take
+an export path under ``torch.onnx.is_in_onnx_export()`` that computes the same values.
 """
 from __future__ import annotations
 
@@ -69,34 +70,17 @@ MIN_OPSET = 13
 
 
 def needed_opset(param: caffe_pb2.LayerParameter) -> int:
-    """The lowest opset that expresses ``param``: 18 for SegNet max-unpooling (Upsample with a mask bottom),
-    whose repeated mask indices keep the largest source (ScatterElements reduction="max"); 13 otherwise."""
-    if param.type == "Upsample" and len(param.bottom) > 1:
-        return 18
-    return MIN_OPSET
+    """The lowest opset that expresses ``param``: what its layer class says (``onnx_opset``: 18 for SegNet
+    max-unpooling), never below :data:`MIN_OPSET`."""
+    from vggproto.layers.registry import LayerSpec, layer_class
+    return max(MIN_OPSET, layer_class(LayerSpec(param, [])).onnx_opset(param))
 
 
-#: Layer types that never export, and why (checked before tracing).
-REFUSED: dict[str, str] = {
-    "HDF5Output": "it writes its bottoms to an HDF5 file, a side effect with no ONNX form",
-    "Python": "a Python layer runs arbitrary code that has no ONNX form",
-    "ROIPooling": "its window sizes depend on the ROI values, which a traced graph would freeze",
-    "Proposal": "anchor decoding and NMS keep a data-dependent number of boxes, which a traced graph freezes",
-    "DetectionOutput": "per-class NMS and top-k keep a data-dependent number of boxes; export up to its bottoms "
-                       "(mbox_loc, mbox_conf_flatten, mbox_priorbox) and decode outside ONNX",
-}
-
-
-def _random_in_train(param: caffe_pb2.LayerParameter) -> str | None:
-    """Why a TRAIN-phase layer cannot be exported: its forward draws random numbers an ONNX graph cannot
-    reproduce (Caffe: dropout_layer.cpp, pooling_layer.cu StoPoolForwardTrain)."""
-    stochastic = caffe_pb2.PoolingParameter.STOCHASTIC
-    if param.type == "Dropout":
-        return "TRAIN-phase dropout draws a random mask; export the TEST phase"
-    if (param.type == "Pooling" and param.pooling_param.pool == stochastic) or \
-            (param.type == "SPP" and param.spp_param.pool == stochastic):
-        return "TRAIN-phase STOCHASTIC pooling draws random cells; export the TEST phase"
-    return None
+def refused_types() -> dict[str, str]:
+    """Every registered layer type that never exports, and why: derived from the classes' ``onnx``."""
+    from vggproto.layers.base import TRACED
+    from vggproto.layers.registry import registered
+    return {name: cls.onnx for name, cls in registered().items() if cls.onnx not in (None, TRACED)}
 
 
 def _wrapper(net: Net, inputs: list[str], outputs: list[str]) -> torch.nn.Module:
@@ -158,17 +142,7 @@ def refusal(model: ModelSource, phase: str = "TEST", opset: int | None = None,
                     f"{needed_opset(param)}, not {opset}")
         cls = layer_class(LayerSpec(param, []))
         fed = fed or cls.feeds
-        why = None
-        if cls.feeds:
-            continue
-        if cls.is_data:
-            why = "a data layer reads files or makes data at run time; replace it by an Input layer"
-        elif cls.is_loss:
-            why = "a loss layer has no place in a deploy graph; export the net without it (its deploy version)"
-        elif param.type in REFUSED:
-            why = REFUSED[param.type]
-        elif phase == "TRAIN":
-            why = _random_in_train(param)
+        why = None if cls.feeds else cls.onnx_refusal(param, phase)   # the layer class says (layers/base.py)
         if why:
             return f"layer '{param.name}' ({param.type}) cannot be exported to ONNX: {why}"
     if not fed:

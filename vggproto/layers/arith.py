@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import DataError
 from vggproto.layers.axes import canonical_axis, count, legacy_dim
-from vggproto.layers.base import ANY
+from vggproto.layers.base import ANY, TRACED
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 _ELT = caffe_pb2.EltwiseParameter
@@ -41,6 +41,8 @@ class Eltwise(CaffeLayer):
     """Element-wise SUM (with per-bottom ``coeff``), PROD or MAX of equally shaped bottoms."""
 
     n_bottoms = (2, ANY)
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -95,6 +97,8 @@ class Reduction(CaffeLayer):
     """Reduce all axes from ``axis`` on with SUM, ASUM, SUMSQ or MEAN, times ``coeff``."""
 
     n_bottoms = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -143,6 +147,8 @@ class MVN(CaffeLayer):
     """Mean-variance normalisation per (sample, channel), or per sample with ``across_channels``."""
 
     n_bottoms = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -168,6 +174,8 @@ class Embed(CaffeLayer):
     """Look up row ``index`` of a (input_dim, num_output) table for every bottom element (+ bias)."""
 
     n_bottoms = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

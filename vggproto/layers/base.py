@@ -4,6 +4,8 @@ base class, which checks a layer's declared arity and bottom rank once, so const
 The contract every layer class follows:
   * class attributes ``n_bottoms``, ``n_tops`` and ``bottom_ndim`` say how many blobs it takes and the rank of
     bottom 0 (checked by ``CaffeLayer.__init__``, with one message for every layer);
+  * class attributes ``onnx`` (how it exports, read by :mod:`vggproto.convert.onnx`) and ``backward`` (whether
+    a gradient flows back through it) state its capabilities, so that no other module keeps a list of types;
   * ``__init__(self, spec)`` reads the typed protobuf fields of ``spec.param`` (so schema defaults apply),
     validates them against ``spec.bottom_shapes`` (raising ``spec.error(...)``), creates its parameter blobs in
     Caffe blob order in ``self.blobs`` (filled with Caffe's fillers) and sets ``self.top_shapes``;
@@ -26,6 +28,14 @@ from vggproto.errors import NetError
 from vggproto.layers.limits import blob_size_problem
 
 ANY = math.inf  # no upper bound on a blob count: n_bottoms = (2, ANY)
+
+#: ``CaffeLayer.onnx`` of a type that exports: traced as it runs, then verified in onnxruntime.
+TRACED = "traced"
+#: ``CaffeLayer.onnx`` of data and loss layers: why :func:`vggproto.convert.onnx.refusal` refuses them.
+NO_ONNX_DATA = "a data layer reads files or makes data at run time; replace it by an Input layer"
+NO_ONNX_LOSS = "a loss layer has no place in a deploy graph; export the net without it (its deploy version)"
+#: The ONNX opset Caffe's operations map onto (Conv, pooling, Gemm, Reduce*, TopK, Gather, ...).
+ONNX_OPSET = 13
 
 #: A blob count: exactly ``n``, or ``(low, high)``; None: not declared.
 Arity = Union[int, tuple[int, float], None]
@@ -106,6 +116,26 @@ class CaffeLayer(nn.Module):
     n_tops: ClassVar[Arity] = None
     #: The number of axes bottom 0 must have (4: N, C, H, W), or None for any.
     bottom_ndim: ClassVar[int | None] = None
+    #: How the type exports to ONNX: :data:`TRACED`, or the clause saying why it never can (refused before
+    #: anything is traced).  None: not declared -- a plugin's layer, traced and verified like any other; every
+    #: vggproto type declares it (tests/test_layer_facts.py).  Answers that depend on the layer's parameters or
+    #: phase are :meth:`onnx_refusal` and :meth:`onnx_opset` overrides.
+    onnx: ClassVar[str | None] = None
+    #: Whether training sends a gradient back through the type (to a bottom or a parameter blob), as Caffe's
+    #: Backward does: False for the types whose Caffe Backward computes nothing (data layers, Accuracy, ArgMax,
+    #: Threshold, PriorBox, ...).  None: not declared (a plugin's layer).
+    backward: ClassVar[bool | None] = None
+
+    @classmethod
+    def onnx_refusal(cls, param: caffe_pb2.LayerParameter, phase: str) -> str | None:
+        """Why a layer ``param`` of this type cannot be exported in ``phase`` ("TRAIN" or "TEST"), as a clause;
+        None when it can."""
+        return None if cls.onnx in (None, TRACED) else cls.onnx
+
+    @classmethod
+    def onnx_opset(cls, param: caffe_pb2.LayerParameter) -> int:
+        """The lowest ONNX opset that expresses a layer ``param`` of this type."""
+        return ONNX_OPSET
 
     def __init__(self, spec: LayerSpec):
         super().__init__()

@@ -20,6 +20,7 @@ from vggproto.data.build import make_feed, make_stream, rand_skip, rank_batch, r
 from vggproto.data.sources import permutation_order
 from vggproto.data.transform import DataTransformer
 from vggproto.errors import DataError
+from vggproto.layers.base import TRACED
 from vggproto.layers.common import count
 from vggproto.layers.data import FeedLayer, layer_where, located
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
@@ -65,6 +66,8 @@ class BoxDataLayer(FeedLayer):
 @register("ClassBox")
 class ClassBoxLayer(CaffeLayer):
     """The four box outputs of each sample's class (per-class regression)."""
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

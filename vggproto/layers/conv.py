@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vggproto.caffe.shapes import Shape, conv_output_size, deconv_output_size
+from vggproto.layers.base import TRACED
 from vggproto.layers.common import blob, canonical_axis, conv_geometry, count
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
@@ -19,6 +20,8 @@ _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 class _BaseConv(CaffeLayer):
     n_bottoms = (1, 64)
+    onnx = TRACED
+    backward = True
     transposed = False
 
     def __init__(self, spec: LayerSpec):

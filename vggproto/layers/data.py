@@ -25,6 +25,7 @@ from vggproto.data.options import DataOptions
 from vggproto.data.sources import DBSource, HDF5Source, ListSource, RecordStream, file_shuffle_order, permutation_order
 from vggproto.data.transform import DataTransformer
 from vggproto.errors import DataError, DataShapeUnknown
+from vggproto.layers.base import NO_ONNX_DATA
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 log = logging.getLogger("vggproto.layers.data")
@@ -46,6 +47,8 @@ class FeedLayer(CaffeLayer):
     """Common part of the data layers: a BatchFeed and the cursor API the solver uses."""
 
     is_data = True
+    onnx = NO_ONNX_DATA
+    backward = False   # Caffe: base_data_layer.hpp, Backward_cpu does nothing
 
     def _check_tops(self, low: int, high: int | None) -> None:
         n = len(self.spec.param.top)
@@ -249,6 +252,8 @@ class HDF5OutputLayer(CaffeLayer):
 
     Caffe truncates the file at setup; here each forward appends its rows (Caffe could only write one batch).
     """
+    onnx = "it writes its bottoms to an HDF5 file, a side effect with no ONNX form"
+    backward = False   # Caffe: hdf5_output_layer.cpp, Backward_cpu returns
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.layers.base import TRACED
 from vggproto.layers.common import blob, count
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
@@ -36,6 +37,8 @@ class Normalize(CaffeLayer):
 
     n_bottoms = 1
     n_tops = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -67,6 +70,8 @@ class Permute(CaffeLayer):
 
     n_bottoms = 1
     n_tops = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -171,6 +176,8 @@ class PriorBox(CaffeLayer):
 
     n_bottoms = 2
     n_tops = 1
+    onnx = TRACED
+    backward = False   # Caffe (SSD): prior_box_layer.hpp, Backward_cpu returns
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -244,6 +251,9 @@ class DetectionOutput(CaffeLayer):
 
     n_bottoms = (3, 4)
     n_tops = 1
+    onnx = ("per-class NMS and top-k keep a data-dependent number of boxes; export up to its bottoms "
+            "(mbox_loc, mbox_conf_flatten, mbox_priorbox) and decode outside ONNX")
+    backward = False   # Caffe (SSD): detection_output_layer.hpp, NOT_IMPLEMENTED
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

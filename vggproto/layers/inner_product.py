@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vggproto.layers.base import TRACED
 from vggproto.layers.common import blob, canonical_axis, count
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
@@ -20,6 +21,8 @@ class InnerProduct(CaffeLayer):
 
     n_bottoms = 1
     n_tops = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

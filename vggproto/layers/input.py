@@ -10,6 +10,7 @@ from typing import ClassVar
 import torch
 
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.layers.base import NO_ONNX_DATA, TRACED
 from vggproto.layers.common import blob
 from vggproto.layers.fillers import fill
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
@@ -20,6 +21,8 @@ class FedLayer(CaffeLayer):
 
     feeds: ClassVar[bool] = True
     is_data = True
+    onnx = TRACED   # its tops become the graph's inputs
+    backward = False   # Caffe: input_layer.hpp, memory_data_layer.hpp
     #: whether a fed top must keep the declared number of axes (the interpreter re-checks an Input's new ones)
     fixed_rank: ClassVar[bool] = True
 
@@ -107,6 +110,8 @@ class DummyData(CaffeLayer):
     refilled at every forward."""
 
     n_bottoms = 0
+    onnx = NO_ONNX_DATA
+    backward = False   # Caffe: dummy_data_layer.hpp, Backward_cpu does nothing
 
     is_data = True
 
@@ -158,6 +163,8 @@ class Parameter(CaffeLayer):
 
     n_bottoms = 0
     n_tops = 1
+    onnx = TRACED
+    backward = True   # its blob learns (Caffe: parameter_layer.hpp)
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import DataError, VGGProtoError
 from vggproto.layers.axes import canonical_axis, count, softmax_along
-from vggproto.layers.common import expect_bottoms
+from vggproto.layers.base import NO_ONNX_LOSS
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 _LOSS = caffe_pb2.LossParameter
@@ -79,6 +80,19 @@ def check_label_count(spec: LayerSpec, outer: int, inner: int, axis: int, which:
                          f"class axis, integer values in [0, {pred[axis] - 1}])")
 
 
+def class_positions(spec: LayerSpec, field: str) -> tuple[int, int, int, int]:
+    """Caffe's Reshape of a per-position classifier (softmax_loss_layer.cpp, infogain_loss_layer.cpp,
+    accuracy_layer.cpp): the class axis of bottom 0 from ``field`` ("softmax_param.axis"), made non-negative; the
+    positions before it (outer) and after it (inner); the number of classes -- with one label per position in
+    bottom 1 checked.  Returns ``(axis, outer, inner, classes)``."""
+    message, name = field.split(".")
+    shape = tuple(spec.bottom_shapes[0])
+    axis = canonical_axis(spec, getattr(getattr(spec.param, message), name), shape, field)
+    outer, inner = count(shape, 0, axis), count(shape, axis + 1)
+    check_label_count(spec, outer, inner, axis)
+    return axis, outer, inner, shape[axis]
+
+
 def check_same_num(spec: LayerSpec) -> None:
     a, b = (tuple(s) for s in spec.bottom_shapes[:2])
     # Caffe: src/caffe/layers/loss_layer.cpp Reshape — first dimensions must agree
@@ -95,15 +109,39 @@ class LossLayer(CaffeLayer):
     """Base of the loss layers: scalar top 0, loss_weight 1 by default (Caffe's LossLayer)."""
 
     is_loss = True
+    onnx = NO_ONNX_LOSS
+    backward = True
+
+
+class ClassificationLoss(LossLayer):
+    """Base of the losses of a prediction with a class axis and one integer label per position (SoftmaxWithLoss,
+    InfogainLoss): Caffe's shared Reshape (same first dimension, the class axis, one label per position),
+    ``loss_param``'s normalisation and ignore_label, and the optional second top of softmax probabilities."""
+
+    #: The field holding the class axis, "message.axis" (no default: each loss names its own).
+    axis_field: ClassVar[str]
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec)
+        check_same_num(spec)
+        self.axis, self.outer, self.inner, self.classes = class_positions(spec, self.axis_field)
+        self.mode, self.ignore = normalization_mode(spec), ignore_label(spec)
+        shape = tuple(spec.bottom_shapes[0])
+        self.top_shapes = [()] + ([shape] if len(spec.param.top) > 1 else [])
+
+    def with_probabilities(self, loss: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The tops: ``loss``, then softmax(``x``) over the class axis when a second top is named."""
+        return (loss, softmax_along(x, self.axis)) if len(self.top_shapes) == 2 else (loss,)
 
 
 @register("EuclideanLoss")
 class EuclideanLoss(LossLayer):
     """sum((a - b)^2) / (2 N); gradients to both bottoms."""
 
+    n_bottoms = 2
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 2, 2)
         check_same_num(spec)
         a, b = spec.bottom_shapes
         if count(a, 1) != count(b, 1):
@@ -120,9 +158,10 @@ class EuclideanLoss(LossLayer):
 class SigmoidCrossEntropyLoss(LossLayer):
     """Cross-entropy of sigmoid(score) against targets in [0, 1]; default normalisation BATCH_SIZE."""
 
+    n_bottoms = 2
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 2, 2)
         a, b = spec.bottom_shapes
         if count(a) != count(b):
             raise spec.error(f"score {tuple(a)} and target {tuple(b)} must have the same number of elements")
@@ -147,7 +186,6 @@ class SigmoidCrossEntropyLoss(LossLayer):
 
 def _one_label_per_sample(spec: LayerSpec) -> int:
     """Setup shared by the losses with one label per sample (scores, label): returns C·H·W of the scores."""
-    expect_bottoms(spec, 2, 2)
     check_same_num(spec)
     shape = tuple(spec.bottom_shapes[0])
     check_label_count(spec, shape[0], 1, 1)
@@ -157,6 +195,8 @@ def _one_label_per_sample(spec: LayerSpec) -> int:
 @register("HingeLoss")
 class HingeLoss(LossLayer):
     """One-vs-all hinge loss: sum max(0, 1 - s·y_k)^p / N with y_k = +1 for the label, -1 otherwise."""
+
+    n_bottoms = 2
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -179,6 +219,8 @@ class HingeLoss(LossLayer):
 @register("MultinomialLogisticLoss")
 class MultinomialLogisticLoss(LossLayer):
     """-sum log(max(p_label, 1e-20)) / N over probabilities p (Caffe's clamp keeps the -1/1e-20 gradient)."""
+
+    n_bottoms = 2
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -211,18 +253,15 @@ def _read_infogain(spec: LayerSpec, source: str) -> torch.Tensor:
 
 
 @register("InfogainLoss")
-class InfogainLoss(LossLayer):
+class InfogainLoss(ClassificationLoss):
     """-sum_l H[label, l] log(max(softmax(x)_l, 1e-20)) / normaliser (softmax inside, as in Caffe master)."""
+
+    n_bottoms = (2, 3)
+    axis_field = "infogain_loss_param.axis"
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 2, 3)
-        check_same_num(spec)
         shape = tuple(spec.bottom_shapes[0])
-        self.axis = canonical_axis(spec, spec.param.infogain_loss_param.axis, shape, "infogain_loss_param.axis")
-        self.outer, self.inner, self.classes = count(shape, 0, self.axis), count(shape, self.axis + 1), shape[self.axis]
-        check_label_count(spec, self.outer, self.inner, self.axis)
-        self.mode, self.ignore = normalization_mode(spec), ignore_label(spec)
         if len(spec.bottom_shapes) == 3:
             h_count, where = count(spec.bottom_shapes[2]), f"bottom 2 of shape {tuple(spec.bottom_shapes[2])}"
             self.register_buffer("infogain", None, persistent=False)
@@ -238,7 +277,6 @@ class InfogainLoss(LossLayer):
             raise spec.error(f"the infogain matrix from {where} has {h_count} values; the prediction "
                              f"{shape} has {self.classes} classes on axis {self.axis}, so H must be "
                              f"{self.classes}x{self.classes}")
-        self.top_shapes = [()] + ([shape] if len(spec.param.top) > 1 else [])
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x, label = bottoms[:2]
@@ -250,9 +288,7 @@ class InfogainLoss(LossLayer):
         weights = h[lab].reshape(self.outer, self.inner, self.classes).transpose(1, 2)  # H[label, l] per position
         weights = weights * valid.reshape(self.outer, 1, self.inner).to(x.dtype)
         loss = normalize(-(weights * logp).sum(), self.mode, self.outer, self.inner, valid.sum())
-        if len(self.top_shapes) == 2:
-            return loss, softmax_along(x, self.axis)
-        return (loss,)
+        return self.with_probabilities(loss, x)
 
 
 class _ContrastiveFn(torch.autograd.Function):
@@ -295,9 +331,10 @@ class _ContrastiveFn(torch.autograd.Function):
 class ContrastiveLoss(LossLayer):
     """Siamese loss: d^2 for similar pairs, max(margin - d, 0)^2 (legacy: max(margin - d^2, 0)) otherwise; / 2N."""
 
+    n_bottoms = 3
+
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 3, 3)
         a, b, y = (tuple(s) for s in spec.bottom_shapes)
         if a != b:
             raise spec.error(f"the two feature bottoms must have the same shape, got {a} and {b}")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from vggproto.caffe.shapes import Shape
 from vggproto.errors import NetError
-from vggproto.layers.base import ANY
+from vggproto.layers.base import ANY, TRACED
 from vggproto.layers.common import canonical_axis, conv_geometry, count
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
@@ -72,6 +72,8 @@ class BatchReindex(CaffeLayer):
 
     n_bottoms = 2
     n_tops = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -107,6 +109,8 @@ class Filter(CaffeLayer):
     """The items of bottoms 0..K-1 whose selector entry (bottom K) is non-zero, in their order."""
 
     n_bottoms = (2, ANY)
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -177,6 +181,8 @@ class Im2col(CaffeLayer):
 
     n_bottoms = 1
     n_tops = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

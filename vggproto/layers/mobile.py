@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.layers.base import TRACED
 from vggproto.layers.common import count
 from vggproto.layers.conv import Convolution
 from vggproto.layers.neuron import Neuron
@@ -29,6 +30,8 @@ class ShuffleChannel(CaffeLayer):
 
     n_bottoms = 1
     n_tops = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -99,6 +102,8 @@ class Axpy(CaffeLayer):
 
     n_bottoms = 3
     n_tops = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.layers.base import TRACED
 from vggproto.layers.common import blob
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
@@ -20,6 +21,8 @@ class Neuron(CaffeLayer):
 
     n_bottoms = 1
     n_tops = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -165,6 +168,7 @@ class Log(Neuron):
 @register("Threshold")
 class Threshold(Neuron):
     """Caffe: threshold_layer.cpp — 1 where x > threshold else 0; no backward (NOT_IMPLEMENTED in Caffe)."""
+    backward = False   # Caffe: threshold_layer.hpp, NOT_IMPLEMENTED
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         return (x.detach() > self.spec.param.threshold_param.threshold).to(x.dtype)
@@ -203,6 +207,11 @@ class Dropout(Neuron):
     the mask unscaled in TRAIN and multiplies by (1 − ratio) in TEST, and ``sample_weights_test: true`` (SegNet,
     ENet; Monte-Carlo / Bayesian SegNet) samples the mask in TEST too.
     """
+
+    @classmethod
+    def onnx_refusal(cls, param: caffe_pb2.LayerParameter, phase: str) -> str | None:
+        """TRAIN-phase dropout draws a random mask an ONNX graph cannot reproduce (Caffe: dropout_layer.cpp)."""
+        return "TRAIN-phase dropout draws a random mask; export the TEST phase" if phase == "TRAIN" else None
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vggproto.caffe.proto import caffe_pb2
+from vggproto.layers.base import TRACED
 from vggproto.layers.common import blob, canonical_axis
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
@@ -27,6 +28,8 @@ class LRN(CaffeLayer):
     n_bottoms = 1
     n_tops = 1
     bottom_ndim = 4
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -64,6 +67,8 @@ class BatchNorm(CaffeLayer):
 
     n_bottoms = 1
     n_tops = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -103,6 +108,8 @@ class _Affine(CaffeLayer):
 
     n_bottoms = (1, 2)
     n_tops = 1
+    onnx = TRACED
+    backward = True
 
     def _setup(self, spec: LayerSpec, axis: int, num_axes: int, filler: caffe_pb2.FillerParameter) -> tuple:
         shape = tuple(spec.bottom_shapes[0])

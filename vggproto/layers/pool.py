@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.shapes import pool_output_size, pool_rounds_up
+from vggproto.layers.base import TRACED
 from vggproto.layers.common import axis_values, expect_tops, opt
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
@@ -108,12 +109,26 @@ def _stochastic(x: torch.Tensor, kernel, stride, pad, out, train: bool) -> torch
     return windows.gather(1, pick).reshape(n, c, *out)
 
 
+def stochastic_refusal(pool: int, phase: str) -> str | None:
+    """Why TRAIN-phase STOCHASTIC pooling cannot be exported: it draws random cells an ONNX graph cannot
+    reproduce (Caffe: pooling_layer.cu StoPoolForwardTrain); None for every other method or phase."""
+    if phase == "TRAIN" and pool == P.STOCHASTIC:
+        return "TRAIN-phase STOCHASTIC pooling draws random cells; export the TEST phase"
+    return None
+
+
 @register("Pooling")
 class Pooling(CaffeLayer):
     """Caffe: src/caffe/layers/pooling_layer.cpp — MAX (+ argmax mask top), AVE, STOCHASTIC; global pooling."""
 
     n_bottoms = 1
     bottom_ndim = 4
+    onnx = TRACED
+    backward = True
+
+    @classmethod
+    def onnx_refusal(cls, param: caffe_pb2.LayerParameter, phase: str) -> str | None:
+        return stochastic_refusal(param.pooling_param.pool, phase)
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -184,6 +199,12 @@ class SPP(CaffeLayer):
     n_bottoms = 1
     n_tops = 1
     bottom_ndim = 4
+    onnx = TRACED
+    backward = True
+
+    @classmethod
+    def onnx_refusal(cls, param: caffe_pb2.LayerParameter, phase: str) -> str | None:
+        return stochastic_refusal(param.spp_param.pool, phase)
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

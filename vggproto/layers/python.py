@@ -217,6 +217,8 @@ class LiveParam(Blob):
 @register("Python")
 class PythonLayer(CaffeLayer):
     """The net's handle on one user Python layer: its Blob lists, and the autograd bridge to its backward."""
+    onnx = "a Python layer runs arbitrary code that has no ONNX form"
+    backward = True   # the module's own backward (autograd calls it)
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

@@ -86,6 +86,8 @@ class ROIPooling(CaffeLayer):
 
     n_bottoms = 2
     n_tops = 1
+    onnx = "its window sizes depend on the ROI values, which a traced graph would freeze"
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -300,6 +302,8 @@ class Proposal(CaffeLayer):
 
     n_bottoms = 3
     n_tops = (1, 2)
+    onnx = "anchor decoding and NMS keep a data-dependent number of boxes, which a traced graph freezes"
+    backward = False   # Caffe (py-faster-rcnn): proposal_layer.py, backward does nothing
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

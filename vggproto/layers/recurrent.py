@@ -26,6 +26,7 @@ import torch
 from torch.nn.functional import linear as _linear
 
 from vggproto.errors import NetError
+from vggproto.layers.base import TRACED
 from vggproto.layers.common import blob, count, expect_bottoms, expect_tops
 from vggproto.layers.misc import needs_index_grad
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
@@ -42,6 +43,8 @@ def lstm_gates(gates: torch.Tensor, hidden: int) -> tuple[torch.Tensor, ...]:
 
 class Recurrent(CaffeLayer):
     """Shared set-up of LSTM and RNN: bottom checks, static input, exposed hidden states, carried state."""
+    onnx = TRACED
+    backward = True
 
     #: hidden-state blobs (LSTM: h and c; RNN: h)
     states: tuple[str, ...] = ("h",)
@@ -93,9 +96,9 @@ class Recurrent(CaffeLayer):
         initial = list(given) if self.expose else [getattr(self, f"carried_{s}").to(x) for s in self.states]
         cont = cont.detach().to(x.dtype)   # Caffe refuses to backpropagate to the indicators
         outputs, final = self.run(x.reshape(self.t_steps, self.n, -1), cont, static, initial)
-        if not self.expose:
-            for name, state in zip(self.states, final):
-                getattr(self, f"carried_{name}").copy_(state.detach())
+        if not self.expose:   # Caffe: recurrent_layer.cpp copies the final state into h_0/c_0 for the next pass;
+            for name, state in zip(self.states, final):   # a new buffer, since this pass's graph still reads the old
+                setattr(self, f"carried_{name}", state.detach().clone())
         return (outputs, *final) if self.expose else (outputs,)
 
     def run(self, x: torch.Tensor, cont: torch.Tensor, static: torch.Tensor | None,
@@ -203,6 +206,8 @@ class LSTMUnit(CaffeLayer):
 
     n_bottoms = 3
     n_tops = 2
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

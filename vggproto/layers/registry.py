@@ -44,6 +44,12 @@ def _load_layer_modules() -> None:
         importlib.import_module(name)
 
 
+def registered() -> dict[str, type[CaffeLayer]]:
+    """Every registered Caffe layer type and its class (a copy), for code that reads the classes' facts."""
+    _load_layer_modules()
+    return dict(sorted(_REGISTRY.items()))
+
+
 def supported_types() -> list[str]:
     """Every registered Caffe layer type, sorted."""
     _load_layer_modules()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import DataError
+from vggproto.layers.base import TRACED
 from vggproto.layers.common import blob, expect_tops
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
@@ -91,6 +92,8 @@ class BN(CaffeLayer):
     """
 
     n_bottoms = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -216,6 +219,14 @@ class Upsample(CaffeLayer):
 
     n_bottoms = (1, 2)
     n_tops = 1
+    onnx = TRACED
+    backward = True
+
+    @classmethod
+    def onnx_opset(cls, param: caffe_pb2.LayerParameter) -> int:
+        """18 for SegNet max-unpooling (a mask bottom): ScatterElements with reduction="max" keeps Caffe's
+        largest source on repeated mask indices."""
+        return 18 if len(param.bottom) > 1 else super().onnx_opset(param)
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -327,6 +338,8 @@ class Interp(CaffeLayer):
     n_bottoms = 1
     n_tops = 1
     bottom_ndim = 4
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

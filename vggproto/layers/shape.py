@@ -14,7 +14,7 @@ import torch
 
 from vggproto.caffe.shapes import Shape
 from vggproto.layers.axes import canonical_axis, count
-from vggproto.layers.base import ANY
+from vggproto.layers.base import ANY, TRACED
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
 
 
@@ -35,6 +35,8 @@ class Concat(CaffeLayer):
     """Join the bottoms along ``axis``; every other dimension must agree."""
 
     n_bottoms = (1, ANY)
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -63,6 +65,8 @@ class Slice(CaffeLayer):
     """Cut the bottom along ``axis`` at ``slice_point``s, or into equal parts (one per top)."""
 
     n_bottoms = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -101,6 +105,8 @@ class Split(CaffeLayer):
     """Give the bottom to several consumers; their gradients add up (Caffe: split_layer.cpp sums top diffs)."""
 
     n_bottoms = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -116,6 +122,8 @@ class Flatten(CaffeLayer):
     """Merge the axes ``axis`` .. ``end_axis`` (inclusive) into one."""
 
     n_bottoms = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -179,6 +187,8 @@ class Reshape(CaffeLayer):
     """Change the shape without touching the data (Caffe shares the memory; a view here)."""
 
     n_bottoms = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -206,6 +216,8 @@ class Crop(CaffeLayer):
     """Crop bottom 0 to the shape of bottom 1 from ``axis`` on, starting at ``offset``."""
 
     n_bottoms = 2
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -252,6 +264,8 @@ class Tile(CaffeLayer):
     """Repeat the block from ``axis`` on ``tiles`` times along ``axis``."""
 
     n_bottoms = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
@@ -277,6 +291,8 @@ class Silence(CaffeLayer):
     """Swallow its bottoms so they are not net outputs; no tops, and a zero diff for its bottoms."""
 
     n_bottoms = (1, ANY)
+    onnx = TRACED
+    backward = False   # no top: nothing flows back (Caffe: silence_layer.cpp zeroes the diffs)
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)

@@ -11,15 +11,12 @@ import math
 import torch
 
 from vggproto.layers.axes import canonical_axis, count, softmax_along
-from vggproto.layers.common import expect_bottoms
+from vggproto.layers.base import TRACED
 from vggproto.layers.loss import (
-    LossLayer,
-    check_label_count,
-    check_same_num,
+    ClassificationLoss,
     clamp_forward_only,
     class_labels,
-    ignore_label,
-    normalization_mode,
+    class_positions,
     normalize,
 )
 from vggproto.layers.registry import CaffeLayer, LayerSpec, register
@@ -31,10 +28,12 @@ MAX_NLL = -math.log(1.1754943508222875e-38)
 @register("Softmax")
 class Softmax(CaffeLayer):
     """exp(x - max) / sum over ``softmax_param.axis`` (default 1; every other axis independent)."""
+    n_bottoms = 1
+    onnx = TRACED
+    backward = True
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1, 1)
         shape = tuple(spec.bottom_shapes[0])
         self.axis = canonical_axis(spec, spec.param.softmax_param.axis, shape, "softmax_param.axis")
         self.top_shapes = [shape]
@@ -44,20 +43,15 @@ class Softmax(CaffeLayer):
 
 
 @register("SoftmaxWithLoss")
-class SoftmaxWithLoss(LossLayer):
+class SoftmaxWithLoss(ClassificationLoss):
     """Multinomial logistic loss of softmax(score) over ``softmax_param.axis``; optional 2nd top = probabilities."""
+
+    n_bottoms = 2
+    axis_field = "softmax_param.axis"
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 2, 2)
-        check_same_num(spec)
-        shape = tuple(spec.bottom_shapes[0])
-        self.axis = canonical_axis(spec, spec.param.softmax_param.axis, shape, "softmax_param.axis")
-        self.outer, self.inner, self.classes = count(shape, 0, self.axis), count(shape, self.axis + 1), shape[self.axis]
-        check_label_count(spec, self.outer, self.inner, self.axis)
-        self.mode, self.ignore = normalization_mode(spec), ignore_label(spec)
         self.class_weights = self._class_weights(spec, self.classes)
-        self.top_shapes = [()] + ([shape] if len(spec.param.top) > 1 else [])
 
     @staticmethod
     def _class_weights(spec: LayerSpec, classes: int) -> tuple[float, ...] | None:
@@ -86,23 +80,21 @@ class SoftmaxWithLoss(LossLayer):
             weights = torch.tensor(self.class_weights, dtype=nll.dtype, device=nll.device)
             nll = nll * weights[lab].reshape(self.outer, self.inner)
         loss = normalize(nll.sum(), self.mode, self.outer, self.inner, valid.sum())
-        if len(self.top_shapes) == 2:
-            return loss, softmax_along(x, self.axis)
-        return (loss,)
+        return self.with_probabilities(loss, x)
 
 
 @register("Accuracy")
 class Accuracy(CaffeLayer):
     """Top-k accuracy with Caffe's tie rule; optional 2nd top = per-class accuracy (0 for absent classes)."""
+    n_bottoms = 2
+    onnx = TRACED
+    backward = False   # Caffe: accuracy_layer.cpp, NOT_IMPLEMENTED
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 2, 2)
         p = spec.param.accuracy_param
         shape = tuple(spec.bottom_shapes[0])
-        self.axis = canonical_axis(spec, p.axis, shape, "accuracy_param.axis")
-        self.outer, self.inner, self.classes = count(shape, 0, self.axis), count(shape, self.axis + 1), shape[self.axis]
-        check_label_count(spec, self.outer, self.inner, self.axis)
+        self.axis, self.outer, self.inner, self.classes = class_positions(spec, "accuracy_param.axis")
         if not 1 <= p.top_k <= self.classes:
             raise spec.error(f"accuracy_param.top_k {p.top_k} must be between 1 and the number of classes "
                              f"{self.classes} (axis {self.axis} of {shape})")
@@ -144,10 +136,12 @@ def _sorted_desc(x: torch.Tensor, dim: int, k: int) -> tuple[torch.Tensor, torch
 @register("ArgMax")
 class ArgMax(CaffeLayer):
     """Indices (and optionally values) of the top_k maxima, per sample or along ``axis`` (stored as floats)."""
+    n_bottoms = 1
+    onnx = TRACED
+    backward = False   # Caffe: argmax_layer.hpp, NOT_IMPLEMENTED
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        expect_bottoms(spec, 1, 1)
         p = spec.param.argmax_param
         shape = tuple(spec.bottom_shapes[0])
         self.top_k, self.out_max_val = p.top_k, p.out_max_val
