@@ -1,7 +1,7 @@
 """Which part of a net onnxruntime runs: the longest run of layers after the net's feeding layers (Input,
 MemoryData, and the data layers ``test``/``evaluate`` read LMDBs with, which stay in vggproto and feed the graph)
 up to the first layer ONNX cannot hold (DetectionOutput, Python, a loss or data layer; see
-:data:`vggproto.convert.onnx.REFUSED`).  The layers after it run in the interpreter, fed with the segment's
+:meth:`CaffeLayer.onnx_refusal`).  The layers after it run in the interpreter, fed with the segment's
 outputs: the split engine.
 
 The segment is exported as a sub-net of its own: one Input layer for the blobs it reads from before it (at the
@@ -43,13 +43,12 @@ class Segment:
 
 def _stop_reason(net: Net, index: int) -> str | None:
     """Why layer ``index`` cannot join the onnxruntime segment (None if it can)."""
-    from vggproto.convert.onnx import REFUSED
     param, layer = net.net_param.layer[index], net.layer_list[index]
     if layer.feeds or layer.is_data:
         return "a data or input layer"
     if layer.is_loss:
         return "a loss layer"
-    return REFUSED.get(param.type)
+    return type(layer).onnx_refusal(param, "TEST")   # the layer class says (layers/base.py)
 
 
 def plan(net: Net, keep: Sequence[str] = ()) -> Segment | str:

@@ -93,12 +93,13 @@ class Recurrent(CaffeLayer):
     def forward(self, x: torch.Tensor, cont: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
         static = rest[0] if self.static else None
         given = rest[1:] if self.static else rest
-        initial = list(given) if self.expose else [getattr(self, f"carried_{s}").to(x) for s in self.states]
+        # a copy of the carried state: this pass's graph reads it while the buffer takes the pass's final state
+        initial = list(given) if self.expose else [getattr(self, f"carried_{s}").to(x, copy=True) for s in self.states]
         cont = cont.detach().to(x.dtype)   # Caffe refuses to backpropagate to the indicators
         outputs, final = self.run(x.reshape(self.t_steps, self.n, -1), cont, static, initial)
-        if not self.expose:   # Caffe: recurrent_layer.cpp copies the final state into h_0/c_0 for the next pass;
-            for name, state in zip(self.states, final):   # a new buffer, since this pass's graph still reads the old
-                setattr(self, f"carried_{name}", state.detach().clone())
+        if not self.expose:   # Caffe: recurrent_layer.cpp copies the final state into h_0/c_0 for the next pass
+            for name, state in zip(self.states, final):
+                getattr(self, f"carried_{name}").copy_(state.detach())
         return (outputs, *final) if self.expose else (outputs,)
 
     def run(self, x: torch.Tensor, cont: torch.Tensor, static: torch.Tensor | None,
