@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import bad_inputs_surfaces
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import bad_inputs_surfaces
 import vggproto.cli
 from vggproto.caffe.proto import caffe_pb2
 
