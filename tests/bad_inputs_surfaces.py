@@ -411,3 +411,23 @@ def reproduce_cases(case: Callable) -> None:
     case("reproduce-out-read-only", "--out", says="Permission denied", patch=_read_only_out)(
         lambda d: _lists(d, "ro"))
     case("reproduce-out-is-a-file", "notes.txt", code=2, patch=_steps())(lambda d: _lists(d, "notes.txt"))
+
+
+def two_processes_repair_one_entry(d: Path) -> None:
+    """Two ``classify --engine onnxruntime`` processes started at once over a truncated entry: both give the
+    interpreter's numbers, and the entry is whole afterwards (each renames a complete file over it), no temporary
+    file left."""
+    import subprocess
+    import sys
+    args = _damaged(lambda _, good: good[:len(good) // 2])(d)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "VGGPROTO_CACHE": str(d / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-m", "vggproto", *args], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    for stdout, stderr in results:
+        _same_answer(d, stdout)
+        assert "Traceback" not in stderr
+    _rebuilt(d, (d / "expected_m.txt").read_text())
+    assert not [f.name for f in (d / "cache").iterdir() if not f.name.endswith(".onnx-entry")]

@@ -475,3 +475,8 @@ def test_bad_input_is_one_line_and_loses_nothing(bad: Case, tmp_path: Path, monk
     assert _hashes(tmp_path, bad.may_change).items() >= before.items(), "an input file was changed"
     if bad.then is not None:
         bad.then(tmp_path, output)
+
+
+@pytest.mark.slow   # two interpreters start at once: about 15 s on the shared 2-core machine
+def test_two_processes_repair_one_damaged_cache_entry_at_once(tmp_path: Path) -> None:
+    bad_inputs_surfaces.two_processes_repair_one_entry(tmp_path)
