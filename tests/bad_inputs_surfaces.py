@@ -47,16 +47,17 @@ def _classify(d: Path, engine: str = "onnxruntime") -> list[str]:
             "--engine", engine, "--top", "3", "--labels", str(d / "labels.txt")]
 
 
-def _filled(d: Path, cache: str = "cache", gain: float = 0.05, name: str = "m") -> Path:
+def _filled(d: Path, cache: str = "cache", gain: float = 0.05, name: str = "m", fc: int = 6) -> Path:
     """A small VGG-shaped net, one image, and the cache filled by one verified onnxruntime run; ``expected.txt``
     holds that run's output (the interpreter's numbers: the engine checks the first use of every graph)."""
     from eval_helpers import mini_deploy, write_images, write_model
-    write_model(d, mini_deploy(classes=5, height=32, width=32, fc=6), seed=2, gain=gain, name=name)
+    write_model(d, mini_deploy(classes=5, height=32, width=32, fc=fc), seed=2, gain=gain, name=name)
     if not (d / "img0.png").exists():
         write_images(d, [(40, 48)])
         (d / "labels.txt").write_text(LABELS)
     args = _classify(d)
     args[args.index("--weights") + 1] = str(d / f"{name}.caffemodel")
+    args[args.index("--model") + 1] = str(d / f"{name}.prototxt")
     result = CliRunner().invoke(vggproto.cli.main, args, env={"VGGPROTO_CACHE": str(d / cache)})
     assert result.exit_code == 0, result.output
     (d / f"expected_{name}.txt").write_text(result.output)
@@ -93,10 +94,10 @@ def _damaged(damage: Callable[[Path, bytes], bytes | None]) -> Callable[[Path], 
     return build
 
 
-def _other_nets_graph(d: Path, good: bytes) -> bytes:
-    """Another net's graph (other weights) under this entry's header, its checksum right: a foreign graph that
-    reads back whole (a cache copied from elsewhere, another build of the same version)."""
-    other = _filled(d, cache="other", gain=0.5, name="other")
+def _other_nets_graph(d: Path, good: bytes, fc: int = 6) -> bytes:
+    """Another net's graph (other weights; other widths with ``fc``) under this entry's header, its checksum
+    right: a foreign graph that reads back whole (a cache copied from elsewhere, another build of one version)."""
+    other = _filled(d, cache="other", gain=0.5, name="other", fc=fc)
     key_end = len(MAGIC) + 64
     return good[:key_end] + other.read_bytes()[key_end:]
 
@@ -189,6 +190,9 @@ def engine_cases(case: Callable) -> None:
              patch=_use_cache("cache"))(_damaged(damage))
     case("engine-cache-other-nets-graph", "does not give this net's numbers", code=0, then=_rebuilt,
          may_change=("cache/*",), patch=_use_cache("cache"), says="rebuilding it")(_damaged(_other_nets_graph))
+    case("engine-cache-other-nets-layers", "does not give this net's numbers", code=0, then=_rebuilt,
+         may_change=("cache/*",), patch=_use_cache("cache"), says="rebuilding it")(
+        _damaged(functools.partial(_other_nets_graph, fc=9)))
     case("engine-cache-entry-is-a-folder", NO_CACHE, code=0, then=_same_answer, patch=_use_cache("cache"))(
         _damaged(_entry_folder))
     case("engine-cache-unreadable-entry", "cannot read", code=0, then=_rebuilt, may_change=("cache/*",),
