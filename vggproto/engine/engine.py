@@ -174,6 +174,7 @@ class Engine:
                 break
             else:
                 self._pinned.add(shapes)
+                self._unsaved.pop(source, None)   # a batch-dynamic graph that fails at some batch is never cached
         self._give_up(why)
         return False
 
