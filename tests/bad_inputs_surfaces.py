@@ -435,3 +435,44 @@ def two_processes_repair_one_entry(d: Path) -> None:
         assert "Traceback" not in stderr
     _rebuilt(d, (d / "expected_m.txt").read_text())
     assert not [f.name for f in (d / "cache").iterdir() if not f.name.endswith(".onnx-entry")]
+
+
+def killed_real_plan_resumes(d: Path) -> None:
+    """``kill -9`` of a real ``vggproto reproduce`` (and its process group) while its first step, a real
+    ``convert-imageset``, is reading an image (a FIFO, so the step is surely half-way): no marker and no database
+    are left for it, the next run (the fake runner) runs it again, then the rest, and the next real conversion
+    removes the killed one's temporary database (on ImageNet, tens of GB)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    args = _lists(d, "out")
+    os.mkfifo(d / "b.png")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    plan = subprocess.Popen([sys.executable, "-m", "vggproto", *args], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    writer, deadline = None, time.monotonic() + 120
+    while writer is None and plan.poll() is None and time.monotonic() < deadline:
+        try:   # succeeds once the step has the image open for reading
+            writer = os.open(d / "b.png", os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            time.sleep(0.01)
+    os.killpg(plan.pid, signal.SIGKILL)
+    plan.wait()
+    assert writer is not None, "the step never opened its image"
+    os.close(writer)
+    assert (d / "out/logs/convert-train.log").exists() and not list((d / "out/steps").glob("*.done"))
+    assert not (d / "out/data/train_lmdb").exists()
+    assert "vggproto: error" not in _run_plan(d, Steps(d))
+    assert _ran(d) == list(STEPS)
+    [half] = (d / "out/data").glob(".train_lmdb.*.tmp")     # the killed conversion's half database...
+    from vggproto.caffe.files import process_alive
+    while process_alive(int(half.suffixes[-2][1:])) and time.monotonic() < deadline:
+        time.sleep(0.01)   # SIGKILL is delivered, and the orphan reaped, after killpg returns
+    (d / "b.png").unlink()
+    (d / "b.png").write_bytes((d / "out/tables.png").read_bytes())
+    again = CliRunner().invoke(vggproto.cli.main, ["convert-imageset", f"{d}/", str(d / "train.txt"),
+                                                   str(d / "out/data/train_lmdb"), "--force"])
+    assert again.exit_code == 0, again.output
+    assert not list((d / "out/data").glob(".train_lmdb.*"))     # ...is removed by the step's next real run

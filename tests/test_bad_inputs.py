@@ -480,3 +480,7 @@ def test_bad_input_is_one_line_and_loses_nothing(bad: Case, tmp_path: Path, monk
 @pytest.mark.slow   # two interpreters start at once: about 15 s on the shared 2-core machine
 def test_two_processes_repair_one_damaged_cache_entry_at_once(tmp_path: Path) -> None:
     bad_inputs_surfaces.two_processes_repair_one_entry(tmp_path)
+
+
+def test_kill_9_of_a_real_reproduce_mid_step_resumes(tmp_path: Path) -> None:
+    bad_inputs_surfaces.killed_real_plan_resumes(tmp_path)
