@@ -13,6 +13,7 @@ writable, the output is none of the inputs, an existing file of another kind is 
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import struct
 from collections.abc import Iterator
@@ -173,13 +174,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder name beside ``path`` (not yet created) to build a database in; rename it to
     ``path`` when the block succeeds, remove it when the block raises, so a failed or interrupted write never
-    leaves half a database.  An existing ``path`` is refused unless ``replace`` (``--force``): then it is
-    swapped out only once the new one is complete."""
+    leaves half a database; the temporaries of runs killed before that (their process gone) are removed first.
+    An existing ``path`` is refused unless ``replace`` (``--force``): then it is swapped out only once the new one
+    is complete."""
     target = Path(path)
     if (target.exists() or target.is_symlink()) and not replace:
         raise OutputError(f"{target}: exists; remove it, choose another name or pass --force to replace it")
     tmp = temporary_path(target)
-    _remove_tree(tmp)   # left by a killed run that had this process id
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):   # left by killed runs
+        pid = stale.name[len(target.name) + 2:-len(".tmp")]
+        if stale == tmp or (pid.isdigit() and not process_alive(int(pid))):
+            _remove_tree(stale)
     try:
         yield tmp
         old = target.with_name(f".{target.name}.{os.getpid()}.old")
@@ -193,6 +198,20 @@ def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator
         if error is not None:
             raise error from None
         raise
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be writing its temporaries (False for this process: it has not started
+    yet, so anything named with its id is older)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
 
 
 def _remove_tree(path: Path) -> None:

@@ -66,6 +66,17 @@ class GraphCache:
             return None
         return Entry(data[head:], data[head - 1] == 1)
 
+    def discard(self, key: str, why: str) -> None:
+        """Remove the entry ``key``: it reads back whole but its graph fails (``why``); it is exported again."""
+        path = self.path(key)
+        if path is None:
+            return
+        log.warning("engine cache: %s does not give this net's numbers (%s); rebuilding it", path, why)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass   # the rebuilt entry is written over it, or the cache turns itself off
+
     def write(self, key: str, entry: Entry) -> None:
         """Store ``entry`` under ``key`` atomically; a folder that refuses it turns the cache off (one warning)."""
         from vggproto.caffe.files import atomic_write_bytes

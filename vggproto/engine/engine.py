@@ -64,6 +64,8 @@ class Engine:
         self._verified: set[Shapes] = set()
         self._pinned: set[Shapes] = set()     # shapes the batch-dynamic graph failed at: exported at them instead
         self._weights_key: str | None = None
+        self._cached: dict[Shapes, str] = {}     # sessions read from the disk cache: their keys
+        self._unsaved: dict[Shapes, tuple[str, Entry]] = {}   # exported, cached once they pass their first check
         if engine == "torch" or (engine == "auto" and net.device.type != "cpu"):
             return
         if net.device.type != "cpu":
@@ -146,10 +148,12 @@ class Engine:
     def _run_segment(self, blobs: dict[str, torch.Tensor]) -> bool:
         """The segment in onnxruntime, its outputs into ``blobs``; False when it fell back to torch.  A
         batch-dynamic graph that fails or disagrees at a batch it was not exported at is replaced, for these
-        shapes, by one exported at them (a graph whose batch only looked dynamic)."""
+        shapes, by one exported at them (a graph whose batch only looked dynamic); a graph from the disk cache
+        that fails or disagrees is dropped from it and exported again (a foreign or stale entry)."""
         shapes: Shapes = tuple((name, tuple(blobs[name].shape)) for name in self.segment.inputs)
-        for dynamic_ok in (shapes not in self._pinned, False):
-            dynamic = False
+        tries = [shapes not in self._pinned, False]
+        while tries:
+            dynamic_ok, dynamic = tries.pop(0), False
             try:
                 session, dynamic = self._session(shapes, dynamic_ok)
                 results = self._results(session, blobs)
@@ -158,14 +162,36 @@ class Engine:
                 why = str(exc)
             except Exception as exc:  # noqa: BLE001 — onnxruntime raises its own types for every failure
                 why = f"onnxruntime failed: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
+            source = _batchless(shapes) if dynamic else shapes
             if why is None:
+                self._save(source)
+                self._cached.pop(source, None)   # proven this net's graph: a later failure is about a new batch
                 blobs.update(results)
                 return True
-            if not dynamic_ok or not dynamic:
+            if self._evict(source, why):
+                tries.insert(0, dynamic_ok)
+            elif not dynamic_ok or not dynamic:
                 break
-            self._pinned.add(shapes)
+            else:
+                self._pinned.add(shapes)
+                self._unsaved.pop(source, None)   # a batch-dynamic graph that fails at some batch is never cached
         self._give_up(why)
         return False
+
+    def _save(self, source: Shapes) -> None:
+        """Store the graph for ``source`` shapes in the disk cache once it has passed its first check."""
+        if source in self._unsaved:
+            key, entry = self._unsaved.pop(source)
+            self.cache.write(key, entry)
+
+    def _evict(self, source: Shapes, why: str) -> bool:
+        """Drop a graph read from the disk cache that failed (one warning); False if it was not from the cache."""
+        key = self._cached.pop(source, None)
+        if key is None:
+            return False
+        self._sessions.pop(source, None)
+        self.cache.discard(key, why)
+        return True
 
     def _results(self, session: Any, blobs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The segment's outputs from ``session`` fed with its inputs from ``blobs``."""
@@ -193,7 +219,7 @@ class Engine:
     def _session(self, shapes: Shapes, dynamic_ok: bool) -> tuple[Any, bool]:
         """The onnxruntime session for inputs of ``shapes`` (from memory, the disk cache, or a new export) and
         whether it is the batch-dynamic one; ``dynamic_ok`` False asks for a graph exported at ``shapes``."""
-        batchless: Shapes = tuple((name, (0, *shape[1:])) for name, shape in shapes)
+        batchless = _batchless(shapes)
         candidates = (batchless, shapes) if dynamic_ok else (shapes,)
         for key_shapes in candidates:
             if key_shapes in self._sessions:
@@ -203,14 +229,14 @@ class Engine:
             entry = self.cache.read(key)
             session = self._open(entry) if entry is not None else None
             if session is not None:
-                self._sessions[key_shapes] = session
+                self._sessions[key_shapes], self._cached[key_shapes] = session, key
                 return session, key_shapes is batchless
         entry = self._export(shapes)
         session = self._open(entry)
         if session is None:
             raise EngineError("onnxruntime cannot load the exported graph")
         key_shapes = batchless if entry.dynamic and dynamic_ok else shapes
-        self.cache.write(keys[key_shapes], Entry(entry.payload, key_shapes is batchless))
+        self._unsaved[key_shapes] = (keys[key_shapes], Entry(entry.payload, key_shapes is batchless))
         self._sessions[key_shapes] = session
         return session, key_shapes is batchless
 
@@ -259,6 +285,11 @@ class Engine:
             return onnxruntime.InferenceSession(entry.payload, options, providers=["CPUExecutionProvider"])
         except Exception:  # noqa: BLE001 — a damaged entry: the caller rebuilds it
             return None
+
+
+def _batchless(shapes: Shapes) -> Shapes:
+    """``shapes`` with batch 0: the key of a batch-dynamic graph."""
+    return tuple((name, (0, *shape[1:])) for name, shape in shapes)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from vggproto.caffe.files import atomic_write_bytes
+from vggproto.errors import VGGProtoError
 from vggproto.reproduce import claims, picture, tables
 from vggproto.reproduce.plan import Options, ScaleMap, build_plan
 from vggproto.reproduce.runner import Executor, Progress, run_plan, subprocess_executor
@@ -28,7 +29,10 @@ def reproduce(options: Options, execute: Executor = subprocess_executor) -> tupl
     there; returns the run's progress and the claims."""
     out = Path(options.out)
     steps = build_plan(options)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VGGProtoError(f"reproduce: --out {out}: cannot create the folder: {exc.strerror or exc}") from None
     log.info("%s", ScaleMap(options.crop, options.scales).describe())
     log.info("plan: %d steps, written to %s", len(steps), out / "plan.sh")
     progress = run_plan(steps, out, execute)

@@ -69,7 +69,9 @@ def read_marker(out: Path, step: Step) -> dict | None:
         marker = json.loads(marker_path(out, step).read_text())
     except (OSError, ValueError):
         return None
-    return marker if isinstance(marker, dict) and "digest" in marker and "outputs" in marker else None
+    if not isinstance(marker, dict) or not {"digest", "outputs"} <= set(marker):
+        return None
+    return marker if isinstance(marker["digest"], str) and isinstance(marker["outputs"], dict) else None
 
 
 def is_done(step: Step, out: Path, digest: str) -> dict | None:
@@ -140,15 +142,34 @@ def _run_one(step: Step, out: Path, execute: Executor, where: str, digest: str) 
         status = execute(step, out)
     except KeyboardInterrupt:
         raise VGGProtoError(f"reproduce: interrupted in {where}; rerun the same command to continue") from None
+    except OSError as exc:   # its log cannot be opened, the command cannot start: a full or read-only disk
+        raise VGGProtoError(f"reproduce: {where} could not run: {os_reason(exc)}") from None
     if status != 0:
         raise VGGProtoError(f"reproduce: {where} failed with status {status}: {last_line(log_path(out, step))} "
                             f"(log: {log_path(out, step)})")
     missing = [o for o in step.outputs if not (out / o).exists()]
     if missing:
         raise VGGProtoError(f"reproduce: {where} finished but left no {missing[0]} (log: {log_path(out, step)})")
+    for name in (o for o in step.outputs if o.endswith(".json")):   # a half-written summary is not done
+        try:
+            json.loads((out / name).read_text())
+        except (OSError, ValueError) as exc:
+            raise VGGProtoError(f"reproduce: {where} finished but its {name} is not JSON ({exc}) (log: "
+                                f"{log_path(out, step)})") from None
     marker = {"digest": digest, "command": command(step), "outputs": {o: fingerprint(out / o) for o in step.outputs}}
-    atomic_write_bytes(marker_path(out, step), (json.dumps(marker, indent=1, sort_keys=True) + "\n").encode())
+    try:
+        atomic_write_bytes(marker_path(out, step), (json.dumps(marker, indent=1, sort_keys=True) + "\n").encode())
+    except OSError as exc:   # no marker: the step runs again next time
+        raise VGGProtoError(f"reproduce: {where} finished but its marker cannot be written: {os_reason(exc)}; "
+                            f"it runs again on the next run") from None
     return marker
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError in words, with the file it is about (an OutputError's message already names it)."""
+    if exc.filename and os.fspath(exc.filename) not in str(exc.strerror):
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc.strerror or exc)
 
 
 def last_line(path: Path) -> str:
@@ -174,11 +195,14 @@ def folders(steps: list[Step]) -> list[str]:
 
 def prepare(steps: list[Step], out: Path) -> None:
     """Create the folders and write ``DIR/plan.sh``: every step's command line, runnable as it is."""
-    for folder in folders(steps):
-        (out / folder).mkdir(parents=True, exist_ok=True)
     lines = ["#!/bin/sh", f"# vggproto reproduce: {len(steps)} steps; `vggproto reproduce` runs them, skipping the "
              "complete ones.", "set -e", 'cd "$(dirname "$0")"', "mkdir -p " + " ".join(folders(steps)),
              *(command(step) for step in steps)]
     path = out / "plan.sh"
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-    os.chmod(path, 0o755)
+    try:
+        for folder in folders(steps):
+            (out / folder).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+        os.chmod(path, 0o755)
+    except OSError as exc:
+        raise VGGProtoError(f"reproduce: --out {out}: cannot prepare the plan's folders: {os_reason(exc)}") from None

@@ -55,7 +55,8 @@ def read_errors(out: Path, row: Row, seeds: int) -> list[tuple[float, float]]:
             summary = json.loads(path.read_text())
             found.append((float(summary["top1_error"]), float(summary["top5_error"])))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise VGGProtoError(f"{path}: not an evaluate --json summary ({exc}); rerun vggproto reproduce") from None
+            raise VGGProtoError(f"{path}: not an evaluate --json summary ({exc}); delete it and rerun "
+                                f"vggproto reproduce (its step runs again)") from None
     return found
 
 

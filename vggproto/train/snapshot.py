@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from vggproto.caffe.files import atomic_path, atomic_write_bytes, temporary_path
+from vggproto.caffe.files import atomic_path, atomic_write_bytes, process_alive, temporary_path
 from vggproto.caffe.proto import caffe_pb2
 from vggproto.errors import SolverError, VGGProtoError
 
@@ -177,7 +177,7 @@ def remove_stale_temporaries(prefix: str) -> list[str]:
         return removed
     for name in sorted(names):
         match = pattern.match(name)
-        if match is None or _alive(int(match.group(2))):
+        if match is None or process_alive(int(match.group(2))):
             continue
         path = os.path.join(folder, name)
         try:
@@ -187,18 +187,6 @@ def remove_stale_temporaries(prefix: str) -> list[str]:
         log.info("Removed %s, a temporary file left by an interrupted earlier run", path)
         removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process has not started writing yet: anything with its id is older
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, owned by someone else
-        return True
-    return True
 
 
 # ------------------------------------------------------------------------------------------------------------------
