@@ -9,7 +9,8 @@ after three warm-up passes; the median per variant is printed with the ratio bas
 and the load average.  ``--files A.onnx,B.onnx`` times ONNX files instead (the first is the baseline): how an
 export change is measured (export at the parent commit, then at this one).
 
-    python tools/bench_ort_options.py [--nets vgg16,resnet50] [--threads 1] [--rounds 15]
+    python tools/bench_ort_options.py [--nets vgg16,resnet50] [--variants arena,denormal] [--threads 1]
+                                      [--rounds 15]
     python tools/bench_ort_options.py --files old/resnet50.onnx,new/resnet50.onnx
 """
 from __future__ import annotations
@@ -96,6 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nets", default="vgg16,resnet50", help="Parts of tools/bench_engines.py's net names.")
     parser.add_argument("--files", default="", help="Comma-separated ONNX files to compare (first = baseline).")
+    parser.add_argument("--variants", default="", help="Comma-separated parts of variant names (the baseline is "
+                                                       "always timed).")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
@@ -111,7 +114,9 @@ def main() -> None:
         for name, path in all_nets(Path(tmp), False).items():
             if any(w in squash(name) for w in wanted):
                 model = export(name, path, Path(tmp))
-                compare(name, {v: session(model, args.threads, *spec) for v, spec in VARIANTS.items()}, args.rounds)
+                chosen = [v for i, v in enumerate(VARIANTS) if i == 0 or not args.variants
+                          or any(part.lower() in v.lower() for part in args.variants.split(","))]
+                compare(name, {v: session(model, args.threads, *VARIANTS[v]) for v in chosen}, args.rounds)
 
 
 if __name__ == "__main__":
