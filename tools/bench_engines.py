@@ -14,9 +14,9 @@ Every engine's output is checked against the interpreter before anything is time
 relative, torch + fast and OpenCV <= 1e-3; an engine that disagrees is reported and left out of the ratios).
 OpenCV's dnn ignores ``lrn_param.k`` (it always uses 1; real Caffe's golden LRN output with k = 2, which the
 interpreter matches, says k counts), so on VGG-A-LRN (k = 2, the paper's Krizhevsky LRN) it computes another
-function and has no ratio: its cell says so.  Then, for batch 1
-and 8 and 1 and 2 threads, rounds interleave the engines (rotating their order) and each time is the median over
-rounds of the mean of a few passes; the load average is printed with every row.  Ratio = OpenCV's time / the
+function and has no ratio: its cell says so.  Then, for batch 1 and 8 and 1 and 2 threads, rounds interleave the
+engines (rotating their order) and each time is the median over rounds of the mean of a few passes; the load
+average is printed with every row.  Ratio = OpenCV's time / the
 engine's time (> 1: faster than OpenCV); geometric means over the nets.
 
     python tools/bench_engines.py [--rounds 3] [--nets vgg16,resnet50] [--threads 1,2] [--batch 1]
