@@ -35,6 +35,9 @@ ENGINES = ("auto", "torch", "onnxruntime")
 #: Largest relative difference from the interpreter accepted on the first use of a graph.
 TOLERANCE = 1e-4
 Shapes = tuple[tuple[str, tuple[int, ...]], ...]
+#: Part of every cache key; raised when the export's graph form changes without a new version (2: BatchNorm as a
+#: multiply-add, LRN's power as Exp/Log), so cached graphs of the slower form are exported again, not reused.
+EXPORT_FORM = b"2"
 
 
 class EngineError(VGGProtoError):
@@ -247,7 +250,7 @@ class Engine:
         if self._weights_key is None:
             self._weights_key = digest(*weights_bytes(segment_weights(self.net, self.segment)))
         sub = sub_net(self.net, self.segment, dict(shapes))
-        return digest(b"vggproto-engine", version.encode(), sub.SerializeToString(deterministic=True),
+        return digest(b"vggproto-engine", EXPORT_FORM, version.encode(), sub.SerializeToString(deterministic=True),
                       self._weights_key.encode(), b"dynamic" if dynamic else b"fixed")
 
     def _export(self, shapes: Shapes) -> Entry:
@@ -278,6 +281,9 @@ class Engine:
         import onnxruntime
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 4   # fatal only: a failure is reported (or falls back) in one line
+        # every fusion and the NCHWc layout (x86): 1.14x (VGG-16) and 1.16x (ResNet-50) over EXTENDED at one
+        # thread; spinning, arena, memory pattern and denormals measured no effect (BENCHMARKS.md), so defaults
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
