@@ -79,7 +79,8 @@ class Engine:
             self._give_up(found)
         else:
             self.segment = found
-            log.info("engine onnxruntime (%d threads): %s", self.threads, found.describe(net))
+            log.info("engine onnxruntime (%d thread%s): %s", self.threads, "" if self.threads == 1 else "s",
+                     found.describe(net))
 
     @property
     def threads(self) -> int:
