@@ -140,11 +140,7 @@ class Engine:
         net = self.net
         for param, layer in zip(net.net_param.layer[start:end], net.layer_list[start:end]):
             if layer.feeds:
-                supplied = None if any(t in inputs for t in param.top) else layer.next_batch()
-                given = dict(zip(param.top, supplied)) if supplied is not None else {   # MemoryData's own batch
-                    top: inputs.pop(top) for top in param.top if top in inputs}
-                tops = layer(*(net.as_input(top, given[top]) if top in given else
-                               torch.zeros(shape, dtype=net.dtype) for top, shape in zip(param.top, layer.top_shapes)))
+                tops = layer(*net.fed_tops(param, layer, inputs))
             else:
                 tops = layer(*(blobs[b] for b in param.bottom))
             blobs.update(zip(param.top, tops))

@@ -245,7 +245,9 @@ class Net(nn.Module):
         self.layer_dict[layer or names[0]].set_arrays(self.as_input("data", data),
                                                       self.as_input("label", labels))
 
-    def _fed_tops(self, param, layer, inputs: dict) -> list[torch.Tensor]:
+    def fed_tops(self, param: caffe_pb2.LayerParameter, layer: CaffeLayer, inputs: dict) -> list[torch.Tensor]:
+        """The tops of a feeding layer (Input, MemoryData): from ``inputs`` (popped), else its own next batch,
+        else the last value fed, else zeros -- the one rule, for this loop and the inference engine's."""
         if not any(top in inputs for top in param.top):
             supplied = layer.next_batch()
             if supplied is not None:
@@ -307,7 +309,7 @@ class Net(nn.Module):
                                            self._propagate):
             bottoms = []
             if layer.feeds:
-                tops = layer(*self._fed_tops(param, layer, inputs))
+                tops = layer(*self.fed_tops(param, layer, inputs))
                 if param.type == "Input":
                     fed.update(zip(param.top, (tuple(t.shape) for t in tops)))
                     unchecked = True
