@@ -11,13 +11,12 @@ back to torch with one warning naming the reason, while ``"onnxruntime"`` makes 
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -262,8 +261,7 @@ class Engine:
         with tempfile.TemporaryDirectory(prefix="vggproto-engine-") as folder:
             path = Path(folder) / "segment.onnx"
             try:
-                with _stderr_silenced():   # onnxruntime prints its own error when that graph fails its check
-                    export_onnx(sub, weights, path)
+                export_onnx(sub, weights, path)   # its onnxruntime check logs nothing (severity: fatal)
             except Exception:  # noqa: BLE001 — a graph that only looked batch-dynamic fails its own check
                 export_onnx(sub, weights, path, dynamic_batch=False)
             finally:
@@ -293,20 +291,6 @@ class Engine:
 def _batchless(shapes: Shapes) -> Shapes:
     """``shapes`` with batch 0: the key of a batch-dynamic graph."""
     return tuple((name, (0, *shape[1:])) for name, shape in shapes)
-
-
-@contextlib.contextmanager
-def _stderr_silenced() -> Iterator[None]:
-    """File descriptor 2 to /dev/null for the block (onnxruntime's C++ logger writes there directly)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as sink:
-            os.dup2(sink.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 class EngineNet:
