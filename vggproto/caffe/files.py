@@ -148,7 +148,6 @@ def temporary_path(path: str | os.PathLike) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.tmp")
 
 
-
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write to; rename it over ``path`` when the block succeeds,
