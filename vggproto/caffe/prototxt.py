@@ -219,34 +219,19 @@ def _enum_values(full_name: str) -> list[str]:
     return [v.name for v in enum.values] if enum else []
 
 
-_TOKEN = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|[{}]|\n'
-                    r'|\b(layers?|name)\b\s*:?\s*("[^"]*"|\'[^\']*\')?')
-
-
 def layer_lines(text: str) -> list[tuple[int, str | None]]:
-    """Return (line number, layer name) of each top-level ``layer``/``layers`` block, in order.
+    """Return (line number, layer name) of each top-level ``layer``/``layers`` block, in order, from the one
+    text-format walker (:func:`vggproto.caffe.textpos.walk`).
 
     Used to point errors found after parsing (unknown layer type, shape mismatch) at the right line.
     """
     found: list[tuple[int, str | None]] = []
-    depth, line, pending, current = 0, 1, False, None
-    for match in _TOKEN.finditer(text):
-        tok = match.group(0)
-        if tok == "\n":
-            line += 1
-        elif tok == "{":
-            if pending and depth == 0:
-                found.append((line, None))
-                current = len(found) - 1
-            pending = False
-            depth += 1
-        elif tok == "}":
-            depth -= 1
-        elif match.group(1) in ("layer", "layers") and depth == 0:
-            pending = True
-        elif match.group(1) == "name" and depth == 1 and current is not None and match.group(2):
-            if found[current][1] is None:
-                found[current] = (found[current][0], match.group(2)[1:-1])
+    for tok, path, is_value in textpos.walk(text):
+        if not is_value and len(path) == 1 and path[0] == tok.text in ("layer", "layers"):
+            found.append((tok.line, None))
+        elif is_value and len(path) == 2 and path[0] in ("layer", "layers") and path[1] == "name" and found \
+                and found[-1][1] is None and tok.text[:1] in "\"'":
+            found[-1] = (found[-1][0], tok.text[1:-1])
     return found
 
 
