@@ -12,8 +12,9 @@ import torch
 
 import vggproto.engine.engine as engine_module
 from vggproto.convert.onnx import OnnxExportError
-from vggproto.engine import EngineError, load
+from vggproto.engine import EngineError, EngineNet, load
 from vggproto.engine.cache import MAGIC
+from vggproto.engine.ncnn_runner import NcnnUnavailable
 from vggproto.net.interpreter import Net
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,14 +79,15 @@ def _entries(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.onnx-entry"))
 
 
-@pytest.mark.parametrize("engine,kind", [("auto", "onnxruntime"), ("torch", "torch"), ("onnxruntime", "onnxruntime")])
+@pytest.mark.parametrize("engine,kind", [("auto", "onnxruntime ncnn"), ("torch", "torch"),
+                                         ("onnxruntime", "onnxruntime"), ("ncnn", "ncnn")])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_engine_forward_equals_the_interpreter(tmp_path, engine, kind, batch):
     path, weights = _net(tmp_path)
     x = np.random.default_rng(batch).standard_normal((batch, 3, 12, 12)).astype(np.float32)
     loaded = load(path, weights, engine, cache=tmp_path / "cache")
     out = loaded.forward(data=x)
-    assert loaded.kind == kind
+    assert loaded.kind in kind.split()   # auto: the faster on this first pass
     want = _reference(path, weights, data=x)
     assert set(out) == {"prob"} and out["prob"].shape == (batch, 5)
     np.testing.assert_allclose(out["prob"], want["prob"], rtol=1e-5, atol=1e-6)
@@ -175,12 +177,34 @@ def test_two_processes_fill_the_cache_at_once(tmp_path):
     assert data.startswith(MAGIC)
 
 
+def _no_ncnn(*args, **kwargs):
+    raise NcnnUnavailable("ncnn is not installed (test)")
+
+
+def test_export_failure_auto_takes_ncnn_with_one_warning(tmp_path, caplog, monkeypatch):
+    path, weights = _net(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise OnnxExportError("net: torch.onnx.export failed: no such op")
+    monkeypatch.setattr("vggproto.convert.onnx.export_onnx", refuse)
+    x = np.ones((2, 3, 12, 12), np.float32)
+    with caplog.at_level(logging.WARNING, logger="vggproto.engine"):
+        loaded = load(path, weights, "auto", cache=tmp_path / "cache")
+        out = loaded.forward(data=x)
+        loaded.forward(data=x)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["engine auto: not onnxruntime: net: torch.onnx.export failed: no such op"]
+    assert loaded.kind == "ncnn"
+    np.testing.assert_allclose(out["prob"], _reference(path, weights, data=x)["prob"], rtol=1e-5)
+
+
 def test_export_failure_auto_falls_back_with_one_warning_onnxruntime_errors(tmp_path, caplog, monkeypatch):
     path, weights = _net(tmp_path)
 
     def refuse(*args, **kwargs):
         raise OnnxExportError("net: torch.onnx.export failed: no such op")
     monkeypatch.setattr("vggproto.convert.onnx.export_onnx", refuse)
+    monkeypatch.setattr(engine_module, "NcnnRunner", _no_ncnn)
     x = np.ones((2, 3, 12, 12), np.float32)
     with caplog.at_level(logging.WARNING, logger="vggproto.engine"):
         loaded = load(path, weights, "auto", cache=tmp_path / "cache")
@@ -230,7 +254,7 @@ def test_split_engine_runs_ssd_trunk_in_onnxruntime_and_detection_output_in_torc
     want = _reference(path, weights, data=x)["detection_out"]
     assert want.shape[2] > 1                                   # boxes were found, so the check means something
     np.testing.assert_allclose(out["detection_out"], want, rtol=1e-5, atol=1e-6)
-    as_net = loaded.as_net()
+    as_net = EngineNet(loaded)
     as_net.forward(data=x)
     assert set(as_net.blobs) >= {"data", "conf_out", "prior", "detection_out"}
 

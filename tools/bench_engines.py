@@ -2,22 +2,26 @@
 """CPU inference speed of vggproto's engines against OpenCV's dnn (the usual way to run a Caffe model on a CPU):
 torch (the interpreter), torch + fast (the interpreter with vggproto.fast: Winograd F(4x4,3x3) for wide 3x3
 convolutions, ReLU fused into the conv, 2x2 max pooling by maxima; ``time-inference --winograd``), onnxruntime
-(vggproto.engine on vggproto's own verified export; split where ONNX stops) and ``cv2.dnn.readNetFromCaffe`` on
-the same prototxt and caffemodel.
+(vggproto.engine on vggproto's own verified export; split where ONNX stops), ncnn (vggproto.engine on
+vggproto's own ncnn files; split where they stop) and ``cv2.dnn.readNetFromCaffe`` on the same prototxt and
+caffemodel.
 
 Nets: the six VGG nets of Table 1 (VGG-16 = nets/D_deploy.prototxt at full width; A, A-LRN, B, C, E generated
 at ``--width-divisor`` 4 unless ``--full-width``), ResNet-50, GoogLeNet, SqueezeNet 1.1 and MobileNet v1
 re-created in tools/bench_nets.py, and the reduced-width MobileNet-SSD of tests/data/forks (DetectionOutput in
 torch: the split engine).  Random weights (BatchNorm variances positive) written as a caffemodel.
 
-Every engine's output is checked against the interpreter before anything is timed (onnxruntime <= 1e-4
-relative, torch + fast and OpenCV <= 1e-3; an engine that disagrees is reported and left out of the ratios).
+Every engine's output is checked against the interpreter before anything is timed (onnxruntime and ncnn <= 1e-4
+relative, as the engine verifies them; torch + fast and OpenCV <= 1e-3; an engine that disagrees is reported and
+left out of the ratios).
 OpenCV's dnn ignores ``lrn_param.k`` (it always uses 1; real Caffe's golden LRN output with k = 2, which the
 interpreter matches, says k counts), so on VGG-A-LRN (k = 2, the paper's Krizhevsky LRN) it computes another
 function and has no ratio: its cell says so.  Then, for batch 1 and 8 and 1 and 2 threads, rounds interleave the
-engines (rotating their order) and each time is the median over rounds of the mean of a few passes; the load
+engines (rotating their order, with a 50 ms rest before each so that no engine's spinning threads slow the next)
+and each time is the median over rounds of the mean of a few passes; the load
 average is printed with every row.  Ratio = OpenCV's time / the
-engine's time (> 1: faster than OpenCV); geometric means over the nets.
+engine's time (> 1: faster than OpenCV); "best" is the fastest of vggproto's engines, "exact" the fastest of those
+held to 1e-4 (torch, onnxruntime, ncnn: what ``--engine auto`` chooses from); geometric means over the nets.
 
     python tools/bench_engines.py [--rounds 3] [--nets vgg16,resnet50] [--threads 1,2] [--batch 1]
                                   [--engines torch,onnxruntime] [--full-width] [--markdown out.md]
@@ -43,9 +47,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-ENGINES = ("torch", "torch+fast", "onnxruntime", "opencv")
+ENGINES = ("torch", "torch+fast", "onnxruntime", "ncnn", "opencv")
 OURS = ENGINES[:-1]
-TOLERANCE = {"torch+fast": 1e-3, "onnxruntime": 1e-4, "opencv": 1e-3}
+EXACT = ("torch", "onnxruntime", "ncnn")   # within 1e-4 of the interpreter: the engines --engine auto races
+TOLERANCE = {"torch+fast": 1e-3, "onnxruntime": 1e-4, "ncnn": 1e-4, "opencv": 1e-3}
 
 
 def vgg_nets(folder: Path, full_width: bool) -> dict[str, Path]:
@@ -108,14 +113,15 @@ class Case:
         self.input = self.net.input_names[0]
         self.output = self.net.output_names[0]
         self.cv = cv2.dnn.readNetFromCaffe(str(path), str(caffemodel))
-        self.engines: dict[int, object] = {}
+        self.engines: dict[tuple[str, int], object] = {}
         self.torch = torch
 
-    def ort(self, threads: int):
+    def engine(self, kind: str, threads: int):
+        """vggproto.engine's ``kind`` ("onnxruntime" or "ncnn") at ``threads``, built once."""
         from vggproto.engine import Engine
-        if threads not in self.engines:
-            self.engines[threads] = Engine(self.net, "onnxruntime", threads=threads)
-        return self.engines[threads]
+        if (kind, threads) not in self.engines:
+            self.engines[kind, threads] = Engine(self.net, kind, threads=threads)
+        return self.engines[kind, threads]
 
     def fast_net(self):
         """A second Net with the same weights, prepared by vggproto.fast (which changes a net in place)."""
@@ -137,8 +143,8 @@ class Case:
             net = self.net if engine == "torch" else self.fast_net()
             with self.torch.inference_mode():
                 return net.forward(**{self.input: self.torch.from_numpy(x)})[self.output].numpy()
-        if engine == "onnxruntime":
-            return self.ort(threads).forward(**{self.input: x})[self.output]
+        if engine in ("onnxruntime", "ncnn"):
+            return self.engine(engine, threads).forward(**{self.input: x})[self.output]
         cv2.setNumThreads(threads)
         self.cv.setInput(x)
         return self.cv.forward(self.net.layer_names[-1])
@@ -182,7 +188,13 @@ def check(case: Case, x: np.ndarray, engines: list[str]) -> dict[str, str]:
     return verdict
 
 
+#: Seconds of rest before each timing: the engine timed before may leave threads spinning for a while
+#: (onnxruntime's pool, OpenMP's), which on 2 cores halved the next engine's speed (docs/notes/engine.md).
+REST = 0.05
+
+
 def timed(case: Case, engine: str, x: np.ndarray, threads: int, passes: int) -> float:
+    time.sleep(REST)
     start = time.perf_counter()
     for _ in range(passes):
         case.run(engine, x, threads)
@@ -236,26 +248,31 @@ def squash(text: str) -> str:
 
 def header(engines: list[str]) -> list[str]:
     import cv2
+    import ncnn
     import onnxruntime
     import torch
     ours = [e for e in engines if e != "opencv"]
-    cells = [f"{e} ms" for e in engines] + [f"{e} / OpenCV" for e in ours] + ["best / OpenCV", "load"]
+    cells = ([f"{e} ms" for e in engines] + [f"{e} / OpenCV" for e in ours]
+             + ["best / OpenCV", "exact best / OpenCV", "load"])
     return [f"date {time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()} {os.cpu_count()} CPUs "
             f"({platform.processor() or platform.platform()}), torch {torch.__version__}, onnxruntime "
-            f"{onnxruntime.__version__}, OpenCV {cv2.__version__}, load at start {os.getloadavg()[0]:.2f}", "",
+            f"{onnxruntime.__version__}, ncnn {ncnn.__version__}, OpenCV {cv2.__version__}, load at start "
+            f"{os.getloadavg()[0]:.2f}", "",
             "| net | batch | threads | " + " | ".join(cells) + " |", "|---" * (len(cells) + 3) + "|"]
 
 
 def summary(ratios: dict[tuple[int, int], dict[str, list[float]]], engines: list[str]) -> list[str]:
     """Geometric means per batch and thread count, per engine and for the best of vggproto's engines."""
-    ours = [e for e in engines if e != "opencv"] + ["best"]
+    ours = [e for e in engines if e != "opencv"] + ["best", "exact"]
     lines = ["", "| batch | threads | " + " | ".join(f"geomean {e} / OpenCV" for e in ours) + " | nets |",
              "|---" * (len(ours) + 3) + "|"]
     for key in sorted(ratios):
         lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(f"{geomean(ratios[key].get(e, [])):.2f}x"
                                                           for e in ours) + f" | {len(ratios[key]['best'])} |")
     every = [r for v in ratios.values() for r in v["best"]]
-    lines.append(f"\nall rows: geomean best / OpenCV {geomean(every):.2f}x over {len(every)} rows; load at end "
+    exact = [r for v in ratios.values() for r in v.get("exact", [])]
+    lines.append(f"\nall rows: geomean best / OpenCV {geomean(every):.2f}x, exact best {geomean(exact):.2f}x over "
+                 f"{len(every)} rows; load at end "
                  f"{os.getloadavg()[0]:.2f}")
     return lines
 
@@ -274,14 +291,17 @@ def bench_net(name: str, case: Case, args: argparse.Namespace,
             cv = t.get("opencv")
             rel = {e: cv / t[e] for e in OURS if e in t and cv}
             best = max(rel.values()) if rel else None
+            exact = max((r for e, r in rel.items() if e in EXACT), default=None)
             per = ratios.setdefault((batch, threads), {"best": []})
-            for engine, ratio in list(rel.items()) + ([("best", best)] if best else []):
+            for engine, ratio in list(rel.items()) + ([("best", best)] if best else []) + (
+                    [("exact", exact)] if exact else []):
                 per.setdefault(engine, []).append(ratio)
             ours = [e for e in args.engines if e != "opencv"]
             row = (f"| {name} | {batch} | {threads} | "
                    + " | ".join(f"{t[e] * 1e3:.1f}" if e in t else verdict[e] for e in args.engines) + " | "
                    + " | ".join(f"{rel[e]:.2f}x" if e in rel else "-" for e in ours)
-                   + f" | {f'{best:.2f}x' if best else '-'} | {os.getloadavg()[0]:.1f} |")
+                   + f" | {f'{best:.2f}x' if best else '-'} | {f'{exact:.2f}x' if exact else '-'} | "
+                   f"{os.getloadavg()[0]:.1f} |")
             rows.append(row)
             print(row, flush=True)
     return rows

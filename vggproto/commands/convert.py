@@ -1,4 +1,4 @@
-"""``vggproto convert``: weight conversion between Caffe, PyTorch, safetensors, torchvision and ONNX (issue #8)."""
+"""``vggproto convert``: weight conversion between Caffe, PyTorch, safetensors, torchvision, ONNX and ncnn."""
 from __future__ import annotations
 
 import click
@@ -11,9 +11,10 @@ from vggproto.weights.torch_files import FORMATS
 @click.argument("src", type=click.Path(exists=True, dir_okay=False))
 @click.argument("dst", type=click.Path(dir_okay=False, writable=True))
 @click.option("--model", "model", type=click.Path(exists=True, dir_okay=False),
-              help="Net prototxt: blobs take its shapes and its layers are checked (required for --to onnx).")
+              help="Net prototxt: blobs take its shapes and its layers are checked (required for --to onnx and ncnn).")
 @click.option("--to", "to", type=click.Choice(FORMATS),
-              help="Output format (default: from DST's extension; .pt/.pth = Caffe-named state dict).")
+              help="Output format (default: from DST's extension; .pt/.pth = Caffe-named state dict; .param = ncnn, "
+                   "its .bin beside it).")
 @click.option("--fc-to-conv", is_flag=True, help="fc6/fc7/fc8 -> fc6-conv/fc7-conv/fc8-conv of the _dense net.")
 @click.option("--conv-to-fc", is_flag=True, help="fc6-conv/fc7-conv/fc8-conv -> fc6/fc7/fc8.")
 @click.option("--allow-missing", is_flag=True, help="With --model: leave out net layers the file has no weights for.")
@@ -34,7 +35,8 @@ def convert_command(src: str, dst: str, model: str | None, to: str | None, fc_to
     \b
     Formats: caffemodel | h5 (Caffe HDF5, /data/<layer>/<i>) | pt | safetensors (keys <layer>.weight,
     <layer>.bias, <layer>.<i> for further blobs) | torchvision (features.N / classifier.N, RGB [0,1] mean/std
-    input folded into conv1_1) | onnx (the --model net with these weights, checked in onnxruntime).
+    input folded into conv1_1) | onnx (the --model net with these weights, checked in onnxruntime) | ncnn
+    (DST.param and DST.bin: the --model net for ncnn's own tools).
     """
     from vggproto.convert.convert import convert, summary
     result = convert(src, dst, to=to, model=model, fc_to_conv_=fc_to_conv, conv_to_fc_=conv_to_fc,

@@ -38,8 +38,8 @@ def time_inference_command(model: str, weights: str | None, batch: int, iteratio
     (--winograd, --channels-last, --autocast, --compile) are the torch engine's, and with them auto means torch."""
     from vggproto.engine.bench import json_line
     torch_options = winograd or channels_last or autocast or compile_
-    if engine == "onnxruntime" and (torch_options or gpus.device != "cpu"):
-        raise click.UsageError("--engine onnxruntime runs on the CPU without the torch speed options")
+    if engine in ("onnxruntime", "ncnn") and (torch_options or gpus.device != "cpu"):
+        raise click.UsageError(f"--engine {engine} runs on the CPU without the torch speed options")
     if engine == "torch" or torch_options or gpus.device != "cpu":
         import torch
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
@@ -143,13 +144,15 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
     """Convert the weight file ``src`` into ``dst`` (see the module doc for shapes and the CLI for the options)."""
     fmt = output_format(dst, to)
     from vggproto.caffe.files import check_output
-    kinds = {"torchvision": "zip", "pt": "zip", "safetensors": "safetensors", "h5": "hdf5"}
+    kinds = {"torchvision": "zip", "pt": "zip", "safetensors": "safetensors", "h5": "hdf5", "ncnn": None}
     check_output(dst, inputs=(src, model if isinstance(model, (str, os.PathLike)) else None),
                  kind=kinds.get(fmt, "binary"), force=force)
     if fc_to_conv_ and conv_to_fc_:
         raise WeightsError("--fc-to-conv and --conv-to-fc exclude each other")
-    if fmt == "onnx" and model is None:
-        raise WeightsError("--to onnx needs --model NET: ONNX holds the network, not just its weights")
+    if fmt in ("onnx", "ncnn") and model is None:
+        raise WeightsError(f"--to {fmt} needs --model NET: {fmt} holds the network, not just its weights")
+    if fmt == "ncnn":   # the weights go beside the .param, as ncnn's tools write them
+        check_output(Path(dst).with_suffix(".bin"), inputs=(src,), kind="binary", force=force)
     if outputs and fmt != "onnx":
         raise WeightsError(f"--outputs names the blobs an ONNX export computes; {fmt} holds only weights")
     weights, source_net, source_fmt = load_caffe_weights(src, keep_shapes)
@@ -171,10 +174,22 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
         from vggproto.convert.onnx import describe_axes
         check = export_onnx(model, weights, dst, phase=phase, outputs=outputs)
         notes = [f"ONNX outputs {', '.join(check.outputs)}: {describe_axes(check)}", *check.fixed]
+    elif fmt == "ncnn":
+        notes = [f"ncnn weights: {_write_ncnn(model, weights, dst, dialect)}"]
     else:
         structure = net_param if net_param is not None else _matching_structure(source_net, weights)
         _write(fmt, dst, weights, structure, zip_crc, progress=large, source=src)
     return ConversionResult(os.fspath(dst), fmt, weights, source_fmt, ignored, missing, notes)
+
+
+def _write_ncnn(model: ModelSource, weights: Weights, dst: str | os.PathLike, dialect: str | None) -> str:
+    """The TEST net of ``model`` with ``weights`` as ncnn's .param (``dst``) and .bin; the .bin's path."""
+    from vggproto.convert.ncnn import export_ncnn
+    from vggproto.net.interpreter import Net
+    from vggproto.net.weights import load_arrays
+    net = Net(model, phase="TEST", dialect=dialect)
+    load_arrays(net, weights, "weights")
+    return os.fspath(export_ncnn(net, dst)[1])
 
 
 def _net_target(model: ModelSource, phase: str, dialect: str | None

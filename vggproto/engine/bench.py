@@ -43,7 +43,7 @@ def json_line(engine: str, batch: int, threads: int, times: list[float]) -> str:
 def time_engine(model: str, weights: str | None = None, *, engine: str = "auto", batch: int = 1,
                 iterations: int = 10, threads: int | None = None) -> EngineTiming:
     """Time ``iterations`` forward passes of ``model``'s TEST net on the CPU on ``engine``."""
-    from vggproto.engine.engine import load
+    from vggproto.engine.api import load
     loaded = load(model, weights.split(",") if weights else None, engine, threads=threads)
     net = loaded.net
     if not net.input_names:

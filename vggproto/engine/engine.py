@@ -5,9 +5,12 @@ path).  ``"onnxruntime"`` runs the part of the net ONNX can hold (:mod:`vggproto
 most nets) in onnxruntime on the CPU, from vggproto's own export (:func:`vggproto.convert.onnx.export_onnx`) at
 the shapes the caller feeds, and the rest in the interpreter; every exported graph is cached
 (:mod:`vggproto.engine.cache`) and verified on its first use against the interpreter on the caller's own input
-(at most 1e-4 relative on every output it gives).  ``"auto"`` is onnxruntime on the CPU and torch on CUDA; where
-onnxruntime cannot run the net (no exportable layer, an export failure, a verification mismatch) ``auto`` falls
-back to torch with one warning naming the reason, while ``"onnxruntime"`` makes it an :class:`EngineError`.
+(at most 1e-4 relative on every output it gives).  ``"ncnn"`` does the same in ncnn
+(:mod:`vggproto.engine.ncnn_runner`: Winograd 3×3 convolutions, VGG's fastest CPU path).  ``"auto"`` is torch on
+CUDA; on the CPU it races ncnn and onnxruntime on the first pass (each verified) and keeps the faster, or takes
+the one that holds more of the net.  Where an engine cannot run the net (no layer it holds,
+an export failure, a verification mismatch) ``auto`` falls back to the other or to torch with one warning naming
+the reason, while ``"onnxruntime"`` and ``"ncnn"`` make it an :class:`EngineError`.
 """
 from __future__ import annotations
 
@@ -16,21 +19,22 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from vggproto.engine.cache import Entry, GraphCache, cache_folder, digest
-from vggproto.engine.split import OUT_SUFFIX, Segment, plan, segment_weights, sub_net, weights_bytes
+from vggproto.engine.ncnn_runner import NcnnRunner, NcnnUnavailable, reshaped
+from vggproto.engine.split import OUT_SUFFIX, Segment, feeding_end, plan, segment_weights, sub_net, weights_bytes
 from vggproto.errors import VGGProtoError
 
 if TYPE_CHECKING:
-    from vggproto.net.interpreter import ModelSource, Net
+    from vggproto.net.interpreter import Net
 
 log = logging.getLogger("vggproto.engine")
 
-ENGINES = ("auto", "torch", "onnxruntime")
+ENGINES = ("auto", "torch", "onnxruntime", "ncnn")
 #: Largest relative difference from the interpreter accepted on the first use of a graph.
 TOLERANCE = 1e-4
 Shapes = tuple[tuple[str, tuple[int, ...]], ...]
@@ -47,8 +51,9 @@ class Engine:
     """``net`` (a TEST-phase :class:`Net`) run by ``engine``; the caller reads ``keep`` blobs besides the outputs.
 
     ``forward(**inputs)`` gives numpy arrays (the Python API); :meth:`run` gives tensors and fills ``blobs``
-    and ``loss`` as :meth:`Net.forward` does, for the loops written against a Net (:meth:`as_net`).  The
-    graphs hold the weights the net had at their first use: after changing them, build a new Engine.
+    and ``loss`` as :meth:`Net.forward` does, for the loops written against a Net
+    (:class:`vggproto.engine.api.EngineNet`).  The graphs hold the weights the net had at their first use: after
+    changing them, build a new Engine.
     """
 
     def __init__(self, net: Net, engine: str = "auto", *, keep: Sequence[str] = (),
@@ -68,25 +73,49 @@ class Engine:
         self._weights_key: str | None = None
         self._cached: dict[Shapes, str] = {}     # sessions read from the disk cache: their keys
         self._unsaved: dict[Shapes, tuple[str, Entry]] = {}   # exported, cached once they pass their first check
+        self.ncnn: NcnnRunner | None = None
+        self._ncnn_shapes: dict[Shapes, dict[str, tuple[int, ...]]] = {}   # verified shapes: outputs' shapes
+        self.chosen = "torch"
         if engine == "torch" or (engine == "auto" and net.device.type != "cpu"):
             return
         if net.device.type != "cpu":
-            raise EngineError(f"--engine onnxruntime runs on the CPU; the net is on {net.device} (use --engine "
+            raise EngineError(f"--engine {engine} runs on the CPU; the net is on {net.device} (use --engine "
                               f"torch or auto with a GPU)")
+        if engine in ("auto", "ncnn"):
+            self._start_ncnn(tuple(keep))
+        if engine == "ncnn":
+            return
         found = plan(net, keep)
         if isinstance(found, str):
-            self._give_up(found)
-        else:
-            self.segment = found
-            log.info("engine onnxruntime (%d thread%s): %s", self.threads, "" if self.threads == 1 else "s",
-                     found.describe(net))
+            if self.ncnn is None:
+                self._give_up(found)
+            return
+        self.segment = found
+        if self.ncnn is not None and self.ncnn.segment.end < found.end:
+            log.info("engine auto: onnxruntime holds more of the net than ncnn (%s)", found.describe(net))
+            self.ncnn = None
+        log.info("engine %s (%d thread%s): %s", "auto" if self.ncnn else "onnxruntime", self.threads,
+                 "" if self.threads == 1 else "s", found.describe(net))
+
+    def _start_ncnn(self, keep: tuple[str, ...]) -> None:
+        """The ncnn segment (``--engine ncnn``: or an error; ``auto``: or onnxruntime alone)."""
+        try:
+            self.ncnn = NcnnRunner(self.net, self._fast_threads(), keep)
+        except NcnnUnavailable as exc:
+            if self.requested == "ncnn":
+                raise EngineError(f"--engine ncnn: {exc}") from None
+            log.debug("engine auto: not ncnn: %s", exc)
+            return
+        log.info("engine ncnn: %s", self.ncnn.segment.describe(self.net).replace("onnxruntime", "ncnn"))
 
     @property
     def threads(self) -> int:
-        """onnxruntime's threads: as given, else the free CPUs (measured once, when first needed: it samples
-        the CPUs' load for a moment), or torch's own count on the torch engine."""
-        if self.segment is None:
-            return torch.get_num_threads()
+        """The threads of the engine that runs the net: torch's own count for torch, else :meth:`_fast_threads`."""
+        return torch.get_num_threads() if self.kind == "torch" else self._fast_threads()
+
+    def _fast_threads(self) -> int:
+        """onnxruntime's and ncnn's threads: as given, else the free CPUs (measured once, when first needed: it
+        samples the CPUs' load for a moment)."""
         if self._threads is None:
             from vggproto.net.devices import usable_cpus
             self._threads = usable_cpus()
@@ -94,19 +123,20 @@ class Engine:
 
     @property
     def kind(self) -> str:
-        """The engine that runs the net now: "onnxruntime" (for its exportable part) or "torch"."""
-        return "onnxruntime" if self.segment is not None else "torch"
+        """The engine that ran the net's last pass ("ncnn" or "onnxruntime" for the part it holds, or "torch");
+        before any pass, the one it will try first."""
+        if self.chosen != "torch" or (self.segment is None and self.ncnn is None):
+            return self.chosen
+        return "ncnn" if self.ncnn is not None else "onnxruntime"
 
     def _give_up(self, reason: str) -> None:
         if self.requested == "onnxruntime":
             raise EngineError(f"--engine onnxruntime: {reason}")
-        if self.segment is not None or self.requested == "auto":
+        if self.ncnn is not None:
+            log.warning("engine auto: not onnxruntime: %s", reason)
+        elif self.segment is not None or self.requested == "auto":
             log.warning("engine auto: running the net in torch, not onnxruntime: %s", reason)
         self.segment = None
-
-    def as_net(self) -> EngineNet:
-        """A stand-in for the Net: ``forward`` runs this engine, ``blobs``/``loss`` are its, the rest the Net's."""
-        return EngineNet(self)
 
     def forward(self, **inputs: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
         """The net's outputs for ``inputs`` (keyed by input blob) as numpy arrays."""
@@ -115,24 +145,88 @@ class Engine:
 
     def run(self, **inputs: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """The net's outputs as tensors; every blob the engine computed is in ``blobs``."""
-        if self.segment is None:
+        if self.segment is None and self.ncnn is None:
             out = self.net.forward(**inputs)
-            self.blobs, self.loss = self.net.blobs, self.net.loss
+            self.blobs, self.loss, self.chosen = self.net.blobs, self.net.loss, "torch"
             return out
-        segment, count = self.segment, len(self.net.layer_list)
+        start, count = (self.ncnn.segment if self.ncnn else self.segment).start, len(self.net.layer_list)
         blobs: dict[str, torch.Tensor] = {}
         self.blobs = {}
-        self._layers(0, segment.start, blobs, inputs)
+        self._layers(0, start, blobs, inputs)
         if inputs:
             from vggproto.errors import NetError
             raise NetError(f"unknown input(s) {', '.join(sorted(inputs))}; the net is fed through: "
                            f"{', '.join(self.net.input_names) or 'nothing'}", path=self.net.path)
-        if not self._run_segment(blobs):
-            self._layers(segment.start, segment.end, blobs, {})
-        self._layers(segment.end, count, blobs, {})
+        self._layers(self._run_fast(blobs), count, blobs, {})
         self.blobs = blobs
         self.loss = sum((w * blobs[name].sum() for name, w in self.net.loss_weights.items()), torch.zeros(()))
         return {name: blobs[name] for name in self.net.output_names}
+
+    def _run_fast(self, blobs: dict[str, torch.Tensor]) -> int:
+        """The fast engine's part of the net on ``blobs`` (its outputs added to them); the index of the first
+        layer the interpreter runs after it.  ``auto`` with both engines holding the same layers races them on
+        the first pass and keeps the faster only; a failing engine leaves the part to the other, or to the
+        interpreter."""
+        shapes: Shapes = tuple(sorted((name, tuple(value.shape)) for name, value in blobs.items()))
+        if self.ncnn is not None and self.segment is not None:
+            if self._race(shapes, blobs) == "ncnn":   # the loser is dropped: its memory, and no second race
+                self.segment, self._sessions = None, {}
+            else:
+                self.ncnn = None
+        if self.ncnn is not None and self._run_ncnn(shapes, blobs):
+            self.chosen = "ncnn"
+            return self.ncnn.segment.end
+        segment = self.segment
+        if segment is not None and self._run_segment(blobs):
+            self.chosen = "onnxruntime"
+            return segment.end
+        self.chosen = "torch"
+        return feeding_end(self.net)
+
+    def _race(self, shapes: Shapes, blobs: dict[str, torch.Tensor]) -> str:
+        """``auto``'s choice at ``shapes``: each engine's pass verified, then timed once more; the faster."""
+        import time
+        seconds = {}
+        for name, run in (("ncnn", lambda: self._run_ncnn(shapes, dict(blobs))),
+                          ("onnxruntime", lambda: self._run_segment(dict(blobs)))):
+            if not run():
+                continue
+            begin = time.perf_counter()
+            if run():
+                seconds[name] = time.perf_counter() - begin
+        if not seconds:
+            return "torch"
+        best = min(seconds, key=seconds.get)
+        log.info("engine auto: %s at inputs %s (%s)", best, dict(shapes),
+                 ", ".join(f"{name} {value * 1e3:.1f} ms" for name, value in seconds.items()))
+        return best
+
+    def _run_ncnn(self, shapes: Shapes, blobs: dict[str, torch.Tensor]) -> bool:
+        """The ncnn segment on ``blobs`` (verified on the first pass at ``shapes``); False, after one warning
+        (``auto``) or an :class:`EngineError` (``--engine ncnn``), when it fails or disagrees."""
+        segment = self.ncnn.segment
+        try:
+            raw = self.ncnn.run(blobs)
+            if shapes not in self._ncnn_shapes:
+                reference = dict(blobs)
+                self._layers(segment.start, segment.end, reference, {})
+                wanted = {name: tuple(reference[name].shape) for name in segment.outputs}
+                results = reshaped(raw, wanted)
+                why = self._compare("ncnn", reference, results, shapes)
+                if why is None:
+                    self._ncnn_shapes[shapes] = wanted
+            else:
+                results, why = reshaped(raw, self._ncnn_shapes[shapes]), None
+        except VGGProtoError as exc:
+            why = str(exc)
+        if why is None:
+            blobs.update(results)
+            return True
+        if self.requested == "ncnn":
+            raise EngineError(f"--engine ncnn: {why}")
+        log.warning("engine auto: not ncnn: %s", why)
+        self.ncnn = None
+        return False
 
     def _layers(self, start: int, end: int, blobs: dict[str, torch.Tensor], inputs: dict) -> None:
         """Layers ``start``..``end`` in the interpreter, reading and writing ``blobs`` (Net.forward's loop)."""
@@ -203,16 +297,24 @@ class Engine:
     def _verify(self, shapes: Shapes, blobs: dict[str, torch.Tensor], results: dict[str, torch.Tensor]) -> str | None:
         """First use at ``shapes``: the interpreter runs the segment on the same blobs; every output must agree
         (None), else the reason."""
-        from vggproto.convert.onnx import difference
         reference = dict(blobs)
         self._layers(self.segment.start, self.segment.end, reference, {})
+        why = self._compare("onnxruntime", reference, results, shapes)
+        if why is None:
+            self._verified.add(shapes)
+        return why
+
+    @staticmethod
+    def _compare(engine: str, reference: dict[str, torch.Tensor], results: dict[str, torch.Tensor],
+                 shapes: Shapes) -> str | None:
+        """None if every result is within :data:`TOLERANCE` of the interpreter's ``reference``, else why not."""
+        from vggproto.convert.onnx import difference
         for name, value in results.items():
             want = reference[name].detach().float().cpu().numpy()
             gap = difference(want, value.numpy()) if want.shape == value.shape else float("inf")
             if not gap <= TOLERANCE:
-                return (f"onnxruntime's '{name}' differs from the interpreter by {gap:.3g} (relative, more than "
+                return (f"{engine}'s '{name}' differs from the interpreter by {gap:.3g} (relative, more than "
                         f"{TOLERANCE:g}) on inputs {dict(shapes)}")
-        self._verified.add(shapes)
         return None
 
     def _session(self, shapes: Shapes, dynamic_ok: bool) -> tuple[Any, bool]:
@@ -277,9 +379,12 @@ class Engine:
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 4   # fatal only: a failure is reported (or falls back) in one line
         # every fusion and the NCHWc layout (x86): 1.14x (VGG-16) and 1.16x (ResNet-50) over EXTENDED at one
-        # thread; spinning, arena, memory pattern and denormals measured no effect (BENCHMARKS.md), so defaults
+        # thread; arena, memory pattern and denormals measured no effect (BENCHMARKS.md), so defaults; spinning
+        # gains 2-15% at 2 threads, but not when the interpreter runs a tail next on the same cores (engine.md)
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self.threads
+        options.intra_op_num_threads = self._fast_threads()
+        tail = self.segment is not None and self.segment.end < len(self.net.layer_list)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0" if tail else "1")
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         try:
@@ -291,48 +396,3 @@ class Engine:
 def _batchless(shapes: Shapes) -> Shapes:
     """``shapes`` with batch 0: the key of a batch-dynamic graph."""
     return tuple((name, (0, *shape[1:])) for name, shape in shapes)
-
-
-class EngineNet:
-    """What inference loops written against a :class:`Net` need (``forward``, ``blobs``, ``loss``), run by an
-    :class:`Engine`; every other attribute (``blob_shapes``, ``input_names``, ``parameters()``...) is the Net's."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def forward(self, **inputs: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
-        """:meth:`Engine.run`."""
-        return self.engine.run(**inputs)
-
-    @property
-    def blobs(self) -> dict[str, torch.Tensor]:
-        """The last pass's blobs."""
-        return self.engine.blobs
-
-    @property
-    def loss(self) -> torch.Tensor | None:
-        """The last pass's weighted loss."""
-        return self.engine.loss
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.engine.net, name)
-
-
-def wrap(net: Net, engine: str = "auto", keep: Sequence[str] = ()) -> EngineNet:
-    """``net`` as an :class:`EngineNet` run by ``engine`` (the hook the inference commands hand the loops)."""
-    return Engine(net, engine, keep=keep).as_net()
-
-
-def load(model: ModelSource, weights: str | os.PathLike | Sequence | Mapping | None = None, engine: str = "auto",
-         device: str = "cpu", *, keep: Sequence[str] = (), cache: str | os.PathLike | bool = True,
-         threads: int | None = None) -> Engine:
-    """A deploy net with its weights, ready to ``forward(**inputs)`` on ``engine`` ("auto", "torch",
-    "onnxruntime"); ``cache`` is a folder, True (the default folder) or False (no cache)."""
-    from vggproto.net.interpreter import Net
-    from vggproto.net.weights import load_arrays
-    net = Net(model, None if isinstance(weights, Mapping) else weights, phase="TEST")
-    if isinstance(weights, Mapping):
-        load_arrays(net, weights, "weights")
-    for parameter in net.parameters():
-        parameter.requires_grad_(False)
-    return Engine(net.to(device), engine, keep=keep, cache=cache, threads=threads)

@@ -12,7 +12,7 @@ at the segment's end, as Caffe's in-place blobs hold it then).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -21,6 +21,8 @@ from vggproto.caffe.proto import caffe_pb2
 if TYPE_CHECKING:
     from vggproto.net.interpreter import Net
 
+#: Why layer ``index`` of a net cannot run in an engine (None: it can).
+Refusal = Callable[["Net", int], "str | None"]
 #: The suffix of the copies that carry a segment's outputs out of the graph.
 OUT_SUFFIX = "@engine"
 
@@ -41,33 +43,45 @@ class Segment:
         return f"layers '{names[self.start]}'..'{names[self.end - 1]}' in onnxruntime{rest}"
 
 
-def _stop_reason(net: Net, index: int) -> str | None:
-    """Why layer ``index`` cannot join the onnxruntime segment (None if it can)."""
-    param, layer = net.net_param.layer[index], net.layer_list[index]
+def onnx_refusal(net: Net, index: int) -> str | None:
+    """Why layer ``index`` cannot be exported to ONNX (None if it can): the layer class says (layers/base.py)."""
+    return type(net.layer_list[index]).onnx_refusal(net.net_param.layer[index], "TEST")
+
+
+def _stop_reason(net: Net, index: int, refusal: Refusal) -> str | None:
+    """Why layer ``index`` cannot join the segment (None if it can)."""
+    layer = net.layer_list[index]
     if layer.feeds or layer.is_data:
         return "a data or input layer"
     if layer.is_loss:
         return "a loss layer"
-    return type(layer).onnx_refusal(param, "TEST")   # the layer class says (layers/base.py)
+    return refusal(net, index)
 
 
-def plan(net: Net, keep: Sequence[str] = ()) -> Segment | str:
-    """The segment onnxruntime runs for ``net`` (whose caller reads the blobs ``keep`` besides its outputs), or a
-    one-line reason why no layer can run there."""
+def feeding_end(net: Net) -> int:
+    """The index of the first layer after the net's feeding layers (Input, MemoryData, data layers): where every
+    engine's segment starts, and where the interpreter resumes when no engine ran."""
+    index = 0
+    while index < len(net.layer_list) and (net.layer_list[index].feeds or net.layer_list[index].is_data):
+        index += 1
+    return index
+
+
+def plan(net: Net, keep: Sequence[str] = (), refusal: Refusal = onnx_refusal,
+         where: str = "onnxruntime") -> Segment | str:
+    """The segment the engine ``where`` runs for ``net`` (whose caller reads the blobs ``keep`` besides its
+    outputs), or a one-line reason why no layer can run there; ``refusal`` says why a layer cannot join."""
     if net.phase != caffe_pb2.TEST:
-        return "only TEST-phase nets run in onnxruntime (TRAIN-phase layers draw random numbers)"
+        return f"only TEST-phase nets run in {where} (TRAIN-phase layers draw random numbers)"
     layers = net.net_param.layer
-    start = 0
-    while start < len(layers) and (net.layer_list[start].feeds or net.layer_list[start].is_data):
-        start += 1
-    end = start
-    while end < len(layers) and _stop_reason(net, end) is None:
+    start = end = feeding_end(net)
+    while end < len(layers) and _stop_reason(net, end, refusal) is None:
         end += 1
     if end == start:
         if start == len(layers):
             return "the net has no layer after its inputs"
-        return (f"layer '{layers[start].name}' ({layers[start].type}) cannot run in onnxruntime: "
-                f"{_stop_reason(net, start)}")
+        return (f"layer '{layers[start].name}' ({layers[start].type}) cannot run in {where}: "
+                f"{_stop_reason(net, start, refusal)}")
     produced: list[str] = []
     inputs: list[str] = []
     for param in layers[start:end]:

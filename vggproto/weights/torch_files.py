@@ -31,8 +31,8 @@ from vggproto.weights.fit import Weights
 log = logging.getLogger("vggproto.convert.convert")
 
 #: Output format names accepted by ``--to``.
-FORMATS = ("caffemodel", "h5", "pt", "safetensors", "torchvision", "onnx")
-_BY_EXTENSION = {".caffemodel": "caffemodel", ".h5": "h5", ".hdf5": "h5", ".pt": "pt", ".pth": "pt",
+FORMATS = ("caffemodel", "h5", "pt", "safetensors", "torchvision", "onnx", "ncnn")
+_BY_EXTENSION = {".param": "ncnn", ".caffemodel": "caffemodel", ".h5": "h5", ".hdf5": "h5", ".pt": "pt", ".pth": "pt",
                  ".safetensors": "safetensors", ".onnx": "onnx"}
 _BLOB_KEYS = {0: "weight", 1: "bias"}
 _KEY = re.compile(r"^(?P<layer>.+)\.(?P<blob>weight|bias|\d+)$")
