@@ -26,6 +26,7 @@ import torch
 
 from vggproto.engine.cache import Entry, GraphCache, cache_folder, digest
 from vggproto.engine.ncnn_runner import NcnnRunner, NcnnUnavailable, reshaped
+from vggproto.engine.sessions import open_session
 from vggproto.engine.split import OUT_SUFFIX, Segment, feeding_end, plan, segment_weights, sub_net, weights_bytes
 from vggproto.errors import VGGProtoError
 
@@ -37,6 +38,8 @@ log = logging.getLogger("vggproto.engine")
 ENGINES = ("auto", "torch", "onnxruntime", "ncnn")
 #: Largest relative difference from the interpreter accepted on the first use of a graph.
 TOLERANCE = 1e-4
+#: Images ``auto`` races the engines on (the first ones of the first batch).
+RACE_IMAGES = 4
 Shapes = tuple[tuple[str, tuple[int, ...]], ...]
 #: Part of every cache key; raised when the export's graph form changes without a new version (2: BatchNorm as a
 #: multiply-add, LRN's power as Exp/Log), so cached graphs of the slower form are exported again, not reused.
@@ -184,8 +187,13 @@ class Engine:
         return feeding_end(self.net)
 
     def _race(self, shapes: Shapes, blobs: dict[str, torch.Tensor]) -> str:
-        """``auto``'s choice at ``shapes``: each engine's pass verified, then timed once more; the faster."""
+        """``auto``'s choice: each engine's pass on the first images (at most :data:`RACE_IMAGES`) verified, then
+        timed once more; the faster.  (A race over a whole large batch would cost as much as the batch itself;
+        the winner's first pass over the real batch is verified as usual.)"""
         import time
+        if len({value.shape[0] for value in blobs.values() if value.dim()}) == 1:
+            blobs = {name: value[:RACE_IMAGES] for name, value in blobs.items()}
+            shapes = tuple(sorted((name, tuple(value.shape)) for name, value in blobs.items()))
         seconds = {}
         for name, run in (("ncnn", lambda: self._run_ncnn(shapes, dict(blobs))),
                           ("onnxruntime", lambda: self._run_segment(dict(blobs)))):
@@ -375,22 +383,8 @@ class Engine:
 
     def _open(self, entry: Entry) -> Any:
         """An onnxruntime session on ``entry`` with this engine's threads (None if the bytes are not a graph)."""
-        import onnxruntime
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 4   # fatal only: a failure is reported (or falls back) in one line
-        # every fusion and the NCHWc layout (x86): 1.14x (VGG-16) and 1.16x (ResNet-50) over EXTENDED at one
-        # thread; arena, memory pattern and denormals measured no effect (BENCHMARKS.md), so defaults; spinning
-        # gains 2-15% at 2 threads, but not when the interpreter runs a tail next on the same cores (engine.md)
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self._fast_threads()
         tail = self.segment is not None and self.segment.end < len(self.net.layer_list)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0" if tail else "1")
-        options.inter_op_num_threads = 1
-        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        try:
-            return onnxruntime.InferenceSession(entry.payload, options, providers=["CPUExecutionProvider"])
-        except Exception:  # noqa: BLE001 — a damaged entry: the caller rebuilds it
-            return None
+        return open_session(entry.payload, self._fast_threads(), spinning=not tail)
 
 
 def _batchless(shapes: Shapes) -> Shapes:
