@@ -77,7 +77,7 @@ def _options(options: Any, threads: int, outputs: int) -> None:
     options.use_bf16_storage = options.use_int8_inference = False
     options.use_winograd_convolution = options.use_sgemm_convolution = options.use_packing_layout = True
     options.lightmode = outputs == 1
-    options.openmp_blocktime = 1   # spin at most 1 ms after a pass: the interpreter or onnxruntime may run next
+    options.openmp_blocktime = 1   # LLVM OpenMP: spin <= 1 ms after a pass (the x86 wheel's GNU OpenMP ignores it)
 
 
 def reshaped(raw: dict[str, np.ndarray], wanted: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
