@@ -119,15 +119,15 @@ def test_time_inference_json_last_line(tmp_path):
         assert last["engine"] in kind.split() and last["batch"] == 3 and last["threads"] >= 1 and last["ms"] > 0
 
 
-def test_engine_onnxruntime_error_is_one_line(tmp_path):
+@pytest.mark.parametrize("engine", ["onnxruntime", "ncnn"])
+def test_engine_error_is_one_line(tmp_path, engine):
     path = tmp_path / "loss.prototxt"
     path.write_text('name: "l"\nlayer { name: "x" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 '
                     'dim: 3 } shape { dim: 2 } } }\nlayer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" '
                     'bottom: "y" top: "loss" }\n')
-    result = CliRunner().invoke(main, ["time-inference", str(path), "--engine", "onnxruntime"])
+    result = CliRunner().invoke(main, ["time-inference", str(path), "--engine", engine])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == (
-        "vggproto: error: --engine onnxruntime: layer 'loss' (SoftmaxWithLoss) cannot run in onnxruntime: "
-        "a loss layer")
+        f"vggproto: error: --engine {engine}: layer 'loss' (SoftmaxWithLoss) cannot run in {engine}: a loss layer")
     bad = CliRunner().invoke(main, ["time-inference", str(path), "--engine", "tensorrt"])
     assert bad.exit_code == 2 and "'tensorrt' is not one of" in bad.output
