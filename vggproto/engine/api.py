@@ -4,7 +4,7 @@ for a Net in loops written against one)."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -16,11 +16,14 @@ if TYPE_CHECKING:
 
 
 class EngineNet:
-    """What inference loops written against a :class:`Net` need (``forward``, ``blobs``, ``loss``), run by an
-    :class:`Engine`; every other attribute (``blob_shapes``, ``input_names``, ``parameters()``...) is the Net's."""
+    """What inference loops written against a :class:`Net` use, run by an :class:`Engine`: ``forward``,
+    ``blobs`` and ``loss`` are the engine's; ``blob_shapes``, ``loss_weights``, ``input_names``,
+    ``output_names``, ``device`` and ``parameters()`` are the Net's (the loops read shapes, weights and the device
+    from them); anything else is on :attr:`net`."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.net = engine.net
 
     def forward(self, **inputs: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """:meth:`Engine.run`."""
@@ -36,8 +39,34 @@ class EngineNet:
         """The last pass's weighted loss."""
         return self.engine.loss
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.engine.net, name)
+    @property
+    def blob_shapes(self) -> dict[str, tuple[int, ...] | None]:
+        """The Net's blob shapes (as built; the engine runs any batch)."""
+        return self.net.blob_shapes
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """The Net's weighted loss tops."""
+        return self.net.loss_weights
+
+    @property
+    def input_names(self) -> list[str]:
+        """The blobs the Net is fed through."""
+        return self.net.input_names
+
+    @property
+    def output_names(self) -> list[str]:
+        """The Net's outputs."""
+        return self.net.output_names
+
+    @property
+    def device(self) -> torch.device:
+        """Where the Net's parameters live."""
+        return self.net.device
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        """The Net's parameters (the weights the engine's graphs were built from)."""
+        return self.net.parameters()
 
 
 def wrap(net: Net, engine: str = "auto", keep: Sequence[str] = ()) -> EngineNet:
@@ -49,7 +78,7 @@ def load(model: ModelSource, weights: str | os.PathLike | Sequence | Mapping | N
          device: str = "cpu", *, keep: Sequence[str] = (), cache: str | os.PathLike | bool = True,
          threads: int | None = None) -> Engine:
     """A deploy net with its weights, ready to ``forward(**inputs)`` on ``engine`` ("auto", "torch",
-    "onnxruntime"); ``cache`` is a folder, True (the default folder) or False (no cache)."""
+    "onnxruntime", "ncnn"); ``cache`` is a folder, True (the default folder) or False (no cache)."""
     from vggproto.net.interpreter import Net
     from vggproto.net.weights import load_arrays
     net = Net(model, None if isinstance(weights, Mapping) else weights, phase="TEST")
