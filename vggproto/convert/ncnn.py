@@ -246,7 +246,7 @@ def refusal(net: Net, index: int) -> str | None:
     if any(len(shape) not in (2, 4) for shape in shapes):
         return "ncnn blobs are C×H×W or W per image; this layer has a blob of another rank"
     try:
-        writer(param, layer, [np.zeros(tuple(b.shape), np.float32) for b in layer.blobs])
+        writer(param, layer, [b.detach().cpu().numpy() for b in layer.blobs])   # views of the net's own blobs
     except Unsupported as exc:
         return str(exc)
     return None

@@ -192,7 +192,7 @@ class Engine:
         the winner's first pass over the real batch is verified as usual.)"""
         import time
         if len({value.shape[0] for value in blobs.values() if value.dim()}) == 1:
-            blobs = {name: value[:RACE_IMAGES] for name, value in blobs.items()}
+            blobs = {name: value[:RACE_IMAGES] if value.dim() else value for name, value in blobs.items()}
             shapes = tuple(sorted((name, tuple(value.shape)) for name, value in blobs.items()))
         seconds = {}
         for name, run in (("ncnn", lambda: self._run_ncnn(shapes, dict(blobs))),
