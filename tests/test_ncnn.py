@@ -77,6 +77,16 @@ def test_pooling(pool):
     _run(CONV + f'layer {{ name: "p" type: "Pooling" bottom: "c" top: "p" pooling_param {{ {pool} }} }}\n')
 
 
+def test_global_pooling_keeps_three_axes_for_a_convolution_after_it():
+    """Squeeze-and-excitation's pattern: ncnn's global pooling gives a vector, the writer reshapes it to C×1×1."""
+    engine = _run(CONV + 'layer { name: "p" type: "Pooling" bottom: "c" top: "p" pooling_param { pool: AVE '
+                         'global_pooling: true } }\nlayer { name: "fc" type: "Convolution" bottom: "p" top: "fc" '
+                         'convolution_param { num_output: 3 kernel_size: 1 weight_filler { type: "msra" } } }\n'
+                         'layer { name: "s" type: "Softmax" bottom: "fc" top: "s" }\n')
+    assert [layer.type for layer in engine.ncnn.net.layers()][-4:] == ["Pooling", "Reshape", "Convolution",
+                                                                       "Softmax"]
+
+
 @pytest.mark.parametrize("ip", ["", "bias_term: false", "transpose: true"])
 def test_inner_product_on_images_and_vectors_then_softmax(ip):
     body = CONV + (f'layer {{ name: "fc" type: "InnerProduct" bottom: "c" top: "fc" inner_product_param {{ '

@@ -123,8 +123,10 @@ def _pooling(param, layer, weights) -> list[NcnnLayer]:
     if len(param.top) != 1 or p.pool not in (caffe_pb2.PoolingParameter.MAX, caffe_pb2.PoolingParameter.AVE):
         raise Unsupported("only MAX and AVE pooling without a mask top run in ncnn")
     kind = 0 if p.pool == caffe_pb2.PoolingParameter.MAX else 1
-    if p.global_pooling:
-        return [NcnnLayer("Pooling", param.name, list(param.bottom), list(param.top), {0: kind, 4: 1})]
+    if p.global_pooling:   # ncnn's global pooling gives a vector (C); Caffe's blob is C×1×1, and a convolution
+        pooled = f"{param.name}_vector"   # after it needs the three axes: a Reshape restores them
+        return [NcnnLayer("Pooling", param.name, list(param.bottom), [pooled], {0: kind, 4: 1}),
+                NcnnLayer("Reshape", f"{param.name}_chw", [pooled], list(param.top), {0: 1, 1: 1, 2: -1})]
     params = {0: kind, 1: layer.kernel[1], 11: layer.kernel[0], 2: layer.stride[1], 12: layer.stride[0],
               3: layer.pad[1], 13: layer.pad[0], 5: 0 if pool_rounds_up(p) else 1}
     if kind == 1 and any(layer.pad):
