@@ -229,16 +229,9 @@ _RUNS = itertools.count()
 
 def _fake_step(step, out: Path) -> int:
     """tests/test_reproduce.py's fake step: its outputs with new bytes on every run (a summary for a JSON)."""
-    from test_reproduce import _summary
-    run = next(_RUNS)
+    from test_reproduce import write_outputs
     (out / "logs" / f"{step.name}.log").write_text("working\n")
-    for output in step.outputs:
-        path = out / output
-        if output.endswith("_lmdb"):
-            path.mkdir(parents=True, exist_ok=True)
-            path = path / "data.mdb"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(_summary(step.name, run) if output.endswith(".json") else f"run {run}")
+    write_outputs(step, out, next(_RUNS))
     return 0
 
 

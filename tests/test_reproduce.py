@@ -74,14 +74,19 @@ class FakeExecutor:
         (out / "logs" / f"{step.name}.log").write_text("working\nvggproto: error: boom\n")
         if step.name == self.fail:
             return 1
-        for output in step.outputs:
-            path = out / output
-            if output.endswith("_lmdb"):
-                path.mkdir(parents=True, exist_ok=True)
-                path = path / "data.mdb"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(_summary(step.name, len(self.ran)) if output.endswith(".json") else f"run {len(self.ran)}")
+        write_outputs(step, out, len(self.ran))
         return 0
+
+
+def write_outputs(step, out: Path, run: int) -> None:
+    """A fake step's outputs: a summary for a JSON, an LMDB's data file, else a line; new bytes for each ``run``."""
+    for output in step.outputs:
+        path = out / output
+        if output.endswith("_lmdb"):
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / "data.mdb"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_summary(step.name, run) if output.endswith(".json") else f"run {run}")
 
 
 def _summary(name: str, salt: int) -> str:

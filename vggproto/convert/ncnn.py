@@ -26,7 +26,6 @@ from vggproto.caffe.proto import caffe_pb2
 from vggproto.caffe.shapes import pool_rounds_up
 
 if TYPE_CHECKING:
-    from vggproto.layers.base import CaffeLayer
     from vggproto.net.interpreter import Net
 
 MAGIC = 7767517
@@ -75,7 +74,7 @@ def _float(value: float) -> str:
     return repr(float(np.float32(value)))
 
 
-def _blob(layer: CaffeLayer, weights: Sequence[np.ndarray], index: int) -> np.ndarray:
+def _blob(weights: Sequence[np.ndarray], index: int) -> np.ndarray:
     return np.ascontiguousarray(weights[index], dtype=np.float32)
 
 
@@ -89,7 +88,7 @@ def _convolution(param, layer, weights) -> list[NcnnLayer]:
         raise Unsupported("only 2-D convolutions with one bottom run in ncnn")
     group = layer.group
     kind = "Convolution" if group == 1 else "ConvolutionDepthWise"
-    w = _blob(layer, weights, 0)
+    w = _blob(weights, 0)
     params = {0: param.convolution_param.num_output, 1: layer.kernel[1], 11: layer.kernel[0],
               2: layer.dilation[1], 12: layer.dilation[0], 3: layer.stride[1], 13: layer.stride[0],
               4: layer.pad[1], 14: layer.pad[0], 5: int(layer.bias_term), 6: int(w.size)}
@@ -97,20 +96,20 @@ def _convolution(param, layer, weights) -> list[NcnnLayer]:
         params[7] = group
     out = NcnnLayer(kind, param.name, list(param.bottom), list(param.top), params, [(w, True)])
     if layer.bias_term:
-        out.weights.append((_blob(layer, weights, 1), False))
+        out.weights.append((_blob(weights, 1), False))
     return [out]
 
 
 def _inner_product(param, layer, weights) -> list[NcnnLayer]:
     shape = layer.spec.bottom_shapes[0]
     _channel_axis(layer.axis, len(shape), "inner_product_param.axis")
-    w = _blob(layer, weights, 0)
+    w = _blob(weights, 0)
     if layer.transpose:   # Caffe: inner_product_layer.cpp — transpose stores the weights K × N
         w = np.ascontiguousarray(w.T)
     out = NcnnLayer("InnerProduct", param.name, list(param.bottom), list(param.top),
                     {0: layer.n, 1: int(layer.bias_term), 2: int(w.size)}, [(w, True)])
     if layer.bias_term:
-        out.weights.append((_blob(layer, weights, 1), False))
+        out.weights.append((_blob(weights, 1), False))
     if len(shape) == 2:
         return [out]
     flat = NcnnLayer("Flatten", f"{param.name}_flatten", list(param.bottom), [f"{param.name}_flat"])
@@ -185,7 +184,7 @@ def _batch_norm(param, layer, weights) -> list[NcnnLayer]:
     factor = float(weights[2].reshape(-1)[0])
     # Caffe: batch_norm_layer.cpp — the stored sums are divided by the factor blob (0 stays 0)
     scale = 0.0 if factor == 0 else 1.0 / factor
-    mean, var = _blob(layer, weights, 0) * scale, _blob(layer, weights, 1) * scale
+    mean, var = _blob(weights, 0) * scale, _blob(weights, 1) * scale
     ones, zeros = np.ones_like(mean), np.zeros_like(mean)
     return [NcnnLayer("BatchNorm", param.name, list(param.bottom), list(param.top),
                       {0: int(mean.size), 1: float(layer.eps)},
@@ -200,14 +199,14 @@ def _scale(param, layer, weights) -> list[NcnnLayer]:
     if len(shape) not in (2, 4):
         raise Unsupported(f"a Scale over a {len(shape)}-axis blob")
     out = NcnnLayer("Scale", param.name, list(param.bottom), list(param.top),
-                    {0: int(layer.operand_shape[0]), 1: int(layer.bias_term)}, [(_blob(layer, weights, 0), False)])
+                    {0: int(layer.operand_shape[0]), 1: int(layer.bias_term)}, [(_blob(weights, 0), False)])
     if layer.bias_term:
-        out.weights.append((_blob(layer, weights, layer.bias_index), False))
+        out.weights.append((_blob(weights, layer.bias_index), False))
     return [out]
 
 
 def _prelu(param, layer, weights) -> list[NcnnLayer]:
-    slope = _blob(layer, weights, 0).reshape(-1)
+    slope = _blob(weights, 0).reshape(-1)
     return [NcnnLayer("PReLU", param.name, list(param.bottom), list(param.top), {0: int(slope.size)},
                       [(slope, False)])]
 
@@ -345,24 +344,15 @@ def export_ncnn(net: Net, path: str | Path) -> tuple[Path, Path]:
     a layer ncnn cannot run is a :class:`vggproto.errors.NetError` naming it."""
     from vggproto.caffe.files import atomic_write_bytes
     from vggproto.errors import NetError
-    layers, params = net.layer_list, net.net_param.layer
-    start = 0
-    while start < len(layers) and layers[start].feeds:
-        start += 1
-    inputs: list[str] = []
-    produced: set[str] = set()
-    for index in range(start, len(layers)):
-        why = "a data or loss layer" if layers[index].is_data or layers[index].is_loss else refusal(net, index)
-        if why is not None:
-            raise NetError(f"cannot be written for ncnn: {why}", path=net.path, layer=params[index].name,
-                           layer_type=params[index].type)
-        inputs += [b for b in params[index].bottom if b not in produced and b not in inputs]
-        produced.update(params[index].top)
-    if start == len(layers):
-        raise NetError("cannot be written for ncnn: the net has no layer after its inputs", path=net.path)
-    weights = {params[i].name: [b.detach().float().cpu().numpy() for b in layers[i].blobs]
-               for i in range(start, len(layers)) if len(layers[i].blobs)}
-    model = to_ncnn(net, start, len(layers), inputs, net.output_names, weights)
+    from vggproto.net.segments import plan, segment_weights, stop_reason
+    found = plan(net, (), refusal, "ncnn")
+    if isinstance(found, str):
+        raise NetError(f"cannot be written for ncnn: {found}", path=net.path)
+    if found.end < len(net.layer_list):
+        param = net.net_param.layer[found.end]
+        raise NetError(f"cannot be written for ncnn: {stop_reason(net, found.end, refusal)}", path=net.path,
+                       layer=param.name, layer_type=param.type)
+    model = to_ncnn(net, found.start, found.end, found.inputs, net.output_names, segment_weights(net, found))
     param_path = Path(path)
     bin_path = param_path.with_suffix(".bin")
     atomic_write_bytes(param_path, model.param.encode())

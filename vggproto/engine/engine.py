@@ -1,7 +1,7 @@
 """One object that runs a Caffe net on the fastest engine that gives the interpreter's numbers.
 
 ``engine="torch"`` is the interpreter itself (:class:`vggproto.net.interpreter.Net`: the reference, and the GPU
-path).  ``"onnxruntime"`` runs the part of the net ONNX can hold (:mod:`vggproto.engine.split`; all of it for
+path).  ``"onnxruntime"`` runs the part of the net ONNX can hold (:mod:`vggproto.net.segments`; all of it for
 most nets) in onnxruntime on the CPU, from vggproto's own export (:func:`vggproto.convert.onnx.export_onnx`) at
 the shapes the caller feeds, and the rest in the interpreter; every exported graph is cached
 (:mod:`vggproto.engine.cache`) and verified on its first use against the interpreter on the caller's own input
@@ -27,8 +27,8 @@ import torch
 from vggproto.engine.cache import Entry, GraphCache, cache_folder, digest
 from vggproto.engine.ncnn_runner import NcnnRunner, NcnnUnavailable, reshaped
 from vggproto.engine.sessions import open_session
-from vggproto.engine.split import OUT_SUFFIX, Segment, feeding_end, plan, segment_weights, sub_net, weights_bytes
 from vggproto.errors import VGGProtoError
+from vggproto.net.segments import OUT_SUFFIX, Segment, feeding_end, plan, segment_weights, sub_net, weights_bytes
 
 if TYPE_CHECKING:
     from vggproto.net.interpreter import Net

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from vggproto.engine.split import Segment, plan, segment_weights
 from vggproto.errors import VGGProtoError
+from vggproto.net.segments import Segment, plan, segment_weights
 
 if TYPE_CHECKING:
     from vggproto.net.interpreter import Net

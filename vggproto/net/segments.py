@@ -1,7 +1,8 @@
-"""Which part of a net onnxruntime runs: the longest run of layers after the net's feeding layers (Input,
-MemoryData, and the data layers ``test``/``evaluate`` read LMDBs with, which stay in vggproto and feed the graph)
-up to the first layer ONNX cannot hold (DetectionOutput, Python, a loss or data layer; see
-:meth:`CaffeLayer.onnx_refusal`).  The layers after it run in the interpreter, fed with the segment's
+"""Which part of a net another runtime runs (onnxruntime, ncnn; ``vggproto convert`` to ncnn): the longest run of
+layers after the net's feeding layers (Input, MemoryData, and the data layers ``test``/``evaluate`` read LMDBs
+with, which stay in vggproto and feed the graph) up to the first layer the runtime cannot hold (for ONNX:
+DetectionOutput, Python, a loss or data layer, see :meth:`CaffeLayer.onnx_refusal`; for ncnn
+:func:`vggproto.convert.ncnn.refusal`).  The layers after it run in the interpreter, fed with the segment's
 outputs: the split engine.
 
 The segment is exported as a sub-net of its own: one Input layer for the blobs it reads from before it (at the
@@ -48,7 +49,7 @@ def onnx_refusal(net: Net, index: int) -> str | None:
     return type(net.layer_list[index]).onnx_refusal(net.net_param.layer[index], "TEST")
 
 
-def _stop_reason(net: Net, index: int, refusal: Refusal) -> str | None:
+def stop_reason(net: Net, index: int, refusal: Refusal) -> str | None:
     """Why layer ``index`` cannot join the segment (None if it can)."""
     layer = net.layer_list[index]
     if layer.feeds or layer.is_data:
@@ -75,13 +76,13 @@ def plan(net: Net, keep: Sequence[str] = (), refusal: Refusal = onnx_refusal,
         return f"only TEST-phase nets run in {where} (TRAIN-phase layers draw random numbers)"
     layers = net.net_param.layer
     start = end = feeding_end(net)
-    while end < len(layers) and _stop_reason(net, end, refusal) is None:
+    while end < len(layers) and stop_reason(net, end, refusal) is None:
         end += 1
     if end == start:
         if start == len(layers):
             return "the net has no layer after its inputs"
         return (f"layer '{layers[start].name}' ({layers[start].type}) cannot run in {where}: "
-                f"{_stop_reason(net, start, refusal)}")
+                f"{stop_reason(net, start, refusal)}")
     produced: list[str] = []
     inputs: list[str] = []
     for param in layers[start:end]:
